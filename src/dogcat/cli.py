@@ -1,0 +1,163 @@
+"""The ``dogcat`` command: parses arguments, calls library functions, prints. No training logic here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ConfigError, help_text, load_config, parse_overrides
+
+USAGE = """usage: dogcat COMMAND [ARGS] [--key=value ...]
+
+commands:
+  train   [--config=FILE] [--key=value ...]   train a model (validation every epoch, checkpoints)
+  val     [RUN|CKPT] [--key=value ...]        validation metrics + confusion matrix -> RUN/result.json
+  test    [RUN|CKPT] [--key=value ...]        Kaggle submission id,label -> RUN/submission.csv
+  predict RUN|CKPT PATH... [--output=F.csv]   classes and probabilities for images, folders, globs
+  models                                      list model names
+  help                                        this text and every option with its default
+
+RUN is a run folder (runs/NAME); CKPT a checkpoint or weight file. Options are --key=value; dashes and
+underscores are equal, names are flat (--lr) or dotted (--optim.lr). Examples:
+  dogcat train --config=configs/fashion-mnist.yaml
+  dogcat train --train-data-root=data/train --lr=0.005 --batch-size=32 --model=ResNet34 --max-epoch=20
+  dogcat test --test-data-root=data/test --load-model-path=runs/X/checkpoints/best.pt --result-file=submission.csv
+"""
+
+log = logging.getLogger("dogcat")
+
+
+def _split(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Positional arguments and ``--key=value`` overrides (keys normalised to snake_case)."""
+    pos = [a for a in argv if not a.startswith("--")]
+    ov = parse_overrides([a for a in argv if a.startswith("--")])
+    return pos, {k.replace("-", "_").lower(): v for k, v in ov.items()}
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .engine.trainer import train
+    from .tracking.run import find_run
+
+    pos, ov = _split(argv)
+    if pos:
+        raise ConfigError(f"train takes only --key=value options, got {' '.join(pos)!r}")
+    config_file = ov.pop("config", None)
+    if ov.get("resume") and not config_file:  # a resumed run starts from its own recorded config
+        config_file = find_run(str(ov["resume"]), ov.get("runs_root", "runs")) / "config.yaml"
+    result = train(load_config(ov, config_file))
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_val(argv: list[str]) -> int:
+    from .engine.evaluator import evaluate
+
+    pos, ov = _split(argv)
+    evaluate(pos[0] if pos else None, ov)
+    return 0
+
+
+def cmd_test(argv: list[str]) -> int:
+    from .engine.evaluator import test
+
+    pos, ov = _split(argv)
+    test(pos[0] if pos else None, ov)
+    return 0
+
+
+def cmd_predict(argv: list[str]) -> int:
+    from .engine.evaluator import predict
+
+    pos, ov = _split(argv)
+    if len(pos) < 2:
+        raise ConfigError("usage: dogcat predict RUN|CKPT PATH... (images, folders or globs)")
+    rows = predict(pos[0], pos[1:], ov)
+    output = ov.get("output")
+    if output:
+        _write_predictions(rows, Path(str(output)))
+        print(f"wrote {len(rows)} predictions to {output}")
+        return 0
+    width = max([len(r["path"]) for r in rows] + [4])
+    print(f"{'path':<{width}}  {'class':<14} probability")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['path']:<{width}}  {'(unreadable)':<14} {r['error']}")
+        else:
+            print(f"{r['path']:<{width}}  {r['class']:<14} {r['probability']:.4f}")
+    return 0
+
+
+def _write_predictions(rows: list[dict], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(rows, indent=2))
+        return
+    names = list(next((r["probs"] for r in rows if "probs" in r), {}))
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "class", "probability", *names, "error"])
+        for r in rows:
+            probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
+            w.writerow([r["path"], r.get("class", ""), f"{r['probability']:.6f}" if "probability" in r else "",
+                        *probs, r.get("error", "")])
+
+
+def cmd_models(argv: list[str]) -> int:
+    from .models import list_models
+
+    for name, doc in list_models().items():
+        print(f"  {name:<12} {doc}")
+    print("  timm:<name>        any timm model, e.g. timm:resnet50 (`python -c 'import timm; print(timm.list_models())'`)")
+    print("  torchvision:<name> any torchvision classification model, e.g. torchvision:efficientnet_b0")
+    return 0
+
+
+def cmd_help(argv: list[str]) -> int:
+    print(USAGE)
+    print("options (--key=value; default; doc):", help_text())
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": cmd_train, "val": cmd_val, "test": cmd_test, "predict": cmd_predict,
+    "models": cmd_models, "help": cmd_help,
+}
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dogcat`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        return cmd_help([])
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+        close = difflib.get_close_matches(name, list(COMMANDS), n=2)
+        print(f"dogcat: unknown command {name!r}" + (f"; did you mean {' or '.join(close)}?" if close else "")
+              + f" Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    if any(a in ("-h", "--help") for a in rest):
+        return cmd_help([])
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    warnings.showwarning = _show_warning
+    from .data import DataError
+    from .models import ModelError
+    from .models.weights import WeightsError
+
+    try:
+        return COMMANDS[name](rest)
+    except (ConfigError, DataError, ModelError, WeightsError) as e:
+        print(f"dogcat {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dogcat {name}: interrupted", file=sys.stderr)
+        return 130

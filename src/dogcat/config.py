@@ -1,0 +1,265 @@
+"""One typed config tree: every option, its default and a one-line doc.
+
+Layers, later wins: the dataclass defaults -> a YAML recipe (``--config=FILE``) -> ``--key=value``
+overrides. Keys are accepted flat (``--lr``, the seed's fire style) or dotted (``--optim.lr``);
+dashes and underscores are equal. OmegaConf does the merging and type checking; this module only
+turns its errors into messages that name the key, the expected type and the value, or the choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad option: unknown key, wrong type or a value outside its choices. The CLI exits 2."""
+
+
+def opt(default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field carrying its documentation (and allowed values) as metadata."""
+    meta = {"doc": doc, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = opt("auto", "data layout; auto detects it from train_data_root",
+                       ("auto", "kaggle", "folder", "fashion-mnist", "list"))
+    train_data_root: Optional[str] = opt("./data/train/", "training images: Kaggle flat folder or class subfolders")
+    val_data_root: Optional[str] = opt(None, "separate validation folder (folder layout); else val_split of train")
+    test_data_root: Optional[str] = opt("./data/test", "test images: Kaggle test folder (N.jpg) or any folder")
+    train_list: Optional[str] = opt(None, "list file for training: CSV (path,label) or 'path label' lines")
+    val_list: Optional[str] = opt(None, "list file for validation (same format)")
+    test_list: Optional[str] = opt(None, "list file for test (labels optional)")
+    fashion_mnist_root: Optional[str] = opt(None, "folder with Fashion-MNIST IDX files; default: Debian's, else download")
+    val_split: float = opt(0.3, "fraction of the training images held out for validation (stratified)")
+    split_seed: int = opt(0, "seed of the train/val split (independent of the training seed)")
+    image_size: int = opt(224, "side of the square network input, in pixels")
+    batch_size: int = opt(128, "images per batch (per process)")
+    num_workers: int = opt(-1, "data loading processes; -1 picks min(4, CPU cores), 0 loads in the main process")
+
+
+@dataclass
+class ModelConfig:
+    model: str = opt("squeezenet", "architecture: see `dogcat models`; also timm:<name>, torchvision:<name>")
+    pretrained: Optional[str] = opt(None, "pretrained backbone: a local weight file, or 'hub' to download")
+    load_model_path: Optional[str] = opt(None, "weights or checkpoint to start from (train) or to evaluate (val/test)")
+    load_not_strict: bool = opt(False, "load_model_path may match the model only partly (reports what matched)")
+    freeze_backbone: bool = opt(False, "train only the classifier head (the seed's SqueezeNet fine-tuning)")
+    backbone_lr_mult: float = opt(1.0, "learning-rate multiplier for the backbone (head gets lr)")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = opt("adam", "any torch.optim optimizer, case-insensitive (sgd, adam, adamw, ...)")
+    lr: float = opt(1e-3, "initial learning rate (the seed's default of 0.1 diverges with Adam)")
+    momentum: float = opt(0.9, "momentum, for optimizers that take one (sgd, rmsprop)")
+    weight_decay: float = opt(1e-4, "weight decay")
+    scheduler: str = opt("loss-rise", "lr schedule; loss-rise is the seed's: lr *= lr_decay when the epoch loss rises",
+                         ("loss-rise", "none", "step", "multistep", "cosine"))
+    lr_decay: float = opt(0.95, "decay factor of loss-rise, and gamma of step / multistep")
+    step_size: int = opt(10, "epochs between decays (scheduler=step)")
+    milestones: list[int] = opt([], "epochs at which lr decays (scheduler=multistep), e.g. [30,60]")
+    min_lr: float = opt(0.0, "final learning rate of scheduler=cosine")
+    warmup_epochs: float = opt(0.0, "linear warm-up from 1% of lr, in (fractional) epochs, before any schedule")
+    accum_steps: int = opt(1, "gradient accumulation: batches per optimizer step")
+    clip_grad_norm: Optional[float] = opt(None, "clip the gradient norm to this value")
+
+
+@dataclass
+class TrainConfig:
+    max_epoch: int = opt(10, "number of training epochs")
+    seed: int = opt(0, "seed of python, numpy, torch and loader workers")
+    deterministic: bool = opt(False, "use deterministic algorithms (slower)")
+    device: str = opt("auto", "auto (CUDA when available and use_gpu), cpu, cuda or cuda:N")
+    use_gpu: bool = opt(True, "allow the GPU when device=auto")
+    precision: str = opt("fp32", "fp32; bf16 autocast (CPU with AMX, recent GPUs); fp16 AMP with grad scaler (CUDA)",
+                         ("fp32", "bf16", "fp16"))
+    channels_last: bool = opt(False, "NHWC memory layout (faster convolutions with bf16/fp16)")
+    print_freq: int = opt(20, "log the training loss every N steps")
+    debug_file: Optional[str] = opt("/tmp/debug", "if this file exists, stop in the debugger (on a terminal)")
+    env: str = opt("default", "run name (the seed's visdom env); default: <model>-<timestamp>")
+    runs_root: str = opt("runs", "folder that holds run folders")
+    run_dir: Optional[str] = opt(None, "the run's folder; default: <runs_root>/<env or model-timestamp>")
+    resume: Optional[str] = opt(None, "continue a run: its folder, or 'latest' (newest under runs_root)")
+    monitor: str = opt("val_accuracy", "metric that picks best.pt",
+                       ("val_accuracy", "val_loss", "val_logloss"))
+    progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
+                        ("auto", "bar", "plain", "none"))
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = opt("best", "which checkpoint of a run val/test/predict load", ("best", "last"))
+    result_file: Optional[str] = opt(None, "submission CSV of `test`; default: <run>/submission.csv")
+    positive_class: Optional[str] = opt(None, "class whose probability `test` writes for 2 classes; default dog or class 1")
+    output: Optional[str] = opt(None, "predict: write CSV or JSON here (by extension) instead of a table")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS = tuple(f.name for f in fields(Config))
+
+
+def option_table() -> dict[str, tuple[str, Any]]:
+    """Map every leaf name to ``(section, dataclass field)``. Leaf names are unique across sections."""
+    table: dict[str, tuple[str, Any]] = {}
+    for sec in fields(Config):
+        for f in fields(sec.default_factory):  # type: ignore[arg-type]
+            assert f.name not in table, f"duplicate option name {f.name}"
+            table[f.name] = (sec.name, f)
+    return table
+
+
+OPTIONS = option_table()
+
+
+def _norm(key: str) -> str:
+    return key.strip().lstrip("-").replace("-", "_").lower()
+
+
+def resolve_key(key: str) -> str:
+    """Return the dotted path of a flat or dotted option name, or raise naming the closest names."""
+    k = _norm(key)
+    leaf = k.split(".")[-1]
+    if leaf in OPTIONS and (k == leaf or k == f"{OPTIONS[leaf][0]}.{leaf}"):
+        return f"{OPTIONS[leaf][0]}.{leaf}"
+    names = list(OPTIONS) + [f"{s}.{n}" for n, (s, _) in OPTIONS.items()]
+    close = difflib.get_close_matches(k, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join('--' + c.replace('_', '-') for c in close)}?" if close else ""
+    raise ConfigError(f"unknown option --{key.lstrip('-')}{hint} (`dogcat help` lists all options)")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Flatten a YAML mapping that may be nested by section or flat."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        nk = _norm(str(k))
+        if nk in SECTIONS and isinstance(v, dict) and not prefix:
+            out.update(_flatten(v, nk + "."))
+        else:
+            out[prefix + nk] = v
+    return out
+
+
+def _coerce(path: str, value: Any) -> Any:
+    """Fix up string spellings the YAML parser leaves as strings (None, comma lists)."""
+    sec, leaf = path.split(".")
+    f = OPTIONS[leaf][1]
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        return None
+    if isinstance(value, str) and str(f.type).startswith("list") and "," in value:
+        return [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
+    return value
+
+
+def _type_name(f: Any) -> str:
+    return str(f.type).replace("Optional[", "").rstrip("]") + (" or None" if "Optional" in str(f.type) else "")
+
+
+def _apply(cfg: DictConfig, items: dict[str, Any], source: str) -> None:
+    for key, value in items.items():
+        path = resolve_key(key)
+        value = _coerce(path, value)
+        try:
+            OmegaConf.update(cfg, path, value, merge=False)
+        except OmegaConfBaseException as e:
+            f = OPTIONS[path.split(".")[1]][1]
+            raise ConfigError(
+                f"option --{path.split('.')[1].replace('_', '-')} ({source}) expects {_type_name(f)}, "
+                f"got {value!r}") from e
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for leaf, (sec, f) in OPTIONS.items():
+        choices = f.metadata.get("choices")
+        value = cfg[sec][leaf]
+        if choices and value is not None:
+            low = str(value).lower()
+            if low not in choices:
+                raise ConfigError(f"option --{leaf.replace('_', '-')}={value!r} is not one of: {', '.join(choices)}")
+            cfg[sec][leaf] = low
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``['--lr=0.1', '--use-gpu']`` -> ``{'lr': 0.1, 'use_gpu': True}``; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for a in args:
+        if not a.startswith("--"):
+            raise ConfigError(f"expected --key=value, got {a!r}")
+        key, eq, raw = a[2:].partition("=")
+        if not eq:
+            out[key] = True  # a bare flag switches a boolean on, as fire does
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out[key] = raw if isinstance(value, dict) else value  # "a: b" stays a literal string
+    return out
+
+
+def load_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
+                base: Config | dict | None = None) -> Config:
+    """Build the resolved config: defaults (or ``base``) -> YAML file -> overrides, validated."""
+    cfg = OmegaConf.structured(Config)
+    if base is not None:
+        cfg = OmegaConf.merge(cfg, OmegaConf.structured(base) if is_dataclass(base) else base)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"--config: no such file {str(path)!r}")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"--config: {path} is not a YAML mapping")
+        _apply(cfg, _flatten(tree), f"in {path}")
+    _apply(cfg, overrides or {}, "on the command line")
+    _check_choices(cfg)
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config)
+    return obj
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of the config (JSON/YAML safe)."""
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a Config from :func:`to_dict` output (e.g. stored in a checkpoint); unknown keys fail."""
+    return load_config(base=None, overrides=_flatten(tree))
+
+
+def dump_yaml(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def help_text() -> str:
+    """Every option, grouped by section, with default, choices and doc."""
+    lines = []
+    for sec in fields(Config):
+        lines.append(f"\n{sec.name}:")
+        for f in fields(sec.default_factory):  # type: ignore[arg-type]
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            choices = f.metadata.get("choices")
+            doc = f.metadata["doc"] + (f" [{'|'.join(choices)}]" if choices else "")
+            lines.append(f"  --{f.name.replace('_', '-'):<20} {str(default):<14} {doc}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training and evaluation: readable loops over library parts."""

@@ -1,0 +1,231 @@
+"""``evaluate`` (val), ``test`` (Kaggle submission) and ``predict`` on a run folder or checkpoint file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..config import Config, ConfigError, from_dict, load_config
+from ..data import BadFiles, DataError, build_paths, build_test, build_train_val, make_loader
+from ..models import build_model, head_module
+from ..models.weights import load_weights, read_state_dict, torch_load
+from .metrics import EvalMeter, format_confusion
+from .runtime import autocast, memory_format, pick_device
+from .trainer import Loop, validate
+
+log = logging.getLogger("dogcat")
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass
+class Loaded:
+    """A model ready for inference and what is known about its training."""
+
+    model: nn.Module
+    cfg: Config
+    class_names: list[str]
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    kind: str | None
+    checkpoint: Path
+    run_dir: Path | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.run_dir or self.checkpoint.parent
+
+
+def resolve_checkpoint(target: str | None, overrides: dict[str, Any]) -> tuple[Path, Path | None]:
+    """``(checkpoint file, run folder or None)`` for a run folder, a file, or ``--load-model-path``."""
+    spec = target or next((v for k, v in overrides.items() if k.replace("-", "_") == "load_model_path"), None)
+    if not spec:
+        raise ConfigError("name a run folder or checkpoint (dogcat val RUN) or pass --load-model-path=FILE")
+    path = Path(str(spec))
+    if path.is_dir():
+        which = str(next((v for k, v in overrides.items() if k.replace("-", "_") == "checkpoint"), "best"))
+        ckpt = path / "checkpoints" / f"{which}.pt"
+        if not ckpt.is_file() and which == "best" and (path / "checkpoints" / "last.pt").is_file():
+            ckpt = path / "checkpoints" / "last.pt"
+        if not ckpt.is_file():
+            raise ConfigError(f"{path} has no checkpoints/{which}.pt: is it a dogcat run folder that finished an epoch?")
+        return ckpt, path
+    if not path.is_file():
+        raise ConfigError(f"no run folder or checkpoint file at {path}")
+    run = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").exists() \
+        else None
+    return path, run
+
+
+def load_model(target: str | None, overrides: dict[str, Any] | None = None) -> Loaded:
+    """Rebuild the trained model. A dogcat checkpoint carries its config and classes; a bare state_dict
+    (the seed's ``BasicModule.save``) needs ``--model`` and takes its class count from the head's shape."""
+    overrides = dict(overrides or {})
+    ckpt_path, run_dir = resolve_checkpoint(target, overrides)
+    obj = torch_load(ckpt_path) if ckpt_path.suffix != ".safetensors" else {}
+    if isinstance(obj, dict) and "format_version" in obj:
+        base = from_dict(obj["config"])
+        base.train.resume = None
+        cfg = load_config(overrides, base=base)
+        cfg.model.model = base.model.model  # the architecture is the checkpoint's, whatever --model says
+        names, chans = list(obj["class_names"]), int(obj["in_chans"])
+        mean, std, kind = tuple(obj["mean"]), tuple(obj["std"]), obj.get("data_kind")
+        model = build_model(cfg.model.model, len(names), chans)
+        load_weights(model, obj["model"], strict=True, source=str(ckpt_path))
+        meta = {k: obj.get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch", "monitor")}
+    else:
+        cfg = load_config(overrides)
+        sd, _ = read_state_dict(ckpt_path)
+        names, chans = _infer_classes(cfg.model.model, sd)
+        mean, std = IMAGENET if chans == 3 else ((0.5,) * chans, (0.5,) * chans)
+        model = build_model(cfg.model.model, len(names), chans)
+        load_weights(model, sd, strict=not cfg.model.load_not_strict, source=str(ckpt_path))
+        kind, meta = None, {}
+    device = pick_device(cfg.train)
+    model.to(device, memory_format=memory_format(cfg.train.channels_last)).eval()
+    return Loaded(model, cfg, names, chans, mean, std, kind, ckpt_path, run_dir, meta)
+
+
+def _infer_classes(model_name: str, sd: dict[str, torch.Tensor]) -> tuple[list[str], int]:
+    probe = build_model(model_name, 2, 3)
+    head = head_module(probe)
+    head_keys = {k for k, v in probe.state_dict().items()
+                 if head is not None and any(v is p for p in head.state_dict().values())}
+    weights = [v for k, v in sd.items() if k.split("module.")[-1] in head_keys and v.ndim >= 2]
+    n = int(weights[-1].shape[0]) if weights else 2
+    chans = next((int(v.shape[1]) for v in sd.values() if v.ndim == 4), 3)
+    return (["cat", "dog"] if n == 2 else [str(i) for i in range(n)]), chans
+
+
+def _loop(lm: Loaded, bad: BadFiles) -> Loop:
+    return Loop(device=next(lm.model.parameters()).device, precision=lm.cfg.train.precision,
+                channels_last=lm.cfg.train.channels_last, bad=bad, print_freq=lm.cfg.train.print_freq,
+                progress=lm.cfg.train.progress)
+
+
+def evaluate(target: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validation metrics of a trained model on its own validation split; writes ``result.json``."""
+    lm = load_model(target, overrides)
+    data = build_train_val(lm.cfg.data)
+    if data.val is None:
+        raise DataError("no validation set: set --val-split > 0 or --val-data-root / --val-list")
+    if data.class_names != lm.class_names:
+        raise DataError(f"the data's classes {data.class_names} differ from the model's {lm.class_names}")
+    loader = make_loader(data.val, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
+                         shuffle=False, seed=lm.cfg.train.seed)
+    metrics = validate(lm.model, loader, _loop(lm, BadFiles(None)), len(lm.class_names))
+    result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": lm.class_names, **metrics}
+    (lm.out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    log.info(f"val: loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
+             f"logloss {metrics['logloss']:.4f} on {metrics['count']} images")
+    log.info(format_confusion(metrics["confusion"], lm.class_names))
+    log.info(f"wrote {lm.out_dir / 'result.json'}")
+    return result
+
+
+@torch.no_grad()
+def _probabilities(lm: Loaded, dataset: Any, bad: BadFiles) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """ids, class probabilities (N, C) and labels (-1 unknown) over a dataset, in its order."""
+    loader = make_loader(dataset, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
+                         shuffle=False, seed=lm.cfg.train.seed)
+    loop = _loop(lm, bad)
+    ids, probs, labels = [], [], []
+    for batch in loader:
+        bad.add(batch.bad)
+        if not len(batch.labels):
+            continue
+        images, _ = loop.to_device(batch.images, batch.labels)
+        with autocast(loop.device, loop.precision):
+            logits = lm.model(images)
+        ids += batch.ids
+        probs.append(logits.float().softmax(1).cpu())
+        labels.append(batch.labels)
+    c = len(lm.class_names)
+    return ids, torch.cat(probs) if probs else torch.empty(0, c), torch.cat(labels) if labels else torch.empty(0)
+
+
+def positive_index(class_names: list[str], positive: str | None) -> int:
+    """The class whose probability a 2-class submission holds: ``--positive-class``, else dog, else class 1."""
+    name = positive or ("dog" if "dog" in class_names else class_names[1])
+    if name not in class_names:
+        raise ConfigError(f"--positive-class={name!r} is not one of the classes {class_names}")
+    return class_names.index(name)
+
+
+def _id_key(i: str) -> tuple:
+    return (0, int(i), "") if re.fullmatch(r"\d+", i) else (1, 0, i)
+
+
+def test(target: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the submission CSV: ``id,label`` with label = probability of the positive class (2 classes),
+    or the predicted class name plus one probability column per class. Rows sorted by (numeric) id.
+    An unreadable test image still gets a row (probability 0.5 / uniform) and is reported."""
+    lm = load_model(target, overrides)
+    # the training layout decides the test layout; a bare state_dict has none, so the folder (or list) decides
+    kind = lm.kind or ("list" if lm.cfg.data.test_list else "folder")
+    dataset = build_test(lm.cfg.data, kind, lm.class_names, lm.in_chans, lm.mean, lm.std)
+    bad = BadFiles(lm.out_dir / "bad_files.txt")
+    ids, probs, labels = _probabilities(lm, dataset, bad)
+    c = len(lm.class_names)
+    rows = {i: p for i, p in zip(ids, probs.tolist())}
+    for path in bad.files:  # one row per test image, even for a file we could not read
+        rows.setdefault(_bad_id(path, lm.cfg.data.test_data_root), [1.0 / c] * c)
+    out = Path(lm.cfg.eval.result_file) if lm.cfg.eval.result_file else lm.out_dir / "submission.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:  # newline='' or csv writes \r\r\n on Windows
+        w = csv.writer(f)
+        if c == 2:
+            pos = positive_index(lm.class_names, lm.cfg.eval.positive_class)
+            w.writerow(["id", "label"])
+            for i in sorted(rows, key=_id_key):
+                w.writerow([i, f"{rows[i][pos]:.6f}"])
+        else:
+            w.writerow(["id", "label", *lm.class_names])
+            for i in sorted(rows, key=_id_key):
+                p = rows[i]
+                w.writerow([i, lm.class_names[max(range(c), key=p.__getitem__)], *(f"{x:.6f}" for x in p)])
+    result: dict[str, Any] = {"submission": str(out), "rows": len(rows), "checkpoint": str(lm.checkpoint)}
+    known = labels >= 0
+    if len(labels) and bool(known.all()):  # a labelled test set (Fashion-MNIST, class folders): score it too
+        meter = EvalMeter(c)
+        meter.update(probs.clamp_min(1e-30).log(), labels.long())
+        result["metrics"] = meter.compute()
+        m = result["metrics"]
+        log.info(f"test: accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f} on {m['count']} images")
+        (lm.out_dir / "test_result.json").write_text(json.dumps(result, indent=2))
+    log.info(f"wrote {len(rows)} rows to {out}")
+    return result
+
+
+def _bad_id(path: str, root: str | None) -> str:
+    p = Path(path)
+    if re.fullmatch(r"\d+", p.stem):
+        return p.stem
+    try:
+        return str(p.relative_to(root).with_suffix("")) if root else p.stem
+    except ValueError:
+        return p.stem
+
+
+def predict(target: str | None, paths: list[str], overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Class and probabilities for image files, folders or globs; unreadable files come back with an error."""
+    lm = load_model(target, overrides)
+    dataset = build_paths(paths, lm.cfg.data.image_size, lm.in_chans, lm.mean, lm.std)
+    bad = BadFiles(None)
+    ids, probs, _ = _probabilities(lm, dataset, bad)
+    out = []
+    for i, p in zip(ids, probs.tolist()):
+        k = max(range(len(p)), key=p.__getitem__)
+        out.append({"path": i, "class": lm.class_names[k], "probability": p[k],
+                    "probs": dict(zip(lm.class_names, p))})
+    out += [{"path": path, "error": err} for path, err in bad.files.items()]
+    return out

@@ -1,0 +1,99 @@
+"""Optimizer by name with per-layer learning rates, and one per-step learning-rate schedule."""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+import math
+
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from ..config import Config, ConfigError, OptimConfig
+from ..models import head_module
+
+
+def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
+    """Every optimizer class of ``torch.optim`` by lower-case name."""
+    return {n.lower(): c for n, c in vars(torch.optim).items()
+            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer}
+
+
+def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
+    """Head at ``lr``, backbone at ``lr * backbone_lr_mult``; a frozen backbone gets no gradients at all."""
+    head = head_module(model)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    if (cfg.model.freeze_backbone or cfg.model.backbone_lr_mult != 1.0) and head is None:
+        raise ConfigError(f"--freeze-backbone / --backbone-lr-mult: cannot find the head of {cfg.model.model}")
+    if cfg.model.freeze_backbone:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in head_ids)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.optim.lr, "name": "head"},
+              {"params": [p for p in params if id(p) not in head_ids],
+               "lr": cfg.optim.lr * cfg.model.backbone_lr_mult, "name": "backbone"}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    classes = optimizer_classes()
+    name = cfg.optim.optimizer.lower()
+    if name not in classes:
+        raise ConfigError(f"option --optimizer={cfg.optim.optimizer!r} is not a torch.optim optimizer; "
+                          f"choices: {', '.join(sorted(classes))}")
+    cls = classes[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {"lr": cfg.optim.lr}
+    if "weight_decay" in accepted:
+        kwargs["weight_decay"] = cfg.optim.weight_decay
+    if "momentum" in accepted:
+        kwargs["momentum"] = cfg.optim.momentum
+    return cls(param_groups(model, cfg), **kwargs)
+
+
+class Schedule(LRScheduler):
+    """Linear warm-up, then ``none | loss-rise | step | multistep | cosine``; stepped once per optimizer step.
+
+    ``loss-rise`` is the seed's rule: at the end of an epoch whose mean training loss is higher than the
+    previous epoch's, every learning rate is multiplied by ``lr_decay``. All state is plain numbers, so
+    it is checkpointed by ``state_dict()`` and restored exactly.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int,
+                 max_epoch: int) -> None:
+        self.kind = cfg.scheduler
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.total_steps = max(1, steps_per_epoch * max_epoch)
+        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.gamma, self.step_size = cfg.lr_decay, max(1, cfg.step_size)
+        self.milestones = sorted(cfg.milestones)
+        self.min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+        self.factor = 1.0  # loss-rise: product of the decays so far
+        self.prev_loss: float | None = None
+        super().__init__(optimizer)
+
+    def _scale(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return 0.01 + 0.99 * step / self.warmup_steps
+        epoch = step // self.steps_per_epoch
+        if self.kind == "step":
+            return self.gamma ** (epoch // self.step_size)
+        if self.kind == "multistep":
+            return self.gamma ** bisect.bisect_right(self.milestones, epoch)
+        if self.kind == "cosine":
+            t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        return self.factor  # none (factor stays 1) and loss-rise
+
+    def get_lr(self) -> list[float]:
+        return [base * self._scale(self.last_epoch) for base in self.base_lrs]
+
+    def epoch_end(self, train_loss: float) -> None:
+        """The seed's rule: decay when the epoch's training loss rose."""
+        if self.kind == "loss-rise" and self.prev_loss is not None and train_loss > self.prev_loss:
+            self.factor *= self.gamma
+            for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+                group["lr"] = lr
+            self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.prev_loss = train_loss

@@ -1,0 +1,130 @@
+"""Reading weight files safely and loading them strictly or partly (the seed's ``load_not_strict``, done right).
+
+Every ``torch.load`` uses ``weights_only=True``: a pickle that would run code is refused, not executed.
+Accepted files: a dogcat checkpoint (``{"model": state_dict, "format_version": ...}``), a bare
+``state_dict`` (what the seed's ``BasicModule.save`` writes), common wrappers (``state_dict``,
+``model_state_dict``) and ``.safetensors``. ``module.`` (DataParallel/DDP) and ``_orig_mod.``
+(torch.compile) prefixes are handled in both directions.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger("dogcat")
+
+
+class WeightsError(ValueError):
+    """A weight file that cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "key: file shape -> model shape"
+    adapted: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def few(xs: list[str]) -> str:
+            return ", ".join(xs[:4]) + (f", ... ({len(xs)})" if len(xs) > 4 else "")
+
+        parts = [f"loaded {len(self.matched)} tensors from {self.source}"]
+        for name, xs in (("adapted", self.adapted), ("missing", self.missing),
+                         ("unexpected", self.unexpected), ("shape-mismatched", self.mismatched)):
+            if xs:
+                parts.append(f"{name}: {few(xs)}")
+        return "; ".join(parts)
+
+
+def torch_load(path: str | Path) -> Any:
+    """``torch.load`` on the CPU with ``weights_only=True`` and a clear message on refusal."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"refused to load {path}: it holds Python objects beyond tensors and plain data, and unpickling them "
+            f"could run code. Only load files you trust; re-save the state_dict from trusted code. ({e})".split(
+                "\n")[0]) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise WeightsError(f"cannot read weights from {path}: {e}") from e
+
+
+def read_state_dict(src: str | Path | dict) -> tuple[dict[str, torch.Tensor], str]:
+    """Return ``(state_dict, description)`` from a path or an in-memory dict."""
+    if isinstance(src, dict):
+        obj, name = src, "state dict"
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise WeightsError(f"no weight file at {path}")
+        name = str(path)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path)), name
+        obj = torch_load(path)
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{name} holds a {type(obj).__name__}, not a state_dict")
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise WeightsError(f"{name} has no tensors")
+    return sd, name
+
+
+def _best_prefix_fit(sd: dict[str, torch.Tensor], target: set[str]) -> dict[str, torch.Tensor]:
+    """Strip or add the wrapper prefix that makes most keys match the model's."""
+    candidates = [sd]
+    for p in ("module.", "_orig_mod.", "model."):
+        if any(k.startswith(p) for k in sd):
+            candidates.append({k[len(p):] if k.startswith(p) else k: v for k, v in sd.items()})
+    if any(t.startswith("module.") for t in target):
+        candidates.append({"module." + k: v for k, v in sd.items()})
+    return max(candidates, key=lambda c: len(target & set(c)))
+
+
+def load_weights(model: nn.Module, src: str | Path | dict, strict: bool = True, source: str | None = None,
+                 adapt_channels: bool = False) -> LoadReport:
+    """Load weights into ``model``. Strict: every key and shape must match. Non-strict: load what matches,
+    report the rest, refuse when nothing matched."""
+    sd, name = read_state_dict(src)
+    own = model.state_dict()
+    sd = _best_prefix_fit(sd, set(own))
+    rep = LoadReport(source=source or name)
+    use: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k not in own:
+            rep.unexpected.append(k)
+        elif v.shape == own[k].shape:
+            use[k] = v
+        elif adapt_channels and v.ndim == 4 and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]:
+            from timm.models import adapt_input_conv
+
+            use[k] = adapt_input_conv(own[k].shape[1], v)
+            rep.adapted.append(f"{k}: {v.shape[1]} -> {own[k].shape[1]} input channels")
+        else:
+            rep.mismatched.append(f"{k}: {tuple(v.shape)} -> {tuple(own[k].shape)}")
+    rep.matched = list(use)
+    rep.missing = [k for k in own if k not in use]
+    if strict and (rep.missing or rep.unexpected or rep.mismatched):
+        raise WeightsError(f"{rep.source} does not match {type(model).__name__}: {rep.summary()}. "
+                           "Check --model, or pass --load-not-strict to load the matching part.")
+    if not use:
+        raise WeightsError(f"nothing in {rep.source} matches {type(model).__name__} ({rep.summary()}); "
+                           "is it the weight file of another architecture?")
+    model.load_state_dict(use, strict=False)
+    log.info(rep.summary())
+    return rep

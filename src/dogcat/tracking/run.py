@@ -1,0 +1,84 @@
+"""A run folder: resolved config, metrics.jsonl, status, checkpoints, split files, bad-file list."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError, dump_yaml
+from ..engine.checkpoint import atomic_write_text
+
+STATUSES = ("running", "finished", "failed", "stopped")
+
+
+def default_run_name(cfg: Config) -> str:
+    if cfg.train.env and cfg.train.env != "default":
+        return cfg.train.env
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "-", cfg.model.model.lower()).strip("-")
+    return f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def find_run(spec: str, runs_root: str | Path = "runs") -> Path:
+    """A run folder from its path, its name under ``runs_root``, or ``latest``."""
+    if spec == "latest":
+        runs = [p for p in Path(runs_root).glob("*/") if (p / "config.yaml").is_file()]
+        if not runs:
+            raise ConfigError(f"--resume=latest: no run folders under {runs_root}")
+        return max(runs, key=lambda p: (p / "config.yaml").stat().st_mtime)
+    for cand in (Path(spec), Path(runs_root) / spec):
+        if (cand / "config.yaml").is_file():
+            return cand
+    raise ConfigError(f"no run folder {spec!r} (looked for {spec}/config.yaml and {runs_root}/{spec}/config.yaml)")
+
+
+class Run:
+    """The folder of one training run; rank 0 writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ckpt_dir = path / "checkpoints"
+
+    @classmethod
+    def create(cls, cfg: Config) -> "Run":
+        """A new run folder; an explicit ``run_dir`` that already holds a run is refused (use --resume)."""
+        if cfg.train.run_dir:
+            path = Path(cfg.train.run_dir)
+            if (path / "config.yaml").exists():
+                raise ConfigError(f"--run-dir={path} already holds a run; pass --resume={path} to continue it, "
+                                  "or choose another folder")
+        else:
+            base = Path(cfg.train.runs_root) / default_run_name(cfg)
+            path, i = base, 1
+            while path.exists():  # two runs started in the same second, or a reused --env
+                i += 1
+                path = base.with_name(f"{base.name}-{i}")
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        dump_yaml(cfg, path / "config.yaml")
+        return run
+
+    def checkpoint(self, name: str) -> Path:
+        return self.ckpt_dir / f"{name}.pt"
+
+    def set_status(self, status: str) -> None:
+        assert status in STATUSES
+        atomic_write_text(self.path / "status", status + "\n")
+
+    def status(self) -> str:
+        p = self.path / "status"
+        return p.read_text().strip() if p.exists() else "unknown"
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl and flush it, so a crash loses at most this line."""
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+            f.flush()
+
+    def records(self) -> list[dict[str, Any]]:
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
