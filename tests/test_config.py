@@ -31,6 +31,8 @@ def test_dashes_underscores_dotted_and_flags():
                                        "--use-gpu=False", "--milestones=3,6", "--load-model-path=None"]))
     assert cfg.data.train_data_root == "x" and cfg.optim.weight_decay == 0.5 and cfg.train.channels_last
     assert cfg.train.use_gpu is False and cfg.optim.milestones == [3, 6] and cfg.model.load_model_path is None
+    cfg = load_config(parse_overrides(["--augment=none", "--scheduler=None", "--progress=NONE"]))
+    assert (cfg.data.augment, cfg.optim.scheduler, cfg.train.progress) == ("none", "none", "none")
 
 
 def test_yaml_flat_and_nested(tmp_path):
@@ -45,7 +47,7 @@ def test_yaml_flat_and_nested(tmp_path):
 
 def test_yaml_unknown_key_fails(tmp_path):
     (tmp_path / "bad.yaml").write_text("optim:\n  lrr: 0.1\n")
-    with pytest.raises(ConfigError, match="lrr.*--lr"):
+    with pytest.raises(ConfigError, match=r"lrr.*--optim\.lr.*bad\.yaml"):
         load_config(config_file=tmp_path / "bad.yaml")
 
 
@@ -61,6 +63,8 @@ def test_round_trip():
     ("--max-epoch=2.5", ["--max-epoch", "int", "2.5"]),
     ("--precision=fp8", ["--precision", "fp32", "bf16", "fp16"]),
     ("--optimizer=adamm", ["--optimizer", "adamw", "sgd"]),
+    ("--train-data-root=/no/such/dir", ["/no/such/dir", "fashion-mnist.yaml"]),
+    ("--max-epoch=0", ["--max-epoch", "at least 1"]),
 ])
 def test_cli_errors_exit_2_naming_the_key(arg, words, capsys, tmp_path):
     code = main(["train", arg, f"--runs-root={tmp_path}"])

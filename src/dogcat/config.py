@@ -44,6 +44,8 @@ class DataConfig:
     val_split: float = opt(0.3, "fraction of the training images held out for validation (stratified)")
     split_seed: int = opt(0, "seed of the train/val split (independent of the training seed)")
     image_size: int = opt(224, "side of the square network input, in pixels")
+    augment: str = opt("default", "training augmentation: default (random resized crop / padded crop for "
+                        "28x28, + flip), flip (flip only), none", ("default", "flip", "none"))
     batch_size: int = opt(128, "images per batch (per process)")
     num_workers: int = opt(-1, "data loading processes; -1 picks min(4, CPU cores), 0 loads in the main process")
 
@@ -162,8 +164,9 @@ def _coerce(path: str, value: Any) -> Any:
     """Fix up string spellings the YAML parser leaves as strings (None, comma lists)."""
     sec, leaf = path.split(".")
     f = OPTIONS[leaf][1]
-    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
-        return None
+    optional = str(f.type).startswith("Optional")
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        return None  # only for options that can be None: --augment=none and --scheduler=none are choices
     if isinstance(value, str) and str(f.type).startswith("list") and "," in value:
         return [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
     return value
@@ -175,7 +178,10 @@ def _type_name(f: Any) -> str:
 
 def _apply(cfg: DictConfig, items: dict[str, Any], source: str) -> None:
     for key, value in items.items():
-        path = resolve_key(key)
+        try:
+            path = resolve_key(key)
+        except ConfigError as e:
+            raise ConfigError(f"{e} [{source}]") from None
         value = _coerce(path, value)
         try:
             OmegaConf.update(cfg, path, value, merge=False)
@@ -195,6 +201,24 @@ def _check_choices(cfg: DictConfig) -> None:
             if low not in choices:
                 raise ConfigError(f"option --{leaf.replace('_', '-')}={value!r} is not one of: {', '.join(choices)}")
             cfg[sec][leaf] = low
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """Checks that need more than a type: names looked up elsewhere, ranges."""
+    from .engine.optim import optimizer_classes  # here: engine imports this module
+
+    optimizers = set(optimizer_classes())
+    if cfg.optim.optimizer.lower() not in optimizers:
+        close = difflib.get_close_matches(cfg.optim.optimizer.lower(), sorted(optimizers), n=3, cutoff=0.5)
+        raise ConfigError(f"option --optimizer={cfg.optim.optimizer!r} is not a torch.optim optimizer"
+                          + (f"; did you mean {', '.join(close)}?" if close else "")
+                          + f" Choices: {', '.join(sorted(optimizers))}")
+    for leaf in ("max_epoch", "batch_size", "image_size", "accum_steps", "print_freq", "step_size"):
+        sec = OPTIONS[leaf][0]
+        if cfg[sec][leaf] < 1:
+            raise ConfigError(f"option --{leaf.replace('_', '-')} must be at least 1, got {cfg[sec][leaf]}")
+    if not 0.0 <= cfg.data.val_split < 1.0:
+        raise ConfigError(f"option --val-split must be in [0, 1), got {cfg.data.val_split}")
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -231,6 +255,7 @@ def load_config(overrides: dict[str, Any] | None = None, config_file: str | Path
         _apply(cfg, _flatten(tree), f"in {path}")
     _apply(cfg, overrides or {}, "on the command line")
     _check_choices(cfg)
+    _check_values(cfg)
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
     return obj

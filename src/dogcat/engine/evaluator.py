@@ -173,7 +173,7 @@ def test(target: str | None, overrides: dict[str, Any] | None = None) -> dict[st
     # the training layout decides the test layout; a bare state_dict has none, so the folder (or list) decides
     kind = lm.kind or ("list" if lm.cfg.data.test_list else "folder")
     dataset = build_test(lm.cfg.data, kind, lm.class_names, lm.in_chans, lm.mean, lm.std)
-    bad = BadFiles(lm.out_dir / "bad_files.txt")
+    bad = BadFiles(lm.out_dir / "bad_files_test.txt")  # its own list: training's must not become rows
     ids, probs, labels = _probabilities(lm, dataset, bad)
     c = len(lm.class_names)
     rows = {i: p for i, p in zip(ids, probs.tolist())}
@@ -204,6 +204,9 @@ def test(target: str | None, overrides: dict[str, Any] | None = None) -> dict[st
         (lm.out_dir / "test_result.json").write_text(json.dumps(result, indent=2))
     log.info(f"wrote {len(rows)} rows to {out}")
     return result
+
+
+test.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into one
 
 
 def _bad_id(path: str, root: str | None) -> str:

@@ -20,7 +20,8 @@ class EvalMeter:
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits, labels = logits.float().cpu(), labels.cpu()
+        # float64: in float32 1 - 1e-15 == 1, and a confident mistake would cost log(0) = inf
+        logits, labels = logits.double().cpu(), labels.cpu()
         self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         probs = logits.softmax(1)
         if self.c == 2:  # Kaggle Redux: clip p(dog), binary cross-entropy

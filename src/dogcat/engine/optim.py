@@ -37,12 +37,7 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    classes = optimizer_classes()
-    name = cfg.optim.optimizer.lower()
-    if name not in classes:
-        raise ConfigError(f"option --optimizer={cfg.optim.optimizer!r} is not a torch.optim optimizer; "
-                          f"choices: {', '.join(sorted(classes))}")
-    cls = classes[name]
+    cls = optimizer_classes()[cfg.optim.optimizer.lower()]  # the name was checked by load_config
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {"lr": cfg.optim.lr}
     if "weight_decay" in accepted:

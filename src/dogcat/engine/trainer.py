@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config, dump_yaml, to_dict
-from ..data import BadFiles, build_train_val, make_loader, write_splits
+from ..data import BadFiles, build_train_val, detect_kind, make_loader, write_splits
 from ..models import build_model
 from ..models.weights import load_weights
 from ..tracking.progress import Progress
@@ -76,6 +76,7 @@ def train(cfg: Config) -> Result:
         ckpt = load_checkpoint(run.checkpoint("last"))
         dump_yaml(cfg, run.path / "config.yaml")  # record what changed on resume (e.g. max_epoch)
     else:
+        detect_kind(cfg.data)  # a wrong data path fails here, before a run folder is made
         run, ckpt = Run.create(cfg), None
     run.set_status("running")
     try:
@@ -97,8 +98,7 @@ def _fit(cfg: Config, run: Run, ckpt: dict | None) -> Result:
     write_splits(data, run.path)
     loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
                        pin_memory=device.type == "cuda")
-    train_loader = make_loader(data.train, shuffle=True, drop_last=len(data.train) > cfg.data.batch_size,
-                               **loader_args)
+    train_loader = make_loader(data.train, shuffle=True, **loader_args)
     val_loader = make_loader(data.val, shuffle=False, **loader_args) if data.val is not None else None
 
     model = build_model(cfg.model.model, len(data.class_names), data.in_chans, cfg.model.pretrained)
@@ -176,8 +176,8 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(loader):
         loop.bad.add(batch.bad)
-        if len(batch.labels) == 0:
-            continue
+        if len(batch.labels) == 0 or len(batch.labels) == 1 < (loader.batch_size or 1):
+            continue  # all bad, or a lone leftover image: BatchNorm cannot train on one
         images, labels = loop.to_device(batch.images, batch.labels)
         with autocast(loop.device, loop.precision):
             loss = F.cross_entropy(model(images), labels)
