@@ -66,6 +66,21 @@ def test_loss_rise_rule_and_state_round_trip():
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.25) and sched2.prev_loss == 0.5
 
 
+def test_resumed_cosine_follows_the_new_horizon():
+    model, cfg, opt = _opt(scheduler="cosine", lr=1.0)
+    sched = Schedule(opt, cfg.optim, 2, 4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # half-way through 4 epochs
+    sched2 = Schedule(opt, cfg.optim, 2, 8)  # resumed with max_epoch 8
+    sched2.load_state_dict(sched.state_dict())
+    opt.step()
+    sched2.step()
+    assert sched2.last_epoch == 5  # step 5 of 16 now, not of 8
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 16)))
+
+
 def test_log_loss_is_kaggles():
     meter = EvalMeter(2)
     logits = torch.tensor([[0.0, 100.0], [0.0, 0.0]])  # p(dog) = 1 (clipped) and 0.5

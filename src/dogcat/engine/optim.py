@@ -81,6 +81,13 @@ class Schedule(LRScheduler):
             return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
         return self.factor  # none (factor stays 1) and loss-rise
 
+    PROGRESS = ("last_epoch", "_step_count", "_last_lr", "factor", "prev_loss", "base_lrs")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore progress only: the shape (kind, horizon, warm-up, milestones) comes from the current
+        config, so a resumed run with a larger ``max_epoch`` stretches its cosine to the new end."""
+        self.__dict__.update({k: v for k, v in state_dict.items() if k in self.PROGRESS})
+
     def get_lr(self) -> list[float]:
         return [base * self._scale(self.last_epoch) for base in self.base_lrs]
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config, dump_yaml, to_dict
-from ..data import BadFiles, build_train_val, detect_kind, make_loader, write_splits
+from ..data import BadFiles, DataBundle, build_train_val, detect_kind, make_loader, write_splits
 from ..models import build_model
 from ..models.weights import load_weights
 from ..tracking.progress import Progress
@@ -91,7 +91,22 @@ def train(cfg: Config) -> Result:
     return result
 
 
-def _fit(cfg: Config, run: Run, ckpt: dict | None) -> Result:
+@dataclass
+class Parts:
+    """Everything a run trains with, built from the config."""
+
+    data: DataBundle
+    train_loader: Any
+    val_loader: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Schedule
+    scaler: torch.amp.GradScaler
+    loop: Loop
+
+
+def build_parts(cfg: Config, run: Run, resuming: bool) -> Parts:
+    """Seed, pick the device, build data, loaders, model, optimizer, schedule and loss scaler."""
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     device = pick_device(cfg.train)
     data = build_train_val(cfg.data)
@@ -102,65 +117,76 @@ def _fit(cfg: Config, run: Run, ckpt: dict | None) -> Result:
     val_loader = make_loader(data.val, shuffle=False, **loader_args) if data.val is not None else None
 
     model = build_model(cfg.model.model, len(data.class_names), data.in_chans, cfg.model.pretrained)
-    if cfg.model.load_model_path and ckpt is None:
+    if cfg.model.load_model_path and not resuming:  # a resumed run has its own weights
         load_weights(model, cfg.model.load_model_path, strict=not cfg.model.load_not_strict)
     model.to(device, memory_format=memory_format(cfg.train.channels_last))
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.accum_steps)
     scheduler = Schedule(optimizer, cfg.optim, steps_per_epoch, cfg.train.max_epoch)
-    scaler = grad_scaler(device, cfg.train.precision)
     loop = Loop(device=device, precision=cfg.train.precision, channels_last=cfg.train.channels_last,
                 bad=BadFiles(run.path / "bad_files.txt"), accum_steps=cfg.optim.accum_steps,
                 clip_grad_norm=cfg.optim.clip_grad_norm, print_freq=cfg.train.print_freq,
                 progress=cfg.train.progress, debug_file=cfg.train.debug_file, run=run,
                 max_epoch=cfg.train.max_epoch)
+    return Parts(data, train_loader, val_loader, model, optimizer, scheduler,
+                 grad_scaler(device, cfg.train.precision), loop)
+
+
+def checkpoint_state(cfg: Config, p: Parts, epoch: int, best: float | None, best_epoch: int,
+                     record: dict) -> dict[str, Any]:
+    """The full training state after ``epoch`` epochs: tensors and plain data only (weights_only loads)."""
+    return {"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+            "scheduler": p.scheduler.state_dict(), "scaler": p.scaler.state_dict(),
+            "epoch": epoch, "global_step": p.loop.global_step, "best_metric": best, "best_epoch": best_epoch,
+            "monitor": cfg.train.monitor, "metrics": record, "config": to_dict(cfg),
+            "class_names": p.data.class_names, "in_chans": p.data.in_chans, "mean": list(p.data.mean),
+            "std": list(p.data.std), "data_kind": p.data.kind}
+
+
+def _fit(cfg: Config, run: Run, ckpt: dict | None) -> Result:
+    p = build_parts(cfg, run, resuming=ckpt is not None)
     best, best_epoch, start_epoch = None, -1, 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, loop.global_step = ckpt["epoch"], ckpt["global_step"]
+        p.model.load_state_dict(ckpt["model"])
+        p.optimizer.load_state_dict(ckpt["optimizer"])
+        p.scheduler.load_state_dict(ckpt["scheduler"])
+        p.scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, p.loop.global_step = ckpt["epoch"], ckpt["global_step"]
         best, best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
-        run.log({"event": "resume", "epoch": start_epoch, "step": loop.global_step})
-        log.info(f"resuming {run.path} after epoch {start_epoch} (step {loop.global_step})")
-
+        run.log({"event": "resume", "epoch": start_epoch, "step": p.loop.global_step})
+        log.info(f"resuming {run.path} after epoch {start_epoch} (step {p.loop.global_step})")
     log.info(f"run folder: {run.path}")
-    log.info(f"{cfg.model.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-             f"{len(data.train)} training / {len(data.val) if data.val else 0} validation images, "
-             f"classes {data.class_names}")
+    log.info(f"{cfg.model.model}: {sum(x.numel() for x in p.model.parameters()):,} parameters on "
+             f"{p.loop.device}, {len(p.data.train)} training / {len(p.data.val) if p.data.val else 0} "
+             f"validation images, classes {p.data.class_names}")
+
     history = []
     for epoch in range(start_epoch, cfg.train.max_epoch):
-        loop.epoch = epoch
+        p.loop.epoch = epoch
         t0 = time.perf_counter()
-        train_stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, loop)
-        val_stats = validate(model, val_loader, loop, len(data.class_names)) if val_loader else {}
-        scheduler.epoch_end(train_stats["loss"])
+        train_stats = train_one_epoch(p.model, p.train_loader, p.optimizer, p.scheduler, p.scaler, p.loop)
+        val_stats = validate(p.model, p.val_loader, p.loop, len(p.data.class_names)) if p.val_loader else {}
+        p.scheduler.epoch_end(train_stats["loss"])
 
-        record = {"epoch": epoch + 1, "step": loop.global_step, "train_loss": train_stats["loss"],
-                  "train_images_per_s": train_stats["images_per_s"], "lr": optimizer.param_groups[0]["lr"],
+        record = {"epoch": epoch + 1, "step": p.loop.global_step, "train_loss": train_stats["loss"],
+                  "train_images_per_s": train_stats["images_per_s"], "lr": p.optimizer.param_groups[0]["lr"],
                   "epoch_seconds": time.perf_counter() - t0,
                   **{f"val_{k}": v for k, v in val_stats.items() if k != "confusion"}}
         run.log(record)
         history.append(record)
-        _print_epoch(record, val_stats, data.class_names, cfg.train.max_epoch)
+        _print_epoch(record, val_stats, p.data.class_names, cfg.train.max_epoch)
 
-        metric = record.get(cfg.train.monitor, -train_stats["loss"] if cfg.train.monitor.endswith("accuracy")
-                            else train_stats["loss"])  # no validation set: judge by the training loss
+        # without a validation set, judge by the training loss
+        metric = record.get(cfg.train.monitor, -record["train_loss"] if cfg.train.monitor.endswith("accuracy")
+                            else record["train_loss"])
         is_best = better(metric, best, cfg.train.monitor)
         if is_best:
             best, best_epoch = metric, epoch + 1
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "epoch": epoch + 1, "global_step": loop.global_step, "best_metric": best,
-                 "best_epoch": best_epoch, "monitor": cfg.train.monitor, "metrics": record,
-                 "config": to_dict(cfg), "class_names": data.class_names, "in_chans": data.in_chans,
-                 "mean": list(data.mean), "std": list(data.std), "data_kind": data.kind}
-        save_checkpoint(run.checkpoint("last"), state)
+        save_checkpoint(run.checkpoint("last"), checkpoint_state(cfg, p, epoch + 1, best, best_epoch, record))
         if is_best:
             _link_or_copy(run.checkpoint("last"), run.checkpoint("best"))
-    if loop.bad.count:
-        log.warning(f"{loop.bad.count} unreadable image(s) were skipped; list in {run.path / 'bad_files.txt'}")
+    if p.loop.bad.count:
+        log.warning(f"{p.loop.bad.count} unreadable image(s) were skipped; list in {run.path / 'bad_files.txt'}")
     log.info(f"best {cfg.train.monitor} {best if best is not None else float('nan'):.4f} at epoch {best_epoch}; "
              f"checkpoints in {run.ckpt_dir}")
     return Result(run.path, best, best_epoch, history)
