@@ -1,0 +1,129 @@
+"""Fashion-MNIST from its IDX files, held in memory as one uint8 tensor (N, 1, 28, 28).
+
+Where the files come from, first hit wins: ``--fashion-mnist-root``; ``--train-data-root`` when it holds
+IDX files; Debian's ``dataset-fashion-mnist`` package; a torchvision download into ``~/.cache/dogcat``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .images import DataError, Item
+
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
+CACHE_ROOT = Path("~/.cache/dogcat").expanduser()
+HOW_TO_GET = ("install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four "
+              "IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+              "t10k-labels-idx1-ubyte.gz, gzipped or not) in a folder and pass --fashion-mnist-root=DIR")
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    # torchvision's download keeps the files in <root>/FashionMNIST/raw: accept that folder too
+    for d in (folder, folder / "FashionMNIST" / "raw"):
+        for name in (stem, stem + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def has_idx(folder: Path, split: str = "train") -> bool:
+    return all(_find(folder, stem) is not None for stem in FILES[split])
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzip or raw): big-endian magic 0x0000080D, D = ndim."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e}); download it again") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    if len(data) - offset != int(np.prod(shape)):
+        raise DataError(f"{path}: size does not match its header {shape}; the file is damaged")
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
+
+
+def load_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images uint8 (N,1,28,28), labels int64 (N,))`` of ``split`` ("train" or "test")."""
+    img_file, lbl_file = (_find(folder, stem) for stem in FILES[split])
+    if img_file is None or lbl_file is None:
+        raise DataError(f"{folder}: missing Fashion-MNIST {split} files; {HOW_TO_GET}")
+    images, labels = read_idx(img_file), read_idx(lbl_file)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def _download() -> Path:
+    """Fetch with torchvision into CACHE_ROOT; looked up at call time so tests can replace it."""
+    import torchvision.datasets
+
+    # one call fetches all four files, whatever ``train`` says
+    torchvision.datasets.FashionMNIST(root=str(CACHE_ROOT), train=True, download=True)
+    return CACHE_ROOT / "FashionMNIST" / "raw"
+
+
+def resolve_root(explicit: str | None, train_root: str | None = None) -> Path:
+    """Find a folder with all four IDX files (see the module docstring), or raise a DataError."""
+    if explicit:
+        root = Path(explicit).expanduser()
+        if not (has_idx(root, "train") and has_idx(root, "test")):
+            raise DataError(f"--fashion-mnist-root={explicit}: the four IDX files are not there; {HOW_TO_GET}")
+        return root
+    candidates = [Path(train_root).expanduser()] if train_root else []
+    candidates += [DEBIAN_ROOT, CACHE_ROOT]
+    for root in candidates:
+        if has_idx(root, "train") and has_idx(root, "test"):
+            return root
+    try:
+        root = _download()
+    except Exception as e:  # no network, proxy, disk full: all end in the same advice
+        raise DataError(f"Fashion-MNIST not found (looked in {', '.join(map(str, candidates))}) and the "
+                        f"download failed ({type(e).__name__}: {e}). To fix: {HOW_TO_GET}") from e
+    if not (has_idx(root, "train") and has_idx(root, "test")):
+        raise DataError(f"Fashion-MNIST download into {root} is incomplete; {HOW_TO_GET}")
+    return root
+
+
+class FashionMNIST(Dataset):
+    """Items of an in-memory uint8 tensor; transforms run per item on tensors (no PIL).
+
+    ``index`` holds each item's position in its IDX file: the item's id and path."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, index: Sequence[int], split: str,
+                 transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        idx = torch.as_tensor(list(index), dtype=torch.int64)
+        self.images = images[idx].contiguous()  # a copy: only this subset stays alive in workers
+        self.labels = labels[idx].tolist()
+        self.index = idx.tolist()
+        self.split = split
+        self.transform = transform
+
+    @property
+    def targets(self) -> list[int]:
+        return list(self.labels)
+
+    def path(self, i: int) -> str:
+        return f"fashion-mnist/{self.split}/{self.index[i]}"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Item:
+        image = self.transform(self.images[i])
+        return Item(image, self.labels[i], str(self.index[i]), self.path(i), None)

@@ -1,0 +1,160 @@
+"""Safe image decoding, the ``Item``/``Batch`` types, ``collate_items`` and the ``BadFiles`` reporter.
+
+Bad files (empty, truncated, not an image) never raise from a dataset: the dataset returns an ``Item``
+with ``image=None`` and the reason, ``collate_items`` drops it, and the main process reports it once
+through ``BadFiles``. Datasets stay silent because they run in workers and again every epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+# Extensions PIL decodes that people keep photos in; matched case-insensitively.
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+class DataError(ValueError):
+    """A user-facing problem with the data; the message says what is wrong and how to fix it."""
+
+
+class BadImageWarning(UserWarning):
+    """An image file could not be decoded and is skipped (filter this category to silence it)."""
+
+
+class Item(NamedTuple):
+    """One sample, as every dataset's ``__getitem__`` returns it."""
+
+    image: torch.Tensor | None  # float CHW, normalised; None when the file could not be decoded
+    label: int  # class index; -1 when unknown
+    id: str
+    path: str
+    error: str | None  # why decoding failed, else None
+
+
+class Batch(NamedTuple):
+    """A collated batch; ``images`` has 0 rows (shape (0, 0, 0, 0)) when every item was bad."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    ids: list[str]
+    bad: list[tuple[str, str]]
+
+
+def is_image_file(path: str | Path) -> bool:
+    return os.path.splitext(str(path))[1].lower() in IMAGE_EXTS
+
+
+def decode_image(path: str | Path, mode: str = "RGB") -> tuple[torch.Tensor | None, str | None]:
+    """Decode a file to a uint8 CHW tensor in ``mode`` ("RGB" or "L"); on failure ``(None, reason)``.
+
+    PIL sniffs the content, so a PNG named ``.jpg`` works. ``LOAD_TRUNCATED_IMAGES`` keeps its default
+    (False) so that ``load()`` raises on a truncated file instead of returning a half-grey picture.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return None, "empty file"
+        with Image.open(path) as im:
+            im.load()  # decode fully here, inside the try, so truncation surfaces now
+            img = im.convert(mode)  # grayscale, CMYK, RGBA, palette -> RGB (or L)
+    except FileNotFoundError:
+        return None, "missing file"
+    except IsADirectoryError:
+        return None, "is a folder, not a file"
+    except UnidentifiedImageError:
+        return None, "not an image: PIL cannot identify the file format"
+    except Image.DecompressionBombError as e:
+        return None, f"too large: {e}"
+    except Exception as e:  # PIL plugins raise OSError, SyntaxError, ValueError, struct.error... on corrupt data
+        msg = str(e)
+        if "truncated" in msg.lower():
+            return None, "truncated image"
+        return None, f"corrupt image: {type(e).__name__}: {msg}"
+    return TF.pil_to_tensor(img), None
+
+
+class ImageFiles(Dataset):
+    """Image files with labels and ids; ``transform`` maps a uint8 CHW tensor to a float tensor."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], ids: Sequence[str],
+                 transform: Callable[[torch.Tensor], torch.Tensor], mode: str = "RGB") -> None:
+        if len(samples) != len(ids):
+            raise ValueError("samples and ids differ in length")
+        self.samples = [(str(p), int(y)) for p, y in samples]
+        self.ids = list(ids)
+        self.transform = transform
+        self.mode = mode
+
+    @property
+    def targets(self) -> list[int]:
+        """Labels in order (for samplers that balance classes)."""
+        return [y for _, y in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Item:
+        path, label = self.samples[i]
+        raw, error = decode_image(path, self.mode)
+        if raw is None:
+            return Item(None, label, self.ids[i], path, error)
+        try:
+            image = self.transform(raw)
+        except Exception as e:  # a worker must not die on one odd image; report it like a bad file
+            return Item(None, label, self.ids[i], path, f"transform failed: {type(e).__name__}: {e}")
+        return Item(image, label, self.ids[i], path, None)
+
+
+def collate_items(items: list[Item]) -> Batch:
+    """Drop bad items (reported in ``Batch.bad``) and stack the rest."""
+    good = [it for it in items if it.image is not None]
+    bad = [(it.path, it.error or "unreadable") for it in items if it.image is None]
+    images = torch.stack([it.image for it in good]) if good else torch.empty(0, 0, 0, 0)
+    labels = torch.tensor([it.label for it in good], dtype=torch.int64)
+    return Batch(images, labels, [it.id for it in good], bad)
+
+
+class BadFiles:
+    """Collects bad files in the main process: warns once per file and appends ``path<TAB>reason`` lines.
+
+    An existing file is read first, so a resumed run neither repeats lines nor warns again.
+    """
+
+    def __init__(self, path: Path | str | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._seen: dict[str, str] = {}
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                p, _, reason = line.partition("\t")
+                if p:
+                    self._seen[p] = reason
+
+    @property
+    def count(self) -> int:
+        """Distinct bad files seen."""
+        return len(self._seen)
+
+    @property
+    def files(self) -> dict[str, str]:
+        return dict(self._seen)
+
+    def add(self, bad: list[tuple[str, str]]) -> None:
+        new: list[tuple[str, str]] = []
+        for path, reason in bad:
+            if path in self._seen:
+                continue
+            reason = " ".join(str(reason).split())  # one line per file, no tabs
+            self._seen[path] = reason
+            new.append((path, reason))
+            warnings.warn(f"skipping unreadable image {path}: {reason}", BadImageWarning, stacklevel=2)
+        if new and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.writelines(f"{p}\t{r}\n" for p, r in new)

@@ -1,0 +1,116 @@
+"""List files: CSV with a ``path,label`` header, or ``path label`` lines (torch_base style).
+
+Paths are relative to the list file's folder, or absolute. Labels are class names or integers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from .images import DataError
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path, text: str) -> list[tuple[str, str | None]]:
+    reader = csv.DictReader(io.StringIO(text))
+    fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
+    if "path" not in fields:
+        raise DataError(f"{path}: a CSV list needs a header line with a 'path' column (and 'label'), "
+                        f"got {reader.fieldnames}")
+    pcol, lcol = fields["path"], fields.get("label")
+    rows = []
+    for rec in reader:
+        p = (rec.get(pcol) or "").strip()
+        if p:
+            label = (rec.get(lcol) or "").strip() if lcol else ""
+            rows.append((p, label or None))
+    return rows
+
+
+def _read_lines(text: str, base: Path) -> list[tuple[str, str | None]]:
+    rows: list[tuple[str, str | None]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not rows and line.lower().split() in (["path", "label"], ["path"]):
+            continue  # a header line
+        if os.path.isfile(base / line):  # an unlabelled path with spaces in it
+            rows.append((line, None))
+            continue
+        parts = line.rsplit(None, 1)  # the label is the last field; a path may contain spaces
+        rows.append((parts[0], parts[1]) if len(parts) == 2 else (parts[0], None))
+    return rows
+
+
+def read_list(path: str | Path, need_labels: bool = True) -> list[tuple[str, str | None]]:
+    """``[(absolute path, raw label or None)]`` in file order."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"list file {path} does not exist")
+    text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: spreadsheets like to add a BOM
+    first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
+    header = [h.strip().lower() for h in next(csv.reader([first]), [])]
+    is_csv = path.suffix.lower() == ".csv" or "path" in header
+    base = path.parent
+    rows = _read_csv(path, text) if is_csv else _read_lines(text, base)
+    if not rows:
+        raise DataError(f"list file {path} lists no images")
+    rows = [(os.path.normpath(p if os.path.isabs(p) else base / p), y) for p, y in rows]
+    if need_labels:
+        missing = [p for p, y in rows if y is None]
+        if missing:
+            raise DataError(f"{path}: {len(missing)} rows have no label (first: {missing[0]}); "
+                            f"training and validation lists need 'path label' on every row")
+    if not any(os.path.exists(p) for p, _ in rows):
+        raise DataError(f"{path}: none of the listed files exist (first: {rows[0][0]}); relative paths "
+                        f"are taken from the list file's folder {base}")
+    return rows
+
+
+def class_names_of(labels: list[str]) -> list[str]:
+    """Sorted distinct names; integers sort numerically and are named ``str(int)``."""
+    if all(_is_int(y) for y in labels):
+        return [str(i) for i in sorted({int(y) for y in labels})]
+    return sorted(set(labels))
+
+
+def to_index(label: str | None, class_names: list[str], where: str) -> int:
+    """Map a raw label to its class index: by name, else (an integer) as an index; None -> -1."""
+    if label is None:
+        return -1
+    if label in class_names:
+        return class_names.index(label)
+    if _is_int(label):
+        i = int(label)
+        if str(i) in class_names:
+            return class_names.index(str(i))
+        if 0 <= i < len(class_names):
+            return i
+    raise DataError(f"{where}: label {label!r} is not one of the classes {class_names}")
+
+
+def load(path: str | Path, class_names: list[str] | None = None,
+         need_labels: bool = True) -> tuple[list[tuple[str, int]], list[str], list[str]]:
+    """``([(path, label)], class_names, ids)``; ids are paths relative to the list's folder, no extension."""
+    rows = read_list(path, need_labels)
+    if class_names is None:
+        class_names = class_names_of([y for _, y in rows if y is not None])
+    index = {name: i for i, name in enumerate(class_names)}
+    samples = [(p, index[y] if y in index else to_index(y, class_names, str(path))) for p, y in rows]
+    base = Path(path).expanduser().parent
+    ids = []
+    for p, _ in samples:
+        rel = os.path.relpath(p, base)
+        ids.append(os.path.splitext(p if rel.startswith("..") else rel)[0].replace(os.sep, "/"))
+    return samples, class_names, ids

@@ -1,0 +1,79 @@
+"""Deterministic stratified train/val split, and the split files written into a run folder."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from .images import DataError
+
+if TYPE_CHECKING:
+    from . import DataBundle
+
+
+def check_val_split(val_split: float) -> None:
+    if not 0.0 <= val_split < 1.0:
+        raise DataError(f"--val-split={val_split} must be in [0, 1): the fraction of training images held out")
+
+
+def stratified_split(labels: Sequence[int], val_split: float, seed: int,
+                     keys: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+    """Split positions into (train, val), per class: sort by ``keys`` (else position), shuffle with
+    ``random.Random(seed)``, hold out ``round(n * val_split)``.
+
+    Each class gets its own ``Random(seed)``, so adding or removing a class leaves the other classes'
+    split unchanged, and the result never depends on the order files were listed in. A class keeps at
+    least one training sample.
+    """
+    check_val_split(val_split)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for pos, y in enumerate(labels):
+        by_class[int(y)].append(pos)
+    train: list[int] = []
+    val: list[int] = []
+    for y in sorted(by_class):
+        pos = by_class[y]
+        if keys is not None:
+            pos.sort(key=lambda p: keys[p])
+        random.Random(seed).shuffle(pos)
+        n_val = min(round(len(pos) * val_split), len(pos) - 1)
+        val += pos[:n_val]
+        train += pos[n_val:]
+    return sorted(train), sorted(val)
+
+
+def _write_atomic(path: Path, rows: list[tuple[str, str]]) -> None:
+    """Temp file, fsync, rename: a crash never leaves half a split file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_splits(bundle: DataBundle, run_dir: Path) -> list[Path]:
+    """Write ``run_dir/splits/{train,val}.csv`` (header ``path,label``, label = class name, absolute
+    paths): list files that ``--train-list``/``--val-list`` read back to reproduce the run's split.
+
+    Fashion-MNIST rows hold pseudo-paths ``fashion-mnist/<split>/<index>``: a record, not loadable files.
+    """
+    out_dir = Path(run_dir) / "splits"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name in ("train", "val"):
+        rows = bundle.splits.get(name)
+        if not rows:
+            continue
+        absolute = bundle.kind != "fashion-mnist"
+        lines = [(os.path.abspath(p) if absolute else p, bundle.class_names[y]) for p, y in rows]
+        path = out_dir / f"{name}.csv"
+        _write_atomic(path, lines)
+        written.append(path)
+    return written
