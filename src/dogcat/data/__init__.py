@@ -19,7 +19,7 @@ from . import fashion_mnist, folder, kaggle, listfile
 from .fashion_mnist import FashionMNIST
 from .images import (BadFiles, BadImageWarning, Batch, DataError, ImageFiles, Item, collate_items, decode_image,
                      is_image_file)
-from .loader import make_loader, resolve_workers
+from .loader import ResumableSampler, SeededItems, make_loader, resolve_workers
 from .split import check_val_split, stratified_split, write_splits
 from .transforms import (FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD, eval_transform,
                          fmnist_eval_transform, fmnist_train_transform, squash_transform, train_transform)
@@ -27,7 +27,7 @@ from .transforms import (FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD, e
 __all__ = [
     "KINDS", "DataError", "Item", "Batch", "collate_items", "BadFiles", "BadImageWarning", "DataBundle",
     "detect_kind", "build_train_val", "build_test", "build_paths", "write_splits", "make_loader",
-    "resolve_workers", "ImageFiles", "FashionMNIST", "decode_image", "stratified_split",
+    "resolve_workers", "ResumableSampler", "SeededItems", "ImageFiles", "FashionMNIST", "decode_image", "stratified_split",
     "train_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD", "FMNIST_MEAN", "FMNIST_STD",
 ]
 

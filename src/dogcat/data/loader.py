@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 
 import numpy as np
 import torch
@@ -23,10 +24,60 @@ def resolve_workers(n: int) -> int:
 
 def seed_worker(worker_id: int) -> None:
     """Seed python and numpy in a worker from its torch seed (base seed from the loader's generator
-    + worker id), so augmentations that use them are reproducible and differ between workers."""
+    + worker id), so augmentations that use them are reproducible and differ between workers.
+
+    Workers ignore SIGINT: a Ctrl-C reaches the whole process group, and the main process handles it
+    (checkpoint at the next step); a worker that died of it would break the loader mid-epoch."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class ResumableSampler(Sampler):
+    """The training order as a pure function of ``(seed, epoch)``, startable at any position.
+
+    Yields ``(index, item_seed)``: :class:`SeededItems` seeds torch's generator with ``item_seed`` before
+    the item's transform, so an augmentation depends on (seed, epoch, position) only — not on the worker
+    count or on where a run was interrupted. ``set_epoch(epoch, start)`` skips the first ``start``
+    positions without touching their files (an exact resume, no decode-and-discard).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, min(start, self.n)
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
+        for pos in range(self.start, self.n):
+            yield int(order[pos]), int(seeds[pos])
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset for :class:`ResumableSampler`: ``ds[(index, seed)]`` runs ``ds[index]`` under
+    torch's generator seeded with ``seed``, restoring the generator afterwards (the model's dropout in the
+    main process keeps its own stream)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int,

@@ -1,4 +1,9 @@
-"""``train(cfg)``: set up, then ``train_one_epoch`` and ``validate`` once per epoch, checkpoint, repeat."""
+"""``train(cfg)``: set up, then ``train_one_epoch`` and ``validate`` once per epoch, checkpoint, repeat.
+
+A run can stop at any optimizer-step boundary (signal, ``--max-steps``) and resume exactly: the
+checkpoint holds the position inside the epoch, the loss sums so far and every RNG's state, and the
+training order and augmentations are functions of (seed, epoch, position) (see ``ResumableSampler``).
+"""
 
 from __future__ import annotations
 
@@ -10,21 +15,24 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, dump_yaml, to_dict
-from ..data import BadFiles, DataBundle, build_train_val, detect_kind, make_loader, write_splits
+from ..config import Config, dump_yaml, from_dict, to_dict
+from ..control import StopFlag, TrainingStopped
+from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, build_train_val, detect_kind,
+                    make_loader, write_splits)
 from ..models import build_model
 from ..models.weights import load_weights
 from ..tracking.progress import Progress
 from ..tracking.run import Run, find_run
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoints
 from .metrics import EvalMeter, format_confusion
 from .optim import Schedule, build_optimizer
+from .resume import resume_changes, rng_state, set_rng_state
 from .runtime import autocast, grad_scaler, memory_format, pick_device, seed_everything
 
 log = logging.getLogger("dogcat")
@@ -32,17 +40,51 @@ log = logging.getLogger("dogcat")
 
 @dataclass
 class Result:
-    """What a finished training returns."""
+    """What a training returns; ``stopped`` when it ended early (``--max-steps``) and can be resumed."""
 
     run_dir: Path
     best_metric: float | None
     best_epoch: int
     history: list[dict] = field(default_factory=list)
+    stopped: bool = False
+
+
+class LossMeter:
+    """Loss sums of the epoch and of the logging window, kept on the device (a ``.item()`` per step would
+    sync a GPU) and checkpointed mid-epoch so a resumed epoch reports the same mean."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        z = torch.zeros((), device=self.device)
+        self.sum, self.n, self.win_sum, self.win_n = z, 0, z.clone(), 0
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        self.sum = self.sum + loss.detach().float() * n
+        self.win_sum = self.win_sum + loss.detach().float() * n
+        self.n, self.win_n = self.n + n, self.win_n + n
+
+    def window(self) -> float:
+        value = (self.win_sum / max(1, self.win_n)).item()
+        self.win_sum, self.win_n = torch.zeros((), device=self.device), 0
+        return value
+
+    def mean(self) -> float:
+        return (self.sum / max(1, self.n)).item()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sum": self.sum.cpu(), "n": self.n, "win_sum": self.win_sum.cpu(), "win_n": self.win_n}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.sum, self.win_sum = s["sum"].to(self.device), s["win_sum"].to(self.device)
+        self.n, self.win_n = s["n"], s["win_n"]
 
 
 @dataclass
 class Loop:
-    """Settings and counters shared by ``train_one_epoch`` and ``validate``."""
+    """Settings, position and counters shared by ``train_one_epoch`` and ``validate``."""
 
     device: torch.device
     precision: str
@@ -54,13 +96,30 @@ class Loop:
     progress: str = "auto"
     debug_file: str | None = None
     run: Run | None = None
-    global_step: int = 0
-    epoch: int = 0
     max_epoch: int = 1
+    batches_per_epoch: int = 0
+    save_every_steps: int = 0
+    max_steps: int | None = None
+    epoch: int = 0          # the epoch being trained (0-based)
+    batch: int = 0          # batches of this epoch consumed so far
+    global_step: int = 0    # optimizer steps so far
+    meter: LossMeter | None = None
+    stop: StopFlag | None = None
+    save_step: Callable[[], None] | None = None  # writes last.pt at a step boundary
+    stopping: bool = False
 
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True, memory_format=memory_format(self.channels_last))
         return images, labels.to(self.device, non_blocking=True)
+
+    def after_step(self) -> bool:
+        """At an optimizer-step boundary: checkpoint when due or asked to stop; True means stop now."""
+        signalled = self.stop is not None and self.stop.signum is not None
+        self.stopping = signalled or bool(self.max_steps and self.global_step >= self.max_steps)
+        due = self.save_every_steps and self.global_step % self.save_every_steps == 0
+        if (self.stopping or due) and self.save_step is not None:
+            self.save_step()
+        return self.stopping
 
 
 def better(value: float, best: float | None, monitor: str) -> bool:
@@ -70,24 +129,32 @@ def better(value: float, best: float | None, monitor: str) -> bool:
 
 
 def train(cfg: Config) -> Result:
-    """Train as ``cfg`` says; ``cfg.train.resume`` continues a run in its own folder."""
+    """Train as ``cfg`` says; ``cfg.train.resume`` continues a run in its own folder where it stopped."""
+    ckpt = None
     if cfg.train.resume:
         run = Run(find_run(cfg.train.resume, cfg.train.runs_root))
-        ckpt = load_checkpoint(run.checkpoint("last"))
-        dump_yaml(cfg, run.path / "config.yaml")  # record what changed on resume (e.g. max_epoch)
+        ckpts = Checkpoints(run.ckpt_dir)
+        ckpts.clean_temps()
+        ckpt, _ = ckpts.load_latest()
+        changes = resume_changes(ckpt["config"], cfg)
+        if cfg.train.max_steps and ckpt["global_step"] >= cfg.train.max_steps:
+            log.info(f"--max-steps={cfg.train.max_steps} was reached before this resume; training on to max_epoch")
+            cfg.train.max_steps = None
+        dump_yaml(cfg, run.path / "config.yaml")
     else:
         detect_kind(cfg.data)  # a wrong data path fails here, before a run folder is made
-        run, ckpt = Run.create(cfg), None
+        run, changes = Run.create(cfg), {}
     run.set_status("running")
     try:
-        result = _fit(cfg, run, ckpt)
-    except KeyboardInterrupt:
+        with StopFlag() as stop:
+            result = _fit(cfg, run, ckpt, stop, changes)
+    except (KeyboardInterrupt, TrainingStopped):
         run.set_status("stopped")
         raise
     except BaseException:
         run.set_status("failed")
         raise
-    run.set_status("finished")
+    run.set_status("stopped" if result.stopped else "finished")
     return result
 
 
@@ -96,6 +163,7 @@ class Parts:
     """Everything a run trains with, built from the config."""
 
     data: DataBundle
+    sampler: ResumableSampler
     train_loader: Any
     val_loader: Any
     model: nn.Module
@@ -113,7 +181,8 @@ def build_parts(cfg: Config, run: Run, resuming: bool) -> Parts:
     write_splits(data, run.path)
     loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
                        pin_memory=device.type == "cuda")
-    train_loader = make_loader(data.train, shuffle=True, **loader_args)
+    sampler = ResumableSampler(len(data.train), cfg.train.seed)
+    train_loader = make_loader(SeededItems(data.train), shuffle=False, sampler=sampler, **loader_args)
     val_loader = make_loader(data.val, shuffle=False, **loader_args) if data.val is not None else None
 
     model = build_model(cfg.model.model, len(data.class_names), data.in_chans, cfg.model.pretrained)
@@ -121,56 +190,84 @@ def build_parts(cfg: Config, run: Run, resuming: bool) -> Parts:
         load_weights(model, cfg.model.load_model_path, strict=not cfg.model.load_not_strict)
     model.to(device, memory_format=memory_format(cfg.train.channels_last))
     optimizer = build_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.accum_steps)
-    scheduler = Schedule(optimizer, cfg.optim, steps_per_epoch, cfg.train.max_epoch)
-    loop = Loop(device=device, precision=cfg.train.precision, channels_last=cfg.train.channels_last,
+    batches = math.ceil(len(data.train) / cfg.data.batch_size)
+    scheduler = Schedule(optimizer, cfg.optim, math.ceil(batches / cfg.optim.accum_steps), cfg.train.max_epoch)
+    t = cfg.train
+    loop = Loop(device=device, precision=t.precision, channels_last=t.channels_last,
                 bad=BadFiles(run.path / "bad_files.txt"), accum_steps=cfg.optim.accum_steps,
-                clip_grad_norm=cfg.optim.clip_grad_norm, print_freq=cfg.train.print_freq,
-                progress=cfg.train.progress, debug_file=cfg.train.debug_file, run=run,
-                max_epoch=cfg.train.max_epoch)
-    return Parts(data, train_loader, val_loader, model, optimizer, scheduler,
-                 grad_scaler(device, cfg.train.precision), loop)
+                clip_grad_norm=cfg.optim.clip_grad_norm, print_freq=t.print_freq, progress=t.progress,
+                debug_file=t.debug_file, run=run, max_epoch=t.max_epoch, batches_per_epoch=batches,
+                save_every_steps=t.save_every_steps, max_steps=t.max_steps, meter=LossMeter(device))
+    return Parts(data, sampler, train_loader, val_loader, model, optimizer, scheduler,
+                 grad_scaler(device, t.precision), loop)
 
 
-def checkpoint_state(cfg: Config, p: Parts, epoch: int, best: float | None, best_epoch: int,
-                     record: dict) -> dict[str, Any]:
-    """The full training state after ``epoch`` epochs: tensors and plain data only (weights_only loads)."""
+def checkpoint_state(cfg: Config, p: Parts, best: float | None, best_epoch: int) -> dict[str, Any]:
+    """The full training state at the loop's position: tensors and plain data only (weights_only loads)."""
+    assert p.loop.meter is not None
     return {"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
             "scheduler": p.scheduler.state_dict(), "scaler": p.scaler.state_dict(),
-            "epoch": epoch, "global_step": p.loop.global_step, "best_metric": best, "best_epoch": best_epoch,
-            "monitor": cfg.train.monitor, "metrics": record, "config": to_dict(cfg),
-            "class_names": p.data.class_names, "in_chans": p.data.in_chans, "mean": list(p.data.mean),
-            "std": list(p.data.std), "data_kind": p.data.kind}
+            "epoch": p.loop.epoch, "batch_in_epoch": p.loop.batch, "global_step": p.loop.global_step,
+            "loss_meter": p.loop.meter.state_dict(), "rng": rng_state(),
+            "best_metric": best, "best_epoch": best_epoch, "monitor": cfg.train.monitor,
+            "config": to_dict(cfg), "class_names": p.data.class_names, "in_chans": p.data.in_chans,
+            "mean": list(p.data.mean), "std": list(p.data.std), "data_kind": p.data.kind}
 
 
-def _fit(cfg: Config, run: Run, ckpt: dict | None) -> Result:
+def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict) -> None:
+    """Put a resumed run back exactly where its checkpoint left it (RNG last: setup consumed some)."""
+    assert p.loop.meter is not None
+    p.model.load_state_dict(ckpt["model"])
+    p.optimizer.load_state_dict(ckpt["optimizer"])
+    p.scheduler.load_state_dict(ckpt["scheduler"])
+    p.scaler.load_state_dict(ckpt["scaler"])
+    old = from_dict(ckpt["config"])
+    if cfg.optim.lr != old.optim.lr:  # a changed lr rescales the schedule, keeping its shape
+        ratio = cfg.optim.lr / old.optim.lr
+        p.scheduler.base_lrs = [b * ratio for b in p.scheduler.base_lrs]
+        for g in p.optimizer.param_groups:
+            g["lr"] *= ratio
+    for g in p.optimizer.param_groups:
+        if "weight_decay" in g:
+            g["weight_decay"] = cfg.optim.weight_decay
+    p.loop.epoch, p.loop.batch, p.loop.global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+    p.loop.meter.load_state_dict(ckpt["loss_meter"])
+    set_rng_state(ckpt["rng"])
+    dropped = run.rewind_log(ckpt["global_step"], ckpt["epoch"])
+    run.log({"kind": "event", "event": "resume", "epoch": ckpt["epoch"], "batch_in_epoch": ckpt["batch_in_epoch"],
+             "step": ckpt["global_step"], "changed": changes, "dropped_log_records": dropped})
+    log.info(f"resuming {run.path} at epoch {ckpt['epoch'] + 1}, batch {ckpt['batch_in_epoch']} "
+             f"(step {ckpt['global_step']})" + (f"; changed: {changes}" if changes else ""))
+
+
+def _fit(cfg: Config, run: Run, ckpt: dict | None, stop: StopFlag, changes: dict) -> Result:
     p = build_parts(cfg, run, resuming=ckpt is not None)
-    best, best_epoch, start_epoch = None, -1, 0
+    ckpts = Checkpoints(run.ckpt_dir, cfg.train.monitor, cfg.train.keep_top_k, cfg.train.save_every_epochs)
+    best, best_epoch = (ckpt["best_metric"], ckpt["best_epoch"]) if ckpt else (None, -1)
     if ckpt is not None:
-        p.model.load_state_dict(ckpt["model"])
-        p.optimizer.load_state_dict(ckpt["optimizer"])
-        p.scheduler.load_state_dict(ckpt["scheduler"])
-        p.scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, p.loop.global_step = ckpt["epoch"], ckpt["global_step"]
-        best, best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
-        run.log({"event": "resume", "epoch": start_epoch, "step": p.loop.global_step})
-        log.info(f"resuming {run.path} after epoch {start_epoch} (step {p.loop.global_step})")
+        restore(p, ckpt, cfg, run, changes)
+    p.loop.stop, p.loop.save_step = stop, lambda: ckpts.save(checkpoint_state(cfg, p, best, best_epoch))
     log.info(f"run folder: {run.path}")
     log.info(f"{cfg.model.model}: {sum(x.numel() for x in p.model.parameters()):,} parameters on "
              f"{p.loop.device}, {len(p.data.train)} training / {len(p.data.val) if p.data.val else 0} "
              f"validation images, classes {p.data.class_names}")
 
     history = []
-    for epoch in range(start_epoch, cfg.train.max_epoch):
-        p.loop.epoch = epoch
-        t0 = time.perf_counter()
+    while p.loop.epoch < cfg.train.max_epoch:
+        epoch, t0 = p.loop.epoch, time.perf_counter()
+        p.sampler.set_epoch(epoch, start=p.loop.batch * cfg.data.batch_size)
         train_stats = train_one_epoch(p.model, p.train_loader, p.optimizer, p.scheduler, p.scaler, p.loop)
+        if p.loop.stopping:  # last.pt was written at the step boundary
+            if stop.signum is not None:
+                raise TrainingStopped(stop.signum, str(ckpts.last))
+            log.info(f"stopped after step {p.loop.global_step} (--max-steps); resume with --resume={run.path}")
+            return Result(run.path, best, best_epoch, history, stopped=True)
         val_stats = validate(p.model, p.val_loader, p.loop, len(p.data.class_names)) if p.val_loader else {}
         p.scheduler.epoch_end(train_stats["loss"])
 
-        record = {"epoch": epoch + 1, "step": p.loop.global_step, "train_loss": train_stats["loss"],
-                  "train_images_per_s": train_stats["images_per_s"], "lr": p.optimizer.param_groups[0]["lr"],
-                  "epoch_seconds": time.perf_counter() - t0,
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": p.loop.global_step,
+                  "train_loss": train_stats["loss"], "train_images_per_s": train_stats["images_per_s"],
+                  "lr": p.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
                   **{f"val_{k}": v for k, v in val_stats.items() if k != "confusion"}}
         run.log(record)
         history.append(record)
@@ -182,9 +279,10 @@ def _fit(cfg: Config, run: Run, ckpt: dict | None) -> Result:
         is_best = better(metric, best, cfg.train.monitor)
         if is_best:
             best, best_epoch = metric, epoch + 1
-        save_checkpoint(run.checkpoint("last"), checkpoint_state(cfg, p, epoch + 1, best, best_epoch, record))
-        if is_best:
-            _link_or_copy(run.checkpoint("last"), run.checkpoint("best"))
+        p.loop.epoch, p.loop.batch = epoch + 1, 0
+        p.loop.meter.reset()  # type: ignore[union-attr]
+        ckpts.save(checkpoint_state(cfg, p, best, best_epoch), epoch_end=True, is_best=is_best,
+                   metric=record.get(cfg.train.monitor))
     if p.loop.bad.count:
         log.warning(f"{p.loop.bad.count} unreadable image(s) were skipped; list in {run.path / 'bad_files.txt'}")
     log.info(f"best {cfg.train.monitor} {best if best is not None else float('nan'):.4f} at epoch {best_epoch}; "
@@ -194,21 +292,24 @@ def _fit(cfg: Config, run: Run, ckpt: dict | None) -> Result:
 
 def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, scheduler: Schedule,
                     scaler: torch.amp.GradScaler, loop: Loop) -> dict[str, float]:
-    """One pass over the training data; returns the mean loss and the throughput."""
+    """The rest of the epoch from ``loop.batch`` (0, or where a resumed run stopped); returns the epoch's
+    mean loss and throughput. Leaves early, with ``loop.stopping`` set, when asked to stop."""
     model.train()
+    meter = loop.meter
+    assert meter is not None
     progress = Progress(len(loader), f"epoch {loop.epoch + 1}/{loop.max_epoch}", loop.progress, loop.print_freq)
-    loss_sum, seen = torch.zeros((), device=loop.device), 0
-    window_sum, window_n = torch.zeros((), device=loop.device), 0
     optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(loader):
+    for batch in loader:
+        loop.batch += 1
         loop.bad.add(batch.bad)
-        if len(batch.labels) == 0 or len(batch.labels) == 1 < (loader.batch_size or 1):
-            continue  # all bad, or a lone leftover image: BatchNorm cannot train on one
-        images, labels = loop.to_device(batch.images, batch.labels)
-        with autocast(loop.device, loop.precision):
-            loss = F.cross_entropy(model(images), labels)
-        scaler.scale(loss / loop.accum_steps).backward()
-        if (i + 1) % loop.accum_steps == 0 or i + 1 == len(loader):
+        n = len(batch.labels)
+        if n > 1 or n == 1 == loader.batch_size:  # skip all-bad batches and a lone leftover (BatchNorm)
+            images, labels = loop.to_device(batch.images, batch.labels)
+            with autocast(loop.device, loop.precision):
+                loss = F.cross_entropy(model(images), labels)
+            scaler.scale(loss / loop.accum_steps).backward()
+            meter.add(loss, n)
+        if loop.batch % loop.accum_steps == 0 or loop.batch == loop.batches_per_epoch:
             if loop.clip_grad_norm:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), loop.clip_grad_norm)
@@ -217,24 +318,23 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             loop.global_step += 1
-        # Sums stay on the device; .item() (a sync on GPUs) happens only every print_freq steps.
-        loss_sum += loss.detach().float() * len(labels)
-        window_sum += loss.detach().float() * len(labels)
-        seen, window_n = seen + len(labels), window_n + len(labels)
-        if (i + 1) % loop.print_freq == 0:
-            window_loss = (window_sum / window_n).item()
-            lr = optimizer.param_groups[0]["lr"]
-            if loop.run is not None:
-                loop.run.log({"step": loop.global_step, "epoch": loop.epoch + 1, "train_loss": window_loss,
-                              "lr": lr, "images_per_s": progress.throughput})
-            window_sum.zero_()
-            window_n = 0
-            _maybe_debug(loop)
-            progress.update(len(labels), loss=window_loss, lr=lr)
-        else:
-            progress.update(len(labels))
+            if loop.global_step % loop.print_freq == 0:
+                _log_window(loop, optimizer, progress)
+            if loop.after_step():
+                break
+        progress.update(n)
     progress.close()
-    return {"loss": (loss_sum / max(1, seen)).item(), "images_per_s": progress.throughput}
+    return {"loss": meter.mean(), "images_per_s": progress.throughput}
+
+
+def _log_window(loop: Loop, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+    assert loop.meter is not None
+    window_loss, lr = loop.meter.window(), optimizer.param_groups[0]["lr"]
+    if loop.run is not None:
+        loop.run.log({"kind": "step", "step": loop.global_step, "epoch": loop.epoch + 1, "train_loss": window_loss,
+                      "lr": lr, "images_per_s": progress.throughput})
+    progress.note(loss=window_loss, lr=lr)
+    _maybe_debug(loop)
 
 
 @torch.no_grad()
@@ -264,17 +364,6 @@ def _print_epoch(record: dict, val: dict, class_names: list[str], max_epoch: int
     log.info(f"{msg}, lr {record['lr']:.3g}, {record['epoch_seconds']:.1f}s")
     if val:
         log.info(format_confusion(val["confusion"], class_names))
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same bytes as ``src`` atomically (a hard link is free; copy where links fail)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 _debug_warned = False

@@ -14,16 +14,22 @@ def _hms(seconds: float) -> str:
 
 
 class Progress:
-    """``update(images, **postfix)`` per step; shows throughput and ETA either way."""
+    """``update(images)`` per batch, ``note(loss=...)`` when there is news; shows throughput and ETA either way."""
 
     def __init__(self, total: int, desc: str, mode: str = "auto", print_every: int = 20) -> None:
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "plain"
         self.mode, self.total, self.desc, self.every = mode, total, desc, max(1, print_every)
         self.step, self.images, self.t0 = 0, 0, time.perf_counter()
+        self.postfix: dict[str, float] = {}
         self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False) if mode == "bar" else None
 
-    def update(self, images: int, **postfix: float) -> None:
+    def note(self, **postfix: float) -> None:
+        """Values (loss, lr) shown from now on."""
+        self.postfix.update(postfix)
+
+    def update(self, images: int) -> None:
+        postfix = self.postfix
         self.step += 1
         self.images += images
         rate = self.images / max(1e-9, time.perf_counter() - self.t0)

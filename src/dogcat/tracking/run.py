@@ -78,7 +78,22 @@ class Run:
             f.flush()
 
     def records(self) -> list[dict[str, Any]]:
+        """The logged records; a line cut short by a kill is skipped."""
         p = self.path / "metrics.jsonl"
-        if not p.exists():
-            return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        out = []
+        for line in p.read_text().splitlines() if p.exists() else []:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def rewind_log(self, step: int, epoch: int) -> int:
+        """Drop records logged after the checkpoint a resume starts from (a killed run may have logged
+        steps it never saved); the resumed run logs them again on the same step axis. Returns the count."""
+        records = self.records()
+        keep = [r for r in records if r.get("kind") == "event" or not (
+            r.get("step", 0) > step or (r.get("kind") == "epoch" and r.get("epoch", 0) > epoch))]
+        text = "".join(json.dumps(r) + "\n" for r in keep)
+        atomic_write_text(self.path / "metrics.jsonl", text)
+        return len(records) - len(keep)

@@ -1,0 +1,56 @@
+"""What exact resume needs besides state_dicts: every RNG's state, and which options may change."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import OPTIONS, Config, ConfigError, to_dict
+
+# Options a resumed run may change; the rest would make it another experiment and are refused.
+RESUMABLE = {
+    "max_epoch", "max_steps", "lr", "weight_decay", "clip_grad_norm", "print_freq", "progress", "num_workers",
+    "debug_file", "save_every_steps", "save_every_epochs", "keep_top_k", "device", "use_gpu", "resume",
+    "run_dir", "env", "runs_root", "load_model_path", "pretrained", "train_data_root", "val_data_root",
+    "test_data_root", "fashion_mnist_root", "train_list", "val_list", "test_list",
+} | {leaf for leaf, (sec, _) in OPTIONS.items() if sec == "eval"}
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch CPU and every CUDA device's generator, as tensors and plain data."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_changes(saved: dict[str, Any], cfg: Config) -> dict[str, list]:
+    """``{option: [old, new]}`` for the options that differ; refuses those not in RESUMABLE."""
+    new = to_dict(cfg)
+    changed = {leaf: [saved.get(sec, {}).get(leaf), new[sec][leaf]]
+               for leaf, (sec, _) in OPTIONS.items() if saved.get(sec, {}).get(leaf) != new[sec][leaf]}
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE}
+    if refused:
+        what = ", ".join(f"--{k.replace('_', '-')} ({v[0]!r} -> {v[1]!r})" for k, v in refused.items())
+        raise ConfigError(f"cannot change on resume: {what}. Options that may change: "
+                          f"{', '.join(sorted(RESUMABLE - {k for k, (s, _) in OPTIONS.items() if s == 'eval'}))}; "
+                          "start a new run (--load-model-path=RUN/checkpoints/last.pt) to change the others")
+    return {k: v for k, v in changed.items() if k not in ("resume",)}
