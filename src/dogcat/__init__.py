@@ -7,11 +7,15 @@ Library entry points (the CLI only wraps these)::
     dogcat.evaluate(str(result.run_dir))            # validation metrics, result.json
     dogcat.test(str(result.run_dir), {"test_data_root": "data/test"})   # submission.csv
     dogcat.predict(str(result.run_dir), ["some/image.jpg"])
+    clf = dogcat.load("runs/X")                     # or a checkpoint, or an export (model.onnx + model.onnx.json)
+    clf.predict(["a.jpg", "photos/", pil_image], tta=True)   # [{"path"/"index", "class", "probability", "probs"}]
 """
 
 from .config import Config, ConfigError, load_config
 from .engine.evaluator import evaluate, load_model, predict, test
 from .engine.trainer import Result, train
+from .inference import Classifier, load
 
-__all__ = ["Config", "ConfigError", "Result", "evaluate", "load_config", "load_model", "predict", "test", "train"]
+__all__ = ["Classifier", "Config", "ConfigError", "Result", "evaluate", "load", "load_config", "load_model", "predict",
+           "test", "train"]
 __version__ = "0.1.0"

@@ -18,7 +18,8 @@ commands:
   train   [--config=FILE] [--key=value ...]   train a model (validation every epoch, checkpoints)
   val     [RUN|CKPT] [--key=value ...]        validation metrics + confusion matrix -> RUN/result.json
   test    [RUN|CKPT] [--key=value ...]        Kaggle submission id,label -> RUN/submission.csv
-  predict RUN|CKPT PATH... [--output=F.csv]   classes and probabilities for images, folders, globs
+  predict RUN|CKPT|EXPORT PATH... [--output=F.csv]  classes and probabilities for images, folders, globs
+  export  RUN|CKPT [--format=onnx|torchscript|safetensors] [--output=F]  model + F.json sidecar, checked
   models                                      list model names
   help                                        this text and every option with its default
 
@@ -75,7 +76,7 @@ def cmd_predict(argv: list[str]) -> int:
 
     pos, ov = _split(argv)
     if len(pos) < 2:
-        raise ConfigError("usage: dogcat predict RUN|CKPT PATH... (images, folders or globs)")
+        raise ConfigError("usage: dogcat predict RUN|CKPT|EXPORT PATH... (images, folders or globs)")
     rows = predict(pos[0], pos[1:], ov)
     output = ov.get("output")
     if output:
@@ -107,6 +108,19 @@ def _write_predictions(rows: list[dict], out: Path) -> None:
                         *probs, r.get("error", "")])
 
 
+def cmd_export(argv: list[str]) -> int:
+    from .export import export
+
+    pos, ov = _split(argv)
+    if len(pos) != 1:
+        raise ConfigError("usage: dogcat export RUN|CKPT [--format=onnx|torchscript|safetensors] [--output=PATH]")
+    fmt, output = str(ov.pop("format", "onnx")), ov.pop("output", None)  # export's own options, not config
+    res = export(pos[0], fmt, output, ov)
+    print(f"wrote {res.path} and its sidecar {res.sidecar}")
+    print(f"checked: outputs match PyTorch within {res.max_abs_diff:.1e} at batch sizes 1 and 3")
+    return 0
+
+
 def cmd_models(argv: list[str]) -> int:
     from .models import list_models
 
@@ -125,7 +139,7 @@ def cmd_help(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train, "val": cmd_val, "test": cmd_test, "predict": cmd_predict,
-    "models": cmd_models, "help": cmd_help,
+    "export": cmd_export, "models": cmd_models, "help": cmd_help,
 }
 
 
@@ -149,15 +163,20 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_help([])
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     warnings.showwarning = _show_warning
+    from .control import TrainingStopped
     from .data import DataError
     from .models import ModelError
+    from .export import ExportError
     from .models.weights import WeightsError
 
     try:
         return COMMANDS[name](rest)
-    except (ConfigError, DataError, ModelError, WeightsError) as e:
+    except (ConfigError, DataError, ExportError, ModelError, WeightsError) as e:
         print(f"dogcat {name}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:
+        print(f"dogcat {name}: {e}; continue with --resume", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"dogcat {name}: interrupted", file=sys.stderr)
         return 130

@@ -92,7 +92,12 @@ class TrainConfig:
     env: str = opt("default", "run name (the seed's visdom env); default: <model>-<timestamp>")
     runs_root: str = opt("runs", "folder that holds run folders")
     run_dir: Optional[str] = opt(None, "the run's folder; default: <runs_root>/<env or model-timestamp>")
-    resume: Optional[str] = opt(None, "continue a run: its folder, or 'latest' (newest under runs_root)")
+    resume: Optional[str] = opt(None, "continue a run exactly where its last checkpoint left it: its folder, or "
+                                "'latest' (newest under runs_root)")
+    save_every_steps: int = opt(0, "also checkpoint (last.pt) every N optimizer steps, to resume inside an epoch; 0: off")
+    save_every_epochs: int = opt(0, "keep an archive checkpoint every N epochs (epoch-NNNN.pt); 0: off")
+    keep_top_k: int = opt(3, "keep the k best epochs by --monitor as top-NNNN-<metric>.pt; 0: none")
+    max_steps: Optional[int] = opt(None, "stop (checkpointed, resumable) after this many optimizer steps in all")
     monitor: str = opt("val_accuracy", "metric that picks best.pt",
                        ("val_accuracy", "val_loss", "val_logloss"))
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
@@ -105,6 +110,11 @@ class EvalConfig:
     result_file: Optional[str] = opt(None, "submission CSV of `test`; default: <run>/submission.csv")
     positive_class: Optional[str] = opt(None, "class whose probability `test` writes for 2 classes; default dog or class 1")
     output: Optional[str] = opt(None, "predict: write CSV or JSON here (by extension) instead of a table")
+    tta: bool = opt(False, "val/test/predict: average each image's probabilities with its horizontal flip's")
+    sample_submission: Optional[str] = opt(None, "test: check the CSV against this sample submission "
+                                           "(header, ids, order); default: against the test folder")
+    clip_probs: Optional[list[float]] = opt(None, "test: clip written probabilities to [a,b], e.g. 0.02,0.98 "
+                                            "(log loss punishes confident mistakes)")
 
 
 @dataclass
@@ -167,13 +177,14 @@ def _coerce(path: str, value: Any) -> Any:
     optional = str(f.type).startswith("Optional")
     if optional and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
         return None  # only for options that can be None: --augment=none and --scheduler=none are choices
-    if isinstance(value, str) and str(f.type).startswith("list") and "," in value:
+    if isinstance(value, str) and str(f.type).replace("Optional[", "").startswith("list") and "," in value:
         return [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
     return value
 
 
 def _type_name(f: Any) -> str:
-    return str(f.type).replace("Optional[", "").rstrip("]") + (" or None" if "Optional" in str(f.type) else "")
+    t = str(f.type)
+    return f"{t[len('Optional['):-1]} or None" if t.startswith("Optional[") else t  # keeps list[float]'s "]"
 
 
 def _apply(cfg: DictConfig, items: dict[str, Any], source: str) -> None:
@@ -219,6 +230,10 @@ def _check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"option --{leaf.replace('_', '-')} must be at least 1, got {cfg[sec][leaf]}")
     if not 0.0 <= cfg.data.val_split < 1.0:
         raise ConfigError(f"option --val-split must be in [0, 1), got {cfg.data.val_split}")
+    clip = cfg.eval.clip_probs
+    if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1] <= 1.0):
+        raise ConfigError(f"option --clip-probs expects two numbers a,b with 0 <= a < b <= 1 (e.g. 0.02,0.98), "
+                          f"got {list(clip)}")
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -14,11 +13,13 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, ConfigError, from_dict, load_config
-from ..data import BadFiles, DataError, build_paths, build_test, build_train_val, make_loader
-from ..models import build_model, head_module
-from ..models.weights import load_weights, read_state_dict, torch_load
+from ..data import BadFiles, DataError, build_test, build_train_val, make_loader
+from ..inference import with_tta
+from ..models import build_model, head_module, list_models
+from ..models.weights import WeightsError, load_weights, read_state_dict, torch_load
 from .metrics import EvalMeter, format_confusion
 from .runtime import autocast, memory_format, pick_device
+from .submission import check_submission, sample_order, write_submission
 from .trainer import Loop, validate
 
 log = logging.getLogger("dogcat")
@@ -88,7 +89,10 @@ def load_model(target: str | None, overrides: dict[str, Any] | None = None) -> L
         names, chans = _infer_classes(cfg.model.model, sd)
         mean, std = IMAGENET if chans == 3 else ((0.5,) * chans, (0.5,) * chans)
         model = build_model(cfg.model.model, len(names), chans)
-        load_weights(model, sd, strict=not cfg.model.load_not_strict, source=str(ckpt_path))
+        try:
+            load_weights(model, sd, strict=not cfg.model.load_not_strict, source=str(ckpt_path))
+        except WeightsError as e:
+            raise WeightsError(_architecture_hint(ckpt_path, cfg.model.model, sd, e)) from None
         kind, meta = None, {}
     device = pick_device(cfg.train)
     model.to(device, memory_format=memory_format(cfg.train.channels_last)).eval()
@@ -104,6 +108,25 @@ def _infer_classes(model_name: str, sd: dict[str, torch.Tensor]) -> tuple[list[s
     n = int(weights[-1].shape[0]) if weights else 2
     chans = next((int(v.shape[1]) for v in sd.values() if v.ndim == 4), 3)
     return (["cat", "dog"] if n == 2 else [str(i) for i in range(n)]), chans
+
+
+def _architecture_hint(path: Path, model_name: str, sd: dict[str, torch.Tensor], err: Exception) -> str:
+    """Say which registered architecture a bare state_dict belongs to, when --model names another one."""
+    for name in list_models():
+        if name == model_name.lower():
+            continue
+        try:
+            names, chans = _infer_classes(name, sd)
+            probe = build_model(name, len(names), chans).state_dict()
+        except Exception:  # a builder that cannot take this class / channel count is not it
+            continue
+        ours = {k.split("module.")[-1]: tuple(v.shape) for k, v in sd.items()}
+        if ours == {k: tuple(v.shape) for k, v in probe.items()}:
+            return (f"{path} holds {name} weights, not {model_name} ones: pass --model={name} "
+                    f"(a bare state_dict does not record its architecture)")
+    return (f"{path} does not fit --model={model_name} ({err}). It matches none of the registered models "
+            f"({', '.join(list_models())}); pass the --model it was trained with (timm:<name> and "
+            f"torchvision:<name> work too), or --load-not-strict to load the matching part")
 
 
 def _loop(lm: Loaded, bad: BadFiles) -> Loop:
@@ -122,7 +145,7 @@ def evaluate(target: str | None, overrides: dict[str, Any] | None = None) -> dic
         raise DataError(f"the data's classes {data.class_names} differ from the model's {lm.class_names}")
     loader = make_loader(data.val, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
                          shuffle=False, seed=lm.cfg.train.seed)
-    metrics = validate(lm.model, loader, _loop(lm, BadFiles(None)), len(lm.class_names))
+    metrics = validate(with_tta(lm.model, lm.cfg.eval.tta), loader, _loop(lm, BadFiles(None)), len(lm.class_names))
     result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": lm.class_names, **metrics}
     (lm.out_dir / "result.json").write_text(json.dumps(result, indent=2))
     log.info(f"val: loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
@@ -138,6 +161,7 @@ def _probabilities(lm: Loaded, dataset: Any, bad: BadFiles) -> tuple[list[str], 
     loader = make_loader(dataset, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
                          shuffle=False, seed=lm.cfg.train.seed)
     loop = _loop(lm, bad)
+    model = with_tta(lm.model, lm.cfg.eval.tta)
     ids, probs, labels = [], [], []
     for batch in loader:
         bad.add(batch.bad)
@@ -145,7 +169,7 @@ def _probabilities(lm: Loaded, dataset: Any, bad: BadFiles) -> tuple[list[str], 
             continue
         images, _ = loop.to_device(batch.images, batch.labels)
         with autocast(loop.device, loop.precision):
-            logits = lm.model(images)
+            logits = model(images)
         ids += batch.ids
         probs.append(logits.float().softmax(1).cpu())
         labels.append(batch.labels)
@@ -180,19 +204,12 @@ def test(target: str | None, overrides: dict[str, Any] | None = None) -> dict[st
     for path in bad.files:  # one row per test image, even for a file we could not read
         rows.setdefault(_bad_id(path, lm.cfg.data.test_data_root), [1.0 / c] * c)
     out = Path(lm.cfg.eval.result_file) if lm.cfg.eval.result_file else lm.out_dir / "submission.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:  # newline='' or csv writes \r\r\n on Windows
-        w = csv.writer(f)
-        if c == 2:
-            pos = positive_index(lm.class_names, lm.cfg.eval.positive_class)
-            w.writerow(["id", "label"])
-            for i in sorted(rows, key=_id_key):
-                w.writerow([i, f"{rows[i][pos]:.6f}"])
-        else:
-            w.writerow(["id", "label", *lm.class_names])
-            for i in sorted(rows, key=_id_key):
-                p = rows[i]
-                w.writerow([i, lm.class_names[max(range(c), key=p.__getitem__)], *(f"{x:.6f}" for x in p)])
+    ev = lm.cfg.eval
+    pos = positive_index(lm.class_names, ev.positive_class) if c == 2 else None
+    order = sample_order(ev.sample_submission, sorted(rows, key=_id_key))
+    write_submission(out, rows, lm.class_names, pos, order, ev.clip_probs)
+    expected = getattr(dataset, "ids", None) or [str(i) for i in getattr(dataset, "index", [])]
+    check_submission(out, expected, ev.sample_submission)  # before anyone uploads it; exits 2 when wrong
     result: dict[str, Any] = {"submission": str(out), "rows": len(rows), "checkpoint": str(lm.checkpoint)}
     known = labels >= 0
     if len(labels) and bool(known.all()):  # a labelled test set (Fashion-MNIST, class folders): score it too
@@ -220,15 +237,9 @@ def _bad_id(path: str, root: str | None) -> str:
 
 
 def predict(target: str | None, paths: list[str], overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Class and probabilities for image files, folders or globs; unreadable files come back with an error."""
-    lm = load_model(target, overrides)
-    dataset = build_paths(paths, lm.cfg.data.image_size, lm.in_chans, lm.mean, lm.std)
-    bad = BadFiles(None)
-    ids, probs, _ = _probabilities(lm, dataset, bad)
-    out = []
-    for i, p in zip(ids, probs.tolist()):
-        k = max(range(len(p)), key=p.__getitem__)
-        out.append({"path": i, "class": lm.class_names[k], "probability": p[k],
-                    "probs": dict(zip(lm.class_names, p))})
-    out += [{"path": path, "error": err} for path, err in bad.files.items()]
-    return out
+    """Class and probabilities for image files, folders or globs, in order; unreadable files come back with an
+    error. ``target``: a run folder, a checkpoint, or an exported model with its sidecar (see ``dogcat.load``)."""
+    from ..inference import load
+
+    clf = load(target, overrides)
+    return clf.predict(paths, tta=clf.cfg.eval.tta, batch_size=clf.cfg.data.batch_size)

@@ -1,0 +1,240 @@
+"""``dogcat export``: a trained model as ONNX, TorchScript or safetensors, plus a JSON sidecar, verified.
+
+The exported model takes a normalised float32 NCHW batch and returns logits (softmax gives the class
+probabilities). Everything else inference needs (classes, input size, channels, mean/std, the eval
+resize and crop) is in the sidecar ``<file>.json``. The sidecar is written last, only after the
+exported file reproduced PyTorch's outputs: an export without one is unchecked or incomplete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .data.transforms import EVAL_CROP_RATIO
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+INSTALL_HINT = ("install the optional export packages: pip install 'dogcat[export]' "
+                "(in this repository: .venv/bin/pip install -e '.[export]')")
+CHECK_BATCHES = (1, 3, 3)  # odd sizes on purpose: the traced / exported batch is 2
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ExportError(ValueError):
+    """An export that cannot be made, checked or loaded; the message says what to do. The CLI exits 2."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    sidecar: Path
+    format: str
+    max_abs_diff: float
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of an exported file; a missing or incomplete one is an :class:`ExportError`."""
+    sc = sidecar_path(path)
+    if not sc.is_file():
+        raise ExportError(
+            f"{path} has no sidecar {sc.name} next to it: an exported model needs it for its class names, input "
+            f"size and preprocessing. Copy the .json that was exported with it, or export again with "
+            f"`dogcat export RUN --format=...` (which writes both; a failed export check writes no sidecar).")
+    meta = json.loads(sc.read_text())
+    missing = [k for k in ("format", "model", "class_names", "image_size", "in_chans", "mean", "std", "preprocess")
+               if k not in meta]
+    if missing:
+        raise ExportError(f"sidecar {sc} lacks {', '.join(missing)}; export the model again")
+    return meta
+
+
+def _require(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ExportError(f"this needs the Python package {module!r}, which is missing: {INSTALL_HINT}") from e
+
+
+def preprocess_spec(image_size: int, in_chans: int) -> dict[str, Any]:
+    """The eval preprocessing as data (what ``dogcat predict`` does to a file; see ``data/transforms.py``)."""
+    spec: dict[str, Any] = {"mode": "RGB" if in_chans == 3 else "L", "interpolation": "bilinear", "antialias": True,
+                            "scale": "uint8 / 255, then (x - mean) / std per channel", "layout": "NCHW float32"}
+    if in_chans == 1:  # grayscale (Fashion-MNIST) models squash the whole picture, as build_paths does
+        return {**spec, "resize": [image_size, image_size], "center_crop": None}
+    return {**spec, "resize": round(image_size / EVAL_CROP_RATIO), "resize_side": "shorter",
+            "center_crop": image_size}
+
+
+def make_sidecar(lm: Any, fmt: str, path: Path) -> dict[str, Any]:
+    """Sidecar contents for a :class:`~dogcat.engine.evaluator.Loaded` model exported to ``path``."""
+    from . import __version__
+
+    size, chans, n = lm.cfg.data.image_size, lm.in_chans, len(lm.class_names)
+    return {
+        "format": fmt, "file": path.name, "model": lm.cfg.model.model, "class_names": list(lm.class_names),
+        "num_classes": n, "image_size": size, "in_chans": chans, "channels": "RGB" if chans == 3 else "L",
+        "mean": list(lm.mean), "std": list(lm.std), "preprocess": preprocess_spec(size, chans),
+        "input": {"name": "input", "shape": ["batch", chans, size, size], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["batch", n], "note": "softmax over dim 1 gives the probabilities"},
+        "dogcat_version": __version__, "torch_version": torch.__version__,
+        "source_checkpoint": str(Path(lm.checkpoint).resolve()),
+    }
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Hush the exporters' progress lines, optimizer logging and deprecation notices (TorchScript is
+    deprecated in torch but still asked for); real failures still raise."""
+    before = logging.root.manager.disable
+    logging.disable(logging.INFO)  # onnxscript's optimizer logs every pass at INFO
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logging.disable(before)
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    for module in ("onnx", "onnxscript"):  # torch.onnx.export (dynamo) imports them lazily, with a vaguer error
+        _require(module)
+    big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > 1.5e9  # protobuf's 2 GB cap
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        with _quiet():
+            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: batch},), dynamo=True, external_data=big, verbose=False)
+    except Exception as e:  # torch.export cannot trace some models; the legacy tracer often can
+        warnings.warn(f"torch.export-based ONNX export failed ({type(e).__name__}: {str(e)[:200]}); "
+                      "retrying with the legacy TorchScript-based exporter")
+        with _quiet():
+            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    # trace, not script: timm / torchvision models trace reliably; the check below catches a bad trace
+    with _quiet(), torch.no_grad():
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _export_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_model
+
+    save_model(model, str(path), metadata={"format": "pt"})  # handles tied / shared tensors
+
+
+def runner(path: str | Path, meta: dict[str, Any]) -> Runner:
+    """A function ``normalised NCHW batch -> logits`` that runs the exported file, on the CPU."""
+    fmt, path = meta["format"], Path(path)
+    if fmt == "onnx":
+        ort = _require("onnxruntime")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: torch.from_numpy(sess.run(None, {name: x.detach().cpu().float().numpy()})[0])
+    if fmt == "torchscript":
+        with _quiet():
+            model = torch.jit.load(str(path), map_location="cpu").eval()
+    elif fmt == "safetensors":
+        from safetensors.torch import load_model
+
+        from .models import build_model
+
+        model = build_model(meta["model"], len(meta["class_names"]), int(meta["in_chans"]))
+        load_model(model, str(path), strict=True)
+        model.eval()
+    else:
+        raise ExportError(f"unknown export format {fmt!r} in {sidecar_path(path)}; one of {', '.join(FORMATS)}")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x.cpu().float()).float()
+
+    return run
+
+
+def verify(model: nn.Module, run: Runner, in_chans: int, size: int, atol: float = 1e-4,
+           batches: tuple[int, ...] = CHECK_BATCHES) -> float:
+    """Max |exported - PyTorch| over random batches; raises :class:`ExportError` beyond ``atol``."""
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for b in batches:
+        x = torch.randn(b, in_chans, size, size, generator=gen)
+        with torch.no_grad():
+            want = model(x).float()
+        got = run(x)
+        if tuple(got.shape) != tuple(want.shape):
+            raise ExportError(f"the exported model returned shape {tuple(got.shape)} for a batch of {b}, "
+                              f"PyTorch {tuple(want.shape)}: the batch size is not dynamic")
+        worst = max(worst, float((got - want).abs().max()))
+    if not worst <= atol:  # also catches NaN
+        raise ExportError(f"the exported model's outputs differ from PyTorch's by up to {worst:.3g} (> {atol:g}) "
+                          f"on random batches of {', '.join(map(str, batches))}; it is not safe to ship. Try another "
+                          f"--format, or report the model name; no sidecar was written")
+    return worst
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(target: str | None, fmt: str = "onnx", output: str | Path | None = None,
+           overrides: dict[str, Any] | None = None, atol: float = 1e-4) -> ExportResult:
+    """Export a run's (or checkpoint's) model to ``fmt``, check it against PyTorch, write the sidecar.
+
+    Default output: ``RUN/export/model.onnx|.pt|.safetensors``."""
+    from .engine.evaluator import load_model
+
+    fmt = str(fmt).lower()
+    if fmt not in FORMATS:
+        raise ExportError(f"--format={fmt!r} is not one of: {', '.join(FORMATS)}")
+    if fmt == "onnx":  # before loading anything: a missing package is the likeliest failure
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            _require(module)
+    lm = load_model(target, overrides)
+    path = Path(output) if output else lm.out_dir / "export" / f"model{FORMATS[fmt]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sc = sidecar_path(path)
+    sc.unlink(missing_ok=True)  # a stale sidecar must not vouch for a new, unchecked file
+    model = lm.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
+    size, chans = lm.cfg.data.image_size, lm.in_chans
+    example = torch.randn(2, chans, size, size, generator=torch.Generator().manual_seed(1))
+    if fmt == "onnx":
+        _export_onnx(model, example, path)
+    elif fmt == "torchscript":
+        _export_torchscript(model, example, path)
+    else:
+        _export_safetensors(model, path)
+    meta = make_sidecar(lm, fmt, path)
+    diff = verify(model, runner(path, meta), chans, size, atol)
+    meta["check"] = {"max_abs_diff": diff, "atol": atol, "batch_sizes": list(CHECK_BATCHES)}
+    meta["sha256"] = _sha256(path)
+    tmp = sc.with_name(f".{sc.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, sc)  # atomic: a reader sees no sidecar or a whole one
+    return ExportResult(path, sc, fmt, diff)
