@@ -20,6 +20,10 @@ commands:
   test    [RUN|CKPT] [--key=value ...]        Kaggle submission id,label -> RUN/submission.csv
   predict RUN|CKPT|EXPORT PATH... [--output=F.csv]  classes and probabilities for images, folders, globs
   export  RUN|CKPT [--format=onnx|torchscript|safetensors] [--output=F]  model + F.json sidecar, checked
+  ctl     RUN COMMAND                         steer a running training: set KEY=VALUE, save, eval, stop, debug
+  inspect RUN|CKPT                            per-layer parameter / gradient statistics
+  runs    [FOLDER] | show RUN | diff A B      table of runs (status, best, differing options); details; compare
+  report  RUN [--key=value ...]               RUN/report/index.html: curves, confusion matrix, worst mistakes
   models                                      list model names
   help                                        this text and every option with its default
 
@@ -121,6 +125,88 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def cmd_ctl(argv: list[str]) -> int:
+    """``dogcat ctl RUN COMMAND [ARG]`` — talk to a running training (see README "Steering a running job")."""
+    from .control import NotRunning, send
+
+    timeout = 60.0
+    words = []
+    for a in argv:
+        if a.startswith("--timeout="):
+            timeout = float(a.split("=", 1)[1])
+        else:
+            words.append(a)
+    if len(words) < 2:
+        raise ConfigError("usage: dogcat ctl RUN set KEY=VALUE | save | eval | stop | debug [--timeout=SECONDS]")
+    try:
+        result = send(Path(words[0]), " ".join(words[1:]), timeout)
+    except (NotRunning, TimeoutError) as e:
+        print(f"dogcat ctl: {e}", file=sys.stderr)
+        return 1
+    print(f"{'ok' if result['ok'] else 'refused'} at step {result.get('step')}: {result['message']}")
+    return 0 if result["ok"] else 2
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    """``dogcat inspect RUN|CKPT|SNAPSHOT``: per-layer parameter (and saved gradient) statistics."""
+    from .engine.steering import layer_stats
+    from .models.weights import torch_load
+
+    pos, _ = _split(argv)
+    if len(pos) != 1:
+        raise ConfigError("usage: dogcat inspect RUN|CHECKPOINT|debug/step-N/snapshot.pt")
+    path = Path(pos[0])
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path}")
+    obj = torch_load(path)
+    sd = obj.get("model", obj)
+    rows = layer_stats({k: v for k, v in sd.items() if v.is_floating_point()}, obj.get("grads"))
+    grads = any("grad_std" in r for r in rows)
+    print(f"{path}: {len(rows)} tensors" + ("" if grads else " (no gradients saved: `dogcat ctl RUN debug` saves them)"))
+    head = f"{'name':<44} {'shape':<18} {'mean':>10} {'std':>10} {'absmax':>10}"
+    print(head + (f" {'grad std':>10} {'grad max':>10}" if grads else ""))
+    for r in rows:
+        line = (f"{r['name'][:44]:<44} {str(r['shape'])[:18]:<18} {r['mean']:>10.3g} {r['std']:>10.3g} "
+                f"{r['absmax']:>10.3g}")
+        if grads and "grad_std" in r:
+            line += f" {r['grad_std']:>10.3g} {r['grad_absmax']:>10.3g}"
+        bad = not r["finite"] or not r.get("grad_finite", True)
+        print(line + ("  <- NaN/Inf" if bad else ""))
+    return 0
+
+
+def cmd_runs(argv: list[str]) -> int:
+    from .tracking import runs
+    from .tracking.run import find_run
+
+    pos, ov = _split(argv)
+    root = str(ov.get("runs_root", "runs"))
+    if pos[:1] == ["show"] and len(pos) == 2:
+        print(runs.show(find_run(pos[1], root)))
+    elif pos[:1] == ["diff"] and len(pos) == 3:
+        print(runs.diff(find_run(pos[1], root), find_run(pos[2], root)))
+    elif len(pos) <= 1 and pos[:1] not in (["show"], ["diff"]):
+        folder = Path(pos[0] if pos else root)
+        if not folder.is_dir():
+            raise ConfigError(f"no folder {folder} (dogcat runs [FOLDER]; default: runs)")
+        print(runs.runs_table(runs.find_runs(folder)))
+    else:
+        raise ConfigError("usage: dogcat runs [FOLDER] | dogcat runs show RUN | dogcat runs diff RUN_A RUN_B")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from .tracking.report import make_report
+
+    pos, ov = _split(argv)
+    if len(pos) != 1:
+        raise ConfigError("usage: dogcat report RUN [--checkpoint=best|last] [--key=value ...]")
+    print(f"report: {make_report(pos[0], ov)}")
+    return 0
+
+
 def cmd_models(argv: list[str]) -> int:
     from .models import list_models
 
@@ -139,7 +225,8 @@ def cmd_help(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train, "val": cmd_val, "test": cmd_test, "predict": cmd_predict,
-    "export": cmd_export, "models": cmd_models, "help": cmd_help,
+    "export": cmd_export, "ctl": cmd_ctl, "inspect": cmd_inspect, "models": cmd_models, "help": cmd_help,
+    "runs": cmd_runs, "report": cmd_report,
 }
 
 
@@ -164,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     warnings.showwarning = _show_warning
     from .control import TrainingStopped
+    from .engine.steering import NonFinite
     from .data import DataError
     from .models import ModelError
     from .export import ExportError
@@ -174,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ExportError, ModelError, WeightsError) as e:
         print(f"dogcat {name}: error: {e}", file=sys.stderr)
         return 2
+    except NonFinite as e:
+        print(f"dogcat {name}: {e}", file=sys.stderr)
+        return e.exit_code
     except TrainingStopped as e:
         print(f"dogcat {name}: {e}; continue with --resume", file=sys.stderr)
         return e.exit_code

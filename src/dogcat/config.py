@@ -98,6 +98,9 @@ class TrainConfig:
     save_every_epochs: int = opt(0, "keep an archive checkpoint every N epochs (epoch-NNNN.pt); 0: off")
     keep_top_k: int = opt(3, "keep the k best epochs by --monitor as top-NNNN-<metric>.pt; 0: none")
     max_steps: Optional[int] = opt(None, "stop (checkpointed, resumable) after this many optimizer steps in all")
+    nonfinite: str = opt("stop", "on a NaN/Inf loss or gradient: stop (keep the last good checkpoint, exit 3) or "
+                         "skip the batch", ("stop", "skip"))
+    nonfinite_max_skips: int = opt(5, "with --nonfinite=skip: stop after this many non-finite batches in a row")
     monitor: str = opt("val_accuracy", "metric that picks best.pt",
                        ("val_accuracy", "val_loss", "val_logloss"))
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
@@ -115,6 +118,8 @@ class EvalConfig:
                                            "(header, ids, order); default: against the test folder")
     clip_probs: Optional[list[float]] = opt(None, "test: clip written probabilities to [a,b], e.g. 0.02,0.98 "
                                             "(log loss punishes confident mistakes)")
+    report: bool = opt(False, "val: also write RUN/report/index.html (curves, confusion matrix, per-class scores, "
+                       "worst mistakes)")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from ..models.weights import WeightsError, load_weights, read_state_dict, torch_
 from .metrics import EvalMeter, format_confusion
 from .runtime import autocast, memory_format, pick_device
 from .submission import check_submission, sample_order, write_submission
+from ..tracking.collect import Collector
 from .trainer import Loop, validate
 
 log = logging.getLogger("dogcat")
@@ -145,8 +146,15 @@ def evaluate(target: str | None, overrides: dict[str, Any] | None = None) -> dic
         raise DataError(f"the data's classes {data.class_names} differ from the model's {lm.class_names}")
     loader = make_loader(data.val, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
                          shuffle=False, seed=lm.cfg.train.seed)
-    metrics = validate(with_tta(lm.model, lm.cfg.eval.tta), loader, _loop(lm, BadFiles(None)), len(lm.class_names))
+    collect = Collector(len(lm.class_names)) if lm.cfg.eval.report else None  # the report's worst mistakes
+    metrics = validate(with_tta(lm.model, lm.cfg.eval.tta), loader, _loop(lm, BadFiles(None)), len(lm.class_names),
+                       collect)
     result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": lm.class_names, **metrics}
+    if collect is not None:
+        from ..tracking.report import write_report
+        result["report"] = str(write_report(lm.out_dir, lm.run_dir, metrics, collect, lm.class_names, lm.mean,
+                                            lm.std, str(lm.checkpoint)))
+        log.info(f"wrote {result['report']}")
     (lm.out_dir / "result.json").write_text(json.dumps(result, indent=2))
     log.info(f"val: loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
              f"logloss {metrics['logloss']:.4f} on {metrics['count']} images")

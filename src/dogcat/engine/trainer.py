@@ -12,7 +12,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,10 +28,12 @@ from ..models import build_model
 from ..models.weights import load_weights
 from ..tracking.progress import Progress
 from ..tracking.run import Run, find_run
+from ..tracking.tracker import Collector, Tracker
 from .checkpoint import Checkpoints
 from .metrics import EvalMeter, format_confusion
 from .optim import Schedule, build_optimizer
 from .resume import resume_changes, rng_state, set_rng_state
+from .steering import Steering, check_finite, rescale_lr
 from .runtime import autocast, grad_scaler, memory_format, pick_device, seed_everything
 
 log = logging.getLogger("dogcat")
@@ -103,19 +104,32 @@ class Loop:
     epoch: int = 0          # the epoch being trained (0-based)
     batch: int = 0          # batches of this epoch consumed so far
     global_step: int = 0    # optimizer steps so far
+    best: float | None = None  # best monitored metric so far, and its epoch
+    best_epoch: int = -1
     meter: LossMeter | None = None
     stop: StopFlag | None = None
     save_step: Callable[[], None] | None = None  # writes last.pt at a step boundary
+    steer: Callable[[], None] | None = None      # applies `dogcat ctl` commands (engine/steering.py)
+    debug: Callable[[], str] | None = None
+    stop_requested: bool = False                 # `dogcat ctl RUN stop`
     stopping: bool = False
+    last_batch: tuple | None = None              # (images, labels, ids, loss) for `debug`
+    nonfinite: str = "stop"
+    nonfinite_max_skips: int = 5
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
 
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True, memory_format=memory_format(self.channels_last))
         return images, labels.to(self.device, non_blocking=True)
 
     def after_step(self) -> bool:
-        """At an optimizer-step boundary: checkpoint when due or asked to stop; True means stop now."""
+        """At an optimizer-step boundary: apply ctl commands, checkpoint when due or asked to stop; True: stop."""
+        if self.steer is not None:
+            self.steer()
         signalled = self.stop is not None and self.stop.signum is not None
-        self.stopping = signalled or bool(self.max_steps and self.global_step >= self.max_steps)
+        self.stopping = (signalled or self.stop_requested
+                         or bool(self.max_steps and self.global_step >= self.max_steps))
         due = self.save_every_steps and self.global_step % self.save_every_steps == 0
         if (self.stopping or due) and self.save_step is not None:
             self.save_step()
@@ -144,15 +158,16 @@ def train(cfg: Config) -> Result:
     else:
         detect_kind(cfg.data)  # a wrong data path fails here, before a run folder is made
         run, changes = Run.create(cfg), {}
+    run.tracker = Tracker.start(run, cfg, ckpt["global_step"] if ckpt else None)  # manifest.json, TensorBoard
     run.set_status("running")
     try:
         with StopFlag() as stop:
             result = _fit(cfg, run, ckpt, stop, changes)
-    except (KeyboardInterrupt, TrainingStopped):
-        run.set_status("stopped")
+    except (KeyboardInterrupt, TrainingStopped) as e:
+        run.set_status("stopped", e)
         raise
-    except BaseException:
-        run.set_status("failed")
+    except BaseException as e:
+        run.set_status("failed", e)
         raise
     run.set_status("stopped" if result.stopped else "finished")
     return result
@@ -197,19 +212,20 @@ def build_parts(cfg: Config, run: Run, resuming: bool) -> Parts:
                 bad=BadFiles(run.path / "bad_files.txt"), accum_steps=cfg.optim.accum_steps,
                 clip_grad_norm=cfg.optim.clip_grad_norm, print_freq=t.print_freq, progress=t.progress,
                 debug_file=t.debug_file, run=run, max_epoch=t.max_epoch, batches_per_epoch=batches,
-                save_every_steps=t.save_every_steps, max_steps=t.max_steps, meter=LossMeter(device))
+                save_every_steps=t.save_every_steps, max_steps=t.max_steps, meter=LossMeter(device),
+                nonfinite=t.nonfinite, nonfinite_max_skips=t.nonfinite_max_skips)
     return Parts(data, sampler, train_loader, val_loader, model, optimizer, scheduler,
                  grad_scaler(device, t.precision), loop)
 
 
-def checkpoint_state(cfg: Config, p: Parts, best: float | None, best_epoch: int) -> dict[str, Any]:
+def checkpoint_state(cfg: Config, p: Parts) -> dict[str, Any]:
     """The full training state at the loop's position: tensors and plain data only (weights_only loads)."""
     assert p.loop.meter is not None
     return {"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
             "scheduler": p.scheduler.state_dict(), "scaler": p.scaler.state_dict(),
             "epoch": p.loop.epoch, "batch_in_epoch": p.loop.batch, "global_step": p.loop.global_step,
             "loss_meter": p.loop.meter.state_dict(), "rng": rng_state(),
-            "best_metric": best, "best_epoch": best_epoch, "monitor": cfg.train.monitor,
+            "best_metric": p.loop.best, "best_epoch": p.loop.best_epoch, "monitor": cfg.train.monitor,
             "config": to_dict(cfg), "class_names": p.data.class_names, "in_chans": p.data.in_chans,
             "mean": list(p.data.mean), "std": list(p.data.std), "data_kind": p.data.kind}
 
@@ -223,14 +239,12 @@ def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict
     p.scaler.load_state_dict(ckpt["scaler"])
     old = from_dict(ckpt["config"])
     if cfg.optim.lr != old.optim.lr:  # a changed lr rescales the schedule, keeping its shape
-        ratio = cfg.optim.lr / old.optim.lr
-        p.scheduler.base_lrs = [b * ratio for b in p.scheduler.base_lrs]
-        for g in p.optimizer.param_groups:
-            g["lr"] *= ratio
+        rescale_lr(p.optimizer, p.scheduler, cfg.optim.lr / old.optim.lr)
     for g in p.optimizer.param_groups:
         if "weight_decay" in g:
             g["weight_decay"] = cfg.optim.weight_decay
     p.loop.epoch, p.loop.batch, p.loop.global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+    p.loop.best, p.loop.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
     p.loop.meter.load_state_dict(ckpt["loss_meter"])
     set_rng_state(ckpt["rng"])
     dropped = run.rewind_log(ckpt["global_step"], ckpt["epoch"])
@@ -243,15 +257,25 @@ def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict
 def _fit(cfg: Config, run: Run, ckpt: dict | None, stop: StopFlag, changes: dict) -> Result:
     p = build_parts(cfg, run, resuming=ckpt is not None)
     ckpts = Checkpoints(run.ckpt_dir, cfg.train.monitor, cfg.train.keep_top_k, cfg.train.save_every_epochs)
-    best, best_epoch = (ckpt["best_metric"], ckpt["best_epoch"]) if ckpt else (None, -1)
     if ckpt is not None:
         restore(p, ckpt, cfg, run, changes)
-    p.loop.stop, p.loop.save_step = stop, lambda: ckpts.save(checkpoint_state(cfg, p, best, best_epoch))
+    if run.tracker is not None:  # data fingerprint; TensorBoard, purged after the checkpoint's step
+        run.tracker.setup(p)
+    p.loop.stop, p.loop.save_step = stop, lambda: ckpts.save(checkpoint_state(cfg, p))
+    steering = Steering(cfg, p, run, p.loop.save_step, lambda: _validate_now(p))
+    p.loop.steer, p.loop.debug = steering, steering.debug
+    try:
+        return _epochs(cfg, run, p, ckpts, stop)
+    finally:
+        steering.inbox.close()  # `dogcat ctl` now says: no process running
+
+
+def _epochs(cfg: Config, run: Run, p: Parts, ckpts: Checkpoints, stop: StopFlag) -> Result:
+    """The epoch loop: train, validate, log, checkpoint; leaves early when asked to stop."""
     log.info(f"run folder: {run.path}")
     log.info(f"{cfg.model.model}: {sum(x.numel() for x in p.model.parameters()):,} parameters on "
              f"{p.loop.device}, {len(p.data.train)} training / {len(p.data.val) if p.data.val else 0} "
              f"validation images, classes {p.data.class_names}")
-
     history = []
     while p.loop.epoch < cfg.train.max_epoch:
         epoch, t0 = p.loop.epoch, time.perf_counter()
@@ -260,9 +284,11 @@ def _fit(cfg: Config, run: Run, ckpt: dict | None, stop: StopFlag, changes: dict
         if p.loop.stopping:  # last.pt was written at the step boundary
             if stop.signum is not None:
                 raise TrainingStopped(stop.signum, str(ckpts.last))
-            log.info(f"stopped after step {p.loop.global_step} (--max-steps); resume with --resume={run.path}")
-            return Result(run.path, best, best_epoch, history, stopped=True)
-        val_stats = validate(p.model, p.val_loader, p.loop, len(p.data.class_names)) if p.val_loader else {}
+            why = "dogcat ctl stop" if p.loop.stop_requested else "--max-steps"
+            log.info(f"stopped after step {p.loop.global_step} ({why}); resume with --resume={run.path}")
+            return Result(run.path, p.loop.best, p.loop.best_epoch, history, stopped=True)
+        collect = run.tracker.collector() if run.tracker is not None else None  # mistakes, PR curve
+        val_stats = validate(p.model, p.val_loader, p.loop, len(p.data.class_names), collect) if p.val_loader else {}
         p.scheduler.epoch_end(train_stats["loss"])
 
         record = {"kind": "epoch", "epoch": epoch + 1, "step": p.loop.global_step,
@@ -270,24 +296,26 @@ def _fit(cfg: Config, run: Run, ckpt: dict | None, stop: StopFlag, changes: dict
                   "lr": p.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
                   **{f"val_{k}": v for k, v in val_stats.items() if k != "confusion"}}
         run.log(record)
+        if run.tracker is not None:
+            run.tracker.epoch_end(p.loop.global_step, val_stats, collect)
         history.append(record)
         _print_epoch(record, val_stats, p.data.class_names, cfg.train.max_epoch)
 
         # without a validation set, judge by the training loss
         metric = record.get(cfg.train.monitor, -record["train_loss"] if cfg.train.monitor.endswith("accuracy")
                             else record["train_loss"])
-        is_best = better(metric, best, cfg.train.monitor)
+        is_best = better(metric, p.loop.best, cfg.train.monitor)
         if is_best:
-            best, best_epoch = metric, epoch + 1
+            p.loop.best, p.loop.best_epoch = metric, epoch + 1
         p.loop.epoch, p.loop.batch = epoch + 1, 0
         p.loop.meter.reset()  # type: ignore[union-attr]
-        ckpts.save(checkpoint_state(cfg, p, best, best_epoch), epoch_end=True, is_best=is_best,
+        ckpts.save(checkpoint_state(cfg, p), epoch_end=True, is_best=is_best,
                    metric=record.get(cfg.train.monitor))
     if p.loop.bad.count:
         log.warning(f"{p.loop.bad.count} unreadable image(s) were skipped; list in {run.path / 'bad_files.txt'}")
-    log.info(f"best {cfg.train.monitor} {best if best is not None else float('nan'):.4f} at epoch {best_epoch}; "
-             f"checkpoints in {run.ckpt_dir}")
-    return Result(run.path, best, best_epoch, history)
+    best = p.loop.best if p.loop.best is not None else float("nan")
+    log.info(f"best {cfg.train.monitor} {best:.4f} at epoch {p.loop.best_epoch}; checkpoints in {run.ckpt_dir}")
+    return Result(run.path, p.loop.best, p.loop.best_epoch, history)
 
 
 def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, scheduler: Schedule,
@@ -309,7 +337,12 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
                 loss = F.cross_entropy(model(images), labels)
             scaler.scale(loss / loop.accum_steps).backward()
             meter.add(loss, n)
+            loop.last_batch = (images, labels, batch.ids, loss)
         if loop.batch % loop.accum_steps == 0 or loop.batch == loop.batches_per_epoch:
+            if loop.last_batch is not None and not check_finite(model, loop.last_batch[3], scaler, loop):
+                optimizer.zero_grad(set_to_none=True)  # --nonfinite=skip: drop this step's gradients
+                progress.update(n)
+                continue
             if loop.clip_grad_norm:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), loop.clip_grad_norm)
@@ -338,8 +371,10 @@ def _log_window(loop: Loop, optimizer: torch.optim.Optimizer, progress: Progress
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: Any, loop: Loop, num_classes: int) -> dict[str, Any]:
-    """Loss, accuracy, log loss and confusion matrix over a whole loader, in eval mode."""
+def validate(model: nn.Module, loader: Any, loop: Loop, num_classes: int,
+             collect: Collector | None = None) -> dict[str, Any]:
+    """Loss, accuracy, log loss and confusion matrix over a whole loader, in eval mode; ``collect`` also
+    keeps per-sample probabilities and the worst mistakes (tracking/collect.py)."""
     model.eval()
     meter = EvalMeter(num_classes)
     progress = Progress(len(loader), "validate", loop.progress, loop.print_freq)
@@ -350,10 +385,18 @@ def validate(model: nn.Module, loader: Any, loop: Loop, num_classes: int) -> dic
             with autocast(loop.device, loop.precision):
                 logits = model(images)
             meter.update(logits, labels)
+            if collect is not None:
+                collect.add(batch.ids, images, labels, logits)
         progress.update(len(batch.labels))
     progress.close()
     model.train()
     return meter.compute()
+
+
+def _validate_now(p: Parts) -> dict[str, Any]:
+    if p.val_loader is None:
+        raise ValueError("this run has no validation set")
+    return validate(p.model, p.val_loader, p.loop, len(p.data.class_names))
 
 
 def _print_epoch(record: dict, val: dict, class_names: list[str], max_epoch: int) -> None:
@@ -366,21 +409,16 @@ def _print_epoch(record: dict, val: dict, class_names: list[str], max_epoch: int
         log.info(format_confusion(val["confusion"], class_names))
 
 
-_debug_warned = False
+_debug_seen: dict[str, float] = {}
 
 
 def _maybe_debug(loop: Loop) -> None:
-    """The seed's trick: ``touch /tmp/debug`` drops a running job into (i)pdb at the next log step."""
-    global _debug_warned
-    if not loop.debug_file or not os.path.exists(loop.debug_file):
+    """The seed's trick: while ``--debug-file`` exists, a run on a terminal stops in (i)pdb at the next log
+    step (as in the seed); without a terminal it writes one debug dump per version of the file."""
+    if not loop.debug_file or not os.path.exists(loop.debug_file) or loop.debug is None:
         return
-    if not sys.stdin.isatty():
-        if not _debug_warned:
-            warnings.warn(f"debug file {loop.debug_file} exists but there is no terminal to debug on; ignored")
-            _debug_warned = True
+    mtime = os.path.getmtime(loop.debug_file)
+    if not sys.stdin.isatty() and _debug_seen.get(loop.debug_file) == mtime:
         return
-    try:
-        import ipdb as debugger  # type: ignore[import-not-found]
-    except ImportError:
-        import pdb as debugger
-    debugger.set_trace()
+    _debug_seen[loop.debug_file] = mtime
+    log.info(f"debug file {loop.debug_file}: {loop.debug()}")

@@ -6,10 +6,13 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, ConfigError, dump_yaml
 from ..engine.checkpoint import atomic_write_text
+
+if TYPE_CHECKING:
+    from .tracker import Tracker
 
 STATUSES = ("running", "finished", "failed", "stopped")
 
@@ -40,6 +43,7 @@ class Run:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.ckpt_dir = path / "checkpoints"
+        self.tracker: Tracker | None = None  # manifest + TensorBoard while training (tracking/tracker.py)
 
     @classmethod
     def create(cls, cfg: Config) -> "Run":
@@ -63,9 +67,12 @@ class Run:
     def checkpoint(self, name: str) -> Path:
         return self.ckpt_dir / f"{name}.pt"
 
-    def set_status(self, status: str) -> None:
+    def set_status(self, status: str, error: BaseException | None = None) -> None:
+        """Write ``status``; a final one also completes the manifest and closes TensorBoard."""
         assert status in STATUSES
         atomic_write_text(self.path / "status", status + "\n")
+        if status != "running" and self.tracker is not None:
+            self.tracker.finish(status, error)
 
     def status(self) -> str:
         p = self.path / "status"
@@ -76,6 +83,8 @@ class Run:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
             f.flush()
+        if self.tracker is not None:  # the same records, on the same step axis, to TensorBoard
+            self.tracker.log_record(record)
 
     def records(self) -> list[dict[str, Any]]:
         """The logged records; a line cut short by a kill is skipped."""

@@ -1,0 +1,126 @@
+"""Matplotlib figures shared by TensorBoard and the HTML report: curves, confusion matrix, worst mistakes.
+
+Figures are built with the object API (``matplotlib.figure.Figure``), never pyplot, so no global backend
+or figure registry is touched: safe in a training process, a test, or a machine without a display.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .collect import Mistake
+
+
+def denormalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A normalised CHW tensor back to [0, 1] for display."""
+    m = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
+    s = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
+    return (image.float().cpu() * s + m).clamp(0, 1)
+
+
+def to_array(fig: Figure) -> np.ndarray:
+    """Render a figure to an HxWx3 uint8 array (what TensorBoard's add_image takes with HWC)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _show(ax: Any, image: torch.Tensor) -> None:
+    arr = image.permute(1, 2, 0).numpy()
+    if arr.shape[2] == 1:
+        ax.imshow(arr[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(arr)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], class_names: list[str]) -> Figure:
+    """Heatmap of a confusion matrix, rows = actual, columns = predicted, counts in the cells."""
+    a = np.asarray(cm, dtype=np.int64)
+    n = len(class_names)
+    size = min(12.0, 2.0 + 0.6 * n)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.add_subplot()
+    # colour by the row's share, so a small class's errors show as clearly as a big one's
+    share = a / np.maximum(a.sum(1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(a[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title("confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def mistakes_figure(mistakes: list[Mistake], class_names: list[str], mean: Sequence[float],
+                    std: Sequence[float]) -> Figure:
+    """A grid of misclassified images, each titled ``true -> predicted (probability)``."""
+    n = max(1, len(mistakes))
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(2.6 * cols, 2.9 * rows))
+    for k, m in enumerate(mistakes):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        _show(ax, denormalise(m.image, mean, std))
+        ax.set_title(f"{class_names[m.label]} -> {class_names[m.pred]} ({m.confidence:.2f})\n{m.id}"[:60],
+                     fontsize=8)
+    if not mistakes:
+        fig.add_subplot().text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def _line(ax: Any, records: list[dict], kind: str, key: str, label: str) -> bool:
+    pts = [(r["step"], r[key]) for r in records if r.get("kind") == kind and isinstance(r.get(key), (int, float))]
+    if pts:
+        ax.plot(*zip(*pts), marker="o" if kind == "epoch" else None, markersize=3, label=label)
+    return bool(pts)
+
+
+def curves(records: list[dict]) -> dict[str, Figure]:
+    """Loss, accuracy and lr against the optimizer step, from metrics.jsonl records."""
+    specs = {"loss": [("step", "train_loss", "train loss (window)"), ("epoch", "train_loss", "train loss (epoch)"),
+                      ("epoch", "val_loss", "val loss")],
+             "accuracy": [("epoch", "val_accuracy", "val accuracy")],
+             "lr": [("step", "lr", "lr (step)"), ("epoch", "lr", "lr (epoch end)")]}
+    out = {}
+    for name, lines in specs.items():
+        fig = Figure(figsize=(6, 3.6))
+        ax = fig.add_subplot()
+        drawn = [_line(ax, records, kind, key, label) for kind, key, label in lines]
+        if any(drawn):
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {name} logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out[name] = fig
+    return out
+
+
+def per_class_scores(cm: Sequence[Sequence[int]], class_names: list[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class from a confusion matrix (rows actual, columns predicted)."""
+    a = np.asarray(cm, dtype=np.float64)
+    out = []
+    for i, name in enumerate(class_names):
+        tp, predicted, actual = a[i, i], a[:, i].sum(), a[i, :].sum()
+        p = tp / predicted if predicted else 0.0
+        r = tp / actual if actual else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        out.append({"class": name, "precision": p, "recall": r, "f1": f1, "support": int(actual)})
+    return out

@@ -1,0 +1,229 @@
+"""``manifest.json``: what ran, where, on which code and data; written at start, completed at the end.
+
+The file is replaced atomically each time, so it is whole after a crash; a crashed run's manifest still
+says "running", and ``process_alive`` (pid plus the process's start time, so a reused pid does not count)
+tells a dead run from a live one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..engine.checkpoint import atomic_write_text
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..data import DataBundle
+
+MANIFEST, PATCH = "manifest.json", "manifest.patch"
+FORMAT = 1
+
+
+def now_iso() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The manifest, or ``{}`` when there is none (a run from before manifests) or it is unreadable."""
+    try:
+        return json.loads((Path(run_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux /proc), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its closing ")"
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def process_alive(pid: int | None, start: int | None = None, host: str | None = None) -> bool | None:
+    """True / False for a process on this host; None when it ran on another host (cannot tell)."""
+    if host and host != socket.gethostname():
+        return None
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):  # killed but not yet reaped by its parent
+            return False
+    except OSError:
+        pass
+    now = process_start(int(pid))
+    return start is None or now is None or now == start
+
+
+def _run(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_info(run_dir: Path, code_dir: Path | None = None) -> dict[str, Any]:
+    """Commit, branch and uncommitted changes of the repository dogcat's code is in; the diff goes to
+    ``manifest.patch`` (``git apply`` it on the commit to get the code that ran)."""
+    code_dir = code_dir or Path(__file__).resolve().parent
+    top = _run(["git", "rev-parse", "--show-toplevel"], code_dir)
+    if top is None:
+        return {"commit": None, "error": "not a git repository (or git is missing)"}
+    repo = Path(top.strip())
+    commit = (_run(["git", "rev-parse", "HEAD"], repo) or "").strip() or None
+    branch = (_run(["git", "rev-parse", "--abbrev-ref", "HEAD"], repo) or "").strip() or None
+    diff = _run(["git", "diff", "HEAD", "--binary"], repo) if commit else None
+    untracked = (_run(["git", "ls-files", "--others", "--exclude-standard"], repo) or "").split()
+    info: dict[str, Any] = {"repo": str(repo), "commit": commit, "branch": branch, "dirty": bool(diff),
+                            "patch": None, "untracked": untracked[:200]}
+    if diff:
+        atomic_write_text(Path(run_dir) / PATCH, diff)
+        info["patch"] = PATCH
+        info["patch_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+    return info
+
+
+def pip_freeze() -> list[str]:
+    """``name==version`` of every installed distribution (importlib.metadata: no pip subprocess)."""
+    pkgs = {(d.metadata["Name"] or "?"): d.version for d in importlib.metadata.distributions()}
+    return sorted(f"{n}=={v}" for n, v in pkgs.items())
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Versions and devices; CUDA / cuDNN are None on a machine without them."""
+    cuda = torch.cuda.is_available()
+    try:
+        import torchvision
+        tv = torchvision.__version__
+    except ImportError:
+        tv = None
+    from .. import __version__
+    return {
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "torchvision": tv,
+                     # the CUDA / cuDNN this torch was built with; "devices" says whether a GPU was there
+                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.version.cuda else None,
+                     "dogcat": __version__},
+        "devices": {"cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+                    "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
+        "platform": platform.platform(), "host": socket.gethostname(),
+        "pip_freeze": pip_freeze(),
+    }
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_fingerprint(bundle: DataBundle, cfg: Config) -> dict[str, Any]:
+    """sha256 over the sorted (relative path, size, label) of the training and validation files; for
+    Fashion-MNIST, over the training IDX files' own hashes. Image files are not read (fast on 25,000
+    JPEGs): an edit that keeps a file's size is not seen, a changed, added, removed or relabelled one is."""
+    if bundle.kind == "fashion-mnist":
+        from ..data import fashion_mnist
+        root = fashion_mnist.resolve_root(cfg.data.fashion_mnist_root, cfg.data.train_data_root)
+        files = {}
+        for stem in fashion_mnist.FILES["train"]:
+            path = fashion_mnist._find(root, stem)
+            if path is not None:
+                files[path.name] = _sha256_file(path)
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        return {"kind": bundle.kind, "sha256": digest, "method": "sha256 of the IDX files", "root": str(root),
+                "files": files, "count": sum(len(v) for v in bundle.splits.values())}
+    rows = [(os.path.abspath(p), bundle.class_names[y]) for part in ("train", "val")
+            for p, y in bundle.splits.get(part, [])]
+    base = os.path.commonpath([p for p, _ in rows]) if rows else ""
+    if rows and os.path.isfile(base):
+        base = os.path.dirname(base)
+    lines = []
+    for p, label in rows:
+        try:
+            size = os.path.getsize(p)
+        except OSError:
+            size = -1  # a missing file is part of what the data is
+        lines.append(f"{os.path.relpath(p, base)}\t{size}\t{label}")
+    digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+    return {"kind": bundle.kind, "sha256": digest, "method": "sha256 of sorted (relative path, size, label)",
+            "root": base, "count": len(rows)}
+
+
+class Manifest:
+    """The run's manifest.json: ``start`` (at launch), ``update`` (data known), ``finish`` (at the end)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.data: dict[str, Any] = {}
+
+    def start(self, cfg: Config) -> None:
+        old = read_manifest(self.run_dir)
+        previous = list(old.get("previous_sessions", []))
+        if old:  # a resume: keep the earlier session's record and patch
+            patch = None
+            if (self.run_dir / PATCH).exists():
+                patch = f"manifest.session-{len(previous) + 1}.patch"
+                os.replace(self.run_dir / PATCH, self.run_dir / patch)
+            previous.append({k: old.get(k) for k in ("start_time", "end_time", "duration_s", "status", "exit",
+                                                     "pid", "host", "command")}
+                            | {"git_commit": (old.get("git") or {}).get("commit"), "patch": patch})
+        self.data = {
+            "format": FORMAT, "run": self.run_dir.name, "status": "running",
+            "start_time": now_iso(), "start_unix": round(time.time(), 3), "end_time": None, "duration_s": None,
+            "exit": None, "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+            "command": list(sys.argv), "cwd": os.getcwd(), "seed": cfg.train.seed, "split_seed": cfg.data.split_seed,
+            "git": git_info(self.run_dir), **environment(),
+            "first_start_time": old.get("first_start_time") or old.get("start_time") or now_iso(),
+            "previous_sessions": previous,
+        }
+        write_manifest(self.run_dir, self.data)
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        write_manifest(self.run_dir, self.data)
+
+    def finish(self, status: str, error: BaseException | None = None) -> None:
+        code = 0 if status in ("finished", "stopped") and error is None else getattr(error, "exit_code", None)
+        if code is None and isinstance(error, KeyboardInterrupt):
+            code = 130
+        self.update(status=status, end_time=now_iso(),
+                    duration_s=round(time.time() - self.data.get("start_unix", time.time()), 3),
+                    exit={"status": status, "code": code,
+                          "error": f"{type(error).__name__}: {error}" if error is not None else None})

@@ -1,0 +1,132 @@
+"""``dogcat report RUN``: ``RUN/report/index.html`` plus PNGs, opened from disk with no server.
+
+Curves come from metrics.jsonl; the confusion matrix, per-class scores and the most confidently wrong
+images from a validation pass over the run's own split (``dogcat val RUN --report`` does the same pass).
+All links are relative, so the folder can be copied, zipped or attached as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from .collect import Collector
+from .figures import confusion_figure, curves, mistakes_figure, per_class_scores
+from .manifest import read_manifest
+from .runs import fmt_duration, load_run, manifest_summary
+
+log = logging.getLogger("dogcat")
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee}.row{display:flex;flex-wrap:wrap;gap:1em}
+.row img{max-width:540px}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}.note{color:#777}"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td class=num>{_e(c)}</td>" if i in numeric else f"<td>{_e(c)}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.savefig(path, dpi=100)
+    return path.name
+
+
+def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | None = None,
+                 collect: Collector | None = None, class_names: list[str] | None = None,
+                 mean: Sequence[float] = (), std: Sequence[float] = (), checkpoint: str | None = None) -> Path:
+    """Write ``out_dir/report/index.html`` and its PNGs; ``metrics`` / ``collect`` come from a validation
+    pass (``None``: a report of the logs only). Returns the index.html path."""
+    rep = Path(out_dir) / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    info = load_run(run_dir) if run_dir is not None else None
+    title = info.name if info else Path(out_dir).name
+    parts = [f"<h1>dogcat report: {_e(title)}</h1>"]
+    if info:
+        best = info.best()
+        parts.append(_table(["status", "model", "data", "epochs", "best", "duration"], [[
+            info.status, info.config.get("model", "?"), info.data(), len(info.epochs),
+            f"{best[0]} {best[1]:.4f} (epoch {best[2]})" if best else "-", fmt_duration(info.duration())]]))
+        imgs = [_save(fig, rep / f"{name}.png") for name, fig in curves(_records(info.path)).items()]
+        parts.append("<h2>Training curves</h2><div class=row>"
+                     + "".join(f'<img src="{_e(n)}" alt="{_e(n[:-4])} curve">' for n in imgs) + "</div>")
+    if metrics and class_names:
+        parts.append(_validation(rep, metrics, collect, class_names, mean, std, checkpoint))
+    else:
+        parts.append("<h2>Validation</h2><p class=note>no validation pass (no validation set or no checkpoint): "
+                     "curves only</p>")
+    if run_dir is not None:
+        cfg = Path(run_dir) / "config.yaml"
+        parts.append("<h2>Manifest</h2>" + _table(["", "value"], manifest_summary(read_manifest(Path(run_dir)))))
+        if cfg.exists():
+            parts.append(f"<h2>Config</h2><pre>{_e(cfg.read_text())}</pre>")
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)} - dogcat report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    index = rep / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    from .run import Run
+
+    return Run(run_dir).records()
+
+
+def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, class_names: list[str],
+                mean: Sequence[float], std: Sequence[float], checkpoint: str | None) -> str:
+    """Headline metrics, confusion heatmap, per-class table, grid of the most confidently wrong images."""
+    cm = metrics["confusion"]
+    out = [f"<h2>Validation</h2><p>{_e(metrics.get('count', '?'))} images"
+           + (f", checkpoint <code>{_e(checkpoint)}</code>" if checkpoint else "") + "</p>",
+           _table(["loss", "accuracy", "log loss"],
+                  [[f"{metrics['loss']:.4f}", f"{metrics['accuracy']:.4f}", f"{metrics['logloss']:.4f}"]], {0, 1, 2})]
+    name = _save(confusion_figure(cm, class_names), rep / "confusion.png")
+    scores = per_class_scores(cm, class_names)
+    out.append(f'<h2>Confusion matrix</h2><img src="{name}" alt="confusion matrix">')
+    out.append("<h2>Per-class scores</h2>" + _table(
+        ["class", "precision", "recall", "F1", "support"],
+        [[s["class"], f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", s["support"]] for s in scores],
+        {1, 2, 3, 4}))
+    if collect is not None:
+        mistakes = collect.mistakes()
+        out.append("<h2>Most confidently wrong</h2>")
+        if mistakes:
+            name = _save(mistakes_figure(mistakes, class_names, mean, std), rep / "mistakes.png")
+            shown = class_names if len(class_names) <= 10 else []  # one column per class while that stays readable
+            out.append(f'<img src="{name}" alt="most confidently wrong validation images">')
+            out.append(_table(["#", "id", "true", "predicted", "p(predicted)", *[f"p({c})" for c in shown]],
+                              [[i + 1, m.id, class_names[m.label], class_names[m.pred], f"{m.confidence:.4f}",
+                                *[f"{p:.4f}" for p in m.probs[: len(shown)]]] for i, m in enumerate(mistakes)],
+                              set(range(4, 5 + len(shown)))))
+        else:
+            out.append("<p>every validation image is classified correctly</p>")
+    return "".join(out)
+
+
+def make_report(target: str, overrides: dict[str, Any] | None = None) -> Path:
+    """``dogcat report RUN``: a validation pass with the report on; a run without a validation set or a
+    checkpoint (killed in its first epoch) still gets its curves, config and manifest."""
+    from ..config import ConfigError
+    from ..data import DataError
+    from ..engine.evaluator import evaluate
+
+    try:
+        return Path(evaluate(target, {**(overrides or {}), "report": True})["report"])
+    except (DataError, ConfigError) as e:
+        run = Path(target)
+        if not (run / "config.yaml").is_file():
+            raise
+        log.warning(f"no validation pass for the report: {e}")
+        return write_report(run, run)

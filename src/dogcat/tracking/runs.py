@@ -1,0 +1,223 @@
+"""``dogcat runs``: the runs under a folder as a table, one run in detail, two runs side by side.
+
+Everything is read from the run folders (config.yaml, status, manifest.json, metrics.jsonl); nothing is
+loaded into torch, so listing a hundred runs is quick.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .manifest import process_alive, read_manifest
+from .tracker import NOT_EXPERIMENT, flat_config
+
+# epoch-record keys that are timings, not results: left out of "final metrics"
+VOLATILE = {"time", "kind", "step", "epoch_seconds", "train_images_per_s"}
+
+
+@dataclass
+class RunInfo:
+    """What the table shows about one run folder."""
+
+    path: Path
+    status: str
+    config: dict[str, Any]   # flat: option -> value
+    manifest: dict[str, Any]
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # the epoch records of metrics.jsonl
+    last_time: float | None = None  # time of the last record
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def best(self) -> tuple[str, float, int] | None:
+        """``(monitor, best value, its epoch)`` from the epoch records."""
+        monitor = str(self.config.get("monitor", "val_accuracy"))
+        pts = [(r[monitor], r["epoch"]) for r in self.epochs if isinstance(r.get(monitor), (int, float))]
+        if not pts:
+            return None
+        value, epoch = (max if monitor.endswith("accuracy") else min)(pts, key=lambda t: t[0])
+        return monitor, value, epoch
+
+    def duration(self) -> float | None:
+        """Seconds spent training, over every session (a crashed session counts up to its last record)."""
+        m = self.manifest
+        total = sum(s.get("duration_s") or 0.0 for s in m.get("previous_sessions", []))
+        if m.get("duration_s") is not None:
+            return total + m["duration_s"]
+        if m.get("start_unix") is None:
+            return None
+        end = time.time() if self.status == "running" else (self.last_time or m["start_unix"])
+        return total + max(0.0, end - m["start_unix"])
+
+    def data(self) -> str:
+        d = self.manifest.get("data") or {}
+        kind = d.get("kind") or self.config.get("dataset", "?")
+        root = self.config.get("train_list") or self.config.get("train_data_root") or ""
+        if kind == "fashion-mnist":
+            root = self.config.get("fashion_mnist_root") or ""
+        label = f"{kind}:{Path(str(root)).name}" if root else str(kind)
+        return label + (f" ({d['sha256'][:8]})" if d.get("sha256") else "")
+
+
+def effective_status(path: Path, manifest: dict[str, Any]) -> str:
+    """The status file's word, except that "running" with a dead or unknown process reads "dead"."""
+    p = Path(path) / "status"
+    status = p.read_text().strip() if p.exists() else "unknown"
+    if status == "running":
+        alive = process_alive(manifest.get("pid"), manifest.get("pid_start"), manifest.get("host"))
+        if alive is False:
+            return "dead"  # killed (SIGKILL, out of memory, power): nobody wrote its final status
+        if alive is None:
+            return f"running? (on {manifest.get('host')})"
+    return status
+
+
+def load_run(path: Path) -> RunInfo:
+    path = Path(path)
+    try:
+        config = flat_config(yaml.safe_load((path / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        config = {}
+    manifest = read_manifest(path)
+    epochs, last_time = [], None
+    metrics = path / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        last_time = r.get("time", last_time)
+        if r.get("kind") == "epoch":
+            epochs.append(r)
+    return RunInfo(path, effective_status(path, manifest), config, manifest, epochs, last_time)
+
+
+def find_runs(root: Path | str = "runs") -> list[RunInfo]:
+    """Run folders (those with a config.yaml) directly under ``root``, oldest first."""
+    root = Path(root)
+    runs = [load_run(p) for p in sorted(root.iterdir()) if (p / "config.yaml").is_file()] if root.is_dir() else []
+    return sorted(runs, key=lambda r: (r.manifest.get("first_start_time") or r.manifest.get("start_time") or "",
+                                       r.name))
+
+
+def differing_options(runs: list[RunInfo]) -> list[str]:
+    """Options whose values are not the same in every listed run (place and display options left out)."""
+    keys = sorted({k for r in runs for k in r.config} - NOT_EXPERIMENT)
+    return [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _fmt(v: Any, width: int = 28) -> str:
+    text = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def runs_table(runs: list[RunInfo]) -> str:
+    """The ``dogcat runs`` table: one line a run, plus a column for each option that differs."""
+    if not runs:
+        return "no runs"
+    extra = differing_options(runs) if len(runs) > 1 else []
+    rows = [["name", "status", "model", "data", "epochs", "best", "duration", *extra]]
+    for r in runs:
+        best = r.best()
+        done = r.epochs[-1]["epoch"] if r.epochs else 0
+        rows.append([r.name, r.status, _fmt(r.config.get("model", "?")), r.data(),
+                     f"{done}/{r.config.get('max_epoch', '?')}",
+                     f"{best[0]} {best[1]:.4f} @{best[2]}" if best else "-", fmt_duration(r.duration()),
+                     *[_fmt(r.config.get(k)) for k in extra]])
+    return table(rows)
+
+
+def manifest_summary(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """The manifest's main facts as (label, text) pairs, for ``runs show`` and the report."""
+    if not m:
+        return [("manifest", "none (a run from before manifests, or unreadable)")]
+    git, v, d, dev = m.get("git") or {}, m.get("versions") or {}, m.get("data") or {}, m.get("devices") or {}
+    commit = git.get("commit") or git.get("error") or "-"
+    if git.get("dirty"):
+        commit += f" + uncommitted changes ({git.get('patch')})"
+    exit_ = m.get("exit") or {}
+    return [
+        ("git commit", commit),
+        ("data", f"{d.get('kind', '-')} sha256 {d.get('sha256', '-')} ({d.get('count', '?')} files, {d.get('root', '')})"),
+        ("splits", ", ".join(m.get("splits") or []) or "-"),
+        ("versions", ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "torchvision", "cuda", "cudnn", "dogcat")
+                               if k in v)),
+        ("device", f"{m.get('device', '-')} (GPUs: {', '.join(dev.get('cuda') or []) or 'none'}; "
+                   f"CPU: {dev.get('cpu', '-')})"),
+        ("host", f"{m.get('host', '-')}, pid {m.get('pid', '-')}"),
+        ("command", " ".join(m.get("command") or [])),
+        ("seed", f"{m.get('seed')} (split seed {m.get('split_seed')})"),
+        ("started", str(m.get("first_start_time") or m.get("start_time"))),
+        ("ended", f"{m.get('end_time') or '-'}, exit {exit_.get('status', '-')} (code {exit_.get('code', '-')})"
+                  + (f": {exit_['error']}" if exit_.get("error") else "")),
+        ("sessions", str(1 + len(m.get("previous_sessions") or []))),
+    ]
+
+
+def final_metrics(r: RunInfo) -> dict[str, Any]:
+    last = r.epochs[-1] if r.epochs else {}
+    out = {k: v for k, v in last.items() if k not in VOLATILE}
+    best = r.best()
+    if best:
+        out[f"best {best[0]}"] = f"{best[1]:.4f} @ epoch {best[2]}"
+    return out
+
+
+def show(path: Path) -> str:
+    """``dogcat runs show RUN``: status, config, manifest summary and the last epoch's metrics."""
+    r = load_run(path)
+    lines = [f"run {r.path}: {r.status}, {len(r.epochs)} epoch(s), {fmt_duration(r.duration())}", "", "config:"]
+    config_file = r.path / "config.yaml"
+    lines += ["  " + x for x in (config_file.read_text().splitlines() if config_file.exists() else [])]
+    lines += ["", "manifest:"] + [f"  {k + ':':<12} {v}" for k, v in manifest_summary(r.manifest)]
+    lines += ["", "last metrics:"] + [f"  {k + ':':<22} {_fmt(v, 60)}" for k, v in final_metrics(r).items()]
+    return "\n".join(lines)
+
+
+def _manifest_facts(m: dict[str, Any]) -> dict[str, Any]:
+    git, d = m.get("git") or {}, m.get("data") or {}
+    facts = {"git commit": git.get("commit"), "uncommitted patch": git.get("patch_sha256"),
+             "data fingerprint": d.get("sha256"), "data files": d.get("count"), "host": m.get("host"),
+             "device": m.get("device")}
+    facts.update({f"version {k}": v for k, v in (m.get("versions") or {}).items()})
+    return facts
+
+
+def diff(a: Path, b: Path) -> str:
+    """``dogcat runs diff A B``: options, manifest facts and installed packages that differ; final metrics."""
+    ra, rb = load_run(a), load_run(b)
+    out = [f"A: {ra.path} ({ra.status})", f"B: {rb.path} ({rb.status})", ""]
+    keys = sorted(set(ra.config) | set(rb.config))
+    conf = [[k, _fmt(ra.config.get(k), 40), _fmt(rb.config.get(k), 40)] for k in keys
+            if ra.config.get(k) != rb.config.get(k)]
+    out += ["config differences:", table([["option", "A", "B"], *conf]) if conf else "  (none)", ""]
+    fa, fb = _manifest_facts(ra.manifest), _manifest_facts(rb.manifest)
+    facts = [[k, _fmt(fa.get(k), 40), _fmt(fb.get(k), 40)] for k in fa | fb if fa.get(k) != fb.get(k)]
+    pa = dict(x.split("==", 1) for x in ra.manifest.get("pip_freeze", []) if "==" in x)
+    pb = dict(x.split("==", 1) for x in rb.manifest.get("pip_freeze", []) if "==" in x)
+    facts += [[f"package {n}", pa.get(n, "-"), pb.get(n, "-")] for n in sorted(set(pa) | set(pb))
+              if pa.get(n) != pb.get(n)]
+    out += ["manifest differences:", table([["", "A", "B"], *facts]) if facts else "  (none)", ""]
+    ma, mb = final_metrics(ra), final_metrics(rb)
+    rows = [[k, _fmt(ma.get(k, "-"), 30), _fmt(mb.get(k, "-"), 30)] for k in dict.fromkeys([*ma, *mb])]
+    out += ["final metrics:", table([["metric", "A", "B"], *rows]) if rows else "  (none)"]
+    return "\n".join(out)

@@ -1,0 +1,163 @@
+"""Experiment memory of a training run: manifest.json and TensorBoard, driven by a few trainer hooks.
+
+The trainer calls ``Tracker.start`` (before anything runs), ``setup`` (data and model built),
+``collector`` / ``epoch_end`` (each validation) and, through ``Run.set_status``, ``finish``; every
+metrics.jsonl record reaches TensorBoard through ``Run.log``. Only rank 0 tracks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from ..config import Config, to_dict
+from .collect import Collector
+from .manifest import Manifest, data_fingerprint
+
+if TYPE_CHECKING:
+    from ..engine.trainer import Parts
+    from .run import Run
+    from .tensorboard import TBLogger
+
+log = logging.getLogger("dogcat")
+
+# options that name places or change the display, not the experiment: left out of hparams and run comparisons
+NOT_EXPERIMENT = {"resume", "run_dir", "runs_root", "env", "debug_file", "progress", "print_freq"}
+GRID_IMAGES = 16
+
+
+def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
+    """``{option: value}`` of a nested config dict (leaf names are unique across sections)."""
+    return {k: v for sec in tree.values() if isinstance(sec, dict) for k, v in sec.items()}
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed job, or a plain process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def sample_inputs(dataset: Any, seed: int, n: int = GRID_IMAGES) -> list[torch.Tensor]:
+    """``n`` augmented training images spread over the data set. Each is drawn the way training draws it
+    (``SeededItems``: its own seeded generator), so the global RNG, and exact resume, are untouched."""
+    from ..data import SeededItems
+
+    size = len(dataset)
+    items = SeededItems(dataset)
+    out = []
+    for k in range(min(n, size)):
+        i = k * size // min(n, size)
+        item = items[(i, seed * 1_000_003 + i)]
+        if item.image is not None:
+            out.append(item.image)
+    return out
+
+
+class Tracker:
+    """manifest.json + TensorBoard for one run; a TensorBoard failure warns and switches TensorBoard off."""
+
+    def __init__(self, run: Run, cfg: Config, resume_step: int | None) -> None:
+        self.run, self.cfg, self.resume_step = run, cfg, resume_step
+        self.manifest = Manifest(run.path)
+        self.tb: TBLogger | None = None
+        self.class_names: list[str] = []
+        self.mean: tuple[float, ...] = ()
+        self.std: tuple[float, ...] = ()
+        self.done = False
+
+    @classmethod
+    def start(cls, run: Run, cfg: Config, resume_step: int | None = None) -> "Tracker | None":
+        """Write the manifest's start (atomically); None on ranks other than 0."""
+        if not is_main_process():
+            return None
+        tracker = cls(run, cfg, resume_step)
+        tracker.manifest.start(cfg)
+        return tracker
+
+    def setup(self, p: Parts) -> None:
+        """Data and model are built: fingerprint the data, open TensorBoard, show augmented inputs."""
+        self.class_names, self.mean, self.std = list(p.data.class_names), tuple(p.data.mean), tuple(p.data.std)
+        splits = sorted(str(x.relative_to(self.run.path)) for x in (self.run.path / "splits").glob("*.csv"))
+        self.manifest.update(device=str(p.loop.device), data=data_fingerprint(p.data, self.cfg), splits=splits)
+        self._tb(lambda: self._open(p))
+
+    def _open(self, p: Parts) -> None:
+        from .tensorboard import TBLogger
+
+        # purge from the step after the checkpoint: that step's records were logged before it was saved
+        purge = self.resume_step + 1 if self.resume_step is not None else None
+        self.tb = TBLogger(self.run.path, purge)
+        if self.resume_step is None:
+            self.tb.text("config", "```\n" + (self.run.path / "config.yaml").read_text() + "\n```")
+            if p.data.train is not None:
+                self.tb.input_grid(sample_inputs(p.data.train, self.cfg.train.seed), self.mean, self.std)
+
+    def _tb(self, fn: Callable[[], None]) -> None:
+        """Run a TensorBoard call; a failure (disk full, a plugin error) must not end the training."""
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"TensorBoard logging switched off: {type(e).__name__}: {e}")
+            if self.tb is not None:
+                try:
+                    self.tb.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            self.tb = None
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        if self.tb is not None:
+            tb = self.tb
+            self._tb(lambda: tb.log_record(record))
+
+    def collector(self) -> Collector:
+        return Collector(len(self.class_names), keep_images=GRID_IMAGES)
+
+    def epoch_end(self, step: int, val_stats: dict[str, Any], collect: Collector | None) -> None:
+        if self.tb is not None and val_stats:
+            tb = self.tb
+            self._tb(lambda: tb.validation(step, val_stats, collect, self.class_names, self.mean, self.std))
+
+    def final_metrics(self) -> tuple[dict[str, float], int]:
+        """``({"hparam/...": value}, step)`` from metrics.jsonl: the last epoch's metrics and the best one."""
+        epochs = [r for r in self.run.records() if r.get("kind") == "epoch"]
+        steps = [r["step"] for r in self.run.records() if isinstance(r.get("step"), int)]
+        out: dict[str, float] = {}
+        if epochs:
+            last = epochs[-1]
+            for k in ("val_accuracy", "val_loss", "val_logloss", "train_loss"):
+                if isinstance(last.get(k), (int, float)):
+                    out[f"hparam/{k}"] = float(last[k])
+            monitor = self.cfg.train.monitor
+            values = [r[monitor] for r in epochs if isinstance(r.get(monitor), (int, float))]
+            if values:
+                out[f"hparam/best_{monitor}"] = float(max(values) if monitor.endswith("accuracy") else min(values))
+            out["hparam/epochs"] = float(last.get("epoch", len(epochs)))
+        return out, max(steps, default=0)
+
+    def finish(self, status: str, error: BaseException | None = None) -> None:
+        """Complete the manifest (end time, exit status), write the hparams session, close TensorBoard."""
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.manifest.finish(status, error)
+        except Exception as e:  # noqa: BLE001  # never hide the error that ended the run
+            log.warning(f"could not complete {self.run.path / 'manifest.json'}: {e}")
+        if self.tb is not None:
+            tb = self.tb
+            tree = {sec: v for sec, v in to_dict(self.cfg).items() if sec != "eval"}  # eval options: not training's
+            flat = {k: v for k, v in flat_config(tree).items() if k not in NOT_EXPERIMENT}
+            from .tensorboard import hparam_values
+
+            metrics, step = self.final_metrics()
+            self._tb(lambda: tb.hparams(hparam_values(flat), metrics, step, status))
+            self._tb(tb.close)
+            self.tb = None
