@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-all bench fashion-mnist clean
+.PHONY: setup demo test test-all bench fashion-mnist chromium clean
 
 setup: $(STAMP)
 
@@ -27,13 +27,23 @@ fashion-mnist:
 	  echo "apt-get could not install dataset-fashion-mnist; dogcat will try torchvision's download"; \
 	else echo "apt-get not usable here; dogcat will try torchvision's download of Fashion-MNIST"; fi
 
+# Headless Chromium for the report's browser test (tests/test_tracking.py); it skips, saying why, without it.
+chromium:
+	@if command -v chromium >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium (the report's browser test)"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1)) || \
+	  echo "apt-get could not install chromium; the report's browser test will be skipped"; \
+	else echo "apt-get not usable here; the report's browser test will be skipped"; fi
+
 demo: setup fashion-mnist
 	$(BIN)/python -m dogcat.demo
 
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: setup fashion-mnist
+test-all: setup fashion-mnist chromium
 	$(BIN)/python -m pytest -q
 
 bench: setup

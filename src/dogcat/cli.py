@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ commands:
   inspect RUN|CKPT                            per-layer parameter / gradient statistics
   runs    [FOLDER] | show RUN | diff A B      table of runs (status, best, differing options); details; compare
   report  RUN [--key=value ...]               RUN/report/index.html: curves, confusion matrix, worst mistakes
+  prepare DATA [--size=S] [--cache-dir=D]     decode a data folder / list file once into a packed cache
   models                                      list model names
   help                                        this text and every option with its default
 
@@ -52,6 +54,11 @@ def cmd_train(argv: list[str]) -> int:
     if pos:
         raise ConfigError(f"train takes only --key=value options, got {' '.join(pos)!r}")
     config_file = ov.pop("config", None)
+    nproc = int(ov.get("nproc", 1))
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # the shortcut: relaunch under torchrun
+        from .engine.distributed import launch
+
+        return launch(nproc, [x for x in argv if not x.replace("_", "-").startswith("--nproc")])
     if ov.get("resume") and not config_file:  # a resumed run starts from its own recorded config
         config_file = find_run(str(ov["resume"]), ov.get("runs_root", "runs")) / "config.yaml"
     result = train(load_config(ov, config_file))
@@ -207,6 +214,20 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def cmd_prepare(argv: list[str]) -> int:
+    from .data import BadFiles, prepare
+
+    pos, ov = _split(argv)
+    if len(pos) != 1:
+        raise ConfigError("usage: dogcat prepare DATA [--size=S] [--image-size=N] [--cache-dir=DIR]")
+    size = ov.pop("size", None)  # prepare's own option: the stored side S, not a config key
+    packed = prepare(pos[0], load_config(ov).data, None if size is None else int(size))
+    BadFiles(None).add([(str(packed.base / p), r) for p, r in packed.bad.items()])  # warned as training does
+    print(f"cache: {packed.path}\n{len(packed.rows)} images at {packed.size}x{packed.size} "
+          f"({packed.nbytes / 2**20:.0f} MiB), {len(packed.bad)} unreadable (listed in bad_files.txt there)")
+    return 0
+
+
 def cmd_models(argv: list[str]) -> int:
     from .models import list_models
 
@@ -225,7 +246,8 @@ def cmd_help(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train, "val": cmd_val, "test": cmd_test, "predict": cmd_predict,
-    "export": cmd_export, "ctl": cmd_ctl, "inspect": cmd_inspect, "models": cmd_models, "help": cmd_help,
+    "export": cmd_export, "prepare": cmd_prepare, "ctl": cmd_ctl, "inspect": cmd_inspect, "models": cmd_models,
+    "help": cmd_help,
     "runs": cmd_runs, "report": cmd_report,
 }
 

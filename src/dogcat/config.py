@@ -48,6 +48,12 @@ class DataConfig:
                         "28x28, + flip), flip (flip only), none", ("default", "flip", "none"))
     batch_size: int = opt(128, "images per batch (per process)")
     num_workers: int = opt(-1, "data loading processes; -1 picks min(4, CPU cores), 0 loads in the main process")
+    cache: bool = opt(False, "decode images once into a packed uint8 cache (<data root>/.dogcat-cache, built on "
+                      "first use, rebuilt when files change) and train/evaluate from it; see `dogcat prepare`")
+    cache_dir: Optional[str] = opt(None, "folder for packed caches; default <data root>/.dogcat-cache, or "
+                                   "~/.cache/dogcat/packed when the data root is read-only")
+    in_memory_mb: int = opt(1024, "hold a packed cache in RAM (one uint8 tensor, no loader workers) when it fits "
+                            "in this many MiB; 0: always memory-map it")
 
 
 @dataclass
@@ -87,6 +93,11 @@ class TrainConfig:
     precision: str = opt("fp32", "fp32; bf16 autocast (CPU with AMX, recent GPUs); fp16 AMP with grad scaler (CUDA)",
                          ("fp32", "bf16", "fp16"))
     channels_last: bool = opt(False, "NHWC memory layout (faster convolutions with bf16/fp16)")
+    nproc: int = opt(1, "processes on this machine: N > 1 relaunches the command under torchrun (DDP)")
+    sync_bn: bool = opt(False, "under DDP, synchronise BatchNorm statistics across processes")
+    lr_scaling: str = opt("none", "scale lr with the global batch (batch_size x processes x accum_steps) "
+                          "relative to base_batch_size", ("none", "linear", "sqrt"))
+    base_batch_size: int = opt(256, "the global batch at which lr is the given lr (lr_scaling)")
     print_freq: int = opt(20, "log the training loss every N steps")
     debug_file: Optional[str] = opt("/tmp/debug", "if this file exists, stop in the debugger (on a terminal)")
     env: str = opt("default", "run name (the seed's visdom env); default: <model>-<timestamp>")

@@ -12,22 +12,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
 from ..config import DataConfig
 from . import fashion_mnist, folder, kaggle, listfile
+from .arrays import ArrayImages
+from .cache import Packed, ensure, packed_dataset, stored_side
 from .fashion_mnist import FashionMNIST
 from .images import (BadFiles, BadImageWarning, Batch, DataError, ImageFiles, Item, collate_items, decode_image,
                      is_image_file)
-from .loader import ResumableSampler, SeededItems, make_loader, resolve_workers
+from .loader import ResumableSampler, SeededItems, ShardSampler, make_loader, resolve_workers
 from .split import check_val_split, stratified_split, write_splits
-from .transforms import (FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD, eval_transform,
-                         fmnist_eval_transform, fmnist_train_transform, squash_transform, train_transform)
+from .transforms import (FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD, BatchNormalize, BatchPadCropFlip,
+                         CropFlipBatch, EvalBatch, eval_transform, keep_uint8, squash_transform, train_transform)
 
 __all__ = [
     "KINDS", "DataError", "Item", "Batch", "collate_items", "BadFiles", "BadImageWarning", "DataBundle",
-    "detect_kind", "build_train_val", "build_test", "build_paths", "write_splits", "make_loader",
-    "resolve_workers", "ResumableSampler", "SeededItems", "ImageFiles", "FashionMNIST", "decode_image", "stratified_split",
+    "detect_kind", "build_train_val", "build_test", "build_paths", "prepare", "write_splits", "make_loader",
+    "ArrayImages", "Packed",
+    "resolve_workers", "ResumableSampler", "SeededItems", "ShardSampler", "ImageFiles", "FashionMNIST", "decode_image", "stratified_split",
     "train_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD", "FMNIST_MEAN", "FMNIST_STD",
 ]
 
@@ -50,6 +55,9 @@ class DataBundle:
     std: tuple[float, ...]
     kind: str
     splits: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # for the split files
+    # in-memory and cached training sets yield uint8 batches; this augments + normalises them on the device
+    # (the trainer applies it right after moving a batch there); (images, Batch.seed) -> images
+    batch_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None
 
 
 def _missing_root(root: Path) -> DataError:
@@ -126,22 +134,46 @@ def _image_sets(cfg: DataConfig, kind: str) -> tuple[tuple[Samples, list[str]], 
     return (samples, [folder.rel_id(p, root) for p, _ in samples]), val, names
 
 
-def _fmnist_bundle(cfg: DataConfig) -> DataBundle:
+def _fmnist_images(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of a split as one uint8 tensor, resized once (not per item and epoch) to ``image_size``."""
     root = fashion_mnist.resolve_root(cfg.fashion_mnist_root, cfg.train_data_root)
-    images, labels = fashion_mnist.load_split(root, "train")
+    images, labels = fashion_mnist.load_split(root, split)
+    if cfg.image_size != images.shape[-1]:
+        images = TF.resize(images, [cfg.image_size, cfg.image_size], antialias=True)
+    return images, labels
+
+
+def _fmnist_bundle(cfg: DataConfig) -> DataBundle:
+    images, labels = _fmnist_images(cfg, "train")
     ys = labels.tolist()
     if cfg.val_split == 0:
         tr, va = list(range(len(ys))), []
     else:
         tr, va = stratified_split(ys, cfg.val_split, cfg.split_seed)
-    size = cfg.image_size
-    train = FashionMNIST(images, labels, tr, "train", fmnist_train_transform(size, augment=cfg.augment))
-    val = FashionMNIST(images, labels, va, "train", fmnist_eval_transform(size)) if va else None
+    # training batches stay uint8 until the device: padded crop (4 px at 28) + flip there, per batch
+    pad = cfg.image_size // 7 if cfg.augment == "default" else 0
+    augment = BatchPadCropFlip(pad, cfg.augment != "none", FMNIST_MEAN, FMNIST_STD)
+    train = FashionMNIST(images, labels, tr, "train", keep_uint8)
+    val = FashionMNIST(images, labels, va, "train", EvalBatch(None, FMNIST_MEAN, FMNIST_STD)) if va else None
     splits = {"train": [(f"fashion-mnist/train/{i}", ys[i]) for i in tr]}
     if va:
         splits["val"] = [(f"fashion-mnist/train/{i}", ys[i]) for i in va]
     return DataBundle(train, val, list(fashion_mnist.CLASS_NAMES), 1, FMNIST_MEAN, FMNIST_STD,
-                      "fashion-mnist", splits)
+                      "fashion-mnist", splits, augment)
+
+
+def _sources(cfg: DataConfig, kind: str) -> tuple[str | None, str | None]:
+    """The folders or list files the train and (separate) val samples come from: where their caches live."""
+    if kind == "list":
+        return cfg.train_list, cfg.val_list
+    return cfg.train_data_root, cfg.val_data_root
+
+
+def _packed(cfg: DataConfig, samples: Samples, source: str | None) -> Packed:
+    """The packed cache of ``samples`` (built on first use), in RAM when it fits ``in_memory_mb``."""
+    assert source is not None
+    size = stored_side(cfg.image_size)
+    return ensure(samples, source, size, cfg.image_size, cfg.cache_dir).load(cfg.in_memory_mb)
 
 
 def build_train_val(cfg: DataConfig) -> DataBundle:
@@ -153,40 +185,51 @@ def build_train_val(cfg: DataConfig) -> DataBundle:
     (samples, ids), val, names = _image_sets(cfg, kind)
     if len(names) < 2:
         raise DataError(f"the training data has {len(names)} class(es) {names}; a classifier needs at least 2")
+    train_src, val_src = _sources(cfg, kind)
+    packed = _packed(cfg, samples, train_src) if cfg.cache else None  # all of it: any split reuses it
+    val_packed = _packed(cfg, val[0], val_src) if cfg.cache and val is not None else packed
     if val is None:
         (samples, ids), val = _split(samples, ids, cfg)
     size, mean, std = cfg.image_size, IMAGENET_MEAN, IMAGENET_STD
-    train = ImageFiles(samples, ids, train_transform(size, mean, std, cfg.augment))
-    val_set = ImageFiles(val[0], val[1], eval_transform(size, mean, std)) if val else None
+    batch_transform = None
+    if packed is not None and val_packed is not None:
+        train: Dataset = packed_dataset(packed, samples, ids, CropFlipBatch(size, cfg.augment))
+        val_set = packed_dataset(val_packed, *val, EvalBatch(size, mean, std)) if val else None
+        batch_transform = BatchNormalize(mean, std)
+    else:  # decode JPEGs no larger than the transforms need (see decode_image)
+        train = ImageFiles(samples, ids, train_transform(size, mean, std, cfg.augment), min_short=stored_side(size))
+        val_set = ImageFiles(val[0], val[1], eval_transform(size, mean, std), min_short=stored_side(size)) if val else None
     splits = {"train": list(samples)}
     if val:
         splits["val"] = list(val[0])
-    return DataBundle(train, val_set, names, 3, mean, std, kind, splits)
+    return DataBundle(train, val_set, names, 3, mean, std, kind, splits, batch_transform)
 
 
-def _eval_tf(size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> tuple[Callable, str]:
-    """Eval transform and PIL mode for image files; 1 channel = a Fashion-MNIST model: squash to size."""
+def _eval_tf(size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> tuple[Callable, str, int]:
+    """Eval transform, PIL mode and the short side to decode at least, for image files; 1 channel = a
+    Fashion-MNIST model: squash to size."""
     if in_chans == 1:
-        return squash_transform(size, tuple(mean), tuple(std)), "L"
-    return eval_transform(size, tuple(mean), tuple(std)), "RGB"
+        return squash_transform(size, tuple(mean), tuple(std)), "L", size
+    return eval_transform(size, tuple(mean), tuple(std)), "RGB", stored_side(size)
 
 
 def build_test(cfg: DataConfig, kind: str, class_names: list[str], in_chans: int,
                mean: tuple, std: tuple) -> Dataset:
     """Test set with eval transforms: Fashion-MNIST t10k (labelled), ``test_list``, or ``test_data_root``."""
     if kind == "fashion-mnist":
-        root = fashion_mnist.resolve_root(cfg.fashion_mnist_root, cfg.train_data_root)
-        images, labels = fashion_mnist.load_split(root, "test")
-        return FashionMNIST(images, labels, range(len(labels)), "test",
-                            fmnist_eval_transform(cfg.image_size, tuple(mean), tuple(std)))
-    tf, mode = _eval_tf(cfg.image_size, in_chans, mean, std)
+        images, labels = _fmnist_images(cfg, "test")
+        return FashionMNIST(images, labels, range(len(labels)), "test", EvalBatch(None, tuple(mean), tuple(std)))
+    tf, mode, min_short = _eval_tf(cfg.image_size, in_chans, mean, std)
     if cfg.test_list:
         samples, _, ids = listfile.load(cfg.test_list, class_names, need_labels=False)
     else:
         if not cfg.test_data_root:
             raise DataError("no test data: pass --test-data-root=DIR or --test-list=FILE")
         samples, ids = folder.scan_test(Path(cfg.test_data_root).expanduser(), class_names)
-    return ImageFiles(samples, ids, tf, mode)
+    if cfg.cache and in_chans == 3:
+        packed = _packed(cfg, samples, cfg.test_list or cfg.test_data_root)
+        return packed_dataset(packed, samples, ids, EvalBatch(cfg.image_size, tuple(mean), tuple(std)))
+    return ImageFiles(samples, ids, tf, mode, min_short)
 
 
 def _expand(p: str) -> list[str]:
@@ -213,5 +256,26 @@ def build_paths(paths: list[str], image_size: int, in_chans: int, mean: tuple, s
     if not files:
         raise DataError(f"no image files match {', '.join(map(str, paths)) or '(nothing given)'}; "
                         f"give image files, folders or globs such as 'photos/*.jpg'")
-    tf, mode = _eval_tf(image_size, in_chans, mean, std)
-    return ImageFiles([(f, -1) for f in files], files, tf, mode)
+    tf, mode, min_short = _eval_tf(image_size, in_chans, mean, std)
+    return ImageFiles([(f, -1) for f in files], files, tf, mode, min_short)
+
+
+def prepare(data: str | Path, cfg: DataConfig, size: int | None = None, progress: bool = True) -> Packed:
+    """``dogcat prepare``: build the packed cache of a data folder or list file, with the same files, labels
+    and place that ``--cache`` training (or testing) on it will look for. ``size``: the stored side S (default
+    the one ``cfg.image_size`` needs)."""
+    src = Path(data).expanduser()
+    if src.is_file():
+        samples, _, _ = listfile.load(src, need_labels=False)
+    elif not src.is_dir():
+        raise DataError(f"{src}: no such folder or list file")
+    elif fashion_mnist.has_idx(src):
+        raise DataError(f"{src} holds Fashion-MNIST, which is always held in memory: nothing to prepare")
+    elif kaggle.is_kaggle_train(src):
+        samples, _ = kaggle.scan_train(src)
+    elif folder.has_class_folders(src) and not kaggle.is_kaggle_test(src):
+        samples, _ = folder.scan(src)
+    else:  # a test folder: Kaggle's numbered files, or any images
+        samples, _ = folder.scan_test(src, list(folder.class_folders(src)))
+    crop = cfg.image_size if size is None else round(size * 0.875)
+    return ensure(samples, src, size or stored_side(cfg.image_size), crop, cfg.cache_dir, progress=progress)

@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .images import DataError, Item
+from .arrays import ArrayImages
+from .images import DataError
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -100,30 +100,24 @@ def resolve_root(explicit: str | None, train_root: str | None = None) -> Path:
     return root
 
 
-class FashionMNIST(Dataset):
-    """Items of an in-memory uint8 tensor; transforms run per item on tensors (no PIL).
+class FashionMNIST(ArrayImages):
+    """Items of the in-memory uint8 tensor ``images`` (N, 1, H, W), shared by the train and val subsets.
 
-    ``index`` holds each item's position in its IDX file: the item's id and path."""
+    ``index`` holds each item's position in its IDX file: the item's id and path. Batches are cut by index
+    (see :class:`ArrayImages`); ``prepare`` finishes each batch (``keep_uint8`` for training, whose
+    augmentation runs on the device, ``EvalBatch`` for evaluation)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, index: Sequence[int], split: str,
-                 transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        idx = torch.as_tensor(list(index), dtype=torch.int64)
-        self.images = images[idx].contiguous()  # a copy: only this subset stays alive in workers
-        self.labels = labels[idx].tolist()
-        self.index = idx.tolist()
+                 prepare: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+        self.index = [int(i) for i in index]
         self.split = split
-        self.transform = transform
+        ys = labels.tolist()
+        samples = [(f"fashion-mnist/{split}/{i}", ys[i]) for i in self.index]
+        super().__init__(images.permute(0, 2, 3, 1), self.index, samples, [str(i) for i in self.index], prepare)
 
     @property
-    def targets(self) -> list[int]:
-        return list(self.labels)
+    def labels(self) -> list[int]:
+        return self.targets
 
     def path(self, i: int) -> str:
-        return f"fashion-mnist/{self.split}/{self.index[i]}"
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> Item:
-        image = self.transform(self.images[i])
-        return Item(image, self.labels[i], str(self.index[i]), self.path(i), None)
+        return self.samples[i][0]

@@ -7,6 +7,7 @@ through ``BadFiles``. Datasets stay silent because they run in workers and again
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
+
+from .jpeg import decode_jpeg_rgb, pil_draft
 
 # Extensions PIL decodes that people keep photos in; matched case-insensitively.
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -46,22 +49,32 @@ class Batch(NamedTuple):
     labels: torch.Tensor
     ids: list[str]
     bad: list[tuple[str, str]]
+    seed: int = 0  # seeds DataBundle.batch_transform: a function of (seed, epoch, position) from the sampler
 
 
 def is_image_file(path: str | Path) -> bool:
     return os.path.splitext(str(path))[1].lower() in IMAGE_EXTS
 
 
-def decode_image(path: str | Path, mode: str = "RGB") -> tuple[torch.Tensor | None, str | None]:
+def decode_image(path: str | Path, mode: str = "RGB", min_short: int = 0) -> tuple[torch.Tensor | None, str | None]:
     """Decode a file to a uint8 CHW tensor in ``mode`` ("RGB" or "L"); on failure ``(None, reason)``.
 
-    PIL sniffs the content, so a PNG named ``.jpg`` works. ``LOAD_TRUNCATED_IMAGES`` keeps its default
-    (False) so that ``load()`` raises on a truncated file instead of returning a half-grey picture.
+    ``min_short`` > 0 lets a JPEG decode at 1/2, 1/4 or 1/8 size (in the DCT domain, far cheaper than decoding
+    everything and resizing) as long as its short side stays >= ``min_short``: pass what the transform resizes
+    the short side to. RGB JPEGs go through simplejpeg (see ``jpeg.py``); everything else, and any JPEG it
+    refuses, through PIL. PIL sniffs the content, so a PNG named ``.jpg`` works. ``LOAD_TRUNCATED_IMAGES``
+    keeps its default (False) so that ``load()`` raises on a truncated file instead of returning a half-grey
+    picture.
     """
     try:
         if os.path.getsize(path) == 0:
             return None, "empty file"
+        if mode == "RGB":  # "L" stays with PIL: its RGB->L weights differ from the JPEG's own Y channel
+            fast = decode_jpeg_rgb(path, min_short)
+            if fast is not None:
+                return fast, None
         with Image.open(path) as im:
+            pil_draft(im, min_short)
             im.load()  # decode fully here, inside the try, so truncation surfaces now
             img = im.convert(mode)  # grayscale, CMYK, RGBA, palette -> RGB (or L)
     except FileNotFoundError:
@@ -84,13 +97,14 @@ class ImageFiles(Dataset):
     """Image files with labels and ids; ``transform`` maps a uint8 CHW tensor to a float tensor."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], ids: Sequence[str],
-                 transform: Callable[[torch.Tensor], torch.Tensor], mode: str = "RGB") -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor], mode: str = "RGB", min_short: int = 0) -> None:
         if len(samples) != len(ids):
             raise ValueError("samples and ids differ in length")
         self.samples = [(str(p), int(y)) for p, y in samples]
         self.ids = list(ids)
         self.transform = transform
         self.mode = mode
+        self.min_short = min_short  # see decode_image: the short side the transform resizes to
 
     @property
     def targets(self) -> list[int]:
@@ -102,7 +116,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> Item:
         path, label = self.samples[i]
-        raw, error = decode_image(path, self.mode)
+        raw, error = decode_image(path, self.mode, self.min_short)
         if raw is None:
             return Item(None, label, self.ids[i], path, error)
         try:
@@ -112,11 +126,28 @@ class ImageFiles(Dataset):
         return Item(image, label, self.ids[i], path, None)
 
 
-def collate_items(items: list[Item]) -> Batch:
-    """Drop bad items (reported in ``Batch.bad``) and stack the rest."""
+def shared_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor, in shared memory when called in a loader worker: the batch then crosses to the main
+    process without the extra copy (and page faults) of moving it there afterwards, as default_collate does."""
+    if get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=dtype)
+    numel = math.prod(shape)
+    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(tuple(shape))
+
+
+def collate_items(items: list[Item] | Batch) -> Batch:
+    """Drop bad items (reported in ``Batch.bad``) and stack the rest; a dataset that cuts whole batches
+    itself (``__getitems__`` returning a Batch) passes through."""
+    if isinstance(items, Batch):
+        return items
     good = [it for it in items if it.image is not None]
     bad = [(it.path, it.error or "unreadable") for it in items if it.image is None]
-    images = torch.stack([it.image for it in good]) if good else torch.empty(0, 0, 0, 0)
+    if good:
+        images = torch.stack([it.image for it in good], out=shared_empty((len(good), *good[0].image.shape),
+                                                                         good[0].image.dtype))
+    else:
+        images = torch.empty(0, 0, 0, 0)
     labels = torch.tensor([it.label for it in good], dtype=torch.int64)
     return Batch(images, labels, [it.id for it in good], bad)
 

@@ -43,23 +43,40 @@ class ResumableSampler(Sampler):
     positions without touching their files (an exact resume, no decode-and-discard).
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
-        self.n, self.seed, self.shuffle = n, seed, shuffle
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        # Under DDP each rank takes every world-th position, the order padded by wrapping around (as
+        # DistributedSampler does) so that all ranks take the same number of steps.
+        self.per_rank = -(-n // world)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, min(start, self.n)
+        self.epoch, self.start = epoch, min(start, self.per_rank)
 
     def __iter__(self):
         g = torch.Generator()
         g.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         seeds = torch.randint(0, 2**62, (self.n,), generator=g)
-        for pos in range(self.start, self.n):
-            yield int(order[pos]), int(seeds[pos])
+        positions = range(self.rank, self.per_rank * self.world, self.world)
+        for pos in positions[self.start:]:
+            yield int(order[pos % self.n]), int(seeds[pos % self.n])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.per_rank - self.start
+
+
+class ShardSampler(Sampler):
+    """Evaluation under DDP: rank r takes items r, r + world, ... — every item exactly once, no padding."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.indices = range(rank, n, world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class SeededItems(Dataset):
@@ -79,12 +96,27 @@ class SeededItems(Dataset):
             torch.manual_seed(seed)
             return self.dataset[index]
 
+    def __getitems__(self, keys: list[tuple[int, int]]):
+        """A whole batch: datasets that cut batches themselves (``ArrayImages``) get the keys, seeds and all."""
+        if hasattr(self.dataset, "__getitems__"):
+            return self.dataset.__getitems__(keys)
+        return [self[k] for k in keys]
+
+    @property
+    def in_memory(self) -> bool:
+        return bool(getattr(self.dataset, "in_memory", False))
+
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int,
                 drop_last: bool = False, sampler: Sampler | None = None,
-                pin_memory: bool = False) -> DataLoader:
-    """A DataLoader yielding :class:`Batch`; the same seed gives the same order and augmentations."""
-    workers = resolve_workers(num_workers)
+                pin_memory: bool | None = None) -> DataLoader:
+    """A DataLoader yielding :class:`Batch`; the same seed gives the same order and augmentations.
+
+    Defaults from the machine: ``num_workers=-1`` -> min(4, cores), but none for a dataset held in RAM
+    (a batch is one tensor gather: a worker would only add a copy); ``pin_memory`` (None) when CUDA is
+    there, so that the trainer's ``non_blocking`` copies overlap; about 8 batches in flight in all.
+    """
+    workers = 0 if getattr(dataset, "in_memory", False) else resolve_workers(num_workers)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
@@ -94,9 +126,10 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bo
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate_items,
-        pin_memory=pin_memory,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         generator=generator,
         worker_init_fn=seed_worker,
         persistent_workers=workers > 0,  # no worker start-up cost every epoch
+        prefetch_factor=max(2, 8 // workers) if workers else None,
     )

@@ -36,6 +36,15 @@ class EvalMeter:
         self.cm += torch.bincount(labels * self.c + preds, minlength=self.c * self.c).view(self.c, self.c)
         self.n += len(labels)
 
+    def all_reduce(self, reduce) -> None:
+        """Sum the counts of every rank (``reduce`` = distributed.all_reduce_sum bound to the group)."""
+        flat = torch.cat([self.cm.flatten().double(), torch.tensor([self.loss_sum, self.logloss_sum, self.n],
+                                                                   dtype=torch.float64)])
+        flat = reduce(flat)
+        k = self.c * self.c
+        self.cm = flat[:k].round().long().view(self.c, self.c)
+        self.loss_sum, self.logloss_sum, self.n = flat[k].item(), flat[k + 1].item(), int(flat[k + 2].item())
+
     def compute(self) -> dict:
         n = max(1, self.n)
         return {"loss": self.loss_sum / n, "accuracy": self.cm.diag().sum().item() / n,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..config import OPTIONS, Config, ConfigError, dump_yaml, load_config, parse_overrides, resolve_key
 from ..control import Inbox
 from .checkpoint import atomic_write_bytes, atomic_write_text
+from .distributed import any_true, broadcast
 
 log = logging.getLogger("dogcat")
 
@@ -97,18 +98,23 @@ class Steering:
     def __init__(self, cfg: Config, parts: Any, run: Any, save: Callable[[], None],
                  validate_now: Callable[[], dict]) -> None:
         self.cfg, self.p, self.run, self.save, self.validate_now = cfg, parts, run, save, validate_now
-        self.inbox = Inbox(run.path)
+        self.dist = parts.loop.dist
+        self.inbox = Inbox(run.path) if self.dist.main else None  # rank 0 reads, then broadcasts
 
     def __call__(self) -> None:
-        for name, command in self.inbox.poll():
+        commands = self.inbox.poll() if self.inbox is not None else []
+        if self.dist.enabled:  # every rank applies the same commands at the same step
+            commands = broadcast(commands, self.dist)
+        for name, command in commands:
             try:
                 result = {"ok": True, **self.apply(command)}
             except (ConfigError, ValueError) as e:
                 result = {"ok": False, "message": str(e)}
             result.update(step=self.p.loop.global_step, epoch=self.p.loop.epoch + 1)
-            self.inbox.ack(name, result)
-            self.run.log({"kind": "event", "event": "control", "command": command, **result})
-            log.info(f"ctl {command}: {result['message']}")
+            if self.inbox is not None:
+                self.inbox.ack(name, result)
+                self.run.log({"kind": "event", "event": "control", "command": command, **result})
+                log.info(f"ctl {command}: {result['message']}")
 
     def apply(self, command: str) -> dict[str, Any]:
         verb, _, arg = command.strip().partition(" ")
@@ -160,6 +166,8 @@ class Steering:
         if loop.last_batch is None:
             raise ValueError("no batch yet to debug on")
         images, labels, ids, loss = loop.last_batch
+        if not self.dist.main:
+            return "rank 0 debugs"
         if sys.stdin.isatty():
             return interactive(self.p.model, self.p.optimizer, loop.last_batch, loss, self.cfg)
         out = debug_dump(self.p.model, images, labels, ids, self.run.path / "debug" / f"step-{loop.global_step:07d}")
@@ -187,6 +195,7 @@ def check_finite(model: nn.Module, loss: torch.Tensor, scaler: torch.amp.GradSca
     if not bad and not scaler.is_enabled():
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         bad = bool(grads) and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    bad = any_true(bad, loop.dist, loop.device)  # under DDP all ranks decide together
     if not bad:
         loop.nonfinite_in_a_row = 0
         return True

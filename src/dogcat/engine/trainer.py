@@ -7,6 +7,7 @@ training order and augmentations are functions of (seed, epoch, position) (see `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -22,14 +23,16 @@ import torch.nn.functional as F
 
 from ..config import Config, dump_yaml, from_dict, to_dict
 from ..control import StopFlag, TrainingStopped
-from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, build_train_val, detect_kind,
-                    make_loader, write_splits)
+from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, build_train_val,
+                    detect_kind, make_loader, write_splits)
 from ..models import build_model
 from ..models.weights import load_weights
 from ..tracking.progress import Progress
 from ..tracking.run import Run, find_run
 from ..tracking.tracker import Collector, Tracker
+from . import distributed
 from .checkpoint import Checkpoints
+from .distributed import Dist, unwrap
 from .metrics import EvalMeter, format_confusion
 from .optim import Schedule, build_optimizer
 from .resume import resume_changes, rng_state, set_rng_state
@@ -54,8 +57,8 @@ class LossMeter:
     """Loss sums of the epoch and of the logging window, kept on the device (a ``.item()`` per step would
     sync a GPU) and checkpointed mid-epoch so a resumed epoch reports the same mean."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: torch.device, d: Dist | None = None) -> None:
+        self.device, self.dist = device, d or Dist()
         self.reset()
 
     def reset(self) -> None:
@@ -67,13 +70,20 @@ class LossMeter:
         self.win_sum = self.win_sum + loss.detach().float() * n
         self.n, self.win_n = self.n + n, self.win_n + n
 
+    def _mean(self, total: torch.Tensor, n: int) -> float:
+        if self.dist.enabled:  # every rank's images count: sum (loss x n) and n over the group
+            both = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(n), device=self.device)]),
+                                              self.dist)
+            return (both[0] / both[1].clamp_min(1)).item()
+        return (total / max(1, n)).item()
+
     def window(self) -> float:
-        value = (self.win_sum / max(1, self.win_n)).item()
+        value = self._mean(self.win_sum, self.win_n)
         self.win_sum, self.win_n = torch.zeros((), device=self.device), 0
         return value
 
     def mean(self) -> float:
-        return (self.sum / max(1, self.n)).item()
+        return self._mean(self.sum, self.n)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sum": self.sum.cpu(), "n": self.n, "win_sum": self.win_sum.cpu(), "win_n": self.win_n}
@@ -91,6 +101,7 @@ class Loop:
     precision: str
     channels_last: bool
     bad: BadFiles
+    dist: Dist = field(default_factory=Dist)
     accum_steps: int = 1
     clip_grad_norm: float | None = None
     print_freq: int = 20
@@ -114,6 +125,7 @@ class Loop:
     stop_requested: bool = False                 # `dogcat ctl RUN stop`
     stopping: bool = False
     last_batch: tuple | None = None              # (images, labels, ids, loss) for `debug`
+    batch_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # DataBundle.batch_transform
     nonfinite: str = "stop"
     nonfinite_max_skips: int = 5
     nonfinite_in_a_row: int = 0
@@ -128,8 +140,9 @@ class Loop:
         if self.steer is not None:
             self.steer()
         signalled = self.stop is not None and self.stop.signum is not None
-        self.stopping = (signalled or self.stop_requested
-                         or bool(self.max_steps and self.global_step >= self.max_steps))
+        self.stopping = distributed.any_true(  # a signal may reach one rank only: all stop together
+            signalled or self.stop_requested or bool(self.max_steps and self.global_step >= self.max_steps),
+            self.dist, self.device)
         due = self.save_every_steps and self.global_step % self.save_every_steps == 0
         if (self.stopping or due) and self.save_step is not None:
             self.save_step()
@@ -144,25 +157,40 @@ def better(value: float, best: float | None, monitor: str) -> bool:
 
 def train(cfg: Config) -> Result:
     """Train as ``cfg`` says; ``cfg.train.resume`` continues a run in its own folder where it stopped."""
+    d, device = distributed.setup(pick_device(cfg.train))
+    try:
+        return _train(cfg, d, device)
+    finally:
+        distributed.shutdown(d)
+
+
+def _train(cfg: Config, d: Dist, device: torch.device) -> Result:
     ckpt = None
     if cfg.train.resume:
-        run = Run(find_run(cfg.train.resume, cfg.train.runs_root))
+        run = Run(find_run(cfg.train.resume, cfg.train.runs_root), writer=d.main)
         ckpts = Checkpoints(run.ckpt_dir)
-        ckpts.clean_temps()
+        if d.main:
+            ckpts.clean_temps()
         ckpt, _ = ckpts.load_latest()
         changes = resume_changes(ckpt["config"], cfg)
         if cfg.train.max_steps and ckpt["global_step"] >= cfg.train.max_steps:
             log.info(f"--max-steps={cfg.train.max_steps} was reached before this resume; training on to max_epoch")
             cfg.train.max_steps = None
-        dump_yaml(cfg, run.path / "config.yaml")
+        if d.main:
+            dump_yaml(cfg, run.path / "config.yaml")
     else:
         detect_kind(cfg.data)  # a wrong data path fails here, before a run folder is made
-        run, changes = Run.create(cfg), {}
-    run.tracker = Tracker.start(run, cfg, ckpt["global_step"] if ckpt else None)  # manifest.json, TensorBoard
+        created = Run.create(cfg) if d.main else None  # one run folder, made by rank 0, named to all
+        run = created or Run(Path(distributed.broadcast(None, d)), writer=False)
+        if created is not None:
+            distributed.broadcast(str(created.path), d)
+        changes = {}
+    if d.main:  # manifest.json, TensorBoard
+        run.tracker = Tracker.start(run, cfg, ckpt["global_step"] if ckpt else None)
     run.set_status("running")
     try:
         with StopFlag() as stop:
-            result = _fit(cfg, run, ckpt, stop, changes)
+            result = _fit(cfg, run, ckpt, stop, changes, d, device)
     except (KeyboardInterrupt, TrainingStopped) as e:
         run.set_status("stopped", e)
         raise
@@ -188,43 +216,61 @@ class Parts:
     loop: Loop
 
 
-def build_parts(cfg: Config, run: Run, resuming: bool) -> Parts:
-    """Seed, pick the device, build data, loaders, model, optimizer, schedule and loss scaler."""
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    device = pick_device(cfg.train)
+def build_parts(cfg: Config, run: Run, resuming: bool, d: Dist | None = None,
+                device: torch.device | None = None) -> Parts:
+    """Seed, build data, loaders, model (DDP-wrapped under torchrun), optimizer, schedule, loss scaler."""
+    d = d or Dist()
+    device = device or pick_device(cfg.train)
+    seed_everything(cfg.train.seed + d.rank, cfg.train.deterministic)  # per-rank dropout; DDP syncs the init
     data = build_train_val(cfg.data)
-    write_splits(data, run.path)
+    if d.main:
+        write_splits(data, run.path)
     loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
                        pin_memory=device.type == "cuda")
-    sampler = ResumableSampler(len(data.train), cfg.train.seed)
+    sampler = ResumableSampler(len(data.train), cfg.train.seed, rank=d.rank, world=d.world)
     train_loader = make_loader(SeededItems(data.train), shuffle=False, sampler=sampler, **loader_args)
-    val_loader = make_loader(data.val, shuffle=False, **loader_args) if data.val is not None else None
+    val_loader = None
+    if data.val is not None:  # under DDP each rank validates its own share: every image exactly once
+        shard = ShardSampler(len(data.val), d.rank, d.world) if d.enabled else None
+        val_loader = make_loader(data.val, shuffle=False, sampler=shard, **loader_args)
 
     model = build_model(cfg.model.model, len(data.class_names), data.in_chans, cfg.model.pretrained)
     if cfg.model.load_model_path and not resuming:  # a resumed run has its own weights
         load_weights(model, cfg.model.load_model_path, strict=not cfg.model.load_not_strict)
     model.to(device, memory_format=memory_format(cfg.train.channels_last))
     optimizer = build_optimizer(model, cfg)
-    batches = math.ceil(len(data.train) / cfg.data.batch_size)
+    global_batch = cfg.data.batch_size * d.world * cfg.optim.accum_steps
+    ratio = global_batch / cfg.train.base_batch_size
+    lr_factor = {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[cfg.train.lr_scaling]
+    for g in optimizer.param_groups:  # before the schedule reads its base learning rates
+        g["lr"] *= lr_factor
+    model = distributed.wrap(model, d, device, cfg.train.sync_bn)
+    run.log({"kind": "event", "event": "setup", "world_size": d.world, "global_batch": global_batch,
+             "lr_scaling": cfg.train.lr_scaling, "lr": cfg.optim.lr * lr_factor})
+    batches = math.ceil(sampler.per_rank / cfg.data.batch_size)
     scheduler = Schedule(optimizer, cfg.optim, math.ceil(batches / cfg.optim.accum_steps), cfg.train.max_epoch)
     t = cfg.train
-    loop = Loop(device=device, precision=t.precision, channels_last=t.channels_last,
-                bad=BadFiles(run.path / "bad_files.txt"), accum_steps=cfg.optim.accum_steps,
-                clip_grad_norm=cfg.optim.clip_grad_norm, print_freq=t.print_freq, progress=t.progress,
+    loop = Loop(device=device, precision=t.precision, channels_last=t.channels_last, dist=d,
+                bad=BadFiles(run.path / "bad_files.txt" if d.main else None), accum_steps=cfg.optim.accum_steps,
+                clip_grad_norm=cfg.optim.clip_grad_norm, print_freq=t.print_freq,
+                progress=t.progress if d.main else "none",
                 debug_file=t.debug_file, run=run, max_epoch=t.max_epoch, batches_per_epoch=batches,
-                save_every_steps=t.save_every_steps, max_steps=t.max_steps, meter=LossMeter(device),
-                nonfinite=t.nonfinite, nonfinite_max_skips=t.nonfinite_max_skips)
+                save_every_steps=t.save_every_steps, max_steps=t.max_steps, meter=LossMeter(device, d),
+                nonfinite=t.nonfinite, nonfinite_max_skips=t.nonfinite_max_skips, batch_transform=data.batch_transform)
     return Parts(data, sampler, train_loader, val_loader, model, optimizer, scheduler,
                  grad_scaler(device, t.precision), loop)
 
 
 def checkpoint_state(cfg: Config, p: Parts) -> dict[str, Any]:
-    """The full training state at the loop's position: tensors and plain data only (weights_only loads)."""
+    """The full training state at the loop's position: tensors and plain data only (weights_only loads).
+    Collective under DDP (every rank's RNG and loss sums are gathered), so every rank calls it."""
     assert p.loop.meter is not None
-    return {"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+    d = p.loop.dist
+    return {"model": unwrap(p.model).state_dict(), "optimizer": p.optimizer.state_dict(),
             "scheduler": p.scheduler.state_dict(), "scaler": p.scaler.state_dict(),
             "epoch": p.loop.epoch, "batch_in_epoch": p.loop.batch, "global_step": p.loop.global_step,
-            "loss_meter": p.loop.meter.state_dict(), "rng": rng_state(),
+            "world_size": d.world, "loss_meter": distributed.gather(p.loop.meter.state_dict(), d),
+            "rng": distributed.gather(rng_state(), d),
             "best_metric": p.loop.best, "best_epoch": p.loop.best_epoch, "monitor": cfg.train.monitor,
             "config": to_dict(cfg), "class_names": p.data.class_names, "in_chans": p.data.in_chans,
             "mean": list(p.data.mean), "std": list(p.data.std), "data_kind": p.data.kind}
@@ -233,7 +279,7 @@ def checkpoint_state(cfg: Config, p: Parts) -> dict[str, Any]:
 def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict) -> None:
     """Put a resumed run back exactly where its checkpoint left it (RNG last: setup consumed some)."""
     assert p.loop.meter is not None
-    p.model.load_state_dict(ckpt["model"])
+    unwrap(p.model).load_state_dict(ckpt["model"])
     p.optimizer.load_state_dict(ckpt["optimizer"])
     p.scheduler.load_state_dict(ckpt["scheduler"])
     p.scaler.load_state_dict(ckpt["scaler"])
@@ -245,8 +291,18 @@ def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict
             g["weight_decay"] = cfg.optim.weight_decay
     p.loop.epoch, p.loop.batch, p.loop.global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
     p.loop.best, p.loop.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
-    p.loop.meter.load_state_dict(ckpt["loss_meter"])
-    set_rng_state(ckpt["rng"])
+    d, old_world = p.loop.dist, ckpt.get("world_size", 1)
+    meters, rngs = ckpt["loss_meter"], ckpt["rng"]
+    if old_world == d.world:  # each rank back exactly where it was
+        p.loop.meter.load_state_dict(meters[d.rank])
+        set_rng_state(rngs[d.rank])
+    else:  # another world size: same samples seen in all, approximately; exactness is not promised
+        p.loop.batch = ckpt["batch_in_epoch"] * old_world // d.world
+        if d.main:
+            p.loop.meter.load_state_dict({k: sum(m[k] for m in meters) for k in meters[0]})
+        set_rng_state(rngs[d.rank % old_world])
+        log.warning(f"resuming a {old_world}-process run with {d.world}: continuing at batch {p.loop.batch} of "
+                    "the epoch; the result is not bit-identical to an uninterrupted run")
     dropped = run.rewind_log(ckpt["global_step"], ckpt["epoch"])
     run.log({"kind": "event", "event": "resume", "epoch": ckpt["epoch"], "batch_in_epoch": ckpt["batch_in_epoch"],
              "step": ckpt["global_step"], "changed": changes, "dropped_log_records": dropped})
@@ -254,20 +310,27 @@ def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict
              f"(step {ckpt['global_step']})" + (f"; changed: {changes}" if changes else ""))
 
 
-def _fit(cfg: Config, run: Run, ckpt: dict | None, stop: StopFlag, changes: dict) -> Result:
-    p = build_parts(cfg, run, resuming=ckpt is not None)
+def _fit(cfg: Config, run: Run, ckpt: dict | None, stop: StopFlag, changes: dict, d: Dist,
+         device: torch.device) -> Result:
+    p = build_parts(cfg, run, ckpt is not None, d, device)
     ckpts = Checkpoints(run.ckpt_dir, cfg.train.monitor, cfg.train.keep_top_k, cfg.train.save_every_epochs)
     if ckpt is not None:
         restore(p, ckpt, cfg, run, changes)
     if run.tracker is not None:  # data fingerprint; TensorBoard, purged after the checkpoint's step
         run.tracker.setup(p)
-    p.loop.stop, p.loop.save_step = stop, lambda: ckpts.save(checkpoint_state(cfg, p))
+    def save_step() -> None:  # every rank gathers, rank 0 writes
+        state = checkpoint_state(cfg, p)
+        if d.main:
+            ckpts.save(state)
+
+    p.loop.stop, p.loop.save_step = stop, save_step
     steering = Steering(cfg, p, run, p.loop.save_step, lambda: _validate_now(p))
     p.loop.steer, p.loop.debug = steering, steering.debug
     try:
         return _epochs(cfg, run, p, ckpts, stop)
     finally:
-        steering.inbox.close()  # `dogcat ctl` now says: no process running
+        if steering.inbox is not None:
+            steering.inbox.close()  # `dogcat ctl` now says: no process running
 
 
 def _epochs(cfg: Config, run: Run, p: Parts, ckpts: Checkpoints, stop: StopFlag) -> Result:
@@ -309,8 +372,11 @@ def _epochs(cfg: Config, run: Run, p: Parts, ckpts: Checkpoints, stop: StopFlag)
             p.loop.best, p.loop.best_epoch = metric, epoch + 1
         p.loop.epoch, p.loop.batch = epoch + 1, 0
         p.loop.meter.reset()  # type: ignore[union-attr]
-        ckpts.save(checkpoint_state(cfg, p), epoch_end=True, is_best=is_best,
-                   metric=record.get(cfg.train.monitor))
+        state = checkpoint_state(cfg, p)
+        if p.loop.dist.main:
+            ckpts.save(state, epoch_end=True, is_best=is_best, metric=record.get(cfg.train.monitor))
+    for files in distributed.gather(p.loop.bad.files, p.loop.dist)[1:]:  # other ranks' bad files, to rank 0
+        p.loop.bad.add(list(files.items()))
     if p.loop.bad.count:
         log.warning(f"{p.loop.bad.count} unreadable image(s) were skipped; list in {run.path / 'bad_files.txt'}")
     best = p.loop.best if p.loop.best is not None else float("nan")
@@ -331,14 +397,21 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         loop.batch += 1
         loop.bad.add(batch.bad)
         n = len(batch.labels)
-        if n > 1 or n == 1 == loader.batch_size:  # skip all-bad batches and a lone leftover (BatchNorm)
-            images, labels = loop.to_device(batch.images, batch.labels)
-            with autocast(loop.device, loop.precision):
-                loss = F.cross_entropy(model(images), labels)
-            scaler.scale(loss / loop.accum_steps).backward()
-            meter.add(loss, n)
-            loop.last_batch = (images, labels, batch.ids, loss)
-        if loop.batch % loop.accum_steps == 0 or loop.batch == loop.batches_per_epoch:
+        boundary = loop.batch % loop.accum_steps == 0 or loop.batch == loop.batches_per_epoch
+        usable = n > 1 or n == 1 == loader.batch_size  # not all-bad, not a lone leftover (BatchNorm)
+        if usable or (loop.dist.enabled and loop.last_batch is not None):
+            # Under DDP every rank must run backward (gradients are all-reduced there): a rank whose batch
+            # was unusable repeats its previous one with weight 0.
+            images, labels = loop.to_device(batch.images, batch.labels) if usable else loop.last_batch[:2]
+            if usable and loop.batch_transform is not None:  # uint8 batch: augment + normalise on the device
+                images = loop.batch_transform(images, batch.seed)
+            with _no_sync(model, boundary), autocast(loop.device, loop.precision):
+                loss = F.cross_entropy(model(images), labels) * (1.0 if usable else 0.0)
+                scaler.scale(loss / loop.accum_steps).backward()
+            if usable:
+                meter.add(loss, n)
+                loop.last_batch = (images, labels, batch.ids, loss)
+        if boundary:
             if loop.last_batch is not None and not check_finite(model, loop.last_batch[3], scaler, loop):
                 optimizer.zero_grad(set_to_none=True)  # --nonfinite=skip: drop this step's gradients
                 progress.update(n)
@@ -360,6 +433,11 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
     return {"loss": meter.mean(), "images_per_s": progress.throughput}
 
 
+def _no_sync(model: nn.Module, boundary: bool) -> Any:
+    """DDP: skip the gradient all-reduce on accumulation micro-batches (it happens at the boundary)."""
+    return model.no_sync() if hasattr(model, "no_sync") and not boundary else contextlib.nullcontext()
+
+
 def _log_window(loop: Loop, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
     assert loop.meter is not None
     window_loss, lr = loop.meter.window(), optimizer.param_groups[0]["lr"]
@@ -374,7 +452,9 @@ def _log_window(loop: Loop, optimizer: torch.optim.Optimizer, progress: Progress
 def validate(model: nn.Module, loader: Any, loop: Loop, num_classes: int,
              collect: Collector | None = None) -> dict[str, Any]:
     """Loss, accuracy, log loss and confusion matrix over a whole loader, in eval mode; ``collect`` also
-    keeps per-sample probabilities and the worst mistakes (tracking/collect.py)."""
+    keeps per-sample probabilities and the worst mistakes (tracking/collect.py). Under DDP each rank
+    evaluates its shard with the plain module (no DDP collectives per forward) and the sums are reduced."""
+    model = unwrap(model)
     model.eval()
     meter = EvalMeter(num_classes)
     progress = Progress(len(loader), "validate", loop.progress, loop.print_freq)
@@ -390,6 +470,8 @@ def validate(model: nn.Module, loader: Any, loop: Loop, num_classes: int,
         progress.update(len(batch.labels))
     progress.close()
     model.train()
+    if loop.dist.enabled:
+        meter.all_reduce(lambda t: distributed.all_reduce_sum(t, loop.dist))
     return meter.compute()
 
 

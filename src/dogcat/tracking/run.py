@@ -40,8 +40,9 @@ def find_run(spec: str, runs_root: str | Path = "runs") -> Path:
 class Run:
     """The folder of one training run; rank 0 writes it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writer: bool = True) -> None:
         self.path = path
+        self.writer = writer  # False on DDP ranks other than 0: they read the folder, never write it
         self.ckpt_dir = path / "checkpoints"
         self.tracker: Tracker | None = None  # manifest + TensorBoard while training (tracking/tracker.py)
 
@@ -70,6 +71,8 @@ class Run:
     def set_status(self, status: str, error: BaseException | None = None) -> None:
         """Write ``status``; a final one also completes the manifest and closes TensorBoard."""
         assert status in STATUSES
+        if not self.writer:
+            return
         atomic_write_text(self.path / "status", status + "\n")
         if status != "running" and self.tracker is not None:
             self.tracker.finish(status, error)
@@ -80,6 +83,8 @@ class Run:
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl and flush it, so a crash loses at most this line."""
+        if not self.writer:
+            return
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
             f.flush()
@@ -100,6 +105,8 @@ class Run:
     def rewind_log(self, step: int, epoch: int) -> int:
         """Drop records logged after the checkpoint a resume starts from (a killed run may have logged
         steps it never saved); the resumed run logs them again on the same step axis. Returns the count."""
+        if not self.writer:
+            return 0
         records = self.records()
         keep = [r for r in records if r.get("kind") == "event" or not (
             r.get("step", 0) > step or (r.get("kind") == "epoch" and r.get("epoch", 0) > epoch))]

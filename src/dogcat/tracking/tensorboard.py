@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 
 from .collect import Collector, positive_class
-from .figures import confusion_figure, denormalise, mistakes_figure, to_array
+from .figures import confusion_figure, denormalise, labelled_grid, to_array
 
 # metrics.jsonl keys -> TensorBoard tags; other numeric keys go under train/ (steps) or epoch/ (epochs)
 STEP_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "images_per_s": "train/throughput"}
@@ -69,7 +69,7 @@ class TBLogger:
 
     def validation(self, step: int, stats: dict[str, Any], collect: Collector | None, class_names: list[str],
                    mean: Sequence[float], std: Sequence[float]) -> None:
-        """An epoch's pictures: confusion matrix, worst mistakes (titled true -> predicted), PR curve."""
+        """An epoch's pictures: confusion matrix, worst mistakes (captioned true / predicted), PR curve."""
         if "confusion" in stats:
             self.writer.add_image("val/confusion_matrix", to_array(confusion_figure(stats["confusion"], class_names)),
                                   step, dataformats="HWC")
@@ -77,8 +77,8 @@ class TBLogger:
             return
         mistakes = collect.mistakes()
         if mistakes:
-            fig = mistakes_figure(mistakes, class_names, mean, std)
-            self.writer.add_image("val/misclassified", to_array(fig), step, dataformats="HWC")
+            grid = labelled_grid(mistakes, class_names, mean, std)
+            self.writer.add_image("val/misclassified", grid, step, dataformats="HWC")
             rows = "\n".join(f"| {m.id} | {class_names[m.label]} | {class_names[m.pred]} | {m.confidence:.3f} |"
                              for m in mistakes)
             self.writer.add_text("val/misclassified", "| id | true | predicted | p(predicted) |\n|---|---|---|---|\n"

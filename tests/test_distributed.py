@@ -1,0 +1,103 @@
+"""DDP through real torchrun processes on the CPU (gloo): one run folder, exact validation counts,
+checkpoints that load in one process, multi-node rendezvous, resume across world sizes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dogcat import evaluate, load_config, train
+from dogcat.engine.checkpoint import load_checkpoint
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    from datagen import make_folder
+
+    root = tmp_path_factory.mktemp("ddp")
+    return make_folder(root / "train", classes=("ant", "bee"), n_per_class=17, sizes=(32, 48))
+
+
+def args(images: Path, run_dir: Path, **kw) -> list[str]:
+    opts = {"train_data_root": str(images), "model": "smallcnn", "image_size": 24, "batch_size": 8,
+            "val_split": 0.3, "max_epoch": 2, "num_workers": 0, "print_freq": 1, "progress": "plain",
+            "optimizer": "sgd", "lr": 0.05, "scheduler": "none", "debug_file": "None", "run_dir": str(run_dir), **kw}
+    return [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
+
+
+def torchrun(*extra: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def epochs(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "epoch"]
+
+
+def test_two_processes_one_run_folder(images, tmp_path):
+    # no --run-dir: the default name has a timestamp, which each rank would compute for itself
+    argv = [a for a in args(images, tmp_path) if not a.startswith("--run-dir")] + [f"--runs-root={tmp_path / 'runs'}"]
+    torchrun("--standalone", "--nproc-per-node=2", "-m", "dogcat", "train", *argv)
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 1  # one folder, not one per rank
+    run = folders[0]
+    assert (run / "status").read_text().strip() == "finished"
+    val_rows = sum(1 for _ in csv.DictReader((run / "splits" / "val.csv").open(newline="")))
+    assert all(r["val_count"] == val_rows for r in epochs(run))  # each validation image exactly once
+    setup = next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                 if r.get("event") == "setup")
+    assert setup["world_size"] == 2 and setup["global_batch"] == 16
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert not any(k.startswith("module.") for k in ck["model"]) and len(ck["rng"]) == 2
+    assert evaluate(str(run))["count"] == val_rows  # loads and runs in a single process
+
+    single = train(load_config({a[2:].split("=")[0]: a.split("=", 1)[1] for a in
+                                args(images, tmp_path / "single", batch_size=16)}))
+    one, two = single.history[0]["train_loss"], epochs(run)[0]["train_loss"]
+    assert two == pytest.approx(one, rel=0.1)  # same samples and augmentations per global batch
+
+
+def test_two_nodes_c10d_rendezvous(images, tmp_path):
+    run = tmp_path / "nodes"
+    port = _port()
+    common = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+              "--rdzv-id=dogcat-test", "-m", "dogcat", "train", *args(images, run, max_epoch=1)]
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    nodes = [subprocess.Popen(cmd + common, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [n.communicate(timeout=240) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    assert (run / "status").read_text().strip() == "finished" and len(epochs(run)) == 1
+
+
+def test_resume_two_processes_into_one(images, tmp_path):
+    run = tmp_path / "cut"
+    torchrun("--standalone", "--nproc-per-node=2", "-m", "dogcat", "train", *args(images, run, max_steps=2))
+    assert (run / "status").read_text().strip() == "stopped"
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["world_size"] == 2 and ck["global_step"] == 2
+    result = train(load_config({"resume": str(run)}, config_file=run / "config.yaml"))
+    assert (run / "status").read_text().strip() == "finished" and [r["epoch"] for r in result.history] == [1, 2]
+
+
+def test_nproc_shortcut_launches_torchrun(images, tmp_path):
+    run = tmp_path / "short"
+    r = subprocess.run([sys.executable, "-m", "dogcat", "train", *args(images, run, max_epoch=1), "--nproc=2"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch.distributed.run" in r.stdout and json.loads(
+        next(x for x in (run / "metrics.jsonl").read_text().splitlines() if '"setup"' in x))["world_size"] == 2
