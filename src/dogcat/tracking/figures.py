@@ -73,7 +73,7 @@ def mistakes_figure(mistakes: list[Mistake], class_names: list[str], mean: Seque
     n = max(1, len(mistakes))
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(2.4 * cols, 2.7 * rows))
+    fig = Figure(figsize=(1.9 * cols, 2.3 * rows))
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.9, wspace=0.1, hspace=0.5)
     for k, m in enumerate(mistakes):
         ax = fig.add_subplot(rows, cols, k + 1)
@@ -118,7 +118,9 @@ def labelled_grid(mistakes: list[Mistake], class_names: list[str], mean: Sequenc
 def _line(ax: Any, records: list[dict], kind: str, key: str, label: str) -> bool:
     pts = [(r["step"], r[key]) for r in records if r.get("kind") == kind and isinstance(r.get(key), (int, float))]
     if pts:
-        ax.plot(*zip(*pts), marker="o" if kind == "epoch" else None, markersize=3, label=label)
+        # the lr an epoch ends with is a sample of the step curve, not a curve of its own
+        style = "none" if kind == "epoch" and key == "lr" else "-"
+        ax.plot(*zip(*pts), marker="o" if kind == "epoch" else None, markersize=3, linestyle=style, label=label)
     return bool(pts)
 
 

@@ -126,7 +126,7 @@ def _cpu_name() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and devices; CUDA / cuDNN are None on a machine without them."""
+    """Versions and devices; CUDA / cuDNN are the versions torch was built with (None: a CPU-only build)."""
     cuda = torch.cuda.is_available()
     try:
         import torchvision
@@ -137,7 +137,8 @@ def environment() -> dict[str, Any]:
     return {
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "torchvision": tv,
                      # the CUDA / cuDNN this torch was built with; "devices" says whether a GPU was there
-                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.version.cuda else None,
+                     "cuda": torch.version.cuda,
+                     "cudnn": torch.backends.cudnn.version() if torch.version.cuda else None,
                      "dogcat": __version__},
         "devices": {"cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
                     "cpu": _cpu_name(), "cpu_count": os.cpu_count()},

@@ -23,8 +23,9 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;border:1px solid #eee}.row{display:flex;flex-wrap:wrap;gap:1em}
-.row img{max-width:540px}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}.note{color:#777}"""
+img{max-width:100%;border:1px solid #eee}.row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+.row img{width:32%;min-width:320px}.row img.wide{width:auto;max-width:600px}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}.note{color:#777}"""
 
 
 def _e(x: Any) -> str:
@@ -94,22 +95,24 @@ def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, c
                   [[f"{metrics['loss']:.4f}", f"{metrics['accuracy']:.4f}", f"{metrics['logloss']:.4f}"]], {0, 1, 2})]
     name = _save(confusion_figure(cm, class_names), rep / "confusion.png")
     scores = per_class_scores(cm, class_names)
-    out.append(f'<h2>Confusion matrix</h2><img src="{name}" alt="confusion matrix">')
-    out.append("<h2>Per-class scores</h2>" + _table(
-        ["class", "precision", "recall", "F1", "support"],
-        [[s["class"], f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", s["support"]] for s in scores],
-        {1, 2, 3, 4}))
+    out.append(f'<h2>Confusion matrix and per-class scores</h2><div class=row><img class=wide src="{name}" '
+               f'alt="confusion matrix"><div>' + _table(
+                   ["class", "precision", "recall", "F1", "support"],
+                   [[s["class"], f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", s["support"]]
+                    for s in scores], {1, 2, 3, 4}) + "</div></div>")
     if collect is not None:
         mistakes = collect.mistakes()
         out.append("<h2>Most confidently wrong</h2>")
         if mistakes:
             name = _save(mistakes_figure(mistakes, class_names, mean, std), rep / "mistakes.png")
-            shown = class_names if len(class_names) <= 10 else []  # one column per class while that stays readable
-            out.append(f'<img src="{name}" alt="most confidently wrong validation images">')
-            out.append(_table(["#", "id", "true", "predicted", "p(predicted)", *[f"p({c})" for c in shown]],
-                              [[i + 1, m.id, class_names[m.label], class_names[m.pred], f"{m.confidence:.4f}",
-                                *[f"{p:.4f}" for p in m.probs[: len(shown)]]] for i, m in enumerate(mistakes)],
-                              set(range(4, 5 + len(shown)))))
+            shown = class_names if len(class_names) <= 5 else []  # one column per class while that stays readable
+            out.append(f'<div class=row><img class=wide src="{name}" alt="most confidently wrong validation images">'
+                       "<div>" + _table(["#", "id", "true", "predicted", "p(predicted)", "p(true)",
+                                         *[f"p({c})" for c in shown]],
+                                        [[i + 1, m.id, class_names[m.label], class_names[m.pred], f"{m.confidence:.4f}",
+                                          f"{m.probs[m.label]:.4f}", *[f"{p:.4f}" for p in m.probs[: len(shown)]]]
+                                         for i, m in enumerate(mistakes)], range(4, 6 + len(shown)))
+                       + "</div></div>")
         else:
             out.append("<p>every validation image is classified correctly</p>")
     return "".join(out)

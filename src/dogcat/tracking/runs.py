@@ -157,7 +157,8 @@ def manifest_summary(m: dict[str, Any]) -> list[tuple[str, str]]:
     exit_ = m.get("exit") or {}
     return [
         ("git commit", commit),
-        ("data", f"{d.get('kind', '-')} sha256 {d.get('sha256', '-')} ({d.get('count', '?')} files, {d.get('root', '')})"),
+        ("data", f"{d.get('kind', '-')} sha256 {d.get('sha256', '-')} "
+                 f"({d.get('count', '?')} files, {d.get('root', '')})"),
         ("splits", ", ".join(m.get("splits") or []) or "-"),
         ("versions", ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "torchvision", "cuda", "cudnn", "dogcat")
                                if k in v)),

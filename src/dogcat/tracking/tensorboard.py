@@ -114,8 +114,6 @@ class TBLogger:
 
 
 def hparam_values(flat: dict[str, Any]) -> dict[str, Any]:
-    """Config values as the hparams plugin takes them: numbers, strings, booleans (None and lists as text)."""
-    out = {}
-    for k, v in flat.items():
-        out[k] = v if isinstance(v, (bool, int, float, str)) else str(v)
-    return out
+    """Config values as the hparams plugin takes them: numbers and strings. Booleans, None and lists become
+    text (the plugin would show a boolean as 0.0 / 1.0)."""
+    return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else str(v) for k, v in flat.items()}

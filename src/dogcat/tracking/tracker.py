@@ -85,7 +85,11 @@ class Tracker:
         """Data and model are built: fingerprint the data, open TensorBoard, show augmented inputs."""
         self.class_names, self.mean, self.std = list(p.data.class_names), tuple(p.data.mean), tuple(p.data.std)
         splits = sorted(str(x.relative_to(self.run.path)) for x in (self.run.path / "splits").glob("*.csv"))
-        self.manifest.update(device=str(p.loop.device), data=data_fingerprint(p.data, self.cfg), splits=splits)
+        try:
+            data = data_fingerprint(p.data, self.cfg)
+        except Exception as e:  # noqa: BLE001  # a record of the data must not stop the training on it
+            data = {"kind": p.data.kind, "error": f"{type(e).__name__}: {e}"}
+        self.manifest.update(device=str(p.loop.device), data=data, splits=splits)
         self._tb(lambda: self._open(p))
 
     def _open(self, p: Parts) -> None:
