@@ -87,6 +87,11 @@ def test_ctl_drives_a_running_training(fmnist_dir, tmp_path, capsys):
     assert code == 1 and "no training process is running" in out and "stopped" in out
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ck["config"]["optim"]["lr"] == 0.0005  # the change is part of the run's record
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "events/control/text_summary" in acc.Tags()["tensors"]  # and of its TensorBoard, as text
     result = train(load_config({"resume": str(run), "max_epoch": ck["epoch"] + 1}, config_file=run / "config.yaml"))
     assert result.history and (run / "status").read_text().strip() == "finished"
     code, out = ctl(run, "stop", capsys=capsys)

@@ -52,6 +52,10 @@ class TBLogger:
 
     def log_record(self, record: dict[str, Any]) -> None:
         step = int(record.get("step", 0))
+        if record.get("kind") == "event":  # ctl commands, resumes, skipped batches: where a run was steered
+            detail = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("kind", "event", "time"))
+            self.writer.add_text(f"events/{record.get('event')}", detail, step)
+            return
         for tag, value in scalar_tags(record).items():
             self.writer.add_scalar(tag, value, step)
 
