@@ -9,7 +9,6 @@ exported file reproduced PyTorch's outputs: an export without one is unchecked o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -23,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .data.transforms import EVAL_CROP_RATIO
+from .tracking.manifest import sha256_file
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 INSTALL_HINT = ("install the optional export packages: pip install 'dogcat[export]' "
@@ -195,14 +195,6 @@ def verify(model: nn.Module, run: Runner, in_chans: int, size: int, atol: float 
     return worst
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export(target: str | None, fmt: str = "onnx", output: str | Path | None = None,
            overrides: dict[str, Any] | None = None, atol: float = 1e-4) -> ExportResult:
     """Export a run's (or checkpoint's) model to ``fmt``, check it against PyTorch, write the sidecar.
@@ -233,7 +225,7 @@ def export(target: str | None, fmt: str = "onnx", output: str | Path | None = No
     meta = make_sidecar(lm, fmt, path)
     diff = verify(model, runner(path, meta), chans, size, atol)
     meta["check"] = {"max_abs_diff": diff, "atol": atol, "batch_sizes": list(CHECK_BATCHES)}
-    meta["sha256"] = _sha256(path)
+    meta["sha256"] = sha256_file(path)
     tmp = sc.with_name(f".{sc.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, sc)  # atomic: a reader sees no sidecar or a whole one

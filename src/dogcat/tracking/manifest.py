@@ -147,7 +147,8 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -166,7 +167,7 @@ def data_fingerprint(bundle: DataBundle, cfg: Config) -> dict[str, Any]:
         for stem in fashion_mnist.FILES["train"]:
             path = fashion_mnist._find(root, stem)
             if path is not None:
-                files[path.name] = _sha256_file(path)
+                files[path.name] = sha256_file(path)
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         return {"kind": bundle.kind, "sha256": digest, "method": "sha256 of the IDX files", "root": str(root),
                 "files": files, "count": sum(len(v) for v in bundle.splits.values())}
