@@ -21,6 +21,7 @@ commands:
   test    [RUN|CKPT] [--key=value ...]        Kaggle submission id,label -> RUN/submission.csv
   predict RUN|CKPT|EXPORT PATH... [--output=F.csv]  classes and probabilities for images, folders, globs
   export  RUN|CKPT [--format=onnx|torchscript|safetensors] [--output=F]  model + F.json sidecar, checked
+  lr-find [--config=FILE] [--output=F.png] [--steps=100]  LR range test: plot + suggested lr
   ctl     RUN COMMAND                         steer a running training: set KEY=VALUE, save, eval, stop, debug
   inspect RUN|CKPT                            per-layer parameter / gradient statistics
   runs    [FOLDER] | show RUN | diff A B      table of runs (status, best, differing options); details; compare
@@ -129,6 +130,25 @@ def cmd_export(argv: list[str]) -> int:
     res = export(pos[0], fmt, output, ov)
     print(f"wrote {res.path} and its sidecar {res.sidecar}")
     print(f"checked: outputs match PyTorch within {res.max_abs_diff:.1e} at batch sizes 1 and 3")
+    return 0
+
+
+def cmd_lr_find(argv: list[str]) -> int:
+    from .engine.lr_find import lr_find
+
+    pos, ov = _split(argv)
+    if pos:
+        raise ConfigError(f"lr-find takes only --key=value options, got {' '.join(pos)!r}")
+    own = {k: float(ov.pop(k)) for k in ("start_lr", "end_lr", "steps") if k in ov}  # its own, not config
+    output, config_file = ov.pop("output", None), ov.pop("config", None)
+    res = lr_find(load_config(ov, config_file), output, own.get("start_lr", 1e-7), own.get("end_lr", 10.0),
+                  int(own.get("steps", 100)))
+    if res.suggestion is None:
+        print("too few steps before the loss diverged to suggest a learning rate")
+        return 1
+    print(f"lr range test: {len(res.lrs)} steps, lr {res.lrs[0]:.2g} .. {res.lrs[-1]:.2g}; plot {res.plot}")
+    print(f"suggested lr: {res.suggestion:.3g} (steepest descent; lowest loss at {res.min_loss_lr:.3g}, "
+          f"/10 = {res.min_loss_lr / 10:.3g})")
     return 0
 
 
@@ -248,7 +268,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train, "val": cmd_val, "test": cmd_test, "predict": cmd_predict,
     "export": cmd_export, "prepare": cmd_prepare, "ctl": cmd_ctl, "inspect": cmd_inspect, "models": cmd_models,
     "help": cmd_help,
-    "runs": cmd_runs, "report": cmd_report,
+    "runs": cmd_runs, "report": cmd_report, "lr-find": cmd_lr_find,
 }
 
 

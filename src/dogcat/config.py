@@ -9,6 +9,7 @@ turns its errors into messages that name the key, the expected type and the valu
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -73,14 +74,21 @@ class OptimConfig:
     momentum: float = opt(0.9, "momentum, for optimizers that take one (sgd, rmsprop)")
     weight_decay: float = opt(1e-4, "weight decay")
     scheduler: str = opt("loss-rise", "lr schedule; loss-rise is the seed's: lr *= lr_decay when the epoch loss rises",
-                         ("loss-rise", "none", "step", "multistep", "cosine"))
+                         ("loss-rise", "none", "step", "multistep", "cosine", "onecycle"))
     lr_decay: float = opt(0.95, "decay factor of loss-rise, and gamma of step / multistep")
     step_size: int = opt(10, "epochs between decays (scheduler=step)")
     milestones: list[int] = opt([], "epochs at which lr decays (scheduler=multistep), e.g. [30,60]")
     min_lr: float = opt(0.0, "final learning rate of scheduler=cosine")
+    onecycle_pct: float = opt(0.3, "scheduler=onecycle: fraction of all steps spent rising from lr/25 to lr "
+                              "(then cosine down to lr/1e4); warmup_epochs, when set, gives the rise instead")
     warmup_epochs: float = opt(0.0, "linear warm-up from 1% of lr, in (fractional) epochs, before any schedule")
     accum_steps: int = opt(1, "gradient accumulation: batches per optimizer step")
     clip_grad_norm: Optional[float] = opt(None, "clip the gradient norm to this value")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy targets, e.g. 0.1")
+    mixup: float = opt(0.0, "mixup alpha (timm Mixup, soft-target cross-entropy); 0: off, e.g. 0.2")
+    cutmix: float = opt(0.0, "cutmix alpha (timm Mixup); 0: off, e.g. 1.0; with --mixup too, one of them per batch")
+    ema_decay: float = opt(0.0, "keep an EMA of the weights (timm ModelEmaV3) with this decay, e.g. 0.999; it is "
+                           "validated, checkpointed (key 'ema') and used by val/test/predict/export; 0: off")
 
 
 @dataclass
@@ -90,9 +98,11 @@ class TrainConfig:
     deterministic: bool = opt(False, "use deterministic algorithms (slower)")
     device: str = opt("auto", "auto (CUDA when available and use_gpu), cpu, cuda or cuda:N")
     use_gpu: bool = opt(True, "allow the GPU when device=auto")
-    precision: str = opt("fp32", "fp32; bf16 autocast (CPU with AMX, recent GPUs); fp16 AMP with grad scaler (CUDA)",
-                         ("fp32", "bf16", "fp16"))
+    precision: str = opt("fp32", "fp32; bf16 autocast (CPU with AMX, recent GPUs); fp16 AMP with grad scaler (CUDA); "
+                         "auto: a short timed probe of this model/size/batch picks fp32 or bf16/fp16 (cached in "
+                         "~/.cache/dogcat/precision.json)", ("fp32", "bf16", "fp16", "auto"))
     channels_last: bool = opt(False, "NHWC memory layout (faster convolutions with bf16/fp16)")
+    compile: bool = opt(False, "torch.compile the model (Module.compile: first steps are slow while it compiles)")
     nproc: int = opt(1, "processes on this machine: N > 1 relaunches the command under torchrun (DDP)")
     sync_bn: bool = opt(False, "under DDP, synchronise BatchNorm statistics across processes")
     lr_scaling: str = opt("none", "scale lr with the global batch (batch_size x processes x accum_steps) "
@@ -244,6 +254,9 @@ def _check_values(cfg: DictConfig) -> None:
         sec = OPTIONS[leaf][0]
         if cfg[sec][leaf] < 1:
             raise ConfigError(f"option --{leaf.replace('_', '-')} must be at least 1, got {cfg[sec][leaf]}")
+    for leaf in ("mixup", "cutmix", "label_smoothing", "ema_decay"):
+        if not 0.0 <= cfg.optim[leaf] < (1.0 if leaf in ("label_smoothing", "ema_decay") else math.inf):
+            raise ConfigError(f"option --{leaf.replace('_', '-')} is out of range, got {cfg.optim[leaf]}")
     if not 0.0 <= cfg.data.val_split < 1.0:
         raise ConfigError(f"option --val-split must be in [0, 1), got {cfg.data.val_split}")
     clip = cfg.eval.clip_probs

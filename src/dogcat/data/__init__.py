@@ -55,8 +55,8 @@ class DataBundle:
     std: tuple[float, ...]
     kind: str
     splits: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # for the split files
-    # in-memory and cached training sets yield uint8 batches; this augments + normalises them on the device
-    # (the trainer applies it right after moving a batch there); (images, Batch.seed) -> images
+    # in-memory and cached training sets yield uint8 batches; this (augments and) normalises them on the
+    # device (the trainer applies it right after moving a batch there); (images, Batch.seed) -> images
     batch_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None
 
 
@@ -192,13 +192,15 @@ def build_train_val(cfg: DataConfig) -> DataBundle:
         (samples, ids), val = _split(samples, ids, cfg)
     size, mean, std = cfg.image_size, IMAGENET_MEAN, IMAGENET_STD
     batch_transform = None
-    if packed is not None and val_packed is not None:
-        train: Dataset = packed_dataset(packed, samples, ids, CropFlipBatch(size, cfg.augment))
+    if packed is not None and val_packed is not None:  # uint8 crops cut in the loader, normalised on the device
+        crops = CropFlipBatch(size, cfg.augment, threads=max(1, resolve_workers(cfg.num_workers)))
+        train: Dataset = packed_dataset(packed, samples, ids, crops)
         val_set = packed_dataset(val_packed, *val, EvalBatch(size, mean, std)) if val else None
         batch_transform = BatchNormalize(mean, std)
     else:  # decode JPEGs no larger than the transforms need (see decode_image)
-        train = ImageFiles(samples, ids, train_transform(size, mean, std, cfg.augment), min_short=stored_side(size))
-        val_set = ImageFiles(val[0], val[1], eval_transform(size, mean, std), min_short=stored_side(size)) if val else None
+        side = stored_side(size)
+        train = ImageFiles(samples, ids, train_transform(size, mean, std, cfg.augment), min_short=side)
+        val_set = ImageFiles(val[0], val[1], eval_transform(size, mean, std), min_short=side) if val else None
     splits = {"train": list(samples)}
     if val:
         splits["val"] = list(val[0])

@@ -127,7 +127,8 @@ def open_packed(folder: Path) -> Packed | None:
     except (OSError, ValueError, KeyError):
         return None
     shape = (n, s, s, 3)
-    pixels = np.memmap(folder / "pixels.u8", np.uint8, "r", shape=shape) if n else np.zeros(shape, np.uint8)
+    # mode "c" (copy-on-write) only so that torch.from_numpy takes views without a read-only warning; nothing writes
+    pixels = np.memmap(folder / "pixels.u8", np.uint8, "c", shape=shape) if n else np.zeros(shape, np.uint8)
     return Packed(folder, s, meta["crop"], Path(meta["base"]), {f: i for i, f in enumerate(meta["files"])},
                   dict(meta["bad"]), pixels)
 

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
-from .jpeg import decode_jpeg_rgb, pil_draft
+from .jpeg import decode_jpeg_rgb, pil_draft, resize_like_full
 
 # Extensions PIL decodes that people keep photos in; matched case-insensitively.
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -59,12 +59,12 @@ def is_image_file(path: str | Path) -> bool:
 def decode_image(path: str | Path, mode: str = "RGB", min_short: int = 0) -> tuple[torch.Tensor | None, str | None]:
     """Decode a file to a uint8 CHW tensor in ``mode`` ("RGB" or "L"); on failure ``(None, reason)``.
 
-    ``min_short`` > 0 lets a JPEG decode at 1/2, 1/4 or 1/8 size (in the DCT domain, far cheaper than decoding
-    everything and resizing) as long as its short side stays >= ``min_short``: pass what the transform resizes
-    the short side to. RGB JPEGs go through simplejpeg (see ``jpeg.py``); everything else, and any JPEG it
-    refuses, through PIL. PIL sniffs the content, so a PNG named ``.jpg`` works. ``LOAD_TRUNCATED_IMAGES``
-    keeps its default (False) so that ``load()`` raises on a truncated file instead of returning a half-grey
-    picture.
+    ``min_short`` > 0 lets a JPEG at least twice that size decode at 1/2, 1/4 or 1/8 (in the DCT domain, far
+    cheaper than decoding everything) and come back resized to short side ``min_short``, as ``v2.Resize``
+    would make it from the full picture: pass what the transform resizes the short side to. RGB JPEGs go
+    through simplejpeg; everything else, and any JPEG it refuses, through PIL. PIL sniffs the content, so a
+    PNG named ``.jpg`` works. ``LOAD_TRUNCATED_IMAGES`` keeps its default (False) so that ``load()`` raises
+    on a truncated file instead of returning a half-grey picture.
     """
     try:
         if os.path.getsize(path) == 0:
@@ -74,9 +74,11 @@ def decode_image(path: str | Path, mode: str = "RGB", min_short: int = 0) -> tup
             if fast is not None:
                 return fast, None
         with Image.open(path) as im:
-            pil_draft(im, min_short)
+            w, h = im.size
+            factor = pil_draft(im, min_short)
             im.load()  # decode fully here, inside the try, so truncation surfaces now
             img = im.convert(mode)  # grayscale, CMYK, RGBA, palette -> RGB (or L)
+            factor = 1 if im.size == (w, h) else factor  # PIL may decline a draft
     except FileNotFoundError:
         return None, "missing file"
     except IsADirectoryError:
@@ -90,7 +92,8 @@ def decode_image(path: str | Path, mode: str = "RGB", min_short: int = 0) -> tup
         if "truncated" in msg.lower():
             return None, "truncated image"
         return None, f"corrupt image: {type(e).__name__}: {msg}"
-    return TF.pil_to_tensor(img), None
+    tensor = TF.pil_to_tensor(img)
+    return (resize_like_full(tensor, h, w, factor, min_short) if factor > 1 else tensor), None
 
 
 class ImageFiles(Dataset):

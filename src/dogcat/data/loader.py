@@ -103,8 +103,8 @@ class SeededItems(Dataset):
         return [self[k] for k in keys]
 
     @property
-    def in_memory(self) -> bool:
-        return bool(getattr(self.dataset, "in_memory", False))
+    def threaded(self) -> bool:
+        return bool(getattr(self.dataset, "threaded", False))
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int,
@@ -112,11 +112,12 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bo
                 pin_memory: bool | None = None) -> DataLoader:
     """A DataLoader yielding :class:`Batch`; the same seed gives the same order and augmentations.
 
-    Defaults from the machine: ``num_workers=-1`` -> min(4, cores), but none for a dataset held in RAM
-    (a batch is one tensor gather: a worker would only add a copy); ``pin_memory`` (None) when CUDA is
-    there, so that the trainer's ``non_blocking`` copies overlap; about 8 batches in flight in all.
+    Defaults from the machine: ``num_workers=-1`` -> min(4, cores), but no processes for datasets that load
+    whole batches from one array on threads (``ArrayImages``: in-memory and cached data); ``pin_memory``
+    (None) when CUDA is there, so that the trainer's ``non_blocking`` copies overlap; about 8 batches in
+    flight in all.
     """
-    workers = 0 if getattr(dataset, "in_memory", False) else resolve_workers(num_workers)
+    workers = 0 if getattr(dataset, "threaded", False) else resolve_workers(num_workers)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(

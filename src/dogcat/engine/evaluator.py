@@ -21,7 +21,7 @@ from .metrics import EvalMeter, format_confusion
 from .runtime import autocast, memory_format, pick_device
 from .submission import check_submission, sample_order, write_submission
 from ..tracking.collect import Collector
-from .trainer import Loop, validate
+from .loop import Loop, validate
 
 log = logging.getLogger("dogcat")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -82,7 +82,10 @@ def load_model(target: str | None, overrides: dict[str, Any] | None = None) -> L
         names, chans = list(obj["class_names"]), int(obj["in_chans"])
         mean, std, kind = tuple(obj["mean"]), tuple(obj["std"]), obj.get("data_kind")
         model = build_model(cfg.model.model, len(names), chans)
-        load_weights(model, obj["model"], strict=True, source=str(ckpt_path))
+        load_weights(model, obj.get("ema") or obj["model"], strict=True, source=str(ckpt_path))  # EMA first
+        if cfg.train.precision == "auto":  # the training's probed choice, on the same kind of device
+            same = obj.get("device_type") == pick_device(cfg.train).type
+            cfg.train.precision = obj.get("precision", "fp32") if same else "fp32"
         meta = {k: obj.get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch", "monitor")}
     else:
         cfg = load_config(overrides)

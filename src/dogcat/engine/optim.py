@@ -48,7 +48,7 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 
 class Schedule(LRScheduler):
-    """Linear warm-up, then ``none | loss-rise | step | multistep | cosine``; stepped once per optimizer step.
+    """Linear warm-up, then ``none | loss-rise | step | multistep | cosine``, or ``onecycle``; stepped once per optimizer step.
 
     ``loss-rise`` is the seed's rule: at the end of an epoch whose mean training loss is higher than the
     previous epoch's, every learning rate is multiplied by ``lr_decay``. All state is plain numbers, so
@@ -64,11 +64,14 @@ class Schedule(LRScheduler):
         self.gamma, self.step_size = cfg.lr_decay, max(1, cfg.step_size)
         self.milestones = sorted(cfg.milestones)
         self.min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+        self.onecycle_pct = cfg.onecycle_pct
         self.factor = 1.0  # loss-rise: product of the decays so far
         self.prev_loss: float | None = None
         super().__init__(optimizer)
 
     def _scale(self, step: int) -> float:
+        if self.kind == "onecycle":
+            return self._onecycle(step)
         if step < self.warmup_steps:
             return 0.01 + 0.99 * step / self.warmup_steps
         epoch = step // self.steps_per_epoch
@@ -80,6 +83,15 @@ class Schedule(LRScheduler):
             t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
             return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
         return self.factor  # none (factor stays 1) and loss-rise
+
+    def _onecycle(self, step: int) -> float:
+        """torch's OneCycleLR shape (cosine annealing): lr/25 up to lr, then down to lr/25/1e4."""
+        rise = self.warmup_steps or max(1, int(self.onecycle_pct * self.total_steps))
+        lo, end = 1 / 25, 1 / 25 / 1e4
+        if step < rise:
+            return lo + (1 - lo) * 0.5 * (1 - math.cos(math.pi * step / rise))
+        t = min(1.0, (step - rise) / max(1, self.total_steps - rise))
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
 
     PROGRESS = ("last_epoch", "_step_count", "_last_lr", "factor", "prev_loss", "base_lrs")
 

@@ -38,8 +38,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> ContextManager:
-    """bf16/fp16 autocast on the given device, or nothing for fp32."""
-    if precision == "fp32":
+    """bf16/fp16 autocast on the given device, or nothing for fp32 (and an unresolved ``auto``)."""
+    if precision in ("fp32", "auto"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)

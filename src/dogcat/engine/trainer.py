@@ -1,4 +1,4 @@
-"""``train(cfg)``: set up, then ``train_one_epoch`` and ``validate`` once per epoch, checkpoint, repeat.
+"""``train(cfg)``: set up, then ``train_one_epoch`` and ``validate`` (loop.py) once per epoch, checkpoint, repeat.
 
 A run can stop at any optimizer-step boundary (signal, ``--max-steps``) and resume exactly: the
 checkpoint holds the position inside the epoch, the loss sums so far and every RNG's state, and the
@@ -7,19 +7,15 @@ training order and augmentations are functions of (seed, epoch, position) (see `
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import Config, dump_yaml, from_dict, to_dict
 from ..control import StopFlag, TrainingStopped
@@ -27,17 +23,18 @@ from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSa
                     detect_kind, make_loader, write_splits)
 from ..models import build_model
 from ..models.weights import load_weights
-from ..tracking.progress import Progress
 from ..tracking.run import Run, find_run
-from ..tracking.tracker import Collector, Tracker
+from ..tracking.tracker import Tracker
 from . import distributed
 from .checkpoint import Checkpoints
 from .distributed import Dist, unwrap
-from .metrics import EvalMeter, format_confusion
+from .loop import Loop, LossMeter, train_one_epoch, validate
+from .metrics import format_confusion
 from .optim import Schedule, build_optimizer
+from .recipes import build_criterion, build_ema, choose_precision
 from .resume import resume_changes, rng_state, set_rng_state
-from .steering import Steering, check_finite, rescale_lr
-from .runtime import autocast, grad_scaler, memory_format, pick_device, seed_everything
+from .steering import Steering, rescale_lr
+from .runtime import grad_scaler, memory_format, pick_device, seed_everything
 
 log = logging.getLogger("dogcat")
 
@@ -51,102 +48,6 @@ class Result:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     stopped: bool = False
-
-
-class LossMeter:
-    """Loss sums of the epoch and of the logging window, kept on the device (a ``.item()`` per step would
-    sync a GPU) and checkpointed mid-epoch so a resumed epoch reports the same mean."""
-
-    def __init__(self, device: torch.device, d: Dist | None = None) -> None:
-        self.device, self.dist = device, d or Dist()
-        self.reset()
-
-    def reset(self) -> None:
-        z = torch.zeros((), device=self.device)
-        self.sum, self.n, self.win_sum, self.win_n = z, 0, z.clone(), 0
-
-    def add(self, loss: torch.Tensor, n: int) -> None:
-        self.sum = self.sum + loss.detach().float() * n
-        self.win_sum = self.win_sum + loss.detach().float() * n
-        self.n, self.win_n = self.n + n, self.win_n + n
-
-    def _mean(self, total: torch.Tensor, n: int) -> float:
-        if self.dist.enabled:  # every rank's images count: sum (loss x n) and n over the group
-            both = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(n), device=self.device)]),
-                                              self.dist)
-            return (both[0] / both[1].clamp_min(1)).item()
-        return (total / max(1, n)).item()
-
-    def window(self) -> float:
-        value = self._mean(self.win_sum, self.win_n)
-        self.win_sum, self.win_n = torch.zeros((), device=self.device), 0
-        return value
-
-    def mean(self) -> float:
-        return self._mean(self.sum, self.n)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sum": self.sum.cpu(), "n": self.n, "win_sum": self.win_sum.cpu(), "win_n": self.win_n}
-
-    def load_state_dict(self, s: dict[str, Any]) -> None:
-        self.sum, self.win_sum = s["sum"].to(self.device), s["win_sum"].to(self.device)
-        self.n, self.win_n = s["n"], s["win_n"]
-
-
-@dataclass
-class Loop:
-    """Settings, position and counters shared by ``train_one_epoch`` and ``validate``."""
-
-    device: torch.device
-    precision: str
-    channels_last: bool
-    bad: BadFiles
-    dist: Dist = field(default_factory=Dist)
-    accum_steps: int = 1
-    clip_grad_norm: float | None = None
-    print_freq: int = 20
-    progress: str = "auto"
-    debug_file: str | None = None
-    run: Run | None = None
-    max_epoch: int = 1
-    batches_per_epoch: int = 0
-    save_every_steps: int = 0
-    max_steps: int | None = None
-    epoch: int = 0          # the epoch being trained (0-based)
-    batch: int = 0          # batches of this epoch consumed so far
-    global_step: int = 0    # optimizer steps so far
-    best: float | None = None  # best monitored metric so far, and its epoch
-    best_epoch: int = -1
-    meter: LossMeter | None = None
-    stop: StopFlag | None = None
-    save_step: Callable[[], None] | None = None  # writes last.pt at a step boundary
-    steer: Callable[[], None] | None = None      # applies `dogcat ctl` commands (engine/steering.py)
-    debug: Callable[[], str] | None = None
-    stop_requested: bool = False                 # `dogcat ctl RUN stop`
-    stopping: bool = False
-    last_batch: tuple | None = None              # (images, labels, ids, loss) for `debug`
-    batch_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # DataBundle.batch_transform
-    nonfinite: str = "stop"
-    nonfinite_max_skips: int = 5
-    nonfinite_in_a_row: int = 0
-    nonfinite_total: int = 0
-
-    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device, non_blocking=True, memory_format=memory_format(self.channels_last))
-        return images, labels.to(self.device, non_blocking=True)
-
-    def after_step(self) -> bool:
-        """At an optimizer-step boundary: apply ctl commands, checkpoint when due or asked to stop; True: stop."""
-        if self.steer is not None:
-            self.steer()
-        signalled = self.stop is not None and self.stop.signum is not None
-        self.stopping = distributed.any_true(  # a signal may reach one rank only: all stop together
-            signalled or self.stop_requested or bool(self.max_steps and self.global_step >= self.max_steps),
-            self.dist, self.device)
-        due = self.save_every_steps and self.global_step % self.save_every_steps == 0
-        if (self.stopping or due) and self.save_step is not None:
-            self.save_step()
-        return self.stopping
 
 
 def better(value: float, best: float | None, monitor: str) -> bool:
@@ -238,6 +139,10 @@ def build_parts(cfg: Config, run: Run, resuming: bool, d: Dist | None = None,
     if cfg.model.load_model_path and not resuming:  # a resumed run has its own weights
         load_weights(model, cfg.model.load_model_path, strict=not cfg.model.load_not_strict)
     model.to(device, memory_format=memory_format(cfg.train.channels_last))
+    precision = _precision(cfg, model, data, run, d, device)
+    ema = build_ema(model, cfg.optim.ema_decay)
+    if cfg.train.compile:
+        model.compile()  # in place: state_dict keys stay plain
     optimizer = build_optimizer(model, cfg)
     global_batch = cfg.data.batch_size * d.world * cfg.optim.accum_steps
     ratio = global_batch / cfg.train.base_batch_size
@@ -250,15 +155,30 @@ def build_parts(cfg: Config, run: Run, resuming: bool, d: Dist | None = None,
     batches = math.ceil(sampler.per_rank / cfg.data.batch_size)
     scheduler = Schedule(optimizer, cfg.optim, math.ceil(batches / cfg.optim.accum_steps), cfg.train.max_epoch)
     t = cfg.train
-    loop = Loop(device=device, precision=t.precision, channels_last=t.channels_last, dist=d,
+    loop = Loop(device=device, precision=precision, channels_last=t.channels_last, dist=d,
                 bad=BadFiles(run.path / "bad_files.txt" if d.main else None), accum_steps=cfg.optim.accum_steps,
                 clip_grad_norm=cfg.optim.clip_grad_norm, print_freq=t.print_freq,
                 progress=t.progress if d.main else "none",
                 debug_file=t.debug_file, run=run, max_epoch=t.max_epoch, batches_per_epoch=batches,
                 save_every_steps=t.save_every_steps, max_steps=t.max_steps, meter=LossMeter(device, d),
-                nonfinite=t.nonfinite, nonfinite_max_skips=t.nonfinite_max_skips, batch_transform=data.batch_transform)
+                nonfinite=t.nonfinite, nonfinite_max_skips=t.nonfinite_max_skips,
+                batch_transform=data.batch_transform, criterion=build_criterion(cfg, len(data.class_names)), ema=ema)
     return Parts(data, sampler, train_loader, val_loader, model, optimizer, scheduler,
-                 grad_scaler(device, t.precision), loop)
+                 grad_scaler(device, precision), loop)
+
+
+def _precision(cfg: Config, model: nn.Module, data: DataBundle, run: Run, d: Dist, device: torch.device) -> str:
+    """``--precision``, with ``auto`` resolved by a timed probe (rank 0's choice holds for all ranks)."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    size, t = cfg.data.image_size, cfg.train
+    choice, info = choose_precision(model, device, (data.in_chans, size, size), cfg.data.batch_size,
+                                    t.channels_last, cfg.model.model, len(data.class_names))
+    choice = distributed.broadcast(choice, d) if d.enabled else choice
+    timed = ", ".join(f"{k} {v * 1000:.0f} ms/step" for k, v in info["seconds"].items()) or info.get("reason", "")
+    log.info(f"--precision=auto chose {choice} ({timed}{', cached' if info['cached'] else ''})")
+    run.log({"kind": "event", "event": "precision", "chosen": choice, **info})
+    return choice
 
 
 def checkpoint_state(cfg: Config, p: Parts) -> dict[str, Any]:
@@ -266,7 +186,8 @@ def checkpoint_state(cfg: Config, p: Parts) -> dict[str, Any]:
     Collective under DDP (every rank's RNG and loss sums are gathered), so every rank calls it."""
     assert p.loop.meter is not None
     d = p.loop.dist
-    return {"model": unwrap(p.model).state_dict(), "optimizer": p.optimizer.state_dict(),
+    return {"model": unwrap(p.model).state_dict(), "ema": p.loop.ema.module.state_dict() if p.loop.ema else None,
+            "precision": p.loop.precision, "device_type": p.loop.device.type, "optimizer": p.optimizer.state_dict(),
             "scheduler": p.scheduler.state_dict(), "scaler": p.scaler.state_dict(),
             "epoch": p.loop.epoch, "batch_in_epoch": p.loop.batch, "global_step": p.loop.global_step,
             "world_size": d.world, "loss_meter": distributed.gather(p.loop.meter.state_dict(), d),
@@ -280,6 +201,8 @@ def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict
     """Put a resumed run back exactly where its checkpoint left it (RNG last: setup consumed some)."""
     assert p.loop.meter is not None
     unwrap(p.model).load_state_dict(ckpt["model"])
+    if p.loop.ema is not None:  # EMA switched on at this resume: it starts from the current weights
+        p.loop.ema.module.load_state_dict(ckpt.get("ema") or ckpt["model"])
     p.optimizer.load_state_dict(ckpt["optimizer"])
     p.scheduler.load_state_dict(ckpt["scheduler"])
     p.scaler.load_state_dict(ckpt["scaler"])
@@ -351,7 +274,7 @@ def _epochs(cfg: Config, run: Run, p: Parts, ckpts: Checkpoints, stop: StopFlag)
             log.info(f"stopped after step {p.loop.global_step} ({why}); resume with --resume={run.path}")
             return Result(run.path, p.loop.best, p.loop.best_epoch, history, stopped=True)
         collect = run.tracker.collector() if run.tracker is not None else None  # mistakes, PR curve
-        val_stats = validate(p.model, p.val_loader, p.loop, len(p.data.class_names), collect) if p.val_loader else {}
+        val_stats = validate(_eval_model(p), p.val_loader, p.loop, len(p.data.class_names), collect) if p.val_loader else {}
         p.scheduler.epoch_end(train_stats["loss"])
 
         record = {"kind": "epoch", "epoch": epoch + 1, "step": p.loop.global_step,
@@ -384,101 +307,15 @@ def _epochs(cfg: Config, run: Run, p: Parts, ckpts: Checkpoints, stop: StopFlag)
     return Result(run.path, p.loop.best, p.loop.best_epoch, history)
 
 
-def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, scheduler: Schedule,
-                    scaler: torch.amp.GradScaler, loop: Loop) -> dict[str, float]:
-    """The rest of the epoch from ``loop.batch`` (0, or where a resumed run stopped); returns the epoch's
-    mean loss and throughput. Leaves early, with ``loop.stopping`` set, when asked to stop."""
-    model.train()
-    meter = loop.meter
-    assert meter is not None
-    progress = Progress(len(loader), f"epoch {loop.epoch + 1}/{loop.max_epoch}", loop.progress, loop.print_freq)
-    optimizer.zero_grad(set_to_none=True)
-    for batch in loader:
-        loop.batch += 1
-        loop.bad.add(batch.bad)
-        n = len(batch.labels)
-        boundary = loop.batch % loop.accum_steps == 0 or loop.batch == loop.batches_per_epoch
-        usable = n > 1 or n == 1 == loader.batch_size  # not all-bad, not a lone leftover (BatchNorm)
-        if usable or (loop.dist.enabled and loop.last_batch is not None):
-            # Under DDP every rank must run backward (gradients are all-reduced there): a rank whose batch
-            # was unusable repeats its previous one with weight 0.
-            images, labels = loop.to_device(batch.images, batch.labels) if usable else loop.last_batch[:2]
-            if usable and loop.batch_transform is not None:  # uint8 batch: augment + normalise on the device
-                images = loop.batch_transform(images, batch.seed)
-            with _no_sync(model, boundary), autocast(loop.device, loop.precision):
-                loss = F.cross_entropy(model(images), labels) * (1.0 if usable else 0.0)
-                scaler.scale(loss / loop.accum_steps).backward()
-            if usable:
-                meter.add(loss, n)
-                loop.last_batch = (images, labels, batch.ids, loss)
-        if boundary:
-            if loop.last_batch is not None and not check_finite(model, loop.last_batch[3], scaler, loop):
-                optimizer.zero_grad(set_to_none=True)  # --nonfinite=skip: drop this step's gradients
-                progress.update(n)
-                continue
-            if loop.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), loop.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            loop.global_step += 1
-            if loop.global_step % loop.print_freq == 0:
-                _log_window(loop, optimizer, progress)
-            if loop.after_step():
-                break
-        progress.update(n)
-    progress.close()
-    return {"loss": meter.mean(), "images_per_s": progress.throughput}
-
-
-def _no_sync(model: nn.Module, boundary: bool) -> Any:
-    """DDP: skip the gradient all-reduce on accumulation micro-batches (it happens at the boundary)."""
-    return model.no_sync() if hasattr(model, "no_sync") and not boundary else contextlib.nullcontext()
-
-
-def _log_window(loop: Loop, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
-    assert loop.meter is not None
-    window_loss, lr = loop.meter.window(), optimizer.param_groups[0]["lr"]
-    if loop.run is not None:
-        loop.run.log({"kind": "step", "step": loop.global_step, "epoch": loop.epoch + 1, "train_loss": window_loss,
-                      "lr": lr, "images_per_s": progress.throughput})
-    progress.note(loss=window_loss, lr=lr)
-    _maybe_debug(loop)
-
-
-@torch.no_grad()
-def validate(model: nn.Module, loader: Any, loop: Loop, num_classes: int,
-             collect: Collector | None = None) -> dict[str, Any]:
-    """Loss, accuracy, log loss and confusion matrix over a whole loader, in eval mode; ``collect`` also
-    keeps per-sample probabilities and the worst mistakes (tracking/collect.py). Under DDP each rank
-    evaluates its shard with the plain module (no DDP collectives per forward) and the sums are reduced."""
-    model = unwrap(model)
-    model.eval()
-    meter = EvalMeter(num_classes)
-    progress = Progress(len(loader), "validate", loop.progress, loop.print_freq)
-    for batch in loader:
-        loop.bad.add(batch.bad)
-        if len(batch.labels):
-            images, labels = loop.to_device(batch.images, batch.labels)
-            with autocast(loop.device, loop.precision):
-                logits = model(images)
-            meter.update(logits, labels)
-            if collect is not None:
-                collect.add(batch.ids, images, labels, logits)
-        progress.update(len(batch.labels))
-    progress.close()
-    model.train()
-    if loop.dist.enabled:
-        meter.all_reduce(lambda t: distributed.all_reduce_sum(t, loop.dist))
-    return meter.compute()
-
-
 def _validate_now(p: Parts) -> dict[str, Any]:
     if p.val_loader is None:
         raise ValueError("this run has no validation set")
-    return validate(p.model, p.val_loader, p.loop, len(p.data.class_names))
+    return validate(_eval_model(p), p.val_loader, p.loop, len(p.data.class_names))
+
+
+def _eval_model(p: Parts) -> nn.Module:
+    """The weights that are validated (and that val/test/predict load): the EMA's when there is one."""
+    return p.loop.ema.module if p.loop.ema is not None else p.model
 
 
 def _print_epoch(record: dict, val: dict, class_names: list[str], max_epoch: int) -> None:
@@ -489,18 +326,3 @@ def _print_epoch(record: dict, val: dict, class_names: list[str], max_epoch: int
     log.info(f"{msg}, lr {record['lr']:.3g}, {record['epoch_seconds']:.1f}s")
     if val:
         log.info(format_confusion(val["confusion"], class_names))
-
-
-_debug_seen: dict[str, float] = {}
-
-
-def _maybe_debug(loop: Loop) -> None:
-    """The seed's trick: while ``--debug-file`` exists, a run on a terminal stops in (i)pdb at the next log
-    step (as in the seed); without a terminal it writes one debug dump per version of the file."""
-    if not loop.debug_file or not os.path.exists(loop.debug_file) or loop.debug is None:
-        return
-    mtime = os.path.getmtime(loop.debug_file)
-    if not sys.stdin.isatty() and _debug_seen.get(loop.debug_file) == mtime:
-        return
-    _debug_seen[loop.debug_file] = mtime
-    log.info(f"debug file {loop.debug_file}: {loop.debug()}")

@@ -1,0 +1,219 @@
+"""Training speed, as ratios measured in the same run (the machine may be shared: absolute numbers drift).
+
+(a) overhead: dogcat's training img/s / a bare PyTorch loop's, same model, in-memory data, precision, batch.
+(b) the seed's way (ResNet-34 fp32, per-sample PIL pipeline, Adam, DataLoader) vs dogcat's default for
+    ResNet-34 (--precision=auto, channels_last, packed-cache data path) on the same generated JPEGs.
+(c) Fashion-MNIST with configs/fashion-mnist.yaml: test accuracy after each epoch against wall time.
+Baseline and candidate runs alternate (A B A B) and each figure is the median ratio.
+
+    .venv/bin/python bench/train.py [--quick] [--only=a,b,c] [--fmnist-epochs=N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dogcat import load_config, test, train
+from dogcat.data import fashion_mnist
+from dogcat.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {"progress": "none", "debug_file": None, "keep_top_k": 0}
+
+
+def _fmnist_subset(folder: Path, n: int) -> Path:
+    """The first n Fashion-MNIST training images (and the test set) as IDX files."""
+    import gzip
+
+    src = fashion_mnist.resolve_root(None)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        raw = gzip.open(src / name).read()
+        head = 16 if "images" in name else 8
+        item = 784 if "images" in name else 1
+        body = raw[head:head + n * item]
+        header = bytearray(raw[:head])
+        header[4:8] = n.to_bytes(4, "big")
+        (folder / name).write_bytes(gzip.compress(bytes(header) + body, compresslevel=1))
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).write_bytes((src / name).read_bytes())
+    return folder
+
+
+def bare_loop(x: torch.Tensor, y: torch.Tensor, model_name: str, batch: int, epochs: int, lr: float,
+              wd: float, channels_last: bool) -> float:
+    """The plainest correct loop over uint8 tensors in memory: img/s."""
+    torch.manual_seed(0)
+    model = build_model(model_name, 10, 1).to(memory_format=torch.channels_last if channels_last else
+                                             torch.contiguous_format)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    model.train()
+    t0, n = time.perf_counter(), 0
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), batch):
+            idx = perm[i:i + batch]
+            xb = ((x[idx].float() / 255 - 0.2860) / 0.3530).contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n += len(idx)
+    return n / (time.perf_counter() - t0)
+
+
+def part_a(tmp: Path, quick: bool) -> float:
+    n, epochs, reps = (2048, 1, 1) if quick else (6000, 1, 2)
+    data = _fmnist_subset(tmp / "fm-a", n)
+    x, y = fashion_mnist.load_split(data, "train")
+    cfg = dict(dataset="fashion-mnist", fashion_mnist_root=str(data), image_size=28, val_split=0.0, augment="none",
+               model="smallcnn", batch_size=128, num_workers=0, optimizer="adamw", lr=0.003, weight_decay=0.05,
+               scheduler="none", max_epoch=epochs, channels_last=True, precision="fp32", runs_root=str(tmp / "runs"),
+               save_every_epochs=0, print_freq=50, **QUIET)
+    ratios = []
+    for r in range(reps):
+        bare = bare_loop(x, y, "smallcnn", 128, epochs, 0.003, 0.05, True)
+        res = train(load_config({**cfg, "env": f"a{r}"}))
+        ours = statistics.fmean(h["train_images_per_s"] for h in res.history)
+        ratios.append(ours / bare)
+        print(f"  (a) rep {r}: bare loop {bare:.0f} img/s, dogcat {ours:.0f} img/s -> {ours / bare:.3f}", flush=True)
+    return statistics.median(ratios)
+
+
+def make_jpegs(root: Path, n: int) -> None:
+    """n JPEGs of 300-500 px, half cats, half dogs (Kaggle layout), smooth random colour fields."""
+    rng = np.random.default_rng(0)
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        w, h = rng.integers(300, 501, size=2)
+        base = rng.integers(0, 255, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((int(w), int(h)), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        (root / "train" / f"{'cat' if i % 2 else 'dog'}.{i}.jpg").write_bytes(buf.getvalue())
+
+
+def seed_way(root: Path, size: int, batch: int, steps: int) -> float:
+    """The seed's chapter-9 loop: per-sample PIL decode + torchvision transforms, ResNet-34 fp32, Adam."""
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.models import resnet34
+
+    files = sorted((root / "train").glob("*.jpg"))
+
+    class DogCat(Dataset):
+        tf = T.Compose([T.Resize(int(size * 256 / 224)), T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+                        T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+        def __len__(self) -> int:
+            return len(files)
+
+        def __getitem__(self, i: int):
+            return self.tf(Image.open(files[i]).convert("RGB")), int("dog" in files[i].name)
+
+    torch.manual_seed(0)
+    model = resnet34(num_classes=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    loader = DataLoader(DogCat(), batch_size=batch, shuffle=True, num_workers=min(4, torch.get_num_threads()))
+    model.train()
+    t0, n = time.perf_counter(), 0
+    for i, (xb, yb) in enumerate(loader):
+        if i == steps:  # a fixed number of steps, as dogcat's --max-steps
+            break
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i == 0:  # the first step (worker start, kernel set-up) is not counted, as for dogcat
+            t0 = time.perf_counter()
+        else:
+            n += len(yb)
+    return n / (time.perf_counter() - t0)
+
+
+def part_b(tmp: Path, quick: bool) -> float:
+    size, batch, steps, reps, n = (112, 16, 4, 1, 64) if quick else (224, 16, 5, 1, 320)
+    root = tmp / "jpegs"
+    make_jpegs(root, n)
+    cfg = dict(dataset="kaggle", train_data_root=str(root / "train"), test_data_root=None, val_split=0.0,
+               image_size=size, batch_size=batch, model="resnet34", optimizer="adam", scheduler="none",
+               max_epoch=1, max_steps=steps, precision="auto", channels_last=True, cache=True,
+               runs_root=str(tmp / "runs"), print_freq=1, **QUIET)
+    from dogcat.data import prepare
+
+    t0 = time.perf_counter()
+    prepare(root / "train", load_config(cfg).data, progress=False)
+    print(f"  (b) one-off packed cache build of {n} JPEGs: {time.perf_counter() - t0:.1f} s "
+          "(`dogcat prepare`; not in the img/s)", flush=True)
+    ratios = []
+    for r in range(reps):
+        seed = seed_way(root, size, batch, steps)
+        res = train(load_config({**cfg, "env": f"b{r}"}))
+        log = [r for r in map(json.loads, (res.run_dir / "metrics.jsonl").read_text().splitlines())
+               if r.get("kind") == "step"]  # step k logs the img/s of its k-1 earlier batches: k-1 / t_k
+        t2, tn = batch / log[1]["images_per_s"], (steps - 1) * batch / log[-1]["images_per_s"]
+        ours = (steps - 2) * batch / (tn - t2)  # steps 3..N; the first ones are warm-up, as for the seed's
+        ratios.append(ours / seed)
+        print(f"  (b) rep {r}: seed's way {seed:.1f} img/s, dogcat {ours:.1f} img/s -> {ours / seed:.2f}x",
+              flush=True)
+    return statistics.median(ratios)
+
+
+def part_c(tmp: Path, quick: bool, epochs: int) -> list[tuple[int, float, float]]:
+    """Epoch, cumulative training seconds, test accuracy, for the recipe trained ``epochs`` epochs."""
+    over = {"max_epoch": epochs, "save_every_epochs": 1, "keep_top_k": 0, "env": "c", "runs_root": str(tmp / "runs"),
+            "progress": "none", "debug_file": None}
+    if quick:
+        over["fashion_mnist_root"] = str(_fmnist_subset(tmp / "fm-c", 4096))
+    res = train(load_config(over, config_file=ROOT / "configs" / "fashion-mnist.yaml"))
+    rows, wall = [], 0.0
+    for h in res.history:
+        wall += h["epoch_seconds"]
+        ck = res.run_dir / "checkpoints" / f"epoch-{h['epoch']:04d}.pt"
+        acc = test(str(ck), {"result_file": str(tmp / "sub.csv"), "progress": "none"})["metrics"]["accuracy"]
+        rows.append((h["epoch"], wall, acc))
+        print(f"  (c) epoch {h['epoch']}: {wall:.0f} s of training, test accuracy {acc:.4f}", flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run, figures not meaningful")
+    ap.add_argument("--only", default="a,b,c")
+    ap.add_argument("--fmnist-epochs", type=int, default=None, help="(c): epochs of the recipe (default 10, quick 1)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads{' (quick)' if args.quick else ''}")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if "a" in args.only:
+            print(f"(a) overhead, dogcat / bare loop img/s (target >= 0.97): {part_a(tmp, args.quick):.3f}")
+        if "b" in args.only:
+            print(f"(b) dogcat default / seed's way, ResNet-34 img/s (target >= 2.5x): {part_b(tmp, args.quick):.2f}x")
+        if "c" in args.only:
+            rows = part_c(tmp, args.quick, args.fmnist_epochs or (1 if args.quick else 10))
+            hit = next((r for r in rows if r[2] >= 0.93), None)
+            for budget in (300, 600):
+                done = [r for r in rows if r[1] <= budget]
+                print(f"(c) within {budget // 60} min: " + (f"test accuracy {done[-1][2]:.4f} (epoch {done[-1][0]})"
+                                                            if done else "no epoch finished"))
+            print("(c) 93 % test accuracy " + (f"after {hit[1]:.0f} s (epoch {hit[0]})" if hit else "not reached"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

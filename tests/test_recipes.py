@@ -1,0 +1,117 @@
+"""Recipe options at tiny sizes: EMA (checkpointed, exact resume, used by val), --precision=auto,
+lr-find, mixup / cutmix / label smoothing / onecycle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dogcat import evaluate, load_config, train
+from dogcat.cli import main
+from dogcat.engine.checkpoint import load_checkpoint
+from dogcat.engine.optim import Schedule
+from dogcat.engine.recipes import Criterion, choose_precision
+
+from test_checkpoint import base, logged
+
+
+@pytest.fixture(autouse=True)
+def _cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # precision.json in tmp, not ~/.cache
+
+
+def events(run: Path, name: str) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r.get("kind") == "event" and r.get("event") == name]
+
+
+def test_ema_checkpointed_resumes_exactly_and_is_evaluated(fmnist_dir, tmp_path):
+    kw = dict(ema_decay=0.9, mixup=0.2, label_smoothing=0.1)  # mixup draws from the checkpointed numpy RNG
+    ref = train(load_config(base(fmnist_dir, tmp_path, env="ref", **kw)))
+    run = tmp_path / "cut"
+    assert train(load_config(base(fmnist_dir, tmp_path, env="cut", max_steps=4, **kw))).stopped
+    for max_steps in (13, None):
+        train(load_config({"resume": str(run), "max_steps": max_steps}, config_file=run / "config.yaml"))
+    a, b = load_checkpoint(ref.run_dir / "checkpoints" / "last.pt"), load_checkpoint(run / "checkpoints" / "last.pt")
+    assert a["ema"] is not None and set(a["ema"]) == set(a["model"])
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert any(not torch.equal(a["ema"][k], a["model"][k]) for k in a["model"])  # it is an average
+    assert logged(ref.run_dir) == logged(run)
+    best = next(r for r in ref.history if r["epoch"] == ref.best_epoch)
+    assert evaluate(str(ref.run_dir))["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-9)  # EMA weights
+
+
+def test_precision_auto_reports_its_choice(fmnist_dir, tmp_path):
+    res = train(load_config(base(fmnist_dir, tmp_path, precision="auto", max_epoch=1)))
+    (ev,) = events(res.run_dir, "precision")
+    assert ev["chosen"] in ("fp32", "bf16") and "key" in ev
+    assert load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["precision"] == ev["chosen"]
+
+
+def test_precision_probe_times_each_option_and_caches(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(3))
+    model(torch.zeros(2, 1, 8, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    args = (model, torch.device("cpu"), (1, 8, 8), 4, False, "tiny", 3)
+    choice, info = choose_precision(*args, steps=1, options=("fp32", "bf16"))
+    assert choice in ("fp32", "bf16") and set(info["seconds"]) == {"fp32", "bf16"} and not info["cached"]
+    assert choice == min(info["seconds"], key=info["seconds"].get)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # probed on a copy
+    assert torch.equal(rng, torch.get_rng_state())
+    again, info2 = choose_precision(*args, steps=1, options=("fp32", "bf16"))
+    assert (again, info2["cached"]) == (choice, True)
+    assert info["key"] in json.loads((tmp_path / "cache" / "dogcat" / "precision.json").read_text())
+
+
+def test_lr_find_writes_plot_and_leaves_state(fmnist_dir, tmp_path, capsys):
+    from dogcat.engine.lr_find import range_test
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.123, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    res = range_test(model, opt, lambda: [(x[i:i + 8], y[i:i + 8]) for i in range(0, 64, 8)],
+                     torch.nn.functional.cross_entropy, torch.device("cpu"), steps=60)
+    assert 3 <= len(res.lrs) <= 60 and res.lrs[0] == pytest.approx(1e-7) and res.suggestion is not None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert opt.param_groups[0]["lr"] == 0.123 and not opt.state
+
+    out = tmp_path / "lr.png"
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in base(fmnist_dir, tmp_path).items() if v is not None]
+    assert main(["lr-find", *args, f"--output={out}", "--steps=30"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "suggested lr" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kw", [{"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.2, "cutmix": 1.0, "label_smoothing": 0.1},
+                                {"label_smoothing": 0.1}, {"scheduler": "onecycle"}])
+def test_recipe_options_train_a_step(fmnist_dir, tmp_path, kw):
+    res = train(load_config(base(fmnist_dir, tmp_path, max_steps=2, **kw)))
+    assert res.stopped and load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["global_step"] == 2
+
+
+def test_criterion_targets():
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    xm, t = Criterion(3, 0.1, mixup=0.5)(x, y)
+    assert t.shape == (4, 3) and torch.allclose(t.sum(1), torch.ones(4)) and not torch.equal(xm, x)
+    _, t_odd = Criterion(3, 0.3, cutmix=1.0)(x[:3], y[:3])  # an odd batch is smoothed, not mixed
+    assert torch.allclose(t_odd[0], torch.tensor([0.8, 0.1, 0.1]))
+    logits = torch.randn(4, 3)
+    hard = Criterion(3, 0.1)
+    assert hard(x, y)[1] is y
+    soft = torch.nn.functional.one_hot(y, 3) * 0.9 + 0.1 / 3
+    assert hard.loss(logits, y) == pytest.approx(hard.loss(logits, soft).item(), rel=1e-5)
+
+
+def test_onecycle_shape():
+    cfg = load_config({"scheduler": "onecycle", "lr": 1.0})
+    p = torch.nn.Parameter(torch.zeros(1))
+    sched = Schedule(torch.optim.SGD([p], lr=1.0), cfg.optim, steps_per_epoch=10, max_epoch=10)
+    lrs = [sched._scale(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0, abs=1e-3)
+    assert lrs.index(max(lrs)) == 30 and lrs[-1] < 1e-3
