@@ -15,7 +15,7 @@ from dogcat import load_config, train
 from dogcat.cli import main
 from dogcat.engine.checkpoint import load_checkpoint
 from dogcat.engine.steering import NonFinite
-from dogcat.models import list_models, register
+from dogcat.models import register
 from dogcat.models.smallcnn import SmallCNN
 
 
@@ -113,8 +113,15 @@ class NaNAfter(SmallCNN):
         return out
 
 
-if "nan-after" not in list_models():
+@pytest.fixture
+def nan_model():
+    """Registers the NaN-injecting model for one test only (its shape equals smallcnn's, which would
+    confuse other tests' architecture guesses)."""
+    from dogcat.models import _REGISTRY
+
     register("nan-after", "test model")(lambda num_classes, in_chans=1, pretrained=None: NaNAfter(num_classes, in_chans))
+    yield
+    _REGISTRY.pop("nan-after", None)
 
 
 def _nan_run(fmnist_dir, tmp_path, window, **kw):
@@ -122,7 +129,7 @@ def _nan_run(fmnist_dir, tmp_path, window, **kw):
     return load_config(opts(fmnist_dir, tmp_path, model="nan-after", max_epoch=1, save_every_steps=1, **kw))
 
 
-def test_nonfinite_stop_keeps_last_good_checkpoint(fmnist_dir, tmp_path):
+def test_nonfinite_stop_keeps_last_good_checkpoint(fmnist_dir, tmp_path, nan_model):
     cfg = _nan_run(fmnist_dir, tmp_path, (3, 3), env="stop")
     with pytest.raises(NonFinite, match=r"at step 3 .*first layer with a non-finite gradient: features\.0\.0\.weight"):
         train(cfg)
@@ -133,7 +140,7 @@ def test_nonfinite_stop_keeps_last_good_checkpoint(fmnist_dir, tmp_path):
                                           if v.is_floating_point())
 
 
-def test_nonfinite_skip_and_too_many_in_a_row(fmnist_dir, tmp_path):
+def test_nonfinite_skip_and_too_many_in_a_row(fmnist_dir, tmp_path, nan_model):
     result = train(_nan_run(fmnist_dir, tmp_path, (3, 4), env="skip", nonfinite="skip", nonfinite_max_skips=3))
     assert len(events(result.run_dir, "nonfinite_skip")) == 2
     assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["global_step"] == 10 - 2

@@ -211,7 +211,9 @@ class CropFlipBatch:
         else:
             out.copy_(torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=(self.size, self.size),
                                                       mode="bilinear", antialias=True)[0].permute(1, 2, 0))
-        if flip:
+        if flip and cv2 is not None:
+            cv2.flip(out.numpy(), 1, dst=out.numpy())  # in place
+        elif flip:
             out.copy_(out.flip(1))
 
     def __call__(self, x: Sequence[torch.Tensor], seed: int) -> torch.Tensor:
@@ -220,12 +222,16 @@ class CropFlipBatch:
         g = torch.Generator().manual_seed(seed)
         flips = (torch.rand(b, generator=g) < 0.5).tolist() if self.augment != "none" else [False] * b
         jobs = list(zip(x, self._boxes(b, h, w, g), flips, out))
-        if self.threads > 1 and b > 1:
-            list(thread_pool(self.threads).map(lambda job: self._crop(*job), jobs))
+        threads = min(self.threads, b)
+        if threads > 1:  # one slice of the batch per thread: a task per image cost more than its crop
+            list(thread_pool(threads).map(self._crops, [jobs[t::threads] for t in range(threads)]))
         else:
-            for job in jobs:
-                self._crop(*job)
+            self._crops(jobs)
         return out.permute(0, 3, 1, 2)
+
+    def _crops(self, jobs: list) -> None:
+        for job in jobs:
+            self._crop(*job)
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
