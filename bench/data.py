@@ -1,20 +1,21 @@
 """Data-loading throughput: the seed's pipeline against dogcat's, on the same files, in the same run.
 
-    .venv/bin/python bench/data.py [--images=2000] [--workers=N] [--rounds=3] [--batch-size=128]
+    .venv/bin/python bench/data.py [--images=2000] [--workers=N] [--rounds=5] [--batch-size=128] [--threads=1]
 
 Generates (once, into ~/.cache/dogcat/bench/) a Kaggle-layout folder of photo-like JPEGs, 300-500 px, then
-measures images per second per core, each through a DataLoader with the same worker count, of:
+measures images per second per core, each through a DataLoader made with the same worker setting, of:
 
   a  the seed: PIL.Image.open + Resize(256) + RandomResizedCrop(224) + flip + ToTensor + Normalize, per sample
      (torchvision.transforms v1; the pytorch-book chapter's Scale(256) is today's Resize(256))
-  b  dogcat without a cache: the trainer's loader over ImageFiles (simplejpeg, v2 on uint8 tensors)
-  c  dogcat from the packed cache (built once, timed separately): the trainer's loader over the memory-mapped
-     file, plus ``batch_transform`` (normalise) in the main process, as the trainer runs it
+  b  dogcat without a cache: the trainer's loader over ImageFiles (simplejpeg, v2 on uint8 tensors) in worker
+     processes, then ``batch_transform`` (normalise) in the main process, as the trainer runs it
+  c  dogcat from the packed cache (built once per run, timed separately, memory-mapped as a big set would be):
+     the trainer's loader, which cuts the crops on threads in the main process, then ``batch_transform``
 
-Two figures per pipeline: images per second per core (wall clock, divided by the cores this process may use:
-all pipelines use all of them, workers + main) and images per CPU-second (main process + workers, from
-/proc): the same thing on an idle machine, and the steadier one when other processes share the cores.
-The main process runs one torch thread.
+Two figures per pipeline: images per second per core (wall clock, divided by the cores this process may use)
+and images per CPU-second (main process + workers, from /proc): the same thing on an idle machine, and the
+steadier one when other processes share the cores. The main process runs one torch thread (``--threads``):
+an OpenMP team in it would spin against the busy workers.
 Rounds alternate a, b, c so that a noisy neighbour hits all three alike; the medians are reported.
 """
 
@@ -111,13 +112,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--workers", type=int, default=-1, help="loader workers; -1: min(4, cores), as dogcat's default")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # The main process only receives batches here (and, in c, normalises them): one thread by default, so that
-    # an OpenMP team does not spin against the busy workers (workers always run one thread each).
     torch.set_num_threads(args.threads)
     workers = D.resolve_workers(args.workers)
     train = make_data(args.images)

@@ -53,8 +53,8 @@ class DataConfig:
                       "first use, rebuilt when files change) and train/evaluate from it; see `dogcat prepare`")
     cache_dir: Optional[str] = opt(None, "folder for packed caches; default <data root>/.dogcat-cache, or "
                                    "~/.cache/dogcat/packed when the data root is read-only")
-    in_memory_mb: int = opt(1024, "hold a packed cache in RAM (one uint8 tensor, no loader workers) when it fits "
-                            "in this many MiB; 0: always memory-map it")
+    in_memory_mb: int = opt(1024, "read a packed cache into RAM (one uint8 tensor) when it fits in this many MiB; "
+                            "0: always memory-map it")
 
 
 @dataclass

@@ -32,7 +32,8 @@ __all__ = [
     "KINDS", "DataError", "Item", "Batch", "collate_items", "BadFiles", "BadImageWarning", "DataBundle",
     "detect_kind", "build_train_val", "build_test", "build_paths", "prepare", "write_splits", "make_loader",
     "ArrayImages", "Packed",
-    "resolve_workers", "ResumableSampler", "SeededItems", "ShardSampler", "ImageFiles", "FashionMNIST", "decode_image", "stratified_split",
+    "resolve_workers", "ResumableSampler", "SeededItems", "ShardSampler", "ImageFiles", "FashionMNIST",
+    "decode_image", "stratified_split",
     "train_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD", "FMNIST_MEAN", "FMNIST_STD",
 ]
 
@@ -191,16 +192,15 @@ def build_train_val(cfg: DataConfig) -> DataBundle:
     if val is None:
         (samples, ids), val = _split(samples, ids, cfg)
     size, mean, std = cfg.image_size, IMAGENET_MEAN, IMAGENET_STD
-    batch_transform = None
-    if packed is not None and val_packed is not None:  # uint8 crops cut in the loader, normalised on the device
-        crops = CropFlipBatch(size, cfg.augment, threads=max(1, resolve_workers(cfg.num_workers)))
-        train: Dataset = packed_dataset(packed, samples, ids, crops)
-        val_set = packed_dataset(val_packed, *val, EvalBatch(size, mean, std)) if val else None
-        batch_transform = BatchNormalize(mean, std)
+    threads = max(1, resolve_workers(cfg.num_workers))  # array data loads on threads, not processes
+    if packed is not None and val_packed is not None:
+        train: Dataset = packed_dataset(packed, samples, ids, CropFlipBatch(size, cfg.augment, threads=threads))
+        val_set = packed_dataset(val_packed, *val, EvalBatch(size, mean, std, threads)) if val else None
     else:  # decode JPEGs no larger than the transforms need (see decode_image)
-        side = stored_side(size)
-        train = ImageFiles(samples, ids, train_transform(size, mean, std, cfg.augment), min_short=side)
+        side, tf = stored_side(size), train_transform(size, mean, std, cfg.augment, normalize=False)
+        train = ImageFiles(samples, ids, tf, min_short=side)
         val_set = ImageFiles(val[0], val[1], eval_transform(size, mean, std), min_short=side) if val else None
+    batch_transform = BatchNormalize(mean, std, threads)  # training crops leave the loader as uint8
     splits = {"train": list(samples)}
     if val:
         splits["val"] = list(val[0])
@@ -230,7 +230,8 @@ def build_test(cfg: DataConfig, kind: str, class_names: list[str], in_chans: int
         samples, ids = folder.scan_test(Path(cfg.test_data_root).expanduser(), class_names)
     if cfg.cache and in_chans == 3:
         packed = _packed(cfg, samples, cfg.test_list or cfg.test_data_root)
-        return packed_dataset(packed, samples, ids, EvalBatch(cfg.image_size, tuple(mean), tuple(std)))
+        threads = max(1, resolve_workers(cfg.num_workers))
+        return packed_dataset(packed, samples, ids, EvalBatch(cfg.image_size, tuple(mean), tuple(std), threads))
     return ImageFiles(samples, ids, tf, mode, min_short)
 
 

@@ -2,8 +2,9 @@
 
 Measured on bench/data.py's 300-500 px JPEGs (one core, file read included, ms per image): PIL 1.20,
 ``torchvision.io.decode_jpeg`` 0.72, simplejpeg 0.59 (the same pixels as PIL: both are libjpeg-turbo), OpenCV
-0.63 (1.19 against simplejpeg's 1.36 on noisier pictures). Scaled decoding (libjpeg's M/8 IDCT) pays only at power-of-2 factors: on a 1600x1200 file, 1/2 took 6.2 ms against
-7.7 ms at full size, while 3/4 took 9.7 ms. So :func:`draft_factor` only picks 2, 4 or 8.
+0.63 (1.19 against simplejpeg's 1.36 on noisier pictures). Scaled decoding (libjpeg's M/8 IDCT) pays only
+at power-of-2 factors: on a 1600x1200 file, 1/2 took 6.2 ms against 7.7 ms at full size, while 3/4 took
+9.7 ms. So :func:`draft_factor` only picks 2, 4 or 8.
 
 A downscaled decode is ceil(h/f) x ceil(w/f): its last row and column stand for a partial block, so resizing
 it to a fixed size stretches the picture by up to a pixel, which moved eval outputs by 4-9/255 on average.

@@ -56,8 +56,8 @@ class ResumableSampler(Sampler):
     def __iter__(self):
         g = torch.Generator()
         g.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
+        order = (torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)).tolist()
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()  # lists: indexing a tensor costs ~2 us
         positions = range(self.rank, self.per_rank * self.world, self.world)
         for pos in positions[self.start:]:
             yield int(order[pos % self.n]), int(seeds[pos % self.n])

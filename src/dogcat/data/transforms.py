@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Sequence
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from .images import shared_empty
 
@@ -35,18 +35,20 @@ def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
-def train_transform(size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
-                    std: tuple[float, ...] = IMAGENET_STD, augment: str = "default") -> v2.Compose:
+def train_transform(size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                    augment: str = "default", normalize: bool = True) -> v2.Compose:
     """Random resized crop (35-100 % of the area) + horizontal flip, for photos.
 
-    ``augment="flip"``: the eval resize + centre crop, then a flip; ``"none"``: the eval transform."""
+    ``augment="flip"``: the eval resize + centre crop, then a flip; ``"none"``: the eval transform.
+    ``normalize=False`` stops at the uint8 crop (``BatchNormalize`` finishes the batch on the device)."""
+    finish = _finish(mean, std) if normalize else []
     if augment != "default":
         flip = [v2.RandomHorizontalFlip()] if augment == "flip" else []
-        return v2.Compose([*eval_transform(size, mean, std).transforms[:2], *flip, *_finish(mean, std)])
+        return v2.Compose([*eval_transform(size, mean, std).transforms[:2], *flip, *finish])
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
-        *_finish(mean, std),
+        *finish,
     ])
 
 
@@ -65,6 +67,17 @@ def squash_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...])
     return v2.Compose([v2.Resize((size, size), antialias=True), *_finish(mean, std)])
 
 
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def thread_pool(threads: int) -> ThreadPoolExecutor:
+    """A pool per process (a pool does not survive a fork) and size."""
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="dogcat-crop")
+    return _POOLS[key]
+
+
 # --- whole-batch transforms of uint8 NCHW batches (in-memory and cached data) -----------------------------
 # Randomness comes from a CPU generator seeded with the batch's seed (``Batch.seed``, a function of the run's
 # seed, the epoch and the batch's position): the same draws on any device, worker count or resumed run.
@@ -79,18 +92,39 @@ def _float_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_batch(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float ``(x / 255 - mean) / std`` into ``out`` (default: a new tensor laid out
-    like ``x``)."""
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+                    out: torch.Tensor | None = None, threads: int = 1) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float ``(x / 255 - mean) / std`` into ``out`` (default: a new tensor, NCHW on the
+    CPU, laid out like ``x`` on a GPU).
+
+    On the CPU it runs a cache-sized chunk of images at a time (the three passes then stay in L2: 0.08 against
+    0.15 ms an image at 224 px), chunks spread over ``threads``. With more than one torch thread the chunks
+    go through numpy instead (no OpenMP; its loops release the GIL): torch's OpenMP team per small op stalled
+    for seconds next to busy loader workers on this 2-core machine."""
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
     scale, shift = 1 / (255 * s), m / s
     out = _float_like(x) if out is None else out
-    # in place (one float batch allocated, not three), and on the CPU in cache-sized chunks of images: the
-    # three passes then hit L2 instead of memory, 0.085 against 0.15 ms an image at 224 px here
-    step = len(x) if x.device.type != "cpu" else max(1, 2**18 // max(1, x[0].numel()))
-    for i in range(0, len(x), step):
-        out[i:i + step].copy_(x[i:i + step]).mul_(scale).sub_(shift)
+    if x.device.type != "cpu":
+        return out.copy_(x).mul_(scale.to(x.device)).sub_(shift.to(x.device))
+    step = max(1, 2**18 // max(1, x[0].numel()))
+    if torch.get_num_threads() == 1:
+        def chunk(i: int) -> None:
+            out[i:i + step].copy_(x[i:i + step]).mul_(scale).sub_(shift)
+    else:
+        xs, os_, sc, sh = x.numpy(), out.numpy(), scale.numpy(), shift.numpy()
+
+        def chunk(i: int) -> None:
+            np.multiply(xs[i:i + step], sc, out=os_[i:i + step], casting="unsafe")
+            np.subtract(os_[i:i + step], sh, out=os_[i:i + step])
+
+    starts = list(range(0, len(x), step))
+    threads = min(threads, len(starts))
+    if threads > 1:  # one share of the chunks per thread: a task per chunk cost ~15 us
+        shares = [starts[t::threads] for t in range(threads)]
+        list(thread_pool(threads).map(lambda share: [chunk(i) for i in share], shares))
+    else:
+        for i in starts:
+            chunk(i)
     return out
 
 
@@ -110,11 +144,12 @@ def keep_uint8(x: torch.Tensor, seed: int) -> torch.Tensor:
 class EvalBatch:
     """Eval ``prepare`` of a uint8 batch in the loader: centre crop (``size``; None keeps it) + normalise."""
 
-    def __init__(self, size: int | None, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.size, self.mean, self.std = size, mean, std
+    def __init__(self, size: int | None, mean: tuple[float, ...], std: tuple[float, ...], threads: int = 1) -> None:
+        self.size, self.mean, self.std, self.threads = size, mean, std, threads
 
     def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        return normalize_batch(center_crop_batch(x, self.size) if self.size else x, self.mean, self.std)
+        x = center_crop_batch(x, self.size) if self.size else x
+        return normalize_batch(x, self.mean, self.std, threads=self.threads)
 
 
 class BatchPadCropFlip:
@@ -145,16 +180,16 @@ class BatchPadCropFlip:
 
 
 class BatchNormalize:
-    """``batch_transform`` of cached photos: scale and normalise (the crops were cut in the loader).
+    """``batch_transform`` of photos: scale and normalise uint8 crops cut in the loader (cached or not).
+    A float batch is 4x the bytes of a uint8 one, through shared memory and to the GPU: on image files this
+    took the loader (bench/data.py's b) from about 2.6 to 1.8 CPU-ms an image here.
 
     On the CPU it writes into one of two buffers it keeps, so the batch it returns is valid until the call
     after next (the trainer is long done with it by then): a fresh float batch (77 MB at 128 x 224 px) costs
-    ~19k page faults, 0.3-0.6 ms an image here, several times the arithmetic. For the same reason the loader
-    hands over uint8 crops: normalised in the workers, into fresh shared memory, the whole pipeline took
-    0.82 CPU-ms an image against 0.48 this way."""
+    ~19k page faults, 0.3-0.6 ms an image here, several times the arithmetic."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.mean, self.std = mean, std
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], threads: int = 1) -> None:
+        self.mean, self.std, self.threads = mean, std, threads
         self._buffers: list[torch.Tensor] = []
 
     def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -164,25 +199,25 @@ class BatchNormalize:
         if buf is None or buf.shape != x.shape:
             buf = _float_like(x)
         self._buffers.append(buf)
-        return normalize_batch(x, self.mean, self.std, out=buf)
+        return normalize_batch(x, self.mean, self.std, out=buf, threads=self.threads)
 
     def __getstate__(self) -> dict:
-        return {"mean": self.mean, "std": self.std, "_buffers": []}
+        return {**self.__dict__, "_buffers": []}
 
 
 class CropFlipBatch:
-    """Train crops of cached S x S images (a list of CHW views of HWC memory), uint8 out, normalised later.
+    """Train crops of cached S x S images (a list of HWC numpy views), uint8 out, normalised later.
 
     ``augment="default"``: random resized crop (35-100 % of the area, aspect 3/4-4/3) + flip, as
     ``train_transform``; the area and aspect are drawn once and the crop clamped to the image instead of v2's
     up-to-10 redraws. ``"flip"``: centre crop + flip; ``"none"``: centre crop. Returns (B, C, size, size),
-    channels-last. One resize per image, on ``threads`` threads (OpenCV and torch release the GIL): measured
-    here per 224 px image, OpenCV's bilinear resize took 0.11 ms against 0.27 for torch's antialiased one
-    (without antialiasing it differs by < 1 level on average: an S x S crop is at most 1.14x ``size``),
-    ``grid_sample`` on a batch 2.6 ms.
+    channels-last. One resize per image, on ``threads`` threads (OpenCV releases the GIL): measured here per
+    224 px image, OpenCV's bilinear resize took 0.11 ms against 0.27 for torch's antialiased one, and
+    ``grid_sample`` on a batch 2.6 ms. OpenCV does not antialias, which only matters when shrinking: here at
+    most 1.14x (a whole S x S square to ``size`` = 0.875 S); upscaled crops agree with torch's within 1 level.
     """
 
-    per_image = True  # takes a list of CHW views into the cache: no batch gathered just to be cropped
+    per_image = True  # takes a list of HWC views into the cache: no batch gathered just to be cropped
 
     def __init__(self, size: int, augment: str = "default", scale: tuple[float, float] = (0.35, 1.0),
                  threads: int = 1) -> None:
@@ -200,29 +235,31 @@ class CropFlipBatch:
         u = torch.rand(2, b, generator=g).tolist()
         return [(int(u[0][i] * (h - ch[i] + 1)), int(u[1][i] * (w - cw[i] + 1)), ch[i], cw[i]) for i in range(b)]
 
-    def _crop(self, img: torch.Tensor, box: tuple[int, int, int, int], flip: bool, out: torch.Tensor) -> None:
-        """One HWC crop, resized to ``out`` (size x size x C) and maybe mirrored."""
+    def _crop(self, img: np.ndarray, box: tuple[int, int, int, int], flip: bool, out: np.ndarray) -> None:
+        """One crop of an HWC image, resized into ``out`` (size x size x C) and maybe mirrored; numpy and
+        OpenCV only (no torch op, and OpenMP team, on the pool's threads) unless OpenCV is missing."""
         top, left, ch, cw = box
-        crop = img.permute(1, 2, 0)[top:top + ch, left:left + cw]
+        crop = img[top:top + ch, left:left + cw]
         if (ch, cw) == (self.size, self.size):
-            out.copy_(crop)
+            np.copyto(out, crop)
         elif cv2 is not None:
-            cv2.resize(crop.numpy(), (self.size, self.size), dst=out.numpy(), interpolation=cv2.INTER_LINEAR)
+            cv2.resize(crop, (self.size, self.size), dst=out, interpolation=cv2.INTER_LINEAR)
         else:
-            out.copy_(torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=(self.size, self.size),
-                                                      mode="bilinear", antialias=True)[0].permute(1, 2, 0))
+            t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None]
+            out[:] = torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear",
+                                                     antialias=True)[0].permute(1, 2, 0).numpy()
         if flip and cv2 is not None:
-            cv2.flip(out.numpy(), 1, dst=out.numpy())  # in place
+            cv2.flip(out, 1, dst=out)  # in place
         elif flip:
-            out.copy_(out.flip(1))
+            out[:] = out[:, ::-1]  # numpy copies through a buffer when source and target overlap
 
-    def __call__(self, x: Sequence[torch.Tensor], seed: int) -> torch.Tensor:
-        b, (c, h, w) = len(x), x[0].shape
+    def __call__(self, x: Sequence[np.ndarray], seed: int) -> torch.Tensor:
+        b, (h, w, c) = len(x), x[0].shape
         out = shared_empty((b, self.size, self.size, c), torch.uint8)  # HWC, as the cache and OpenCV have it
         g = torch.Generator().manual_seed(seed)
         flips = (torch.rand(b, generator=g) < 0.5).tolist() if self.augment != "none" else [False] * b
-        jobs = list(zip(x, self._boxes(b, h, w, g), flips, out))
-        threads = min(self.threads, b)
+        jobs = list(zip(x, self._boxes(b, h, w, g), flips, out.numpy()))
+        threads = min(self.threads, b) if cv2 is not None else 1  # torch's resize would nest OpenMP teams
         if threads > 1:  # one slice of the batch per thread: a task per image cost more than its crop
             list(thread_pool(threads).map(self._crops, [jobs[t::threads] for t in range(threads)]))
         else:
@@ -232,14 +269,3 @@ class CropFlipBatch:
     def _crops(self, jobs: list) -> None:
         for job in jobs:
             self._crop(*job)
-
-
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def thread_pool(threads: int) -> ThreadPoolExecutor:
-    """A pool per process (a pool does not survive a fork) and size."""
-    key = (os.getpid(), threads)
-    if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="dogcat-crop")
-    return _POOLS[key]
