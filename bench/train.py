@@ -3,7 +3,8 @@
 (a) overhead: dogcat's training img/s / a bare PyTorch loop's, same model, in-memory data, precision, batch.
 (b) the seed's way (ResNet-34 fp32, per-sample PIL pipeline, Adam, DataLoader) vs dogcat's default for
     ResNet-34 (--precision=auto, channels_last, packed-cache data path) on the same generated JPEGs.
-(c) Fashion-MNIST with configs/fashion-mnist.yaml: test accuracy after each epoch against wall time.
+(c) Fashion-MNIST with configs/fashion-mnist.yaml: test accuracy after each epoch against training time, for
+    the recipe as it is, then stretched over the epochs that fit in 10 minutes.
 Baseline and candidate runs alternate (A B A B) and each figure is the median ratio.
 
     .venv/bin/python bench/train.py [--quick] [--only=a,b,c] [--fmnist-epochs=N]
@@ -77,20 +78,34 @@ def bare_loop(x: torch.Tensor, y: torch.Tensor, model_name: str, batch: int, epo
 
 
 def part_a(tmp: Path, quick: bool) -> float:
-    n, epochs, reps = (2048, 1, 1) if quick else (6000, 1, 2)
+    """Median of per-pair ratios; pairs alternate order (bare first, then dogcat first) so that a machine
+    warming up or a neighbour's burst does not favour either side."""
+    n, epochs, reps = (2048, 1, 1) if quick else (3072, 1, 12)
     data = _fmnist_subset(tmp / "fm-a", n)
     x, y = fashion_mnist.load_split(data, "train")
     cfg = dict(dataset="fashion-mnist", fashion_mnist_root=str(data), image_size=28, val_split=0.0, augment="none",
                model="smallcnn", batch_size=128, num_workers=0, optimizer="adamw", lr=0.003, weight_decay=0.05,
                scheduler="none", max_epoch=epochs, channels_last=True, precision="fp32", runs_root=str(tmp / "runs"),
                save_every_epochs=0, print_freq=50, **QUIET)
-    ratios = []
+    bare_loop(x, y, "smallcnn", 128, 1, 0.003, 0.05, True)  # warm-up: allocator, oneDNN kernels
+    ratios, best = [], [0.0, 0.0]
     for r in range(reps):
-        bare = bare_loop(x, y, "smallcnn", 128, epochs, 0.003, 0.05, True)
-        res = train(load_config({**cfg, "env": f"a{r}"}))
-        ours = statistics.fmean(h["train_images_per_s"] for h in res.history)
-        ratios.append(ours / bare)
-        print(f"  (a) rep {r}: bare loop {bare:.0f} img/s, dogcat {ours:.0f} img/s -> {ours / bare:.3f}", flush=True)
+        def ours() -> float:
+            res = train(load_config({**cfg, "env": f"a{r}"}))
+            return statistics.fmean(h["train_images_per_s"] for h in res.history)
+
+        def bare() -> float:
+            return bare_loop(x, y, "smallcnn", 128, epochs, 0.003, 0.05, True)
+
+        if r % 2:
+            o, b = ours(), bare()
+        else:
+            b, o = bare(), ours()
+        ratios.append(o / b)
+        best = [max(best[0], o), max(best[1], b)]
+        print(f"  (a) rep {r}: bare loop {b:.0f} img/s, dogcat {o:.0f} img/s -> {o / b:.3f}", flush=True)
+    # The fastest run of each is the one least disturbed by the machine's neighbours (timeit's reasoning)
+    print(f"  (a) best of {reps}: dogcat {best[0]:.0f} / bare {best[1]:.0f} img/s -> {best[0] / best[1]:.3f}")
     return statistics.median(ratios)
 
 
@@ -173,10 +188,13 @@ def part_b(tmp: Path, quick: bool) -> float:
     return statistics.median(ratios)
 
 
-def part_c(tmp: Path, quick: bool, epochs: int) -> list[tuple[int, float, float]]:
-    """Epoch, cumulative training seconds, test accuracy, for the recipe trained ``epochs`` epochs."""
-    over = {"max_epoch": epochs, "save_every_epochs": 1, "keep_top_k": 0, "env": "c", "runs_root": str(tmp / "runs"),
+def part_c(tmp: Path, quick: bool, epochs: int | None, tag: str = "c") -> list[tuple[int, float, float]]:
+    """Epoch, cumulative training seconds (validation included), test accuracy, for the recipe as it is
+    (``epochs`` None) or trained ``epochs`` epochs (its cosine schedule stretched to them)."""
+    over = {"save_every_epochs": 1, "keep_top_k": 0, "env": tag, "runs_root": str(tmp / "runs"),
             "progress": "none", "debug_file": None}
+    if epochs is not None:
+        over["max_epoch"] = epochs
     if quick:
         over["fashion_mnist_root"] = str(_fmnist_subset(tmp / "fm-c", 4096))
     res = train(load_config(over, config_file=ROOT / "configs" / "fashion-mnist.yaml"))
@@ -186,7 +204,7 @@ def part_c(tmp: Path, quick: bool, epochs: int) -> list[tuple[int, float, float]
         ck = res.run_dir / "checkpoints" / f"epoch-{h['epoch']:04d}.pt"
         acc = test(str(ck), {"result_file": str(tmp / "sub.csv"), "progress": "none"})["metrics"]["accuracy"]
         rows.append((h["epoch"], wall, acc))
-        print(f"  (c) epoch {h['epoch']}: {wall:.0f} s of training, test accuracy {acc:.4f}", flush=True)
+        print(f"  ({tag}) epoch {h['epoch']}: {wall:.0f} s of training, test accuracy {acc:.4f}", flush=True)
     return rows
 
 
@@ -194,7 +212,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run, figures not meaningful")
     ap.add_argument("--only", default="a,b,c")
-    ap.add_argument("--fmnist-epochs", type=int, default=None, help="(c): epochs of the recipe (default 10, quick 1)")
+    ap.add_argument("--fmnist-epochs", type=int, default=None,
+                    help="(c): epochs of the second, longer run (default: as many as fit in 10 minutes)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads{' (quick)' if args.quick else ''}")
@@ -205,13 +224,17 @@ def main() -> int:
         if "b" in args.only:
             print(f"(b) dogcat default / seed's way, ResNet-34 img/s (target >= 2.5x): {part_b(tmp, args.quick):.2f}x")
         if "c" in args.only:
-            rows = part_c(tmp, args.quick, args.fmnist_epochs or (1 if args.quick else 10))
+            rows = part_c(tmp, args.quick, None)
             hit = next((r for r in rows if r[2] >= 0.93), None)
-            for budget in (300, 600):
-                done = [r for r in rows if r[1] <= budget]
-                print(f"(c) within {budget // 60} min: " + (f"test accuracy {done[-1][2]:.4f} (epoch {done[-1][0]})"
-                                                            if done else "no epoch finished"))
+            done = [r for r in rows if r[1] <= 300]
+            print(f"(c) the recipe: {len(rows)} epochs in {rows[-1][1]:.0f} s of training, test accuracy "
+                  f"{rows[-1][2]:.4f}; within 5 min: " + (f"{done[-1][2]:.4f}" if done else "no epoch finished"))
             print("(c) 93 % test accuracy " + (f"after {hit[1]:.0f} s (epoch {hit[0]})" if hit else "not reached"))
+            # the 10-minute figure: the same recipe, its schedule stretched over the epochs that fit in 600 s
+            n10 = args.fmnist_epochs or max(1, int(600 / (rows[-1][1] / len(rows))))
+            if not args.quick and n10 > len(rows):
+                long = part_c(tmp, args.quick, n10, "c10")
+                print(f"(c) {n10} epochs ({long[-1][1]:.0f} s of training): test accuracy {long[-1][2]:.4f}")
     return 0
 
 
