@@ -68,7 +68,10 @@ def test_two_processes_one_run_folder(images, tmp_path):
     single = train(load_config({a[2:].split("=")[0]: a.split("=", 1)[1] for a in
                                 args(images, tmp_path / "single", batch_size=16)}))
     one, two = single.history[0]["train_loss"], epochs(run)[0]["train_loss"]
-    assert two == pytest.approx(one, rel=0.1)  # same samples and augmentations per global batch
+    # Same samples and augmentations per global batch, but BatchNorm normalises over each rank's 8 images
+    # rather than all 16 (SyncBatchNorm is GPU-only), so the losses agree only roughly: 0.53 single against
+    # 0.66 on 2 ranks with the grid-pool smallcnn (0.1 apart with the earlier global-average one).
+    assert two == pytest.approx(one, rel=0.35)
 
 
 def test_two_nodes_c10d_rendezvous(images, tmp_path):
