@@ -3,11 +3,15 @@ checkpoints that load in one process, multi-node rendezvous, resume across world
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,17 +78,54 @@ def test_two_processes_one_run_folder(images, tmp_path):
     assert two == pytest.approx(one, rel=0.35)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
 def test_two_nodes_c10d_rendezvous(images, tmp_path):
-    run = tmp_path / "nodes"
-    port = _port()
+    """Two torchrun agents meet through a c10d store, as two machines would. The first hosts the store
+    (is_host=1), as the machine named in --rdzv-endpoint does; --local-addr keeps the workers on loopback."""
+    run, port = tmp_path / "nodes", _port()
     common = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-              "--rdzv-id=dogcat-test", "-m", "dogcat", "train", *args(images, run, max_epoch=1)]
-    cmd = [sys.executable, "-m", "torch.distributed.run"]
-    nodes = [subprocess.Popen(cmd + common, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [n.communicate(timeout=240) for n in nodes]
-    assert [n.returncode for n in nodes] == [0, 0], outs
-    assert (run / "status").read_text().strip() == "finished" and len(epochs(run)) == 1
+              "--rdzv-id=dogcat-test", "--local-addr=127.0.0.1"]
+    script = ["-m", "dogcat", "train", *args(images, run, max_epoch=1)]
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "LOGLEVEL": "INFO"}  # where it hangs, if it ever does
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    nodes = []
+    for i, log in enumerate(logs):  # output to files: a full, unread pipe would block its node
+        with log.open("w") as out:
+            nodes.append(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *common,
+                                           f"--rdzv-conf=is_host={int(i == 0)}", *script],
+                                          stdout=out, stderr=subprocess.STDOUT, env=env))
+    try:
+        for n in nodes:
+            n.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        for n in nodes:  # SIGABRT: faulthandler prints every thread's stack into the logs
+            for pid in [*_descendants(n.pid), n.pid]:  # one at a time: their stacks share the log
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)
+                time.sleep(1)
+        for n in nodes:
+            n.kill()
+            n.wait()
+    report = "\n".join(f"--- node {i} (exit {n.returncode}):\n{log.read_text()[-6000:]}"
+                        for i, (n, log) in enumerate(zip(nodes, logs)))
+    assert [n.returncode for n in nodes] == [0, 0], report
+    assert (run / "status").read_text().strip() == "finished" and len(epochs(run)) == 1, report
 
 
 def test_resume_two_processes_into_one(images, tmp_path):
