@@ -128,6 +128,25 @@ def test_two_nodes_c10d_rendezvous(images, tmp_path):
     assert (run / "status").read_text().strip() == "finished" and len(epochs(run)) == 1, report
 
 
+WORKER = """
+import os, sys, threading
+from dogcat import load_config, train
+train(load_config(dict(a[2:].split("=", 1) for a in sys.argv[1:])))
+native = len(os.listdir("/proc/self/task")) - threading.active_count()
+print(f"rank {os.environ['RANK']}: {native} threads outside Python", flush=True)
+sys.exit(native != 0)
+"""
+
+
+def test_group_threads_end_before_exit(images, tmp_path):
+    """gloo's worker threads end inside train(): left to interpreter exit, one holding the last collective's
+    tensors needs the GIL then and aborts the process (seen in about one run in 15)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    r = torchrun("--standalone", "--nproc-per-node=2", str(script), *args(images, tmp_path / "t", max_epoch=1))
+    assert r.stdout.count("0 threads outside Python") == 2, r.stdout
+
+
 def test_resume_two_processes_into_one(images, tmp_path):
     run = tmp_path / "cut"
     torchrun("--standalone", "--nproc-per-node=2", "-m", "dogcat", "train", *args(images, run, max_steps=2))

@@ -6,6 +6,7 @@ the others compute, take part in the collectives below, and read what rank 0 dec
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -48,8 +49,16 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
 
 
 def shutdown(d: Dist) -> None:
+    """Leave the process group and let its threads end while Python is still fully alive.
+
+    ``destroy_process_group`` leaves gloo's worker threads running as long as the DDP wrapper holds the
+    group, and the wrapper sits in reference cycles (loop <-> steering) that only the collector frees. At
+    interpreter exit a worker thread releasing the last collective's tensors then needs the GIL and aborts
+    the process ("terminate called without an active exception", pytorch#190489; about one 2-process run
+    in 15 here). Collecting now runs the group's destructor, which joins those threads."""
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()
 
 
 def wrap(model: nn.Module, d: Dist, device: torch.device, sync_bn: bool) -> nn.Module:
