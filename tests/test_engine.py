@@ -123,6 +123,17 @@ def test_accumulation_clipping_and_bf16_channels_last(tiny_kaggle, tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_clip_grad_norm_bounds_the_step(tiny_kaggle, tmp_path):
+    """One plain SGD step (lr 1) moves the weights by exactly the clipped gradient: norm = the limit."""
+    r = _run(tiny_kaggle, tmp_path, optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, scheduler="none",
+             clip_grad_norm=1e-3, max_steps=1)
+    after = load_checkpoint(r.run_dir / "checkpoints" / "last.pt")["model"]
+    torch.manual_seed(0)  # the run's initial weights (seed 0)
+    init = build_model("smallcnn", 2, 3)
+    step = torch.cat([(after[n] - p).flatten() for n, p in init.named_parameters()])
+    assert step.norm().item() == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_freeze_backbone_trains_only_the_head(tiny_kaggle, tmp_path):
     r = _run(tiny_kaggle, tmp_path, freeze_backbone=True, lr=0.05)
     after = load_checkpoint(r.run_dir / "checkpoints" / "last.pt")["model"]

@@ -156,13 +156,17 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
                 meter.add(loss, n)
                 loop.last_batch = (images, labels, batch.ids, loss)
         if boundary:
-            if loop.last_batch is not None and not check_finite(model, loop.last_batch[3], scaler, loop):
+            ok, norm = check_finite(model, loop.last_batch[3], scaler, loop) if loop.last_batch else (True, None)
+            if not ok:
                 optimizer.zero_grad(set_to_none=True)  # --nonfinite=skip: drop this step's gradients
                 progress.update(n)
                 continue
             if loop.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), loop.clip_grad_norm)
+                scaler.unscale_(optimizer)  # fp16: the norm was not computed above (norm is None)
+                if norm is None:
+                    nn.utils.clip_grad_norm_(model.parameters(), loop.clip_grad_norm)
+                else:  # the check's norm, of these same (unscaled) gradients
+                    nn.utils.clip_grads_with_norm_(model.parameters(), loop.clip_grad_norm, norm)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

@@ -186,19 +186,24 @@ def interactive(model: nn.Module, optimizer: Any, batch: Any, loss: Any, cfg: Co
     return f"debugger session of {time.time() - t0:.0f}s"
 
 
-def check_finite(model: nn.Module, loss: torch.Tensor, scaler: torch.amp.GradScaler, loop: Any) -> bool:
-    """At an optimizer step: False (skip the step) or NonFinite on a NaN/Inf loss or gradient.
+def check_finite(model: nn.Module, loss: torch.Tensor, scaler: torch.amp.GradScaler,
+                 loop: Any) -> tuple[bool, torch.Tensor | None]:
+    """At an optimizer step: (False, _) (skip the step) or NonFinite on a NaN/Inf loss or gradient.
 
-    With fp16 loss scaling an inf gradient is the scaler's business (it skips that step and lowers the
-    scale), so only the loss is checked then. On a GPU this costs one synchronisation per step."""
-    bad = not bool(torch.isfinite(loss.detach()).all())
+    Also returns the gradients' total 2-norm when it was computed, so that --clip-grad-norm reuses it
+    rather than computing it again. With fp16 loss scaling an inf gradient is the scaler's business (it
+    skips that step and lowers the scale), so only the loss is checked then. On a GPU this costs one
+    synchronisation per step."""
+    bad, norm = not bool(torch.isfinite(loss.detach()).all()), None
     if not bad and not scaler.is_enabled():
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        bad = bool(grads) and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            bad = not bool(torch.isfinite(norm))
     bad = any_true(bad, loop.dist, loop.device)  # under DDP all ranks decide together
     if not bad:
         loop.nonfinite_in_a_row = 0
-        return True
+        return True, norm
     first = next((n for n, p in model.named_parameters()
                   if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
     where = (f"at step {loop.global_step + 1} (epoch {loop.epoch + 1}, batch {loop.batch}): loss "
@@ -210,7 +215,7 @@ def check_finite(model: nn.Module, loss: torch.Tensor, scaler: torch.amp.GradSca
             loop.run.log({"kind": "event", "event": "nonfinite_skip", "step": loop.global_step,
                           "epoch": loop.epoch + 1, "batch": loop.batch, "first_layer": first})
         log.warning(f"non-finite {where}; batch skipped ({loop.nonfinite_in_a_row} in a row)")
-        return False
+        return False, None
     if loop.nonfinite == "skip":
         where += f"; {loop.nonfinite_in_a_row} non-finite batches in a row (--nonfinite-max-skips)"
     raise NonFinite(f"non-finite {where}. The last good checkpoint is kept; lower --lr, set --clip-grad-norm "
