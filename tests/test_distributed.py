@@ -130,6 +130,7 @@ def test_two_nodes_c10d_rendezvous(images, tmp_path):
 
 WORKER = """
 import os, sys, threading
+os.environ["OMP_NUM_THREADS"] = "1"  # no OpenMP pool: every native thread left would be gloo's
 from dogcat import load_config, train
 train(load_config(dict(a[2:].split("=", 1) for a in sys.argv[1:])))
 native = len(os.listdir("/proc/self/task")) - threading.active_count()
