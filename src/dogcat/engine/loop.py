@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..control import StopFlag
-from ..data import (BadFiles)
+from ..data import BadFiles
 from ..tracking.progress import Progress
 from ..tracking.run import Run
 from ..tracking.tracker import Collector

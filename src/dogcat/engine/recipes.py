@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
+from .checkpoint import atomic_write_text
 from .runtime import autocast, memory_format
 
 log = logging.getLogger("dogcat")
@@ -141,10 +142,7 @@ def choose_precision(model: nn.Module, device: torch.device, shape: tuple[int, i
     del probe
     cache[key] = {"seconds": seconds, "time": time.time()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True))
     except OSError as e:  # a read-only home: the choice still stands, it is just not remembered
         log.warning(f"could not write {path}: {e}")
     return min(options, key=lambda p: seconds[p]), {"key": key, "seconds": seconds, "cached": False}

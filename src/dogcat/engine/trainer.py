@@ -174,7 +174,7 @@ def _precision(cfg: Config, model: nn.Module, data: DataBundle, run: Run, d: Dis
     size, t = cfg.data.image_size, cfg.train
     choice, info = choose_precision(model, device, (data.in_chans, size, size), cfg.data.batch_size,
                                     t.channels_last, cfg.model.model, len(data.class_names))
-    choice = distributed.broadcast(choice, d) if d.enabled else choice
+    choice = distributed.broadcast(choice, d)
     timed = ", ".join(f"{k} {v * 1000:.0f} ms/step" for k, v in info["seconds"].items()) or info.get("reason", "")
     log.info(f"--precision=auto chose {choice} ({timed}{', cached' if info['cached'] else ''})")
     run.log({"kind": "event", "event": "precision", "chosen": choice, **info})

@@ -43,13 +43,13 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int, in_chans: int = 1, width: int = 16, dropout: float = 0.2) -> None:
         super().__init__()
-        w = width
+        w, grid = width, GridMaxPool(3)
         self.features = nn.Sequential(
             _block(in_chans, w), _block(w, w), nn.MaxPool2d(2),
             _block(w, 2 * w), _block(2 * w, 2 * w), nn.MaxPool2d(2),
-            _block(2 * w, 4 * w), GridMaxPool(3), nn.Flatten(),
+            _block(2 * w, 4 * w), grid, nn.Flatten(),
         )
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(4 * w * 9, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(4 * w * grid.n ** 2, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
