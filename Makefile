@@ -5,15 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-all bench fashion-mnist chromium clean
+.PHONY: setup demo test test-all bench fashion-mnist test-tools clean
 
 setup: $(STAMP)
 
-# Re-installs only when pyproject.toml changed: a no-op in well under a second otherwise.
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or constraints.txt changed: a no-op in well under a second otherwise.
+# constraints.txt pins the exact versions (pyproject.toml declares ranges), so demo and tests are reproducible.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 # The demo's data: Debian's package when apt is usable; otherwise dogcat falls back to torchvision's
@@ -27,23 +28,26 @@ fashion-mnist:
 	  echo "apt-get could not install dataset-fashion-mnist; dogcat will try torchvision's download"; \
 	else echo "apt-get not usable here; dogcat will try torchvision's download of Fashion-MNIST"; fi
 
-# Headless Chromium for the report's browser test (tests/test_tracking.py); it skips, saying why, without it.
-chromium:
-	@if command -v chromium >/dev/null; then :; \
+# Programs some tests drive for real: headless Chromium (the report's browser test, tests/test_tracking.py) and
+# zsh (the completion script, tests/test_cli.py). Each test skips, saying why, when its program is missing.
+TEST_TOOLS := chromium zsh
+test-tools:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing Debian's chromium (the report's browser test)"; \
-	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
-	   (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1)) || \
-	  echo "apt-get could not install chromium; the report's browser test will be skipped"; \
-	else echo "apt-get not usable here; the report's browser test will be skipped"; fi
+	  echo "installing Debian's$$missing (for tests that drive them)"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1)) || \
+	  echo "apt-get could not install$$missing; the tests that need them will be skipped"; \
+	else echo "apt-get not usable here; tests that need$$missing will be skipped"; fi
 
 demo: setup fashion-mnist
 	$(BIN)/python -m dogcat.demo
 
-test: setup chromium
+test: setup test-tools
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: setup fashion-mnist chromium
+test-all: setup fashion-mnist test-tools
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -163,5 +163,5 @@ def test_nproc_shortcut_launches_torchrun(images, tmp_path):
     r = subprocess.run([sys.executable, "-m", "dogcat", "train", *args(images, run, max_epoch=1), "--nproc=2"],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "torch.distributed.run" in r.stdout and json.loads(
+    assert "torch.distributed.run" in r.stderr and r.stdout.count("run folder:") == 1 and json.loads(
         next(x for x in (run / "metrics.jsonl").read_text().splitlines() if '"setup"' in x))["world_size"] == 2

@@ -100,7 +100,7 @@ def test_export_cli_and_failed_check(tiny, tmp_path, capsys):
 
 def test_missing_onnx_package_says_how_to_install(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
-    with pytest.raises(ExportError, match=r"pip install 'dogcat\[export\]'"):
+    with pytest.raises(ExportError, match=r"pip install 'dogcat-vision\[export\]'"):
         export(str(tiny[2]), "onnx")
 
 

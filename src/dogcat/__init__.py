@@ -2,20 +2,51 @@
 
 Library entry points (the CLI only wraps these)::
 
-    cfg = dogcat.load_config({"model": "resnet34", "train_data_root": "data/train"})
-    result = dogcat.train(cfg)                      # -> Result(run_dir, best_metric, best_epoch, history)
-    dogcat.evaluate(str(result.run_dir))            # validation metrics, result.json
-    dogcat.test(str(result.run_dir), {"test_data_root": "data/test"})   # submission.csv
-    dogcat.predict(str(result.run_dir), ["some/image.jpg"])
+    result = dogcat.train(model="resnet18", train_data_root="data/train", max_epoch=3)  # or a Config / recipe
+    dogcat.evaluate(result.run_dir)                 # validation metrics, result.json
+    dogcat.test(result.run_dir, test_data_root="data/test")   # submission.csv
+    dogcat.predict(result.run_dir, ["some/image.jpg"])
     clf = dogcat.load("runs/X")                     # or a checkpoint, or an export (model.onnx + model.onnx.json)
     clf.predict(["a.jpg", "photos/", pil_image], tta=True)   # [{"path"/"index", "class", "probability", "probs"}]
+
+``import dogcat`` loads no torch: the names below are imported on first use (PEP 562), so the command line
+starts fast and a notebook pays for torch only when it trains or predicts.
 """
 
-from .config import Config, ConfigError, load_config
-from .engine.evaluator import evaluate, load_model, predict, test
-from .engine.trainer import Result, train
-from .inference import Classifier, load
+from __future__ import annotations
 
-__all__ = ["Classifier", "Config", "ConfigError", "Result", "evaluate", "load", "load_config", "load_model", "predict",
-           "test", "train"]
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .console import install_default
+
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it from here)
+
+_LAZY = {
+    "Config": "config", "ConfigError": "config", "load_config": "config",
+    "evaluate": "engine.evaluator", "load_model": "engine.evaluator", "predict": "engine.evaluator",
+    "test": "engine.evaluator", "Result": "engine.trainer", "train": "engine.trainer",
+    "Classifier": "inference", "load": "inference",
+}
+__all__ = sorted(_LAZY)
+
+install_default()  # epoch summaries show in a notebook even when it configured no logging (console.py)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # once: later lookups do not come back here
+        return value
+    raise AttributeError(f"module 'dogcat' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from .config import Config, ConfigError, load_config
+    from .engine.evaluator import evaluate, load_model, predict, test
+    from .engine.trainer import Result, train
+    from .inference import Classifier, load

@@ -19,7 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
-class ConfigError(ValueError):
+class DogcatError(Exception):
+    """Base of the errors the ``dogcat`` command reports as one line (no traceback), exiting ``exit_code``.
+    It lives at the bottom layer so that the CLI can catch every one without importing torch."""
+
+    exit_code = 2
+
+
+class ConfigError(DogcatError, ValueError):
     """A bad option: unknown key, wrong type or a value outside its choices. The CLI exits 2."""
 
 
@@ -167,6 +174,19 @@ def option_table() -> dict[str, tuple[str, Any]]:
 
 OPTIONS = option_table()
 
+# options that name places or change the display, not the experiment: left out of hparams and run comparisons
+NOT_EXPERIMENT = {"resume", "run_dir", "runs_root", "env", "debug_file", "progress", "print_freq"}
+
+
+def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
+    """``{option: value}`` of a nested config dict (leaf names are unique across sections)."""
+    return {k: v for sec in tree.values() if isinstance(sec, dict) for k, v in sec.items()}
+
+
+def is_flag(leaf: str) -> bool:
+    """True for a boolean option: ``--flag`` switches it on, ``--no-flag`` off."""
+    return str(OPTIONS[leaf][1].type) == "bool"
+
 
 def _norm(key: str) -> str:
     return key.strip().lstrip("-").replace("-", "_").lower()
@@ -197,14 +217,16 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _coerce(path: str, value: Any) -> Any:
-    """Fix up string spellings the YAML parser leaves as strings (None, comma lists)."""
+    """Turn the string spellings of the command line (and of YAML strings) into values: None for options that
+    can be None, lists from ``a,b`` or ``[a,b]``. Numbers and booleans stay strings here: OmegaConf converts
+    ``"0.1"`` for a float option and ``"false"`` for a bool one, and names the option when it cannot."""
     sec, leaf = path.split(".")
     f = OPTIONS[leaf][1]
     optional = str(f.type).startswith("Optional")
     if optional and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
         return None  # only for options that can be None: --augment=none and --scheduler=none are choices
-    if isinstance(value, str) and str(f.type).replace("Optional[", "").startswith("list") and "," in value:
-        return [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
+    if isinstance(value, str) and str(f.type).replace("Optional[", "").startswith("list"):
+        return [yaml.safe_load(v) for v in value.strip().strip("[]").split(",") if v.strip()]
     return value
 
 
@@ -266,20 +288,14 @@ def _check_values(cfg: DictConfig) -> None:
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``['--lr=0.1', '--use-gpu']`` -> ``{'lr': 0.1, 'use_gpu': True}``; values are parsed as YAML scalars."""
+    """``['--lr=0.1', '--use-gpu']`` -> ``{'lr': '0.1', 'use_gpu': True}``: values stay strings, which
+    :func:`load_config` converts by each option's type (``--env=2024`` stays the name "2024")."""
     out: dict[str, Any] = {}
     for a in args:
         if not a.startswith("--"):
             raise ConfigError(f"expected --key=value, got {a!r}")
         key, eq, raw = a[2:].partition("=")
-        if not eq:
-            out[key] = True  # a bare flag switches a boolean on, as fire does
-            continue
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        out[key] = raw if isinstance(value, dict) else value  # "a: b" stays a literal string
+        out[key] = raw if eq else True  # a bare flag switches a boolean on, as fire does
     return out
 
 
@@ -303,6 +319,16 @@ def load_config(overrides: dict[str, Any] | None = None, config_file: str | Path
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
     return obj
+
+
+def as_config(cfg: Config | str | Path | dict | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """What the library functions accept as a config: a :class:`Config`, a YAML recipe's path, a dict of
+    options, or None (the defaults), each with keyword ``overrides`` on top; always validated."""
+    if isinstance(cfg, (str, Path)):
+        return load_config(overrides, config_file=cfg)
+    if isinstance(cfg, dict):
+        return load_config({**cfg, **(overrides or {})})
+    return load_config(overrides, base=cfg)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -13,12 +13,14 @@ import sys
 import threading
 from types import FrameType
 
+from .config import DogcatError
 
-class TrainingStopped(Exception):
+
+class TrainingStopped(DogcatError):
     """Raised after a run saved and stopped on a signal; ``exit_code`` is 128 + the signal (143, 130)."""
 
     def __init__(self, signum: int, checkpoint: str) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint}")
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint}; continue with --resume")
         self.signum, self.exit_code, self.checkpoint = signum, 128 + signum, checkpoint
 
 
@@ -51,8 +53,10 @@ class StopFlag:
 
 # --- the file inbox: `dogcat ctl RUN COMMAND` writes, the running trainer polls at step boundaries -------
 
-class NotRunning(RuntimeError):
+class NotRunning(DogcatError, RuntimeError):
     """No training process is running in the named run folder."""
+
+    exit_code = 1
 
 
 def _dirs(run_dir: Path) -> tuple[Path, Path, Path]:

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
 from PIL import Image
 
-from . import load_config, predict, test, train
+from .console import use_for_cli
+from .engine.evaluator import predict, test
+from .engine.trainer import train
 from .data import fashion_mnist
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "fashion-mnist.yaml"
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    use_for_cli(logging.INFO)  # progress and logs on stderr, the demo's results on stdout
     recipe = RECIPE if RECIPE.is_file() else Path("configs/fashion-mnist.yaml")
     t0 = time.perf_counter()
-    result = train(load_config({"env": "demo-fashion-mnist"}, config_file=recipe))
+    result = train(recipe, env="demo-fashion-mnist")
     train_s = time.perf_counter() - t0
     run = str(result.run_dir)
     scored = test(run)

@@ -21,17 +21,18 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from .config import DogcatError
 from .data.transforms import EVAL_CROP_RATIO
 from .tracking.manifest import sha256_file
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
-INSTALL_HINT = ("install the optional export packages: pip install 'dogcat[export]' "
+INSTALL_HINT = ("install the optional export packages: pip install 'dogcat-vision[export]' "
                 "(in this repository: .venv/bin/pip install -e '.[export]')")
 CHECK_BATCHES = (1, 3, 3)  # odd sizes on purpose: the traced / exported batch is 2
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
-class ExportError(ValueError):
+class ExportError(DogcatError, ValueError):
     """An export that cannot be made, checked or loaded; the message says what to do. The CLI exits 2."""
 
 

@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in a notebook, a bar on a terminal
 
 from .arrays import ArrayImages, Prepare
 from .images import DataError, decode_image

@@ -18,13 +18,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
+from ..config import DogcatError
 from .jpeg import decode_jpeg_rgb, pil_draft, resize_like_full
 
 # Extensions PIL decodes that people keep photos in; matched case-insensitively.
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
-class DataError(ValueError):
+class DataError(DogcatError, ValueError):
     """A user-facing problem with the data; the message says what is wrong and how to fix it."""
 
 

@@ -113,5 +113,5 @@ def launch(nproc: int, argv: list[str]) -> int:
     """``dogcat train --nproc=N``: re-run this command under torchrun with N processes on this machine."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "dogcat", "train", *argv]
-    print("launching:", " ".join(cmd), flush=True)
+    print("launching:", " ".join(cmd), file=sys.stderr, flush=True)
     return subprocess.call(cmd)

@@ -17,7 +17,7 @@ from ..data import BadFiles, DataError, build_test, build_train_val, make_loader
 from ..inference import with_tta
 from ..models import build_model, head_module, list_models
 from ..models.weights import WeightsError, load_weights, read_state_dict, torch_load
-from .metrics import EvalMeter, format_confusion
+from .metrics import EvalMeter
 from .runtime import autocast, memory_format, pick_device
 from .submission import check_submission, sample_order, write_submission
 from ..tracking.collect import Collector
@@ -47,7 +47,7 @@ class Loaded:
         return self.run_dir or self.checkpoint.parent
 
 
-def resolve_checkpoint(target: str | None, overrides: dict[str, Any]) -> tuple[Path, Path | None]:
+def resolve_checkpoint(target: str | Path | None, overrides: dict[str, Any]) -> tuple[Path, Path | None]:
     """``(checkpoint file, run folder or None)`` for a run folder, a file, or ``--load-model-path``."""
     spec = target or next((v for k, v in overrides.items() if k.replace("-", "_") == "load_model_path"), None)
     if not spec:
@@ -68,7 +68,7 @@ def resolve_checkpoint(target: str | None, overrides: dict[str, Any]) -> tuple[P
     return path, run
 
 
-def load_model(target: str | None, overrides: dict[str, Any] | None = None) -> Loaded:
+def load_model(target: str | Path | None, overrides: dict[str, Any] | None = None) -> Loaded:
     """Rebuild the trained model. A dogcat checkpoint carries its config and classes; a bare state_dict
     (the seed's ``BasicModule.save``) needs ``--model`` and takes its class count from the head's shape."""
     overrides = dict(overrides or {})
@@ -139,9 +139,10 @@ def _loop(lm: Loaded, bad: BadFiles) -> Loop:
                 progress=lm.cfg.train.progress)
 
 
-def evaluate(target: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validation metrics of a trained model on its own validation split; writes ``result.json``."""
-    lm = load_model(target, overrides)
+def evaluate(target: str | Path | None, overrides: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    """Validation metrics of a trained model on its own validation split; writes ``result.json``.
+    ``overrides`` / ``options``: config options, e.g. ``evaluate(run, tta=True, batch_size=64)``."""
+    lm = load_model(target, {**(overrides or {}), **options})
     data = build_train_val(lm.cfg.data)
     if data.val is None:
         raise DataError("no validation set: set --val-split > 0 or --val-data-root / --val-list")
@@ -159,9 +160,8 @@ def evaluate(target: str | None, overrides: dict[str, Any] | None = None) -> dic
                                             lm.std, str(lm.checkpoint)))
         log.info(f"wrote {result['report']}")
     (lm.out_dir / "result.json").write_text(json.dumps(result, indent=2))
-    log.info(f"val: loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
-             f"logloss {metrics['logloss']:.4f} on {metrics['count']} images")
-    log.info(format_confusion(metrics["confusion"], lm.class_names))
+    log.debug(f"val: loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
+              f"logloss {metrics['logloss']:.4f} on {metrics['count']} images")  # the result itself: the caller's
     log.info(f"wrote {lm.out_dir / 'result.json'}")
     return result
 
@@ -200,11 +200,12 @@ def _id_key(i: str) -> tuple:
     return (0, int(i), "") if re.fullmatch(r"\d+", i) else (1, 0, i)
 
 
-def test(target: str | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
     """Write the submission CSV: ``id,label`` with label = probability of the positive class (2 classes),
     or the predicted class name plus one probability column per class. Rows sorted by (numeric) id.
-    An unreadable test image still gets a row (probability 0.5 / uniform) and is reported."""
-    lm = load_model(target, overrides)
+    An unreadable test image still gets a row (probability 0.5 / uniform) and is reported.
+    ``overrides`` / ``options``: config options, e.g. ``test(run, test_data_root="data/test1")``."""
+    lm = load_model(target, {**(overrides or {}), **options})
     # the training layout decides the test layout; a bare state_dict has none, so the folder (or list) decides
     kind = lm.kind or ("list" if lm.cfg.data.test_list else "folder")
     dataset = build_test(lm.cfg.data, kind, lm.class_names, lm.in_chans, lm.mean, lm.std)
@@ -221,14 +222,15 @@ def test(target: str | None, overrides: dict[str, Any] | None = None) -> dict[st
     write_submission(out, rows, lm.class_names, pos, order, ev.clip_probs)
     expected = getattr(dataset, "ids", None) or [str(i) for i in getattr(dataset, "index", [])]
     check_submission(out, expected, ev.sample_submission)  # before anyone uploads it; exits 2 when wrong
-    result: dict[str, Any] = {"submission": str(out), "rows": len(rows), "checkpoint": str(lm.checkpoint)}
+    result: dict[str, Any] = {"submission": str(out), "rows": len(rows), "checkpoint": str(lm.checkpoint),
+                              "class_names": lm.class_names}
     known = labels >= 0
     if len(labels) and bool(known.all()):  # a labelled test set (Fashion-MNIST, class folders): score it too
         meter = EvalMeter(c)
         meter.update(probs.clamp_min(1e-30).log(), labels.long())
         result["metrics"] = meter.compute()
         m = result["metrics"]
-        log.info(f"test: accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f} on {m['count']} images")
+        log.debug(f"test: accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f} on {m['count']} images")
         (lm.out_dir / "test_result.json").write_text(json.dumps(result, indent=2))
     log.info(f"wrote {len(rows)} rows to {out}")
     return result
@@ -247,10 +249,13 @@ def _bad_id(path: str, root: str | None) -> str:
         return p.stem
 
 
-def predict(target: str | None, paths: list[str], overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def predict(target: str | Path | None, paths: list[str] | str, overrides: dict[str, Any] | None = None,
+            **options: Any) -> list[dict[str, Any]]:
     """Class and probabilities for image files, folders or globs, in order; unreadable files come back with an
-    error. ``target``: a run folder, a checkpoint, or an exported model with its sidecar (see ``dogcat.load``)."""
+    error. ``target``: a run folder, a checkpoint, or an exported model with its sidecar (see ``dogcat.load``);
+    ``overrides`` / ``options``: config options, e.g. ``predict(run, ["a.jpg"], tta=True)``."""
     from ..inference import load
 
-    clf = load(target, overrides)
+    clf = load(target, {**(overrides or {}), **options})
+    paths = [paths] if isinstance(paths, (str, Path)) else paths
     return clf.predict(paths, tta=clf.cfg.eval.tta, batch_size=clf.cfg.data.batch_size)

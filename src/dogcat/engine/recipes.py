@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
-from .checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from .runtime import autocast, memory_format
 
 log = logging.getLogger("dogcat")

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import OPTIONS, Config, ConfigError, dump_yaml, load_config, parse_overrides, resolve_key
+from ..config import OPTIONS, Config, ConfigError, DogcatError, dump_yaml, load_config, parse_overrides, resolve_key
 from ..control import Inbox
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text
 from .distributed import any_true, broadcast
 
 log = logging.getLogger("dogcat")
@@ -25,7 +25,7 @@ LIVE = ("lr", "weight_decay", "clip_grad_norm", "print_freq", "max_epoch", "max_
         "nonfinite", "nonfinite_max_skips")
 
 
-class NonFinite(RuntimeError):
+class NonFinite(DogcatError, RuntimeError):
     """A NaN/Inf loss or gradient under ``--nonfinite=stop`` (or too many skipped in a row)."""
 
     exit_code = 3

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import Config, dump_yaml, from_dict, to_dict
+from ..config import Config, as_config, dump_yaml, from_dict, to_dict
 from ..control import StopFlag, TrainingStopped
 from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, build_train_val,
                     detect_kind, make_loader, write_splits)
@@ -56,8 +56,13 @@ def better(value: float, best: float | None, monitor: str) -> bool:
     return value > best if monitor.endswith("accuracy") else value < best
 
 
-def train(cfg: Config) -> Result:
-    """Train as ``cfg`` says; ``cfg.train.resume`` continues a run in its own folder where it stopped."""
+def train(cfg: Config | str | Path | dict | None = None, /, **overrides: Any) -> Result:
+    """Train as ``cfg`` says (a :class:`Config`, a YAML recipe's path, a dict of options or None for the
+    defaults) with keyword ``overrides`` on top: ``train(model="resnet18", train_data_root="data/train")``.
+    ``resume=RUN`` continues a run in its own folder where it stopped, from its own recorded config."""
+    if cfg is None and overrides.get("resume"):
+        cfg = find_run(str(overrides["resume"]), str(overrides.get("runs_root", "runs"))) / "config.yaml"
+    cfg = as_config(cfg, overrides)
     d, device = distributed.setup(pick_device(cfg.train))
     try:
         return _train(cfg, d, device)

@@ -11,11 +11,13 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..config import DogcatError
+
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, tuple[Builder, str]] = {}
 
 
-class ModelError(ValueError):
+class ModelError(DogcatError, ValueError):
     """Unknown model name or unusable weights; the CLI exits 2 with the message."""
 
 

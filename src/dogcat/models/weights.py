@@ -18,10 +18,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..config import DogcatError
+
 log = logging.getLogger("dogcat")
 
 
-class WeightsError(ValueError):
+class WeightsError(DogcatError, ValueError):
     """A weight file that cannot be used; the message says why and what to do."""
 
 

@@ -20,9 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..engine.checkpoint import atomic_write_text
+from ..io import atomic_write_text
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -127,6 +125,8 @@ def _cpu_name() -> str:
 
 def environment() -> dict[str, Any]:
     """Versions and devices; CUDA / cuDNN are the versions torch was built with (None: a CPU-only build)."""
+    import torch  # here, not at the top: `dogcat runs` reads manifests without loading torch
+
     cuda = torch.cuda.is_available()
     try:
         import torchvision

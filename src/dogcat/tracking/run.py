@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, ConfigError, dump_yaml
-from ..engine.checkpoint import atomic_write_text
+from ..io import atomic_write_text
 
 if TYPE_CHECKING:
     from .tracker import Tracker

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
+from ..config import NOT_EXPERIMENT, flat_config
 from .manifest import process_alive, read_manifest
-from .tracker import NOT_EXPERIMENT, flat_config
 
 # epoch-record keys that are timings, not results: left out of "final metrics"
 VOLATILE = {"time", "kind", "step", "epoch_seconds", "train_images_per_s"}
@@ -146,6 +146,16 @@ def runs_table(runs: list[RunInfo]) -> str:
     return table(rows)
 
 
+def summary(r: RunInfo) -> dict[str, Any]:
+    """One run as plain data (``dogcat runs --json``): what the table shows, unformatted, and every option."""
+    best = r.best()
+    return {"name": r.name, "path": str(r.path), "status": r.status, "model": r.config.get("model"),
+            "data": r.data(), "epochs": r.epochs[-1]["epoch"] if r.epochs else 0,
+            "max_epoch": r.config.get("max_epoch"),
+            "best": {"metric": best[0], "value": best[1], "epoch": best[2]} if best else None,
+            "duration_s": r.duration(), "options": r.config}
+
+
 def manifest_summary(m: dict[str, Any]) -> list[tuple[str, str]]:
     """The manifest's main facts as (label, text) pairs, for ``runs show`` and the report."""
     if not m:
@@ -183,6 +193,12 @@ def final_metrics(r: RunInfo) -> dict[str, Any]:
     return out
 
 
+def show_data(path: Path) -> dict[str, Any]:
+    """``dogcat runs show RUN --json``: the summary, the final metrics and the whole manifest."""
+    r = load_run(path)
+    return {**summary(r), "final_metrics": final_metrics(r), "manifest": r.manifest}
+
+
 def show(path: Path) -> str:
     """``dogcat runs show RUN``: status, config, manifest summary and the last epoch's metrics."""
     r = load_run(path)
@@ -203,22 +219,31 @@ def _manifest_facts(m: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
-def diff(a: Path, b: Path) -> str:
-    """``dogcat runs diff A B``: options, manifest facts and installed packages that differ; final metrics."""
+def diff_data(a: Path, b: Path) -> dict[str, Any]:
+    """``dogcat runs diff A B`` as data: ``{section: {key: [A's, B's]}}`` for what differs, and both runs'
+    final metrics (options, manifest facts and installed packages that differ)."""
     ra, rb = load_run(a), load_run(b)
-    out = [f"A: {ra.path} ({ra.status})", f"B: {rb.path} ({rb.status})", ""]
-    keys = sorted(set(ra.config) | set(rb.config))
-    conf = [[k, _fmt(ra.config.get(k), 40), _fmt(rb.config.get(k), 40)] for k in keys
-            if ra.config.get(k) != rb.config.get(k)]
-    out += ["config differences:", table([["option", "A", "B"], *conf]) if conf else "  (none)", ""]
+    conf = {k: [ra.config.get(k), rb.config.get(k)] for k in sorted(set(ra.config) | set(rb.config))
+            if ra.config.get(k) != rb.config.get(k)}
     fa, fb = _manifest_facts(ra.manifest), _manifest_facts(rb.manifest)
-    facts = [[k, _fmt(fa.get(k), 40), _fmt(fb.get(k), 40)] for k in fa | fb if fa.get(k) != fb.get(k)]
+    facts = {k: [fa.get(k), fb.get(k)] for k in fa | fb if fa.get(k) != fb.get(k)}
     pa = dict(x.split("==", 1) for x in ra.manifest.get("pip_freeze", []) if "==" in x)
     pb = dict(x.split("==", 1) for x in rb.manifest.get("pip_freeze", []) if "==" in x)
-    facts += [[f"package {n}", pa.get(n, "-"), pb.get(n, "-")] for n in sorted(set(pa) | set(pb))
-              if pa.get(n) != pb.get(n)]
-    out += ["manifest differences:", table([["", "A", "B"], *facts]) if facts else "  (none)", ""]
+    facts |= {f"package {n}": [pa.get(n), pb.get(n)] for n in sorted(set(pa) | set(pb)) if pa.get(n) != pb.get(n)}
     ma, mb = final_metrics(ra), final_metrics(rb)
-    rows = [[k, _fmt(ma.get(k, "-"), 30), _fmt(mb.get(k, "-"), 30)] for k in dict.fromkeys([*ma, *mb])]
-    out += ["final metrics:", table([["metric", "A", "B"], *rows]) if rows else "  (none)"]
-    return "\n".join(out)
+    return {"a": {"path": str(ra.path), "status": ra.status}, "b": {"path": str(rb.path), "status": rb.status},
+            "config": conf, "manifest": facts,
+            "final_metrics": {k: [ma.get(k), mb.get(k)] for k in dict.fromkeys([*ma, *mb])}}
+
+
+def diff(a: Path, b: Path) -> str:
+    """``dogcat runs diff A B``: options, manifest facts and installed packages that differ; final metrics."""
+    d = diff_data(a, b)
+    out = [f"A: {d['a']['path']} ({d['a']['status']})", f"B: {d['b']['path']} ({d['b']['status']})", ""]
+    for title, key, head, width in (("config differences:", "config", "option", 40),
+                                    ("manifest differences:", "manifest", "", 40),
+                                    ("final metrics:", "final_metrics", "metric", 30)):
+        rows = [[k, _fmt("-" if va is None else va, width), _fmt("-" if vb is None else vb, width)]
+                for k, (va, vb) in d[key].items()]
+        out += [title, table([[head, "A", "B"], *rows]) if rows else "  (none)", ""]
+    return "\n".join(out[:-1])

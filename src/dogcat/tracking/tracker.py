@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from ..config import Config, to_dict
+from ..config import NOT_EXPERIMENT, Config, flat_config, to_dict
 from .collect import Collector
 from .manifest import Manifest, data_fingerprint
 
@@ -25,14 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dogcat")
 
-# options that name places or change the display, not the experiment: left out of hparams and run comparisons
-NOT_EXPERIMENT = {"resume", "run_dir", "runs_root", "env", "debug_file", "progress", "print_freq"}
 GRID_IMAGES = 16
-
-
-def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
-    """``{option: value}`` of a nested config dict (leaf names are unique across sections)."""
-    return {k: v for sec in tree.values() if isinstance(sec, dict) for k, v in sec.items()}
 
 
 def is_main_process() -> bool:

@@ -1,0 +1,152 @@
+"""The ``dogcat`` command: parses arguments, calls library functions, prints. No training logic here.
+
+Importing this package loads no torch (only the config layer): ``dogcat --version``, ``help``, ``runs`` and
+``completion`` start in a fraction of a second; commands that train or load a model import it when they run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+import warnings
+from typing import Any
+
+from .. import __version__
+from ..config import OPTIONS, DogcatError, help_text
+from . import commands as c
+from .args import ALL, Command, Own, build_parser, parse
+from .completion import script
+
+# The options each command reads (train and lr-find: all). A command refuses the others, naming them.
+DEVICE = {"device", "use_gpu", "precision", "channels_last"}
+MODEL_FILE = {"load_model_path", "model", "load_not_strict", "checkpoint", "image_size"}  # model, image_size: for
+# a bare state_dict, which records neither
+LOADING = {"batch_size", "num_workers", "cache", "cache_dir", "in_memory_mb", "progress", "print_freq"}
+VAL_DATA = {"dataset", "train_data_root", "val_data_root", "train_list", "val_list", "fashion_mnist_root",
+            "val_split", "split_seed"}
+VAL = frozenset(DEVICE | MODEL_FILE | LOADING | VAL_DATA | {"tta", "report"})
+TEST = frozenset(DEVICE | MODEL_FILE | LOADING | {"test_data_root", "test_list", "fashion_mnist_root", "tta",
+                                                  "result_file", "positive_class", "sample_submission", "clip_probs"})
+PREDICT = frozenset(DEVICE | MODEL_FILE | {"batch_size", "tta", "output"})
+TARGET = ("target", "?", "a run folder (runs/NAME) or checkpoint file; default: --load-model-path")
+JSON = Own("json", "print the result as JSON", None)
+
+
+def _help(a: Any, ov: dict[str, Any]) -> int:
+    if a.command:
+        if a.command not in COMMANDS:
+            raise DogcatError(f"unknown command {a.command!r}; commands: {', '.join(COMMANDS)}")
+        build_parser(COMMANDS[a.command]).print_help()
+        return 0
+    print(usage())
+    print("options by section (--key=value or --key value; default; doc):", help_text())
+    return 0
+
+
+def _completion(a: Any, ov: dict[str, Any]) -> int:
+    print(script(a.shell, COMMANDS))
+    return 0
+
+
+_LIST = [
+    Command("train", "train a model: validation every epoch, checkpoints, run folder runs/NAME", c.train,
+            options=ALL, own=[Own("config", "YAML recipe (flat or nested by section); the command line wins")],
+            epilog="examples:\n  dogcat train --config=configs/fashion-mnist.yaml\n"
+                   "  dogcat train --train-data-root data/train --model resnet34 --max-epoch 20 --lr 0.005\n"
+                   "  dogcat train --resume runs/NAME --max-epoch 30"),
+    Command("val", "validation metrics + confusion matrix of a trained model -> RUN/result.json", c.val,
+            [TARGET], VAL, [JSON]),
+    Command("test", "scores a test set / writes the Kaggle submission id,label -> RUN/submission.csv", c.test,
+            [TARGET], TEST, [JSON]),
+    Command("predict", "class and probabilities for image files, folders or globs", c.predict,
+            [("target", None, "a run folder, checkpoint, or exported model (+ its .json sidecar)"),
+             ("paths", "+", "image files, folders (recursive) or globs")], PREDICT,
+            epilog="--output=F.csv or F.json writes a file, --output=- CSV to stdout; default: a table"),
+    Command("export", "the model as ONNX, TorchScript or safetensors + a JSON sidecar, checked against PyTorch",
+            c.export, [TARGET], frozenset(MODEL_FILE),
+            [Own("format", "onnx, torchscript or safetensors", default="onnx"),
+             Own("output", "file to write (default RUN/export/model.<ext>)")]),
+    Command("lr-find", "LR range test: plot + suggested lr", c.lr_find, options=ALL - {"output"},
+            own=[Own("config", "YAML recipe"), Own("output", "the plot (.png) or a folder"),
+                 Own("steps", "steps of the test", int, 100), Own("start-lr", "first lr", float, 1e-7),
+                 Own("end-lr", "last lr", float, 10.0)]),
+    Command("ctl", "steer a running training: set KEY=VALUE, save, eval, stop, debug", c.ctl,
+            [("run", None, "the run folder"), ("words", "+", "set KEY=VALUE | save | eval | stop | debug")],
+            own=[Own("timeout", "seconds to wait for the answer", float, 60.0)]),
+    Command("inspect", "per-layer parameter / gradient statistics of a checkpoint", c.inspect,
+            [("target", None, "a run folder, checkpoint or debug/step-N/snapshot.pt")]),
+    Command("runs", "the runs under a folder; one run in detail; two runs compared", c.runs,
+            [("words", "*", "[FOLDER] | show RUN | diff RUN_A RUN_B")], frozenset({"runs_root"}), [JSON]),
+    Command("report", "RUN/report/index.html: curves, confusion matrix, per-class scores, worst mistakes",
+            c.report, [("target", None, "a run folder")], VAL - {"report"}),
+    Command("prepare", "decode a data folder or list file once into the packed cache --cache uses", c.prepare,
+            [("data", None, "a data folder or list file")], frozenset({"image_size", "cache_dir"}),
+            [Own("size", "the stored side S (default: what --image-size needs)", int)]),
+    Command("models", "list model names", c.models),
+    Command("completion", "print a shell completion script: eval \"$(dogcat completion bash)\"", _completion,
+            [("shell", None, "bash or zsh")]),
+    Command("help", "usage and every option with its default (`dogcat help COMMAND`: one command's)", _help,
+            [("command", "?", "a command")]),
+]
+COMMANDS: dict[str, Command] = {cmd.name: cmd for cmd in _LIST}
+
+
+def usage() -> str:
+    lines = ["usage: dogcat COMMAND [ARGS] [--key=value | --key value ...]", "", "commands:"]
+    lines += [f"  {cmd.name:<10} {cmd.summary}" for cmd in _LIST]
+    lines += ["", "`dogcat COMMAND --help` shows what a command takes; `dogcat help` lists every option. Options: "
+              "--key=value or --key value;", "dashes and underscores are equal; flat (--lr) or dotted (--optim.lr); "
+              "--flag / --no-flag for switches; -q quiet, -v verbose.", f"dogcat {__version__}"]
+    return "\n".join(lines)
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _setup_output(quiet: bool, verbose: bool) -> None:
+    """Logs and warnings to stderr (results alone go to stdout): INFO, WARNING with -q, DEBUG with -v."""
+    from ..console import use_for_cli
+
+    use_for_cli(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    warnings.showwarning = _show_warning
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dogcat`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"dogcat {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, list(COMMANDS), n=2)
+        print(f"dogcat: unknown command {name!r}" + (f"; did you mean {' or '.join(close)}?" if close else "")
+              + f" Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    cmd = COMMANDS[name]
+    if any(a in ("-h", "--help") for a in rest):
+        build_parser(cmd).print_help()
+        return 0
+    try:
+        args, overrides = parse(cmd, rest)
+        if args.quiet and "progress" in cmd.options:
+            overrides.setdefault("progress", "none")
+        _setup_output(args.quiet, args.verbose)
+        return cmd.run(args, overrides)
+    except DogcatError as e:
+        print(f"dogcat {name}: {'error: ' if e.exit_code == 2 else ''}{e}", file=sys.stderr)
+        return e.exit_code
+    except TimeoutError as e:
+        print(f"dogcat {name}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dogcat {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["COMMANDS", "OPTIONS", "main", "usage"]

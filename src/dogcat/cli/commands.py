@@ -1,0 +1,219 @@
+"""The ``dogcat`` commands: each takes its parsed arguments, calls library functions and prints the results.
+
+Results go to stdout (tables, CSV, JSON), everything else (logs, progress, warnings) to stderr. Library
+modules are imported inside the commands that need them, so that ``dogcat runs`` or ``dogcat --version``
+never load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..config import ConfigError, load_config
+
+
+def _json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..engine.distributed import launch
+    from ..engine.trainer import train as run_training
+    from .args import to_argv
+
+    config_file = a.config
+    nproc = int(ov.get("nproc", 1)) if str(ov.get("nproc", 1)).lstrip("-").isdigit() else 1
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # the shortcut: relaunch under torchrun
+        load_config(ov, config_file)  # a bad option fails here, once, not in every process
+        rest = {k: v for k, v in ov.items() if k != "nproc"}
+        return launch(nproc, ([f"--config={config_file}"] if config_file else []) + to_argv(rest))
+    result = run_training(config_file, **ov)  # a resume without --config starts from the run's own config
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: one result line, from rank 0
+        print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _metrics_text(m: dict[str, Any], what: str, class_names: list[str]) -> str:
+    from ..engine.metrics import format_confusion
+
+    return (f"{what}: loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f} on "
+            f"{m['count']} images\n{format_confusion(m['confusion'], class_names)}")
+
+
+def val(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..engine.evaluator import evaluate
+
+    result = evaluate(a.target, ov)
+    if a.json:
+        _json(result)
+    else:
+        print(_metrics_text(result, "val", result["class_names"]))
+    return 0
+
+
+def test(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..engine.evaluator import test as run_test
+
+    result = run_test(a.target, ov)
+    if a.json:
+        _json(result)
+    else:
+        print(f"submission: {result['submission']} ({result['rows']} rows)")
+        if "metrics" in result:
+            print(_metrics_text(result["metrics"], "test", result["class_names"]))
+    return 0
+
+
+def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..engine.evaluator import predict as run_predict
+
+    rows = run_predict(a.target, a.paths, ov)
+    output = ov.get("output")
+    if output == "-":
+        write_predictions(rows, sys.stdout, "csv")
+    elif output:
+        out = Path(str(output))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="", encoding="utf-8") as f:
+            write_predictions(rows, f, "json" if out.suffix.lower() == ".json" else "csv")
+        print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
+    else:
+        width = max([len(r["path"]) for r in rows] + [4])
+        print(f"{'path':<{width}}  {'class':<14} probability")
+        for r in rows:
+            if "error" in r:
+                print(f"{r['path']:<{width}}  {'(unreadable)':<14} {r['error']}")
+            else:
+                print(f"{r['path']:<{width}}  {r['class']:<14} {r['probability']:.4f}")
+    return 0
+
+
+def write_predictions(rows: list[dict], f: TextIO, fmt: str) -> None:
+    """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class."""
+    if fmt == "json":
+        f.write(json.dumps(rows, indent=2) + "\n")
+        return
+    names = list(next((r["probs"] for r in rows if "probs" in r), {}))
+    w = csv.writer(f)
+    w.writerow(["path", "class", "probability", *names, "error"])
+    for r in rows:
+        probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
+        w.writerow([r["path"], r.get("class", ""), f"{r['probability']:.6f}" if "probability" in r else "",
+                    *probs, r.get("error", "")])
+
+
+def export(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..export import export as run_export
+
+    res = run_export(a.target, a.format, a.output, ov)
+    print(f"wrote {res.path} and its sidecar {res.sidecar}")
+    print(f"checked: outputs match PyTorch within {res.max_abs_diff:.1e} at batch sizes 1 and 3")
+    return 0
+
+
+def lr_find(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..engine.lr_find import lr_find as run_lr_find
+
+    res = run_lr_find(load_config(ov, a.config), a.output, a.start_lr, a.end_lr, a.steps)
+    if res.suggestion is None:
+        print("too few steps before the loss diverged to suggest a learning rate", file=sys.stderr)
+        return 1
+    print(f"lr range test: {len(res.lrs)} steps, lr {res.lrs[0]:.2g} .. {res.lrs[-1]:.2g}; plot {res.plot}")
+    print(f"suggested lr: {res.suggestion:.3g} (steepest descent; lowest loss at {res.min_loss_lr:.3g}, "
+          f"/10 = {res.min_loss_lr / 10:.3g})")
+    return 0
+
+
+def ctl(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat ctl RUN COMMAND [ARG]`` — talk to a running training (see README "Steering a running job")."""
+    from ..control import send
+
+    result = send(Path(a.run), " ".join(a.words), a.timeout)
+    print(f"{'ok' if result['ok'] else 'refused'} at step {result.get('step')}: {result['message']}")
+    return 0 if result["ok"] else 2
+
+
+def inspect(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat inspect RUN|CKPT|SNAPSHOT``: per-layer parameter (and saved gradient) statistics."""
+    from ..engine.steering import layer_stats
+    from ..models.weights import torch_load
+
+    path = Path(a.target)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path}")
+    obj = torch_load(path)
+    sd = obj.get("model", obj)
+    rows = layer_stats({k: v for k, v in sd.items() if v.is_floating_point()}, obj.get("grads"))
+    grads = any("grad_std" in r for r in rows)
+    print(f"{path}: {len(rows)} tensors" + ("" if grads else " (no gradients saved: `dogcat ctl RUN debug` saves them)"))
+    head = f"{'name':<44} {'shape':<18} {'mean':>10} {'std':>10} {'absmax':>10}"
+    print(head + (f" {'grad std':>10} {'grad max':>10}" if grads else ""))
+    for r in rows:
+        line = (f"{r['name'][:44]:<44} {str(r['shape'])[:18]:<18} {r['mean']:>10.3g} {r['std']:>10.3g} "
+                f"{r['absmax']:>10.3g}")
+        if grads and "grad_std" in r:
+            line += f" {r['grad_std']:>10.3g} {r['grad_absmax']:>10.3g}"
+        bad = not r["finite"] or not r.get("grad_finite", True)
+        print(line + ("  <- NaN/Inf" if bad else ""))
+    return 0
+
+
+RUNS_USAGE = "dogcat runs [FOLDER] | dogcat runs show RUN | dogcat runs diff RUN_A RUN_B"
+
+
+def runs(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..tracking import runs as table
+    from ..tracking.run import find_run
+
+    root, words = str(ov.get("runs_root", "runs")), a.words
+    if words[:1] == ["show"] and len(words) == 2:
+        path = find_run(words[1], root)
+        _json(table.show_data(path)) if a.json else print(table.show(path))
+    elif words[:1] == ["diff"] and len(words) == 3:
+        pa, pb = find_run(words[1], root), find_run(words[2], root)
+        _json(table.diff_data(pa, pb)) if a.json else print(table.diff(pa, pb))
+    elif len(words) <= 1 and words[:1] not in (["show"], ["diff"]):
+        folder = Path(words[0] if words else root)
+        if not folder.is_dir():
+            raise ConfigError(f"no folder {folder} ({RUNS_USAGE}; default folder: runs)")
+        found = table.find_runs(folder)
+        _json([table.summary(r) for r in found]) if a.json else print(table.runs_table(found))
+    else:
+        raise ConfigError(f"usage: {RUNS_USAGE}")
+    return 0
+
+
+def report(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..tracking.report import make_report
+
+    print(f"report: {make_report(a.target, ov)}")
+    return 0
+
+
+def prepare(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..data import BadFiles
+    from ..data import prepare as run_prepare
+
+    packed = run_prepare(a.data, load_config(ov).data, a.size)
+    BadFiles(None).add([(str(packed.base / p), r) for p, r in packed.bad.items()])  # warned as training does
+    print(f"cache: {packed.path}\n{len(packed.rows)} images at {packed.size}x{packed.size} "
+          f"({packed.nbytes / 2**20:.0f} MiB), {len(packed.bad)} unreadable (listed in bad_files.txt there)")
+    return 0
+
+
+def models(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..models import list_models
+
+    for name, doc in list_models().items():
+        print(f"  {name:<12} {doc}")
+    print("  timm:<name>        any timm model, e.g. timm:resnet50 (`python -c 'import timm; print(timm.list_models())'`)")
+    print("  torchvision:<name> any torchvision classification model, e.g. torchvision:efficientnet_b0")
+    return 0

@@ -1,0 +1,61 @@
+"""What dogcat shows people: its log records (the ``dogcat`` logger) and where they go.
+
+The library logs through ``logging.getLogger("dogcat")`` and never configures logging itself. So that a
+notebook or a plain script still shows the epoch summaries, importing dogcat gives that logger a default
+handler (as Lightning and Hugging Face do), which writes to ``sys.stderr`` only while the application has
+configured no logging of its own (the root logger has no handlers); once it has, dogcat's records reach it
+through the usual propagation and the default handler stays quiet. Silence dogcat with
+``logging.getLogger("dogcat").setLevel(logging.WARNING)``. The ``dogcat`` command calls
+:func:`use_for_cli`: records always go to stderr, results alone to stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+LOGGER = "dogcat"
+
+
+class StderrHandler(logging.Handler):
+    """Writes each record as one line to the ``sys.stderr`` of the moment (a notebook's, a test's capture).
+
+    ``only_unconfigured``: emit only while the root logger has no handlers (the library default)."""
+
+    def __init__(self, only_unconfigured: bool = True) -> None:
+        super().__init__()
+        self.only_unconfigured = only_unconfigured
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.only_unconfigured and logging.getLogger().handlers:
+            return
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001  # logging's own rule: a failing handler must not raise
+            self.handleError(record)
+
+
+def _handler() -> StderrHandler:
+    logger = logging.getLogger(LOGGER)
+    for h in logger.handlers:
+        if isinstance(h, StderrHandler):
+            return h
+    h = StderrHandler()
+    logger.addHandler(h)
+    return h
+
+
+def install_default() -> None:
+    """The library default: INFO records shown on stderr while the application configured no logging."""
+    _handler()
+    logger = logging.getLogger(LOGGER)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+def use_for_cli(level: int) -> None:
+    """The command line: every record at ``level`` or above on stderr."""
+    _handler().only_unconfigured = False
+    logging.getLogger(LOGGER).setLevel(level)

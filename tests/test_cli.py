@@ -1,0 +1,288 @@
+"""The command line as people type it: both option forms, switches, unknown options and extra arguments,
+each command's own help, streams (results on stdout, the rest on stderr), JSON, start-up without torch,
+completion scripts, and the library used from a fresh interpreter."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dogcat
+from dogcat.cli import COMMANDS, main
+from dogcat.cli.args import parse
+from dogcat.config import load_config
+
+ROOT = Path(__file__).parents[1]
+FAST = {"image_size": 32, "batch_size": 4, "num_workers": 0, "model": "smallcnn", "print_freq": 2,
+        "progress": "none", "lr": 0.01, "debug_file": None, "max_epoch": 1, "val_split": 0.25}
+
+
+# --- the argument table: (command, arguments) -> what the command receives ------------------------------
+PARSED = [
+    ("train", ["--lr", "0.01"], {"lr": 0.01}),
+    ("train", ["--lr=0.01"], {"lr": 0.01}),
+    ("train", ["--optim.lr", "0.01"], {"lr": 0.01}),
+    ("train", ["--LR=0.01", "--Batch_Size", "8"], {"lr": 0.01, "batch_size": 8}),
+    ("train", ["--lr", "-1e-3"], {"lr": -1e-3}),  # a negative value after a space is still the value
+    ("train", ["--cache"], {"cache": True}),
+    ("train", ["--no-cache"], {"cache": False}),
+    ("train", ["--cache=false"], {"cache": False}),
+    ("train", ["--use_gpu=no", "--channels-last=yes"], {"use_gpu": False, "channels_last": True}),
+    ("train", ["--milestones", "3,6"], {"milestones": [3, 6]}),
+    ("train", ["--pretrained", "none", "--env", "2024"], {"pretrained": None, "env": "2024"}),
+    ("test", ["RUN", "--result-file", "sub.csv", "--tta"], {"result_file": "sub.csv", "tta": True}),
+    ("predict", ["RUN", "a.jpg", "--output", "out.csv"], {"output": "out.csv"}),
+    ("predict", ["RUN", "--tta", "a.jpg", "b.jpg"], {"tta": True}),
+    ("predict", ["RUN", "a.jpg", "--batch-size", "2", "b.jpg"], {"batch_size": 2}),
+    ("runs", ["--runs-root", "x"], {"runs_root": "x"}),
+]
+
+
+@pytest.mark.parametrize("command, argv, expected", PARSED, ids=[" ".join([c, *a]) for c, a, _ in PARSED])
+def test_argument_forms(command, argv, expected):
+    ns, overrides = parse(COMMANDS[command], argv)
+    cfg = load_config(overrides)
+    for key, value in expected.items():
+        section = next(s for s in ("data", "model", "optim", "train", "eval") if hasattr(getattr(cfg, s), key))
+        assert getattr(getattr(cfg, section), key) == value, (key, overrides)
+    if command == "predict":
+        assert ns.target == "RUN" and ns.paths == [a for a in argv if a.endswith(".jpg")]
+
+
+def test_own_options_in_both_forms():
+    ns, _ = parse(COMMANDS["export"], ["RUN", "--format", "torchscript", "--output", "m.pt"])
+    assert (ns.target, ns.format, ns.output) == ("RUN", "torchscript", "m.pt")
+    ns, _ = parse(COMMANDS["ctl"], ["RUN", "set", "lr=0.1", "--timeout", "5"])
+    assert (ns.run, ns.words, ns.timeout) == ("RUN", ["set", "lr=0.1"], 5.0)
+    ns, _ = parse(COMMANDS["lr-find"], ["--steps=30", "--start-lr", "1e-5"])
+    assert (ns.steps, ns.start_lr) == (30, 1e-5)
+    ns, _ = parse(COMMANDS["runs"], ["show", "RUN", "--json"])
+    assert ns.words == ["show", "RUN"] and ns.json
+
+
+REFUSED = [  # (command line, words the one-line message must hold)
+    (["train", "--lrr=0.1"], ["--lrr", "did you mean --lr"]),
+    (["train", "--lrr", "0.1"], ["--lrr", "--lr"]),
+    (["train", "--no-lr"], ["--no-lr"]),
+    (["train", "--cache=maybe"], ["--cache", "'maybe'"]),
+    (["train", "--cache", "extra"], ["unexpected argument", "'extra'"]),
+    (["train", "--lr"], ["--lr", "needs a value"]),
+    (["train", "--max-epoch", "ten"], ["--max-epoch", "int", "'ten'"]),
+    (["predict", "RUN", "a.jpg", "--lr=1"], ["--lr", "does not read"]),
+    (["predict", "RUN"], ["paths"]),
+    (["runs", "--output=json"], ["--output"]),
+    (["val", "RUN", "extra"], ["unexpected argument", "'extra'"]),
+    (["models", "extra"], ["'extra'"]),
+    (["inspect"], ["target"]),
+    (["lr-find", "--steps", "x"], ["--steps", "'x'"]),
+    (["completion", "fish"], ["fish", "bash or zsh"]),
+    (["trian"], ["did you mean train"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", REFUSED, ids=[" ".join(a) for a, _ in REFUSED])
+def test_refused_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+    assert not any(tmp_path.iterdir())  # nothing made before the arguments were accepted
+
+
+def test_version_and_each_commands_own_help(capsys):
+    for flag in ("--version", "-V"):
+        assert main([flag]) == 0
+        assert capsys.readouterr().out.strip() == f"dogcat {dogcat.__version__}"
+    helps = {}
+    for name in COMMANDS:
+        assert main([name, "--help"]) == 0
+        helps[name] = capsys.readouterr().out
+        assert helps[name].startswith(f"usage: dogcat {name}")
+    assert "--lr " in helps["train"] and "--lr " not in helps["predict"] and "--output" in helps["predict"]
+    assert "--json" in helps["runs"] and "--max-epoch" not in helps["runs"]
+    assert len(helps["predict"].splitlines()) < 60  # the few options it reads, not all of train's
+    assert main(["help", "predict"]) == 0 and capsys.readouterr().out == helps["predict"]
+
+
+def test_import_loads_no_torch():
+    """What keeps `dogcat --version`, `help`, `runs` and `completion` fast (their timings: README "Options")."""
+    code = "import sys; import dogcat, dogcat.cli; print(int('torch' in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "0", "import dogcat / dogcat.cli imported torch"
+    code = ("import sys; from dogcat.cli import main; main(['runs', '--json', '.']); main(['help']); "
+            "main(['completion', 'bash']); print(int('torch' in sys.modules), file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stderr.strip().splitlines()[-1] == "0", "runs / help / completion imported torch"
+
+
+def test_bash_completion_completes_commands_options_and_choices(tmp_path):
+    script = tmp_path / "dogcat.bash"
+    script.write_text(subprocess.run([sys.executable, "-m", "dogcat", "completion", "bash"], capture_output=True,
+                                     text=True, check=True).stdout)
+
+    def complete(*words: str) -> set[str]:
+        arr = " ".join(f"'{w}'" for w in words)
+        cmd = f"source {script}; COMP_WORDS=({arr}); COMP_CWORD={len(words) - 1}; _dogcat; echo ${{COMPREPLY[@]}}"
+        return set(subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=True).stdout.split())
+
+    assert complete("dogcat", "tr") == {"train"}
+    assert {"--lr", "--lr-decay", "--lr-scaling"} <= complete("dogcat", "train", "--lr")
+    assert "--lr" not in complete("dogcat", "predict", "--l")
+    assert complete("dogcat", "train", "--precision", "=", "b") == {"bf16"}
+    assert complete("dogcat", "export", "R", "--format", "o") == {"onnx"}
+
+
+def test_zsh_completion_is_valid_zsh(tmp_path):
+    zsh = shutil.which("zsh")
+    if zsh is None:
+        pytest.skip("zsh is not installed (`make test` installs Debian's zsh when apt is usable)")
+    text = subprocess.run([sys.executable, "-m", "dogcat", "completion", "zsh"], capture_output=True, text=True,
+                          check=True).stdout
+    assert text.startswith("#compdef dogcat")
+    r = subprocess.run([zsh, "-n"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # loaded for real: compinit, then the function is defined and bound to the command
+    script = tmp_path / "dogcat.zsh"
+    script.write_text(text)
+    r = subprocess.run([zsh, "-f", "-c", f"autoload -U compinit; compinit -u -d {tmp_path}/zcompdump; "
+                                         f"source {script}; print -r -- ${{_comps[dogcat]}}"],
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == "_dogcat", r.stderr
+
+
+# --- a real run, and the commands on it ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from datagen import make_kaggle
+
+    root = tmp_path_factory.mktemp("cli")
+    make_kaggle(root, n_per_class=6, n_test=4, bad=False, sizes=(40, 64))
+    result = dogcat.train(train_data_root=str(root / "train"), test_data_root=str(root / "test"),
+                          runs_root=str(root / "runs"), env="r", **FAST)
+    return root, result.run_dir
+
+
+def test_predict_and_test_write_the_named_files(run, tmp_path, capsys):
+    root, run_dir = run
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(run_dir), str(root / "test" / "1.jpg"), "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert [r["path"] for r in rows] == [str(root / "test" / "1.jpg")]
+    assert not Path("True").exists()
+    sub = tmp_path / "sub.csv"
+    assert main(["test", str(run_dir), "--result-file", str(sub)]) == 0
+    assert sub.read_text().splitlines()[0] == "id,label" and len(sub.read_text().splitlines()) == 5
+    assert "submission" in capsys.readouterr().out
+
+
+def test_stdout_holds_results_only(run, tmp_path):
+    """``predict --output=-`` is CSV on stdout with nothing else in it; the logs went to stderr."""
+    root, run_dir = run
+    r = subprocess.run([sys.executable, "-m", "dogcat", "predict", str(run_dir), str(root / "test"), "--output=-"],
+                       capture_output=True, text=True, check=True)
+    rows = list(csv.reader(io.StringIO(r.stdout)))
+    assert rows[0][:3] == ["path", "class", "probability"] and len(rows) == 5
+    assert all(Path(row[0]).is_file() and float(row[2]) > 0 for row in rows[1:])
+    assert "loaded" in r.stderr  # the weights' load report: a log, on stderr
+    q = subprocess.run([sys.executable, "-m", "dogcat", "predict", "-q", str(run_dir), str(root / "test")],
+                       capture_output=True, text=True, check=True)
+    assert q.stderr == "" and "probability" in q.stdout
+
+
+def test_json_outputs_parse(run, capsys):
+    root, run_dir = run
+    assert main(["val", str(run_dir), "--json"]) == 0
+    val = json.loads(capsys.readouterr().out)
+    assert 0 <= val["accuracy"] <= 1 and val["count"] == 4 and val["class_names"] == ["cat", "dog"]
+    assert main(["test", str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 4
+    assert main(["runs", str(root / "runs"), "--json"]) == 0
+    (one,) = json.loads(capsys.readouterr().out)
+    assert one["name"] == "r" and one["status"] == "finished" and one["options"]["lr"] == 0.01
+    assert main(["runs", "show", "r", "--runs-root", str(root / "runs"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["manifest"]["status"] == "finished" and "val_accuracy" in shown["final_metrics"]
+    assert main(["runs", "diff", str(run_dir), str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"] == {}
+
+
+def test_library_in_a_fresh_interpreter_shows_epoch_metrics(tmp_path):
+    """No logging set up, as in a notebook: dogcat's default handler shows the epoch summaries."""
+    from datagen import make_fmnist_idx
+
+    data = make_fmnist_idx(tmp_path / "fm", n_train=64, n_test=16)
+    code = ("import dogcat; r = dogcat.train(dataset='fashion-mnist', fashion_mnist_root=%r, model='smallcnn', "
+            "image_size=28, max_epoch=2, batch_size=16, num_workers=0, progress='none', runs_root=%r, "
+            "debug_file=None); print('best', r.best_metric)") % (str(data), str(tmp_path / "runs"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "epoch 1/2: train loss" in r.stderr and "epoch 2/2: train loss" in r.stderr and "val accuracy" in r.stderr
+    assert r.stdout.startswith("best ")
+
+
+def test_library_functions_take_keyword_options(run):
+    root, run_dir = run
+    assert dogcat.evaluate(run_dir, tta=True)["count"] == 4
+    rows = dogcat.predict(run_dir, str(root / "test" / "2.jpg"), tta=True)
+    assert len(rows) == 1 and rows[0]["class"] in ("cat", "dog")
+
+
+# --- packaging: our wheel in someone else's environment -------------------------------------------------------
+
+def _fake_env(path: Path, versions: dict[str, str]) -> Path:
+    """A virtualenv whose site-packages *says* it has these distributions (metadata only, no code): enough for
+    pip's resolver, which decides from installed metadata what it would install or replace."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    site = next(path.glob("lib/python*/site-packages"))
+    for name, version in versions.items():
+        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        (info / "INSTALLER").write_text("pip\n")
+        (info / "RECORD").write_text("")
+    return path / "bin" / "python"
+
+
+def _wheel(tmp: Path, pin_torch: str | None = None) -> Path:
+    src = tmp / "src-copy"
+    shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    shutil.copy(ROOT / "README.md", src)
+    text = (ROOT / "pyproject.toml").read_text()
+    if pin_torch:  # the negative control: how the package used to declare torch
+        text = text.replace('"torch>=2.6,<3"', f'"torch=={pin_torch}"')
+    (src / "pyproject.toml").write_text(text)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp / "wheel"), str(src)], check=True, capture_output=True)
+    return next((tmp / "wheel").glob("dogcat_vision-*.whl"))
+
+
+@pytest.mark.parametrize("pin", [None, "2.14.1"], ids=["ranges", "old-pin"])
+def test_installing_the_wheel_keeps_the_users_torch(tmp_path, pin):
+    """pip, asked to install our wheel into an environment with another torch 2.x (and a matching torchvision),
+    installs our package alone; a pinned torch, as the package once declared it, would replace theirs."""
+    import importlib.metadata as md
+
+    have = {d.metadata["Name"].lower(): d.version for d in md.distributions() if d.metadata["Name"]}
+    have = {n: v for n, v in have.items() if not n.startswith("dogcat")}
+    python = _fake_env(tmp_path / "env", {**have, "torch": "2.7.1", "torchvision": "0.22.1"})
+    report = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--dry-run", "--no-index",
+                        "--report", str(report), str(_wheel(tmp_path, pin))], capture_output=True, text=True)
+    if pin is None:
+        assert r.returncode == 0, r.stderr[-2000:]
+        installs = [i["metadata"]["name"] for i in json.loads(report.read_text())["install"]]
+        assert installs == ["dogcat-vision"]
+    else:  # it would have to fetch and install torch 2.14.1 over the user's 2.7.1
+        assert r.returncode != 0 and "depends on torch==2.14.1" in r.stdout + r.stderr, r.stdout + r.stderr
