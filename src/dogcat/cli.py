@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ConfigError, help_text, load_config, parse_overrides
+from .io import DiskFull, MalformedFile, atomic_write_text, free_bytes, is_disk_full, one_line
 
 USAGE = """usage: dogcat COMMAND [ARGS] [--key=value ...]
 
@@ -19,7 +22,7 @@ commands:
   train   [--config=FILE] [--key=value ...]   train a model (validation every epoch, checkpoints)
   val     [RUN|CKPT] [--key=value ...]        validation metrics + confusion matrix -> RUN/result.json
   test    [RUN|CKPT] [--key=value ...]        Kaggle submission id,label -> RUN/submission.csv
-  predict RUN|CKPT|EXPORT PATH... [--output=F.csv]  classes and probabilities for images, folders, globs
+  predict RUN|CKPT|EXPORT PATH... [--output=F.csv] [--trust-export]  classes and probabilities for images
   export  RUN|CKPT [--format=onnx|torchscript|safetensors] [--output=F]  model + F.json sidecar, checked
   lr-find [--config=FILE] [--output=F.png] [--steps=100]  LR range test: plot + suggested lr
   ctl     RUN COMMAND                         steer a running training: set KEY=VALUE, save, eval, stop, debug
@@ -47,6 +50,19 @@ def _split(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     return pos, {k.replace("-", "_").lower(): v for k, v in ov.items()}
 
 
+def _number(raw: Any, flag: str, cast: type = float) -> Any:
+    """A command's own numeric option (not a config key); anything but a finite number is one ConfigError line."""
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = cast(raw)
+        if not math.isfinite(value):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"option {flag} expects a finite {cast.__name__}, got {raw!r}") from None
+    return value
+
+
 def cmd_train(argv: list[str]) -> int:
     from .engine.trainer import train
     from .tracking.run import find_run
@@ -55,7 +71,7 @@ def cmd_train(argv: list[str]) -> int:
     if pos:
         raise ConfigError(f"train takes only --key=value options, got {' '.join(pos)!r}")
     config_file = ov.pop("config", None)
-    nproc = int(ov.get("nproc", 1))
+    nproc = _number(ov.get("nproc", 1), "--nproc", int)
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # the shortcut: relaunch under torchrun
         from .engine.distributed import launch
 
@@ -89,7 +105,8 @@ def cmd_predict(argv: list[str]) -> int:
     pos, ov = _split(argv)
     if len(pos) < 2:
         raise ConfigError("usage: dogcat predict RUN|CKPT|EXPORT PATH... (images, folders or globs)")
-    rows = predict(pos[0], pos[1:], ov)
+    trust = ov.pop("trust_export", False) is True  # predict's own flag, never from a recipe or a checkpoint
+    rows = predict(pos[0], pos[1:], ov, trust)
     output = ov.get("output")
     if output:
         _write_predictions(rows, Path(str(output)))
@@ -106,18 +123,19 @@ def cmd_predict(argv: list[str]) -> int:
 
 
 def _write_predictions(rows: list[dict], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """CSV or JSON (by extension), written whole or not at all; file names that are not UTF-8 stay as they are."""
     if out.suffix.lower() == ".json":
-        out.write_text(json.dumps(rows, indent=2))
+        atomic_write_text(out, json.dumps(rows, indent=2))
         return
     names = list(next((r["probs"] for r in rows if "probs" in r), {}))
-    with open(out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "class", "probability", *names, "error"])
-        for r in rows:
-            probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
-            w.writerow([r["path"], r.get("class", ""), f"{r['probability']:.6f}" if "probability" in r else "",
-                        *probs, r.get("error", "")])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["path", "class", "probability", *names, "error"])
+    for r in rows:
+        probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
+        w.writerow([r.get("path", r.get("index", "")), r.get("class", ""),
+                    f"{r['probability']:.6f}" if "probability" in r else "", *probs, r.get("error", "")])
+    atomic_write_text(out, buf.getvalue())
 
 
 def cmd_export(argv: list[str]) -> int:
@@ -139,7 +157,7 @@ def cmd_lr_find(argv: list[str]) -> int:
     pos, ov = _split(argv)
     if pos:
         raise ConfigError(f"lr-find takes only --key=value options, got {' '.join(pos)!r}")
-    own = {k: float(ov.pop(k)) for k in ("start_lr", "end_lr", "steps") if k in ov}  # its own, not config
+    own = {k: _number(ov.pop(k), f"--{k.replace('_', '-')}") for k in ("start_lr", "end_lr", "steps") if k in ov}
     output, config_file = ov.pop("output", None), ov.pop("config", None)
     res = lr_find(load_config(ov, config_file), output, own.get("start_lr", 1e-7), own.get("end_lr", 10.0),
                   int(own.get("steps", 100)))
@@ -160,7 +178,7 @@ def cmd_ctl(argv: list[str]) -> int:
     words = []
     for a in argv:
         if a.startswith("--timeout="):
-            timeout = float(a.split("=", 1)[1])
+            timeout = _number(a.split("=", 1)[1], "--timeout")
         else:
             words.append(a)
     if len(words) < 2:
@@ -241,7 +259,7 @@ def cmd_prepare(argv: list[str]) -> int:
     if len(pos) != 1:
         raise ConfigError("usage: dogcat prepare DATA [--size=S] [--image-size=N] [--cache-dir=DIR]")
     size = ov.pop("size", None)  # prepare's own option: the stored side S, not a config key
-    packed = prepare(pos[0], load_config(ov).data, None if size is None else int(size))
+    packed = prepare(pos[0], load_config(ov).data, None if size is None else _number(size, "--size", int))
     BadFiles(None).add([(str(packed.base / p), r) for p, r in packed.bad.items()])  # warned as training does
     print(f"cache: {packed.path}\n{len(packed.rows)} images at {packed.size}x{packed.size} "
           f"({packed.nbytes / 2**20:.0f} MiB), {len(packed.bad)} unreadable (listed in bad_files.txt there)")
@@ -290,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if any(a in ("-h", "--help") for a in rest):
         return cmd_help([])
+    if hasattr(sys.stdout, "reconfigure"):  # print non-UTF-8 file names as the bytes they are, as ls does
+        sys.stdout.reconfigure(errors="surrogateescape")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     warnings.showwarning = _show_warning
     from .control import TrainingStopped
@@ -301,9 +321,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[name](rest)
-    except (ConfigError, DataError, ExportError, ModelError, WeightsError) as e:
-        print(f"dogcat {name}: error: {e}", file=sys.stderr)
+    except (ConfigError, DataError, ExportError, ModelError, WeightsError) as e:  # RunLocked is a ConfigError,
+        print(f"dogcat {name}: error: {one_line(e, 10_000)}", file=sys.stderr)   # CheckpointError a WeightsError
         return 2
+    except MalformedFile as e:  # a damaged file of ours (manifest, status, config of a run)
+        print(f"dogcat {name}: error: {one_line(e, 10_000)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        folder = getattr(e, "folder", None) or Path(getattr(e, "filename", None) or ".").parent
+        full = e if isinstance(e, DiskFull) else DiskFull(folder, None, free_bytes(folder))
+        print(f"dogcat {name}: error: {one_line(full, 10_000)}", file=sys.stderr)
+        return full.exit_code
     except NonFinite as e:
         print(f"dogcat {name}: {e}", file=sys.stderr)
         return e.exit_code

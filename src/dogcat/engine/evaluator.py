@@ -13,10 +13,12 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, ConfigError, from_dict, load_config
-from ..data import BadFiles, DataError, build_test, build_train_val, make_loader
+from ..data import KINDS, BadFiles, DataError, build_test, build_train_val, make_loader
+from ..io import atomic_write_text
 from ..inference import with_tta
 from ..models import build_model, head_module, list_models
 from ..models.weights import WeightsError, load_weights, read_state_dict, torch_load
+from .checkpoint import check_checkpoint
 from .metrics import EvalMeter, format_confusion
 from .runtime import autocast, memory_format, pick_device
 from .submission import check_submission, sample_order, write_submission
@@ -74,18 +76,21 @@ def load_model(target: str | None, overrides: dict[str, Any] | None = None) -> L
     overrides = dict(overrides or {})
     ckpt_path, run_dir = resolve_checkpoint(target, overrides)
     obj = torch_load(ckpt_path) if ckpt_path.suffix != ".safetensors" else {}
-    if isinstance(obj, dict) and "format_version" in obj:
-        base = from_dict(obj["config"])
+    if isinstance(obj, dict) and "format_version" in obj:  # data from elsewhere: checked, output places not taken
+        check_checkpoint(obj, ckpt_path)
+        base = from_dict(obj["config"], f"the config stored in {ckpt_path}")
         base.train.resume = None
         cfg = load_config(overrides, base=base)
         cfg.model.model = base.model.model  # the architecture is the checkpoint's, whatever --model says
         names, chans = list(obj["class_names"]), int(obj["in_chans"])
         mean, std, kind = tuple(obj["mean"]), tuple(obj["std"]), obj.get("data_kind")
+        kind = kind if kind in KINDS else None
         model = build_model(cfg.model.model, len(names), chans)
         load_weights(model, obj.get("ema") or obj["model"], strict=True, source=str(ckpt_path))  # EMA first
         if cfg.train.precision == "auto":  # the training's probed choice, on the same kind of device
             same = obj.get("device_type") == pick_device(cfg.train).type
-            cfg.train.precision = obj.get("precision", "fp32") if same else "fp32"
+            stored = obj.get("precision")
+            cfg.train.precision = stored if same and stored in ("fp32", "bf16", "fp16") else "fp32"
         meta = {k: obj.get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch", "monitor")}
     else:
         cfg = load_config(overrides)
@@ -158,7 +163,7 @@ def evaluate(target: str | None, overrides: dict[str, Any] | None = None) -> dic
         result["report"] = str(write_report(lm.out_dir, lm.run_dir, metrics, collect, lm.class_names, lm.mean,
                                             lm.std, str(lm.checkpoint)))
         log.info(f"wrote {result['report']}")
-    (lm.out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(lm.out_dir / "result.json", json.dumps(result, indent=2, default=str))
     log.info(f"val: loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
              f"logloss {metrics['logloss']:.4f} on {metrics['count']} images")
     log.info(format_confusion(metrics["confusion"], lm.class_names))
@@ -229,7 +234,7 @@ def test(target: str | None, overrides: dict[str, Any] | None = None) -> dict[st
         result["metrics"] = meter.compute()
         m = result["metrics"]
         log.info(f"test: accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f} on {m['count']} images")
-        (lm.out_dir / "test_result.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(lm.out_dir / "test_result.json", json.dumps(result, indent=2, default=str))
     log.info(f"wrote {len(rows)} rows to {out}")
     return result
 
@@ -247,10 +252,12 @@ def _bad_id(path: str, root: str | None) -> str:
         return p.stem
 
 
-def predict(target: str | None, paths: list[str], overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def predict(target: str | None, paths: list[str], overrides: dict[str, Any] | None = None,
+            trust: bool = False) -> list[dict[str, Any]]:
     """Class and probabilities for image files, folders or globs, in order; unreadable files come back with an
-    error. ``target``: a run folder, a checkpoint, or an exported model with its sidecar (see ``dogcat.load``)."""
+    error. ``target``: a run folder, a checkpoint, or an exported model with its sidecar (see ``dogcat.load``;
+    ``trust``: allow a TorchScript export, which runs code)."""
     from ..inference import load
 
-    clf = load(target, overrides)
+    clf = load(target, overrides, trust)
     return clf.predict(paths, tta=clf.cfg.eval.tta, batch_size=clf.cfg.data.batch_size)

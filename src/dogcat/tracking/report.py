@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..io import atomic_write_text
 from .collect import Collector
 from .figures import confusion_figure, curves, mistakes_figure, per_class_scores
 from .manifest import read_manifest
@@ -75,7 +76,7 @@ def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | 
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)} - dogcat report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     index = rep / "index.html"
-    index.write_text(page, encoding="utf-8")
+    atomic_write_text(index, page)  # UTF-8; a file name that is not stays the bytes it is
     return index
 
 
