@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ConfigError, help_text, load_config, parse_overrides
-from .io import DiskFull, MalformedFile, atomic_write_text, free_bytes, is_disk_full, one_line
+from .io import DiskFull, MalformedFile, atomic_write_text, free_bytes, is_disk_full, one_line, printable
 
 USAGE = """usage: dogcat COMMAND [ARGS] [--key=value ...]
 
@@ -291,7 +291,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,17 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[name](rest)
     except (ConfigError, DataError, ExportError, ModelError, WeightsError) as e:  # RunLocked is a ConfigError,
-        print(f"dogcat {name}: error: {one_line(e, 10_000)}", file=sys.stderr)   # CheckpointError a WeightsError
+        print(f"dogcat {name}: error: {printable(one_line(e, 10_000))}", file=sys.stderr)   # CheckpointError a WeightsError
         return 2
     except MalformedFile as e:  # a damaged file of ours (manifest, status, config of a run)
-        print(f"dogcat {name}: error: {one_line(e, 10_000)}", file=sys.stderr)
+        print(f"dogcat {name}: error: {printable(one_line(e, 10_000))}", file=sys.stderr)
         return 2
     except OSError as e:
         if not is_disk_full(e):
             raise
         folder = getattr(e, "folder", None) or Path(getattr(e, "filename", None) or ".").parent
         full = e if isinstance(e, DiskFull) else DiskFull(folder, None, free_bytes(folder))
-        print(f"dogcat {name}: error: {one_line(full, 10_000)}", file=sys.stderr)
+        print(f"dogcat {name}: error: {printable(one_line(full, 10_000))}", file=sys.stderr)
         return full.exit_code
     except NonFinite as e:
         print(f"dogcat {name}: {e}", file=sys.stderr)

@@ -412,7 +412,10 @@ def from_dict(tree: Any, source: str = "a stored config") -> Config:
     fail naming ``source``; ``local`` options (output places) are not taken from it."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: the stored config is a {type(tree).__name__}, not a mapping")
-    return load_config(base=None, overrides=_drop_local(_flatten(tree), source, warn=False), source=f"in {source}")
+    try:
+        return load_config(base=None, overrides=_drop_local(_flatten(tree), source, warn=False), source=f"in {source}")
+    except ConfigError as e:
+        raise ConfigError(str(e) if source in str(e) else f"{e} (in {source})") from None
 
 
 def to_yaml(cfg: Config) -> str:

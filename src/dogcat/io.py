@@ -333,6 +333,16 @@ def read_json(path: Path | str, what: str, kind: type = dict, limit: int = 64 <<
     return data
 
 
+def printable(text: Any) -> str:
+    """``text`` for people (figures, HTML, TensorBoard, which want valid Unicode): the bytes of a file name that
+    is not UTF-8 (held as lone surrogates) are shown as ``\\xNN``."""
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def one_line(e: BaseException | str, width: int = 300) -> str:
     """An error's text on one line, cut to ``width`` characters."""
     text = " ".join(str(e).split())

@@ -99,7 +99,7 @@ def fingerprint(samples: Samples, base: Path) -> str:
         except OSError:
             stat = "missing"  # stays bad in the cache; appearing later changes the fingerprint
         lines.append(f"{os.path.relpath(os.path.abspath(path), base)}\t{stat}\t{label}")
-    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+    return hashlib.sha256("\n".join(sorted(lines)).encode(**TEXT)).hexdigest()
 
 
 def _writable(folder: Path) -> bool:
@@ -291,7 +291,7 @@ def ensure(samples: Samples, source: str | Path, size: int, crop: int, cache_dir
     source = Path(source).expanduser().resolve()
     base = source if source.is_dir() else source.parent
     fp = fingerprint(samples, base)
-    prefix = f"{source.name}-{hashlib.sha1(str(source).encode()).hexdigest()[:8]}-s{size}c{crop}-"
+    prefix = f"{source.name}-{hashlib.sha1(str(source).encode(**TEXT)).hexdigest()[:8]}-s{size}c{crop}-"
     name = prefix + fp[:16]
     roots = candidate_roots(base, cache_dir)
     for root in roots:

@@ -25,6 +25,11 @@ from .jpeg import decode_jpeg_rgb, pil_draft, resize_like_full
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
+# Between its limit and twice that PIL only warns; dogcat refuses such a file itself (a bad file, reported
+# once, like any other), so PIL's warning would only say it twice.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def max_pixels() -> int:
     """The most pixels an image may have: PIL's ``Image.MAX_IMAGE_PIXELS`` (89,478,485 by default, e.g.
     9459 x 9459). A larger file, whatever its format, is a bad file: a few KB of PNG or TIFF can ask for

@@ -59,7 +59,8 @@ def _run(args: list[str], cwd: Path) -> str | None:
     if args[:1] == ["git"]:
         args = ["git", *GIT_SAFE, *args[1:]]
     try:
-        out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+        out = subprocess.run(args, cwd=cwd, capture_output=True, encoding="utf-8", errors="surrogateescape",
+                             timeout=20, stdin=subprocess.DEVNULL,
                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
@@ -83,6 +84,15 @@ def git_info(run_dir: Path, code_dir: Path | None = None) -> dict[str, Any]:
     branch = (_run(["git", "rev-parse", "--abbrev-ref", "HEAD"], repo) or "").strip() or None
     diff = _run(["git", "diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv"], repo) if commit else None
     untracked = (_run(["git", "ls-files", "--others", "--exclude-standard"], repo) or "").split()
+    info: dict[str, Any] = {"repo": str(repo), "commit": commit, "branch": branch, "dirty": bool(diff),
+                            "patch": None, "untracked": untracked[:200]}
+    if diff:
+        atomic_write_text(Path(run_dir) / PATCH, diff)
+        info["patch"] = PATCH
+        info["patch_sha256"] = hashlib.sha256(diff.encode("utf-8", "surrogateescape")).hexdigest()
+    return info
+
+
 def pip_freeze() -> list[str]:
     """``name==version`` of every installed distribution (importlib.metadata: no pip subprocess)."""
     pkgs = {(d.metadata["Name"] or "?"): d.version for d in importlib.metadata.distributions()}
@@ -157,7 +167,7 @@ def data_fingerprint(bundle: DataBundle, cfg: Config) -> dict[str, Any]:
         except OSError:
             size = -1  # a missing file is part of what the data is
         lines.append(f"{os.path.relpath(p, base)}\t{size}\t{label}")
-    digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join(sorted(lines)).encode("utf-8", "surrogateescape")).hexdigest()
     return {"kind": bundle.kind, "sha256": digest, "method": "sha256 of sorted (relative path, size, label)",
             "root": base, "count": len(rows)}
 

@@ -103,7 +103,11 @@ class Run:
                     i += 1
                     path = base.with_name(f"{base.name}-{i}")
             run = cls(path).lock()
-        atomic_write_text(path / "config.yaml", to_yaml(cfg))
+        try:
+            atomic_write_text(path / "config.yaml", to_yaml(cfg))
+        except BaseException:
+            run.unlock()
+            raise
         return run
 
     def checkpoint(self, name: str) -> Path:
