@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 TEXT: dict[str, str] = {"encoding": "utf-8", "errors": "surrogateescape"}  # open(path, "w", **TEXT)
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-MARGIN = 1 << 20  # a write is refused up front unless this much more than its size is free
+MARGIN = 64 << 10  # a write is refused up front unless its size, 2 % and this much more are free
 
 
 class DiskFull(OSError):
@@ -131,7 +131,7 @@ def free_bytes(folder: Path | str) -> int | None:
 def ensure_free(folder: Path | str, need: int, what: str = "") -> None:
     """Raise :class:`DiskFull` before writing ``need`` bytes into ``folder`` when they clearly do not fit."""
     free = free_bytes(folder)
-    if free is not None and free < need + MARGIN:
+    if free is not None and free < need * 1.02 + MARGIN:
         raise DiskFull(folder, need, free, what)
 
 
