@@ -369,6 +369,8 @@ def _drop_local(tree: dict[str, Any], source: str, warn: bool) -> dict[str, Any]
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML recipe; a missing, unreadable or non-mapping file is one ConfigError line."""
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"--config expects a YAML file name, got {path!r}")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config: no such file {str(path)!r}")

@@ -286,6 +286,8 @@ def export(target: str | None, fmt: str = "onnx", output: str | Path | None = No
     from .engine.evaluator import load_model
 
     fmt = str(fmt).lower()
+    if output is not None and not isinstance(output, (str, Path)):
+        raise ExportError(f"--output expects a file name, got {output!r}")
     if fmt not in FORMATS:
         raise ExportError(f"--format={fmt!r} is not one of: {', '.join(FORMATS)}")
     if fmt == "onnx":  # before loading anything: a missing package is the likeliest failure

@@ -20,7 +20,7 @@ import torch.nn as nn
 from ..config import Config, from_dict, to_dict, to_yaml
 from ..control import StopFlag, TrainingStopped
 from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, build_train_val,
-                    detect_kind, make_loader, write_splits)
+                    make_loader, write_splits)
 from ..io import atomic_write_text, one_line
 from ..models import build_model, check_input
 from ..models.weights import load_weights
@@ -67,12 +67,12 @@ def train(cfg: Config) -> Result:
 
 
 def _train(cfg: Config, d: Dist, device: torch.device) -> Result:
-    ckpt = None
+    ckpt, data = None, None
     if cfg.train.resume:
         run = Run(find_run(cfg.train.resume, cfg.train.runs_root), writer=d.main).lock()  # one writer per run
-    else:
-        kind = detect_kind(cfg.data)  # a wrong data path fails here, before a run folder is made
-        check_input(cfg.model.model, 1 if kind == "fashion-mnist" else 3, cfg.data.image_size)  # and a size too small
+    else:  # bad data (a wrong path, an empty list) or a size the model cannot take fail here, before a run folder
+        data = build_train_val(cfg.data, processes=d.world)
+        check_input(cfg.model.model, data.in_chans, cfg.data.image_size)
         created = Run.create(cfg) if d.main else None  # one run folder, made by rank 0, named to all
         run = created or Run(Path(distributed.broadcast(None, d)), writer=False)
         if created is not None:
@@ -90,19 +90,20 @@ def _train(cfg: Config, d: Dist, device: torch.device) -> Result:
                 cfg.train.max_steps = None
             if d.main:
                 atomic_write_text(run.path / "config.yaml", to_yaml(cfg))
-        return _run(cfg, run, ckpt, changes, d, device)
+        return _run(cfg, run, ckpt, changes, d, device, data)
     finally:
         run.unlock()
 
 
-def _run(cfg: Config, run: Run, ckpt: dict | None, changes: dict, d: Dist, device: torch.device) -> Result:
+def _run(cfg: Config, run: Run, ckpt: dict | None, changes: dict, d: Dist, device: torch.device,
+         data: DataBundle | None) -> Result:
     """Train in the (locked) run folder, keeping its status and manifest up to date."""
     if d.main:  # manifest.json, TensorBoard
         run.tracker = Tracker.start(run, cfg, ckpt["global_step"] if ckpt else None)
     run.set_status("running")
     try:
         with StopFlag() as stop:
-            result = _fit(cfg, run, ckpt, stop, changes, d, device)
+            result = _fit(cfg, run, ckpt, stop, changes, d, device, data)
     except (KeyboardInterrupt, TrainingStopped) as e:
         _final_status(run, "stopped", e)
         raise
@@ -138,12 +139,12 @@ class Parts:
 
 
 def build_parts(cfg: Config, run: Run, resuming: bool, d: Dist | None = None,
-                device: torch.device | None = None) -> Parts:
+                device: torch.device | None = None, data: DataBundle | None = None) -> Parts:
     """Seed, build data, loaders, model (DDP-wrapped under torchrun), optimizer, schedule, loss scaler."""
     d = d or Dist()
     device = device or pick_device(cfg.train)
     seed_everything(cfg.train.seed + d.rank, cfg.train.deterministic)  # per-rank dropout; DDP syncs the init
-    data = build_train_val(cfg.data, processes=d.world)
+    data = data or build_train_val(cfg.data, processes=d.world)
     if d.main:
         write_splits(data, run.path)
     loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
@@ -272,8 +273,8 @@ def log_resume(p: Parts, ckpt: dict[str, Any], run: Run, changes: dict) -> None:
 
 
 def _fit(cfg: Config, run: Run, ckpt: dict | None, stop: StopFlag, changes: dict, d: Dist,
-         device: torch.device) -> Result:
-    p = build_parts(cfg, run, ckpt is not None, d, device)
+         device: torch.device, data: DataBundle | None = None) -> Result:
+    p = build_parts(cfg, run, ckpt is not None, d, device, data)
     ckpts = Checkpoints(run.ckpt_dir, cfg.train.monitor, cfg.train.keep_top_k, cfg.train.save_every_epochs)
     if ckpt is not None:
         restore(p, ckpt, cfg, run, changes)
