@@ -21,6 +21,8 @@ import torch
 from dogcat.cli import main
 from dogcat.control import running_pid
 
+from hostile import one_error
+
 def opts(fmnist_dir: Path, runs: Path, **kw) -> list[str]:
     o = {"fashion_mnist_root": str(fmnist_dir), "dataset": "fashion-mnist", "image_size": 28, "model": "smallcnn",
          "batch_size": 16, "val_split": 0.2, "print_freq": 1, "progress": "none", "runs_root": str(runs),
@@ -38,12 +40,6 @@ def wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 90) ->
 
 def records(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def one_error(err: str) -> str:
-    errors = [ln for ln in err.splitlines() if ": error: " in ln]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
 
 
 def test_lock_inbox_and_kill_9_against_a_live_training(fmnist_dir, tmp_path, capsys):

@@ -88,9 +88,10 @@ class Inbox:
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.done.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
-        _write_json(self.pidfile, this_process())
         self.min_interval, self._last = min_interval, 0.0
         self._seen: dict[str, float] = {}  # unparsable files: when first seen (a slow writer may still finish)
+        self.poll()  # what an earlier session left is answered "discarded" now, whether or not a step follows
+        _write_json(self.pidfile, this_process())  # from here on `dogcat ctl` may send
 
     def poll(self) -> list[tuple[str, str]]:
         """``[(name, command)]`` waiting, oldest first; at most one directory listing per ``min_interval``."""

@@ -417,20 +417,6 @@ class FileLock:
             os.close(self.fd)
             self.fd = None
 
-    def is_held(self) -> bool:
-        """True while a process (this one included, through another handle) holds the lock; takes nothing."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
     def __enter__(self) -> "FileLock":
         return self.acquire(blocking=True)
 
