@@ -191,6 +191,18 @@ def test_setting_lr_sets_the_value_and_keeps_the_schedule_shape(scheduler):
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * sched._scale(sched.last_epoch))
 
 
+def test_resume_with_another_lr_after_lr_0(fmnist_dir, tmp_path):
+    o = {"fashion_mnist_root": str(fmnist_dir), "dataset": "fashion-mnist", "image_size": 28, "model": "smallcnn",
+         "batch_size": 16, "val_split": 0.2, "progress": "none", "num_workers": 0, "print_freq": 1,
+         "scheduler": "cosine", "runs_root": str(tmp_path), "env": "zero"}
+    assert train(load_config({**o, "lr": 0.0, "max_steps": 2})).stopped
+    run = tmp_path / "zero"
+    train(load_config({"resume": str(run), "lr": 0.01, "max_steps": 4}, config_file=run / "config.yaml"))
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in steps if r.get("kind") == "step" and r["step"] > 2]
+    assert lrs and all(0 < lr <= 0.01 for lr in lrs)  # the old code divided by the old lr, 0
+
+
 # ---- 6. output places come from the command line, never from a checkpoint ------------------------------------
 
 def test_a_foreign_checkpoint_does_not_choose_where_we_write(tiny, tmp_path, capsys):

@@ -190,6 +190,52 @@ def test_disk_full_is_one_line_exit_1(tiny, tmp_path, monkeypatch, capsys):
     assert "disk full" in one_error(capsys.readouterr().err)
 
 
+def test_disk_full_on_a_cache_an_export_and_a_log_line(tiny, tmp_path, monkeypatch):
+    from dogcat.data import prepare
+    from dogcat.export import export
+    from dogcat.tracking.run import Run
+
+    root, run = tiny
+    monkeypatch.setattr(dio, "free_bytes", lambda folder: 4096)
+    with pytest.raises(dio.DiskFull, match=r"building the packed cache .* needs about .* MiB, 0.0 MiB free"):
+        prepare(root / "train", load_config({"image_size": 32, "cache_dir": str(tmp_path / "c")}).data)
+    assert not [p for p in (tmp_path / "c").iterdir() if not p.name.startswith(".")]  # nothing half-built
+    with pytest.raises(dio.DiskFull, match=r"exporting model.onnx"):
+        export(str(run), "onnx", tmp_path / "e" / "model.onnx")
+    assert not list((tmp_path / "e").iterdir())
+    monkeypatch.undo()
+
+    r = Run(tmp_path / "r")
+    r.path.mkdir()
+    r.log({"kind": "step", "step": 1})
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, k):
+            return getattr(self.f, k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: Full(real_open(*a, **k)) if str(a[0]).endswith(
+        "metrics.jsonl") else real_open(*a, **k))
+    with pytest.raises(dio.DiskFull, match="appending to metrics.jsonl"):
+        r.log({"kind": "step", "step": 2, "train_loss": 0.5})
+    monkeypatch.undo()
+    assert [json.loads(x)["step"] for x in (r.path / "metrics.jsonl").read_text().splitlines()] == [1]  # no half line
+
+
 # ---- 10. malformed files of ours: one line naming the file -------------------------------------------------
 
 @pytest.mark.parametrize("damage, words", [
@@ -209,6 +255,14 @@ def test_a_damaged_checkpoint_is_one_line(tiny, tmp_path, damage, words, capsys)
         assert main(cmd) == 2
         line = one_error(capsys.readouterr().err)
         assert all(w in line for w in words), line
+
+
+def test_inspect_of_odd_files_is_one_line(tmp_path, capsys):
+    for name, obj in (("list.pt", [1, 2]), ("odd.pt", {"model": {"w": torch.zeros(0), "n": 3}, "grads": 5})):
+        torch.save(obj, tmp_path / name)
+    assert main(["inspect", str(tmp_path / "list.pt")]) == 2
+    assert "no state_dict" in one_error(capsys.readouterr().err)
+    assert main(["inspect", str(tmp_path / "odd.pt")]) == 0
 
 
 def test_damaged_run_files_are_one_line_and_runs_lists_the_rest(tiny, tmp_path, capsys):

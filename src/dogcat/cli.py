@@ -194,6 +194,8 @@ def cmd_ctl(argv: list[str]) -> int:
 
 def cmd_inspect(argv: list[str]) -> int:
     """``dogcat inspect RUN|CKPT|SNAPSHOT``: per-layer parameter (and saved gradient) statistics."""
+    import torch
+
     from .engine.steering import layer_stats
     from .models.weights import torch_load
 
@@ -206,8 +208,11 @@ def cmd_inspect(argv: list[str]) -> int:
     if not path.is_file():
         raise ConfigError(f"no checkpoint at {path}")
     obj = torch_load(path)
-    sd = obj.get("model", obj)
-    rows = layer_stats({k: v for k, v in sd.items() if v.is_floating_point()}, obj.get("grads"))
+    sd = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict):
+        raise ConfigError(f"{path} holds no state_dict (a {type(obj).__name__}); is it a checkpoint?")
+    grads = obj.get("grads") if isinstance(obj.get("grads"), dict) else None
+    rows = layer_stats({k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}, grads)
     grads = any("grad_std" in r for r in rows)
     print(f"{path}: {len(rows)} tensors" + ("" if grads else " (no gradients saved: `dogcat ctl RUN debug` saves them)"))
     head = f"{'name':<44} {'shape':<18} {'mean':>10} {'std':>10} {'absmax':>10}"

@@ -35,12 +35,14 @@ def layer_stats(model: nn.Module, grads: dict[str, torch.Tensor] | None = None) 
     """Per-parameter mean / std / abs-max (and the gradient's), the seed's way to find a layer gone wrong."""
     rows = []
     for name, p in model.named_parameters() if isinstance(model, nn.Module) else model.items():
+        if p.numel() == 0:
+            continue  # nothing to describe (and max() of nothing raises)
         t = p.detach().float()
         row = {"name": name, "shape": list(t.shape), "mean": t.mean().item(),
                "std": t.std().item() if t.numel() > 1 else 0.0, "absmax": t.abs().max().item(),
                "finite": bool(torch.isfinite(t).all())}
         g = (grads or {}).get(name)
-        if g is not None:
+        if isinstance(g, torch.Tensor) and g.numel():
             g = g.float()
             row.update(grad_mean=g.mean().item(), grad_std=g.std().item() if g.numel() > 1 else 0.0,
                        grad_absmax=g.abs().max().item(), grad_finite=bool(torch.isfinite(g).all()))
