@@ -326,13 +326,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[name](rest)
-    except (ConfigError, DataError, ExportError, ModelError, WeightsError) as e:  # RunLocked is a ConfigError,
-        print(f"dogcat {name}: error: {printable(one_line(e, 10_000))}", file=sys.stderr)   # CheckpointError a WeightsError
-        return 2
-    except MalformedFile as e:  # a damaged file of ours (manifest, status, config of a run)
+    except (ConfigError, DataError, ExportError, ModelError, WeightsError, MalformedFile) as e:
+        # refused (RunLocked is a ConfigError, CheckpointError a WeightsError): one line, whatever the message holds
         print(f"dogcat {name}: error: {printable(one_line(e, 10_000))}", file=sys.stderr)
         return 2
-    except OSError as e:
+    except OSError as e:  # a full disk anywhere (DiskFull, or an ENOSPC we did not wrap): one line, exit 1
         if not is_disk_full(e):
             raise
         folder = getattr(e, "folder", None) or Path(getattr(e, "filename", None) or ".").parent

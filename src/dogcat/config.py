@@ -300,13 +300,13 @@ def _check_ranges(cfg: DictConfig) -> None:
         value = cfg[sec][leaf]
         if allowed is None or value is None:
             continue
-        is_float = "float" in str(f.type)
-        for v in (list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]):
+        is_list, is_float = OmegaConf.is_list(value), "float" in str(f.type)
+        for v in (list(value) if is_list else [value]):
             if (is_float and not math.isfinite(v)) or v not in allowed:
-                what = "a finite number" if is_float else "an integer"
-                shown = list(value) if OmegaConf.is_list(value) else value
+                shown = list(value) if is_list else value
                 raise ConfigError(f"option --{leaf.replace('_', '-')}={shown} is out of range: allowed is "
-                                  f"{what} in {allowed}" + (" (each element)" if shown is not value else ""))
+                                  f"{'a finite number' if is_float else 'an integer'} in {allowed}"
+                                  + (" (each element)" if is_list else ""))
 
 
 def _check_values(cfg: DictConfig) -> None:

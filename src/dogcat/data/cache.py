@@ -14,8 +14,9 @@ the network input C: exactly what the eval transform's resize produces, so eval 
 crop) equals eval from the files. Training crops its random resized crop from the S x S square, not from
 the whole picture (the corners of a wide photo are gone). The fingerprint hashes the sorted relative paths
 with their sizes, mtimes and labels: a changed, added or removed file gives a new cache (the stale one is
-deleted). A build writes into ``.tmp-*`` and renames the folder when complete, so an interrupted build is
-never taken for a whole one.
+deleted). A build writes into ``.tmp-<pid>-<name>`` and renames the folder when complete, so an interrupted
+build is never taken for a whole one. One process builds a given cache, holding ``.<name>.lock``; others
+(DDP ranks, other jobs) wait on that lock and then use it. Clean-up deletes only folders named as ours.
 """
 
 from __future__ import annotations
@@ -304,10 +305,14 @@ def ensure(samples: Samples, source: str | Path, size: int, crop: int, cache_dir
                         f"pass --cache-dir=DIR or drop --cache")
     lock = _lock(root, name)
     try:
-        lock.acquire()
-    except LockHeld as e:  # another process (a DDP rank, another job) builds it: wait, then use theirs
-        log.info(f"waiting for {describe_holder(e.holder)}, which is building the packed cache {root / name}")
-        lock.acquire(blocking=True)
+        try:
+            lock.acquire()
+        except LockHeld as e:  # another process (a DDP rank, another job) builds it: wait, then use theirs
+            log.info(f"waiting for {describe_holder(e.holder)}, which is building the packed cache {root / name}")
+            lock.acquire(blocking=True)
+    except OSError as e:
+        raise DataError(f"cannot lock {lock.path} to build the packed cache ({e.strerror or e}); "
+                        "pass --cache-dir=DIR") from None
     try:
         packed = open_packed(root / name, warn=False)
         if packed is not None:

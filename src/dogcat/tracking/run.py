@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, ConfigError, to_yaml
-from ..io import FileLock, LockHeld, atomic_write_text, describe_holder, disk_full_as, reserve_space
+from ..io import FileLock, LockHeld, atomic_write_text, describe_holder, disk_full_as, is_disk_full, reserve_space
 
 if TYPE_CHECKING:
     from .tracker import Tracker
@@ -36,6 +36,17 @@ def find_run(spec: str, runs_root: str | Path = "runs") -> Path:
         if (cand / "config.yaml").is_file():
             return cand
     raise ConfigError(f"no run folder {spec!r} (looked for {spec}/config.yaml and {runs_root}/{spec}/config.yaml)")
+
+
+def _mkdir(path: Path, flag: str) -> None:
+    """``mkdir -p``; a path that cannot be a folder (a file is there, no permission) is one ConfigError line."""
+    with disk_full_as(path.parent, what=f"creating {path.name}"):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if is_disk_full(e):
+                raise
+            raise ConfigError(f"{flag}={path}: cannot make that folder ({e.strerror or e})") from None
 
 
 class RunLocked(ConfigError):
@@ -69,6 +80,8 @@ class Run:
                 raise RunLocked(f"run folder {self.path} is in use by {describe_holder(e.holder)}: another "
                                 "training or resume is writing it. Wait for it to end, or stop it with "
                                 f"`dogcat ctl {self.path} stop`") from None
+            except OSError as e:  # not a folder we can write, or a link planted where the lock goes
+                raise RunLocked(f"cannot lock the run folder {self.path} ({lock.path}: {e.strerror or e})") from None
             self._lock = lock
             reserve_space(self.path / RESERVE, RESERVE_BYTES)
         return self
@@ -85,7 +98,7 @@ class Run:
         explicit ``run_dir`` that already holds a run is refused (use --resume)."""
         if cfg.train.run_dir:
             path = Path(cfg.train.run_dir).expanduser()
-            path.mkdir(parents=True, exist_ok=True)
+            _mkdir(path, "--run-dir")
             run = cls(path).lock()
             if (path / "config.yaml").exists():
                 run.unlock()
@@ -93,7 +106,7 @@ class Run:
                                   "or choose another folder")
         else:
             base = Path(cfg.train.runs_root).expanduser() / default_run_name(cfg)
-            base.parent.mkdir(parents=True, exist_ok=True)
+            _mkdir(base.parent, "--runs-root")
             path, i = base, 1
             while True:  # two runs started in the same second, or a reused --env: the next free name
                 try:
