@@ -27,6 +27,9 @@ def default_run_name(cfg: Config) -> str:
 
 def find_run(spec: str, runs_root: str | Path = "runs") -> Path:
     """A run folder from its path, its name under ``runs_root``, or ``latest``."""
+    for flag, value in (("--resume", spec), ("--runs-root", runs_root)):
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ConfigError(f"{flag} expects a folder name, got {value!r}")
     if spec == "latest":
         runs = [p for p in Path(runs_root).glob("*/") if (p / "config.yaml").is_file()]
         if not runs:
