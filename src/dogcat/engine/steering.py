@@ -109,9 +109,9 @@ class Steering:
                 log.warning(f"ctl {command}: failed: {type(e).__name__}: {e}")
                 result = {"ok": False, "message": f"failed: {type(e).__name__}: {e}"}
             result.update(step=self.p.loop.global_step, epoch=self.p.loop.epoch + 1)
-            if self.inbox is not None:
-                self.inbox.ack(name, result)
+            if self.inbox is not None:  # logged first: when `dogcat ctl` has its answer, the record is there
                 self.run.log({"kind": "event", "event": "control", "command": command, **result})
+                self.inbox.ack(name, result)
                 log.info(f"ctl {command}: {result['message']}")
 
     def apply(self, command: str) -> dict[str, Any]:
