@@ -2,7 +2,7 @@
 end in exit 0, or exit 2 with one error line, never a traceback; (b) random, truncated and mutated image bytes
 through the decoders, a dataset and the packed-cache builder: every file is read or reported, nothing raises.
 
-They run in ``make test`` with a fixed set of cases (derandomized: 1000 argument lists, 200 recipes, 200 sets of
+They run in ``make test`` with a fixed set of cases (derandomized: 1000 argument lists, 300 recipes, 500 sets of
 image files); DOGCAT_FUZZ_EXAMPLES=5000 runs that many of each, at random. The arguments are generated as ``--key=value``,
 ``--key`` and bare words, never through the parser's own functions, so the test holds for any parser."""
 
@@ -127,7 +127,7 @@ recipes = st.one_of(
 )
 
 
-@fuzz_settings(200)
+@fuzz_settings(300)
 @given(recipe=recipes, raw=st.one_of(st.none(), st.binary(max_size=200), st.text(max_size=200)))
 def test_fuzz_yaml_recipes_exit_0_or_2_with_one_message(sealed, capsys, recipe, raw):
     ran["recipes"] += 1
@@ -186,7 +186,7 @@ def image_bytes(draw) -> bytes:
     return bytes(data)
 
 
-@fuzz_settings(200)
+@fuzz_settings(500)
 @given(files=st.lists(image_bytes(), min_size=1, max_size=6), min_short=st.sampled_from([0, 16, 37]))
 def test_fuzz_image_bytes_are_read_or_reported(tmp_path_factory, files, min_short):
     import torch
