@@ -31,7 +31,7 @@ PARSED = [
     ("train", ["--lr=0.01"], {"lr": 0.01}),
     ("train", ["--optim.lr", "0.01"], {"lr": 0.01}),
     ("train", ["--LR=0.01", "--Batch_Size", "8"], {"lr": 0.01, "batch_size": 8}),
-    ("train", ["--lr", "-1e-3"], {"lr": -1e-3}),  # a negative value after a space is still the value
+    ("train", ["--lr", "2e-3"], {"lr": 2e-3}),
     ("train", ["--cache"], {"cache": True}),
     ("train", ["--no-cache"], {"cache": False}),
     ("train", ["--cache=false"], {"cache": False}),
@@ -75,6 +75,7 @@ REFUSED = [  # (command line, words the one-line message must hold)
     (["train", "--cache=maybe"], ["--cache", "'maybe'"]),
     (["train", "--cache", "extra"], ["unexpected argument", "'extra'"]),
     (["train", "--lr"], ["--lr", "needs a value"]),
+    (["train", "--lr", "-1e-3"], ["--lr=-0.001", "out of range"]),  # after a space, a negative number is the value
     (["train", "--max-epoch", "ten"], ["--max-epoch", "int", "'ten'"]),
     (["predict", "RUN", "a.jpg", "--lr=1"], ["--lr", "does not read"]),
     (["predict", "RUN"], ["paths"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -30,9 +31,38 @@ class ConfigError(DogcatError, ValueError):
     """A bad option: unknown key, wrong type or a value outside its choices. The CLI exits 2."""
 
 
-def opt(default: Any, doc: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field carrying its documentation (and allowed values) as metadata."""
-    meta = {"doc": doc, "choices": choices}
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option allows: ``[lo, hi]``, either end open. Floats must also be finite."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        return (self.lo < v if self.lo_open else self.lo <= v) and (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            if math.isinf(x):
+                return "inf" if x > 0 else "-inf"
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        return (f"{'(' if self.lo_open or self.lo == -math.inf else '['}{num(self.lo)}, "
+                f"{num(self.hi)}{')' if self.hi_open or self.hi == math.inf else ']'}")
+
+
+COUNT = 2**31 - 1  # upper end of counts (epochs, steps, ...): keeps every value a C int for torch and numpy
+SEED = Range(0, 2**63 - 1)
+
+
+def opt(default: Any, doc: str, choices: tuple[str, ...] | None = None, range: Range | None = None,
+        local: bool = False) -> Any:
+    """A dataclass field carrying its documentation, allowed values (``choices`` or a numeric ``range``) and
+    whether it is ``local``: a place on this machine dogcat writes to or watches, taken only from the command
+    line or a library call, never from a recipe file or a checkpoint (they are data from elsewhere)."""
+    meta = {"doc": doc, "choices": choices, "range": range, "local": local}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -49,19 +79,21 @@ class DataConfig:
     val_list: Optional[str] = opt(None, "list file for validation (same format)")
     test_list: Optional[str] = opt(None, "list file for test (labels optional)")
     fashion_mnist_root: Optional[str] = opt(None, "folder with Fashion-MNIST IDX files; default: Debian's, else download")
-    val_split: float = opt(0.3, "fraction of the training images held out for validation (stratified)")
-    split_seed: int = opt(0, "seed of the train/val split (independent of the training seed)")
-    image_size: int = opt(224, "side of the square network input, in pixels")
+    val_split: float = opt(0.3, "fraction of the training images held out for validation (stratified)",
+                            range=Range(0, 1, hi_open=True))
+    split_seed: int = opt(0, "seed of the train/val split (independent of the training seed)", range=SEED)
+    image_size: int = opt(224, "side of the square network input, in pixels", range=Range(8, 4096))
     augment: str = opt("default", "training augmentation: default (random resized crop / padded crop for "
                         "28x28, + flip), flip (flip only), none", ("default", "flip", "none"))
-    batch_size: int = opt(128, "images per batch (per process)")
-    num_workers: int = opt(-1, "data loading processes; -1 picks min(4, CPU cores), 0 loads in the main process")
+    batch_size: int = opt(128, "images per batch (per process)", range=Range(1, 2**20))
+    num_workers: int = opt(-1, "data loading processes; -1 picks min(4, CPU cores), 0 loads in the main process",
+                            range=Range(-1, 1024))
     cache: bool = opt(False, "decode images once into a packed uint8 cache (<data root>/.dogcat-cache, built on "
                       "first use, rebuilt when files change) and train/evaluate from it; see `dogcat prepare`")
     cache_dir: Optional[str] = opt(None, "folder for packed caches; default <data root>/.dogcat-cache, or "
-                                   "~/.cache/dogcat/packed when the data root is read-only")
+                                   "~/.cache/dogcat/packed when the data root is read-only", local=True)
     in_memory_mb: int = opt(1024, "read a packed cache into RAM (one uint8 tensor) when it fits in this many MiB; "
-                            "0: always memory-map it")
+                            "0: always memory-map it", range=Range(0, COUNT))
 
 
 @dataclass
@@ -71,37 +103,45 @@ class ModelConfig:
     load_model_path: Optional[str] = opt(None, "weights or checkpoint to start from (train) or to evaluate (val/test)")
     load_not_strict: bool = opt(False, "load_model_path may match the model only partly (reports what matched)")
     freeze_backbone: bool = opt(False, "train only the classifier head (the seed's SqueezeNet fine-tuning)")
-    backbone_lr_mult: float = opt(1.0, "learning-rate multiplier for the backbone (head gets lr)")
+    backbone_lr_mult: float = opt(1.0, "learning-rate multiplier for the backbone (head gets lr)", range=Range(0))
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = opt("adam", "any torch.optim optimizer, case-insensitive (sgd, adam, adamw, ...)")
-    lr: float = opt(1e-3, "initial learning rate (the seed's default of 0.1 diverges with Adam)")
-    momentum: float = opt(0.9, "momentum, for optimizers that take one (sgd, rmsprop)")
-    weight_decay: float = opt(1e-4, "weight decay")
+    lr: float = opt(1e-3, "initial learning rate (the seed's default of 0.1 diverges with Adam)", range=Range(0))
+    momentum: float = opt(0.9, "momentum, for optimizers that take one (sgd, rmsprop)", range=Range(0, 1))
+    weight_decay: float = opt(1e-4, "weight decay", range=Range(0))
     scheduler: str = opt("loss-rise", "lr schedule; loss-rise is the seed's: lr *= lr_decay when the epoch loss rises",
                          ("loss-rise", "none", "step", "multistep", "cosine", "onecycle"))
-    lr_decay: float = opt(0.95, "decay factor of loss-rise, and gamma of step / multistep")
-    step_size: int = opt(10, "epochs between decays (scheduler=step)")
-    milestones: list[int] = opt([], "epochs at which lr decays (scheduler=multistep), e.g. [30,60]")
-    min_lr: float = opt(0.0, "final learning rate of scheduler=cosine")
+    lr_decay: float = opt(0.95, "decay factor of loss-rise, and gamma of step / multistep",
+                           range=Range(0, 1, lo_open=True))
+    step_size: int = opt(10, "epochs between decays (scheduler=step)", range=Range(1, COUNT))
+    milestones: list[int] = opt([], "epochs at which lr decays (scheduler=multistep), e.g. [30,60]",
+                                 range=Range(0, COUNT))
+    min_lr: float = opt(0.0, "final learning rate of scheduler=cosine", range=Range(0))
     onecycle_pct: float = opt(0.3, "scheduler=onecycle: fraction of all steps spent rising from lr/25 to lr "
-                              "(then cosine down to lr/1e4); warmup_epochs, when set, gives the rise instead")
-    warmup_epochs: float = opt(0.0, "linear warm-up from 1% of lr, in (fractional) epochs, before any schedule")
-    accum_steps: int = opt(1, "gradient accumulation: batches per optimizer step")
-    clip_grad_norm: Optional[float] = opt(None, "clip the gradient norm to this value")
-    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy targets, e.g. 0.1")
-    mixup: float = opt(0.0, "mixup alpha (timm Mixup, soft-target cross-entropy); 0: off, e.g. 0.2")
-    cutmix: float = opt(0.0, "cutmix alpha (timm Mixup); 0: off, e.g. 1.0; with --mixup too, one of them per batch")
+                              "(then cosine down to lr/1e4); warmup_epochs, when set, gives the rise instead",
+                              range=Range(0, 1, lo_open=True, hi_open=True))
+    warmup_epochs: float = opt(0.0, "linear warm-up from 1% of lr, in (fractional) epochs, before any schedule",
+                                range=Range(0, 1e6))
+    accum_steps: int = opt(1, "gradient accumulation: batches per optimizer step", range=Range(1, 2**16))
+    clip_grad_norm: Optional[float] = opt(None, "clip the gradient norm to this value",
+                                           range=Range(0, lo_open=True))
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy targets, e.g. 0.1",
+                                  range=Range(0, 1, hi_open=True))
+    mixup: float = opt(0.0, "mixup alpha (timm Mixup, soft-target cross-entropy); 0: off, e.g. 0.2", range=Range(0))
+    cutmix: float = opt(0.0, "cutmix alpha (timm Mixup); 0: off, e.g. 1.0; with --mixup too, one of them per batch",
+                         range=Range(0))
     ema_decay: float = opt(0.0, "keep an EMA of the weights (timm ModelEmaV3) with this decay, e.g. 0.999; it is "
-                           "validated, checkpointed (key 'ema') and used by val/test/predict/export; 0: off")
+                           "validated, checkpointed (key 'ema') and used by val/test/predict/export; 0: off",
+                           range=Range(0, 1, hi_open=True))
 
 
 @dataclass
 class TrainConfig:
-    max_epoch: int = opt(10, "number of training epochs")
-    seed: int = opt(0, "seed of python, numpy, torch and loader workers")
+    max_epoch: int = opt(10, "number of training epochs", range=Range(1, 10**6))
+    seed: int = opt(0, "seed of python, numpy, torch and loader workers", range=SEED)
     deterministic: bool = opt(False, "use deterministic algorithms (slower)")
     device: str = opt("auto", "auto (CUDA when available and use_gpu), cpu, cuda or cuda:N")
     use_gpu: bool = opt(True, "allow the GPU when device=auto")
@@ -110,25 +150,34 @@ class TrainConfig:
                          "~/.cache/dogcat/precision.json)", ("fp32", "bf16", "fp16", "auto"))
     channels_last: bool = opt(False, "NHWC memory layout (faster convolutions with bf16/fp16)")
     compile: bool = opt(False, "torch.compile the model (Module.compile: first steps are slow while it compiles)")
-    nproc: int = opt(1, "processes on this machine: N > 1 relaunches the command under torchrun (DDP)")
+    nproc: int = opt(1, "processes on this machine: N > 1 relaunches the command under torchrun (DDP)",
+                      range=Range(1, 1024))
     sync_bn: bool = opt(False, "under DDP, synchronise BatchNorm statistics across processes")
     lr_scaling: str = opt("none", "scale lr with the global batch (batch_size x processes x accum_steps) "
                           "relative to base_batch_size", ("none", "linear", "sqrt"))
-    base_batch_size: int = opt(256, "the global batch at which lr is the given lr (lr_scaling)")
-    print_freq: int = opt(20, "log the training loss every N steps")
-    debug_file: Optional[str] = opt("/tmp/debug", "if this file exists, stop in the debugger (on a terminal)")
+    base_batch_size: int = opt(256, "the global batch at which lr is the given lr (lr_scaling)",
+                                range=Range(1, COUNT))
+    print_freq: int = opt(20, "log the training loss every N steps", range=Range(1, COUNT))
+    debug_file: Optional[str] = opt(None, "trigger file: each new version of it stops a run on a terminal in the "
+                                     "debugger, else writes a debug dump; default RUN/control/debug (the "
+                                     "seed used /tmp/debug)", local=True)
     env: str = opt("default", "run name (the seed's visdom env); default: <model>-<timestamp>")
-    runs_root: str = opt("runs", "folder that holds run folders")
-    run_dir: Optional[str] = opt(None, "the run's folder; default: <runs_root>/<env or model-timestamp>")
+    runs_root: str = opt("runs", "folder that holds run folders", local=True)
+    run_dir: Optional[str] = opt(None, "the run's folder; default: <runs_root>/<env or model-timestamp>", local=True)
     resume: Optional[str] = opt(None, "continue a run exactly where its last checkpoint left it: its folder, or "
                                 "'latest' (newest under runs_root)")
-    save_every_steps: int = opt(0, "also checkpoint (last.pt) every N optimizer steps, to resume inside an epoch; 0: off")
-    save_every_epochs: int = opt(0, "keep an archive checkpoint every N epochs (epoch-NNNN.pt); 0: off")
-    keep_top_k: int = opt(3, "keep the k best epochs by --monitor as top-NNNN-<metric>.pt; 0: none")
-    max_steps: Optional[int] = opt(None, "stop (checkpointed, resumable) after this many optimizer steps in all")
+    save_every_steps: int = opt(0, "also checkpoint (last.pt) every N optimizer steps, to resume inside an epoch; "
+                                 "0: off", range=Range(0, COUNT))
+    save_every_epochs: int = opt(0, "keep an archive checkpoint every N epochs (epoch-NNNN.pt); 0: off",
+                                  range=Range(0, COUNT))
+    keep_top_k: int = opt(3, "keep the k best epochs by --monitor as top-NNNN-<metric>.pt; 0: none",
+                           range=Range(0, COUNT))
+    max_steps: Optional[int] = opt(None, "stop (checkpointed, resumable) after this many optimizer steps in all",
+                                    range=Range(1, 2**62))
     nonfinite: str = opt("stop", "on a NaN/Inf loss or gradient: stop (keep the last good checkpoint, exit 3) or "
                          "skip the batch", ("stop", "skip"))
-    nonfinite_max_skips: int = opt(5, "with --nonfinite=skip: stop after this many non-finite batches in a row")
+    nonfinite_max_skips: int = opt(5, "with --nonfinite=skip: stop after this many non-finite batches in a row",
+                                    range=Range(1, COUNT))
     monitor: str = opt("val_accuracy", "metric that picks best.pt",
                        ("val_accuracy", "val_loss", "val_logloss"))
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
@@ -138,14 +187,14 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     checkpoint: str = opt("best", "which checkpoint of a run val/test/predict load", ("best", "last"))
-    result_file: Optional[str] = opt(None, "submission CSV of `test`; default: <run>/submission.csv")
+    result_file: Optional[str] = opt(None, "submission CSV of `test`; default: <run>/submission.csv", local=True)
     positive_class: Optional[str] = opt(None, "class whose probability `test` writes for 2 classes; default dog or class 1")
-    output: Optional[str] = opt(None, "predict: write CSV or JSON here (by extension) instead of a table")
+    output: Optional[str] = opt(None, "predict: write CSV or JSON here (by extension) instead of a table", local=True)
     tta: bool = opt(False, "val/test/predict: average each image's probabilities with its horizontal flip's")
     sample_submission: Optional[str] = opt(None, "test: check the CSV against this sample submission "
                                            "(header, ids, order); default: against the test folder")
     clip_probs: Optional[list[float]] = opt(None, "test: clip written probabilities to [a,b], e.g. 0.02,0.98 "
-                                            "(log loss punishes confident mistakes)")
+                                            "(log loss punishes confident mistakes)", range=Range(0, 1))
     report: bool = opt(False, "val: also write RUN/report/index.html (curves, confusion matrix, per-class scores, "
                        "worst mistakes)")
 
@@ -262,6 +311,26 @@ def _check_choices(cfg: DictConfig) -> None:
             cfg[sec][leaf] = low
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    """Every numeric option against the ``range`` in its metadata (list options: each element); floats must
+    be finite. YAML, the command line, ``dogcat ctl set`` and a resume all pass through here."""
+    for leaf, (sec, f) in OPTIONS.items():
+        allowed: Range | None = f.metadata.get("range")
+        value = cfg[sec][leaf]
+        if allowed is None or value is None:
+            continue
+        is_list, is_float = OmegaConf.is_list(value), "float" in str(f.type)
+        for v in (list(value) if is_list else [value]):
+            if (is_float and not math.isfinite(v)) or v not in allowed:
+                shown = list(value) if is_list else value
+                raise ConfigError(f"option --{leaf.replace('_', '-')}={shown} is out of range: allowed is "
+                                  f"{'a finite number' if is_float else 'an integer'} in {allowed}"
+                                  + (" (each element)" if is_list else ""))
+
+
 def _check_values(cfg: DictConfig) -> None:
     """Checks that need more than a type: names looked up elsewhere, ranges."""
     from .engine.optim import optimizer_classes  # here: engine imports this module
@@ -272,15 +341,12 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"option --optimizer={cfg.optim.optimizer!r} is not a torch.optim optimizer"
                           + (f"; did you mean {', '.join(close)}?" if close else "")
                           + f" Choices: {', '.join(sorted(optimizers))}")
-    for leaf in ("max_epoch", "batch_size", "image_size", "accum_steps", "print_freq", "step_size"):
-        sec = OPTIONS[leaf][0]
-        if cfg[sec][leaf] < 1:
-            raise ConfigError(f"option --{leaf.replace('_', '-')} must be at least 1, got {cfg[sec][leaf]}")
-    for leaf in ("mixup", "cutmix", "label_smoothing", "ema_decay"):
-        if not 0.0 <= cfg.optim[leaf] < (1.0 if leaf in ("label_smoothing", "ema_decay") else math.inf):
-            raise ConfigError(f"option --{leaf.replace('_', '-')} is out of range, got {cfg.optim[leaf]}")
-    if not 0.0 <= cfg.data.val_split < 1.0:
-        raise ConfigError(f"option --val-split must be in [0, 1), got {cfg.data.val_split}")
+    _check_ranges(cfg)
+    env = cfg.train.env
+    if not RUN_NAME.fullmatch(env):
+        raise ConfigError(f"option --env={env!r} is not a plain run name: allowed are letters, digits, '.', '_', "
+                          "'-' and '+', starting with a letter or digit, at most 100 characters (it names a folder "
+                          "inside --runs-root; pass --run-dir=PATH for a folder elsewhere)")
     clip = cfg.eval.clip_probs
     if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1] <= 1.0):
         raise ConfigError(f"option --clip-probs expects two numbers a,b with 0 <= a < b <= 1 (e.g. 0.02,0.98), "
@@ -299,21 +365,52 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
+def _drop_local(tree: dict[str, Any], source: str, warn: bool) -> dict[str, Any]:
+    """``tree`` without the ``local`` options (places dogcat writes to or watches): a recipe file or a checkpoint
+    is data from elsewhere and does not choose them. With ``warn``, one warning per value set that is not the
+    default (a run's own config.yaml, read again on resume, holds them all)."""
+    out = {}
+    for key, value in tree.items():
+        f = OPTIONS.get(str(key).split(".")[-1], (None, None))[1]
+        if f is None or not f.metadata.get("local"):
+            out[key] = value
+        elif warn and value is not None and value != f.default:
+            import warnings
+
+            flag = f"--{f.name.replace('_', '-')}"
+            warnings.warn(f"{source}: {flag}={value!r} ignored: a recipe does not choose where dogcat writes; "
+                          f"pass {flag} on the command line")
+    return out
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML recipe; a missing, unreadable or non-mapping file is one ConfigError line."""
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"--config expects a YAML file name, got {path!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file {str(path)!r}")
+    try:
+        tree = yaml.safe_load(path.read_bytes()[: 16 << 20].decode("utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"--config: {path} is not a readable YAML file ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"--config: {path} is not a YAML mapping (it holds a {type(tree).__name__})")
+    return tree
+
+
 def load_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
-                base: Config | dict | None = None) -> Config:
-    """Build the resolved config: defaults (or ``base``) -> YAML file -> overrides, validated."""
+                base: Config | dict | None = None, source: str = "on the command line") -> Config:
+    """Build the resolved config: defaults (or ``base``) -> YAML file -> overrides, validated. ``source``
+    names where the overrides came from, for the messages."""
     cfg = OmegaConf.structured(Config)
     if base is not None:
         cfg = OmegaConf.merge(cfg, OmegaConf.structured(base) if is_dataclass(base) else base)
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"--config: no such file {str(path)!r}")
-        tree = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"--config: {path} is not a YAML mapping")
-        _apply(cfg, _flatten(tree), f"in {path}")
-    _apply(cfg, overrides or {}, "on the command line")
+        flat = _flatten(read_recipe(config_file))
+        dump = len(flat) == len(OPTIONS)  # a whole resolved config (a run's config.yaml): its places are its run's
+        _apply(cfg, _drop_local(flat, f"{config_file}", warn=not dump), f"in {config_file}")
+    _apply(cfg, overrides or {}, source)
     _check_choices(cfg)
     _check_values(cfg)
     obj = OmegaConf.to_object(cfg)
@@ -338,13 +435,20 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def from_dict(tree: dict[str, Any]) -> Config:
-    """Rebuild a Config from :func:`to_dict` output (e.g. stored in a checkpoint); unknown keys fail."""
-    return load_config(base=None, overrides=_flatten(tree))
+def from_dict(tree: Any, source: str = "a stored config") -> Config:
+    """Rebuild a Config from :func:`to_dict` output (e.g. stored in a checkpoint). Unknown keys and bad values
+    fail naming ``source``; ``local`` options (output places) are not taken from it."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the stored config is a {type(tree).__name__}, not a mapping")
+    try:
+        return load_config(base=None, overrides=_drop_local(_flatten(tree), source, warn=False), source=f"in {source}")
+    except ConfigError as e:
+        raise ConfigError(str(e) if source in str(e) else f"{e} (in {source})") from None
 
 
-def dump_yaml(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (a run's config.yaml; io.write_config writes it atomically)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def help_text() -> str:
@@ -355,6 +459,7 @@ def help_text() -> str:
         for f in fields(sec.default_factory):  # type: ignore[arg-type]
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
             choices = f.metadata.get("choices")
-            doc = f.metadata["doc"] + (f" [{'|'.join(choices)}]" if choices else "")
+            allowed = f.metadata.get("range")
+            doc = f.metadata["doc"] + (f" [{'|'.join(choices)}]" if choices else "") + (f" {allowed}" if allowed else "")
             lines.append(f"  --{f.name.replace('_', '-'):<20} {str(default):<14} {doc}")
     return "\n".join(lines)

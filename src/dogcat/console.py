@@ -13,8 +13,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 LOGGER = "dogcat"
+
+
+def printable(text: Any) -> str:
+    """``text`` for people (figures, HTML, TensorBoard, which want valid Unicode): the bytes of a file name that
+    is not UTF-8 (held as lone surrogates) are shown as ``\\xNN``."""
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class StderrHandler(logging.Handler):
@@ -31,7 +42,7 @@ class StderrHandler(logging.Handler):
         if self.only_unconfigured and logging.getLogger().handlers:
             return
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.write(printable(self.format(record)) + "\n")
             sys.stderr.flush()
         except Exception:  # noqa: BLE001  # logging's own rule: a failing handler must not raise
             self.handleError(record)

@@ -12,7 +12,9 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch.nn as nn
 
 from .config import DogcatError
 from .data.transforms import EVAL_CROP_RATIO
+from .io import MalformedFile, atomic_write_text, disk_full_as, ensure_free, read_json, temp_file
 from .tracking.manifest import sha256_file
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -50,20 +53,73 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+SIDECAR_KEYS = ("format", "model", "class_names", "image_size", "in_chans", "mean", "std", "preprocess", "sha256")
+TRUST_HINT = ("A TorchScript file is a program, not just weights: loading it runs the code inside, which can read "
+              "and write files. Pass --trust-export (dogcat.load(..., trust=True)) only for a file you made or "
+              "trust, or ask for an ONNX or safetensors export, which are data")
+
+
 def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The sidecar of an exported file; a missing or incomplete one is an :class:`ExportError`."""
+    """The sidecar of an exported file, checked key by key (it is data from elsewhere); a missing, damaged or
+    incomplete one is an :class:`ExportError` naming it."""
     sc = sidecar_path(path)
     if not sc.is_file():
         raise ExportError(
             f"{path} has no sidecar {sc.name} next to it: an exported model needs it for its class names, input "
             f"size and preprocessing. Copy the .json that was exported with it, or export again with "
             f"`dogcat export RUN --format=...` (which writes both; a failed export check writes no sidecar).")
-    meta = json.loads(sc.read_text())
-    missing = [k for k in ("format", "model", "class_names", "image_size", "in_chans", "mean", "std", "preprocess")
-               if k not in meta]
+    try:
+        meta = read_json(sc, "sidecar", limit=16 << 20)
+    except MalformedFile as e:
+        raise ExportError(f"{e}; export the model again") from None
+    missing = [k for k in SIDECAR_KEYS if k not in meta]
     if missing:
         raise ExportError(f"sidecar {sc} lacks {', '.join(missing)}; export the model again")
+    problem = _sidecar_problem(meta)
+    if problem:
+        raise ExportError(f"sidecar {sc} is not usable: {problem}; export the model again")
     return meta
+
+
+def _sidecar_problem(meta: dict[str, Any]) -> str | None:
+    """The first value of a sidecar that is not what dogcat writes, or None."""
+    from .config import OPTIONS
+
+    names, chans, size = meta["class_names"], meta["in_chans"], meta["image_size"]
+    if meta["format"] not in FORMATS:
+        return f"format {meta['format']!r} is not one of {', '.join(FORMATS)}"
+    if not isinstance(meta["model"], str):
+        return "model is not a name"
+    if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)):
+        return "class_names is not a list of at least 2 names"
+    if chans not in (1, 3) or isinstance(chans, bool):
+        return f"in_chans is {chans!r}, not 1 or 3"
+    if not isinstance(size, int) or isinstance(size, bool) or size not in OPTIONS["image_size"][1].metadata["range"]:
+        return f"image_size is {size!r}"
+    for key in ("mean", "std"):
+        v = meta[key]
+        if not (isinstance(v, list) and len(v) == chans and all(isinstance(x, (int, float)) and math.isfinite(x)
+                                                                for x in v)):
+            return f"{key} is not {chans} finite numbers"
+    if 0 in meta["std"]:
+        return "std holds a 0"
+    if not isinstance(meta["preprocess"], dict):
+        return "preprocess is not a mapping"
+    if not (isinstance(meta["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])):
+        return "sha256 is not a sha256"
+    return None
+
+
+def check_file(path: Path, meta: dict[str, Any], trust: bool = False) -> None:
+    """Refuse an exported file that can run code (TorchScript) unless ``trust``, and one whose bytes are not
+    the ones its sidecar vouches for (sha256): a swapped or edited file, or a sidecar of another export."""
+    if meta["format"] == "torchscript" and not trust:
+        raise ExportError(f"refused to load {path}: {TRUST_HINT}")
+    digest = sha256_file(path)
+    if digest != meta["sha256"]:
+        raise ExportError(f"{path} does not match its sidecar {sidecar_path(path).name}: sha256 {digest[:16]}... "
+                          f"but the sidecar says {meta['sha256'][:16]}...; the file was changed or the sidecar "
+                          "belongs to another export. Export again, or copy both files together")
 
 
 def _require(module: str) -> Any:
@@ -146,18 +202,47 @@ def _export_safetensors(model: nn.Module, path: Path) -> None:
     save_model(model, str(path), metadata={"format": "pt"})  # handles tied / shared tensors
 
 
-def runner(path: str | Path, meta: dict[str, Any]) -> Runner:
-    """A function ``normalised NCHW batch -> logits`` that runs the exported file, on the CPU."""
+def runner(path: str | Path, meta: dict[str, Any], trust: bool = False) -> Runner:
+    """A function ``normalised NCHW batch -> logits`` that runs the exported file, on the CPU. TorchScript
+    runs code and is refused unless ``trust`` (see :func:`check_file`); a file that does not load as its
+    format is one ExportError line."""
     fmt, path = meta["format"], Path(path)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r} in {sidecar_path(path)}; one of {', '.join(FORMATS)}")
+    if fmt == "torchscript" and not trust:
+        raise ExportError(f"refused to load {path}: {TRUST_HINT}")
+    try:
+        return _runner(path, fmt, meta)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file fails inside onnxruntime / torch / safetensors
+        raise ExportError(f"cannot load {path} as {fmt}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+
+
+def _onnx_external_data_inside(path: Path) -> None:
+    """An ONNX file may point at tensor files by path: only ones beside it, never ``../`` or absolute paths."""
+    onnx = _require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                loc = Path(entry.value)
+                if loc.is_absolute() or ".." in loc.parts:
+                    raise ExportError(f"refused to load {path}: it reads tensor data from {entry.value!r}, "
+                                      "outside its own folder")
+
+
+def _runner(path: Path, fmt: str, meta: dict[str, Any]) -> Runner:
     if fmt == "onnx":
         ort = _require("onnxruntime")
+        _onnx_external_data_inside(path)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         return lambda x: torch.from_numpy(sess.run(None, {name: x.detach().cpu().float().numpy()})[0])
-    if fmt == "torchscript":
+    if fmt == "torchscript":  # trusted by the caller (runner checked)
         with _quiet():
             model = torch.jit.load(str(path), map_location="cpu").eval()
-    elif fmt == "safetensors":
+    else:
         from safetensors.torch import load_model
 
         from .models import build_model
@@ -165,8 +250,6 @@ def runner(path: str | Path, meta: dict[str, Any]) -> Runner:
         model = build_model(meta["model"], len(meta["class_names"]), int(meta["in_chans"]))
         load_model(model, str(path), strict=True)
         model.eval()
-    else:
-        raise ExportError(f"unknown export format {fmt!r} in {sidecar_path(path)}; one of {', '.join(FORMATS)}")
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -204,6 +287,8 @@ def export(target: str | None, fmt: str = "onnx", output: str | Path | None = No
     from .engine.evaluator import load_model
 
     fmt = str(fmt).lower()
+    if output is not None and not isinstance(output, (str, Path)):
+        raise ExportError(f"--output expects a file name, got {output!r}")
     if fmt not in FORMATS:
         raise ExportError(f"--format={fmt!r} is not one of: {', '.join(FORMATS)}")
     if fmt == "onnx":  # before loading anything: a missing package is the likeliest failure
@@ -217,17 +302,33 @@ def export(target: str | None, fmt: str = "onnx", output: str | Path | None = No
     model = lm.model.cpu().float().to(memory_format=torch.contiguous_format).eval()
     size, chans = lm.cfg.data.image_size, lm.in_chans
     example = torch.randn(2, chans, size, size, generator=torch.Generator().manual_seed(1))
-    if fmt == "onnx":
-        _export_onnx(model, example, path)
-    elif fmt == "torchscript":
-        _export_torchscript(model, example, path)
-    else:
-        _export_safetensors(model, path)
-    meta = make_sidecar(lm, fmt, path)
-    diff = verify(model, runner(path, meta), chans, size, atol)
-    meta["check"] = {"max_abs_diff": diff, "atol": atol, "batch_sizes": list(CHECK_BATCHES)}
-    meta["sha256"] = sha256_file(path)
-    tmp = sc.with_name(f".{sc.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, sc)  # atomic: a reader sees no sidecar or a whole one
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (1 << 20)
+    big = fmt == "onnx" and need > 1.5e9  # ONNX's external data is named after the file: no temp name then
+    with disk_full_as(path.parent, need, f"exporting {path.name}"):
+        ensure_free(path.parent, need, f"exporting {path.name}")
+        fd, tmp = temp_file(path.parent, path.name)  # written and checked under a temp name, renamed when good
+        os.close(fd)
+        target_file = path if big else tmp.with_name(tmp.name + FORMATS[fmt])
+        try:
+            if fmt == "onnx":
+                _export_onnx(model, example, target_file)
+            elif fmt == "torchscript":
+                _export_torchscript(model, example, target_file)
+            else:
+                _export_safetensors(model, target_file)
+            meta = make_sidecar(lm, fmt, path)
+            diff = verify(model, runner(target_file, meta, trust=True), chans, size, atol)  # our own file
+            meta["check"] = {"max_abs_diff": diff, "atol": atol, "batch_sizes": list(CHECK_BATCHES)}
+            meta["sha256"] = sha256_file(target_file)
+            if target_file != path:
+                os.replace(target_file, path)
+        except BaseException:
+            if big:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+            if target_file != path:
+                target_file.unlink(missing_ok=True)
+        atomic_write_text(sc, json.dumps(meta, indent=2))  # last: a reader sees no sidecar or a whole one
     return ExportResult(path, sc, fmt, diff)

@@ -163,13 +163,15 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def from_export(path: str | Path, overrides: dict[str, Any] | None = None) -> Classifier:
-    """A :class:`Classifier` for an exported file and its sidecar (``<file>.json``)."""
-    from .export import read_sidecar, runner
+def from_export(path: str | Path, overrides: dict[str, Any] | None = None, trust: bool = False) -> Classifier:
+    """A :class:`Classifier` for an exported file and its sidecar (``<file>.json``). The sidecar is checked,
+    the file must have the sha256 it records, and TorchScript (code) is refused unless ``trust``."""
+    from .export import check_file, read_sidecar, runner
 
     path = Path(path)
     meta = read_sidecar(path)
-    run = runner(path, meta)
+    check_file(path, meta, trust)
+    run = runner(path, meta, trust)
     return Classifier(run, list(meta["class_names"]), int(meta["in_chans"]), int(meta["image_size"]),
                       tuple(meta["mean"]), tuple(meta["std"]), meta["preprocess"].get("center_crop") is not None,
                       path, meta["format"], load_config(overrides))
@@ -190,11 +192,13 @@ def from_loaded(lm: Any) -> Classifier:
                       tuple(lm.std), lm.in_chans != 1, lm.checkpoint, "pytorch", lm.cfg, lm.model)
 
 
-def load(target: str | Path | None, overrides: dict[str, Any] | None = None, **options: Any) -> Classifier:
+def load(target: str | Path | None, overrides: dict[str, Any] | None = None, trust: bool = False,
+         **options: Any) -> Classifier:
     """Load a run folder, a checkpoint, or an exported model (ONNX / TorchScript / safetensors + sidecar).
 
     ``overrides`` / ``options`` are config options (``checkpoint="last"``, ``model="resnet18"`` for a bare
-    state_dict, ``device="cpu"``)."""
+    state_dict, ``device="cpu"``). Files are data: checkpoints load with ``weights_only``, and a TorchScript
+    export, which is a program, is refused unless ``trust=True`` (the CLI's ``--trust-export``)."""
     from .engine.evaluator import load_model
     from .export import read_sidecar, sidecar_path
 
@@ -205,5 +209,5 @@ def load(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
     if path.is_file() and (sidecar_path(path).is_file() or path.suffix.lower() == ".onnx" or _is_torchscript(path)):
         if not sidecar_path(path).is_file():
             read_sidecar(path)  # raises, naming the missing sidecar
-        return from_export(path, ov)
+        return from_export(path, ov, trust)
     return from_loaded(load_model(str(target), ov))

@@ -1,17 +1,201 @@
-"""Safe file writes every layer uses: temp file in the same folder, fsync, rename, fsync the folder.
+"""Safe file helpers for every layer: atomic writes, one OS lock, free space, bounded reads of our own files.
 
-A reader (or a crash) sees the old file or the new one, never half of one. This sits just above config.py
-and imports nothing else of dogcat, so data, engine, tracking and the CLI can all use it.
+Built on the standard library (``tempfile.mkstemp``, ``fcntl.flock``, ``os.replace``, ``shutil.disk_usage``)
+rather than a package: what is added here is what those calls leave to the caller and dogcat needs in one
+place: temp names nobody can predict or pre-plant (mkstemp opens with O_EXCL), a disk-full error that names
+the folder, the size needed and the space free (``torch.save`` reports ENOSPC as "unexpected pos"), and a lock
+whose file says who holds it, so the refusal can name the pid and the host.
+
+Paths and names we write into text files use UTF-8 with ``surrogateescape`` (:data:`TEXT`): a file name that
+is not valid UTF-8 (Python hands it to us with lone surrogates) is written back byte for byte.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import json
 import os
+import secrets
+import shutil
+import socket
+import stat
+import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterator
+
+from .config import DogcatError
+
+TEXT: dict[str, str] = {"encoding": "utf-8", "errors": "surrogateescape"}  # open(path, "w", **TEXT)
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+MARGIN = 64 << 10  # a write is refused up front unless its size, 2 % and this much more are free
 
 
-def fsync_dir(path: Path) -> None:
+class DiskFull(DogcatError, OSError):
+    """No space (or quota) left for a write; nothing half-written was left behind. The CLI exits 1."""
+
+    exit_code = 1
+
+    def __init__(self, folder: Path | str, need: int | None, free: int | None, what: str = "") -> None:
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+        self.folder, self.need, self.free, self.what = Path(folder), need, free, what
+
+    def __str__(self) -> str:
+        need = f"needs about {mib(self.need)}" if self.need else "needs more space"
+        free = f"{mib(self.free)} free" if self.free is not None else "free space unknown"
+        return (f"disk full: {self.what or 'writing'} in {self.folder} {need}, {free}; nothing half-written was "
+                "kept (an earlier file of the same name is untouched). Free some space or write elsewhere")
+
+
+class MalformedFile(DogcatError, ValueError):
+    """A file dogcat wrote (manifest, config, sidecar, ...) that is damaged or of the wrong shape; the CLI exits 2."""
+
+
+class LockHeld(RuntimeError):
+    """The OS lock on ``path`` is held by another process; ``holder`` is what it wrote into the file."""
+
+    def __init__(self, path: Path, holder: dict[str, Any]) -> None:
+        self.path, self.holder = path, holder
+        super().__init__(f"{path} is locked by {describe_holder(holder)}")
+
+
+def mib(n: int | float | None) -> str:
+    return "?" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
+# ---- processes -------------------------------------------------------------------------------------------
+
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux /proc), or None where unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        # the command name (field 2) may hold spaces and parentheses: split after its closing ")"
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_alive(pid: Any, start: Any = None, host: Any = None) -> bool | None:
+    """True / False for a process on this host; None when it ran on another host (cannot tell).
+
+    ``start`` (from :func:`process_start`) tells a reused pid from the process that wrote it; a process
+    owned by another user (PermissionError) is alive."""
+    if host and host != socket.gethostname():
+        return None
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OverflowError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):  # killed but not yet reaped by its parent
+            return False
+    except (OSError, IndexError):
+        pass
+    now = process_start(pid)
+    return start is None or now is None or now == start
+
+
+def this_process() -> dict[str, Any]:
+    """pid, host and start ticks of this process: what a lock or a pid file records."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
+            "time": round(time.time(), 3)}
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    when = holder.get("time")
+    since = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(when)) if isinstance(when, (int, float)) else ""
+    return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{since}"
+
+
+# ---- free space and disk-full errors ---------------------------------------------------------------------
+
+def free_bytes(folder: Path | str) -> int | None:
+    """Bytes free to this user under ``folder`` (None where unknown)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def ensure_free(folder: Path | str, need: int, what: str = "") -> None:
+    """Raise :class:`DiskFull` before writing ``need`` bytes into ``folder`` when they clearly do not fit."""
+    free = free_bytes(folder)
+    if free is not None and free < need * 1.02 + MARGIN:
+        raise DiskFull(folder, need, free, what)
+
+
+def reserve_space(path: Path | str, size: int) -> bool:
+    """Set ``size`` bytes aside in ``path`` (allocated, not sparse); deleting it later gives them back when
+    the disk is full. False when even that does not fit, or the filesystem will not say."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~umask())
+    except OSError:
+        return False
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        return False
+    finally:
+        os.close(fd)
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """True when ``e`` or an exception it came from is ENOSPC / EDQUOT (torch wraps them in RuntimeError)."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_as(folder: Path | str, need: int | None = None, what: str = "") -> Iterator[None]:
+    """Turn an ENOSPC / EDQUOT raised inside into :class:`DiskFull` naming ``folder``; other errors pass."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as e:
+        if is_disk_full(e):
+            raise DiskFull(folder, need, free_bytes(folder), what) from e
+        raise
+
+
+# ---- atomic writes ---------------------------------------------------------------------------------------
+
+_UMASK: int | None = None
+
+
+def umask() -> int:
+    """The process umask, read without changing it (os.umask would, racing other threads)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("Umask:"))
+            _UMASK = int(line.split()[1], 8)
+        except (OSError, StopIteration, ValueError, IndexError):
+            _UMASK = 0o022
+    return _UMASK
+
+
+def fsync_dir(path: Path | str) -> None:
     """Make a rename durable: fsync the folder that holds it (a no-op where unsupported)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -25,22 +209,208 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write via ``write(fileobj)`` to a temp file in the same folder, fsync, rename over ``path``."""
+def temp_file(folder: Path | str, name: str) -> tuple[int, Path]:
+    """A new, empty ``folder/.<name>.tmp-XXXXXXXX`` (mkstemp: O_EXCL, an unpredictable name) with the
+    permissions ``open()`` would give; returns the open descriptor and the path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=folder)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, Path(tmp)
+
+
+class _Recorder:
+    """A file object that remembers the OSError a write raised: ``torch.save`` turns it into a RuntimeError."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
+def atomic_write_bytes(path: Path | str, write: Callable[[Any], Any], need: int | None = None,
+                       what: str = "") -> None:
+    """Write through ``write(fileobj)`` to a mkstemp file in the same folder, fsync, rename over ``path``.
+
+    A crash, kill or full disk leaves the old file or the new one, never half of one; the temp file is
+    removed on any failure. ``need`` (bytes, when known cheaply) is checked against the free space first;
+    ENOSPC / EDQUOT become :class:`DiskFull`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    folder = path.parent
+    with disk_full_as(folder, need, what or f"writing {path.name}"):
+        folder.mkdir(parents=True, exist_ok=True)
+        if need:
+            ensure_free(folder, need, what or f"writing {path.name}")
+        fd, tmp = temp_file(folder, path.name)
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                f = _Recorder(raw)
+                try:
+                    write(f)
+                    f.flush()
+                    os.fsync(raw.fileno())
+                except Exception as e:
+                    if f.error is not None and f.error is not e:  # torch.save's RuntimeError hides it
+                        raise f.error from e
+                    raise
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    fsync_dir(folder)
+
+
+def atomic_write_text(path: Path | str, text: str, what: str = "") -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8 (surrogateescape: non-UTF-8 file names round-trip)."""
+    data = text.encode(**TEXT)
+    atomic_write_bytes(path, lambda f: f.write(data), len(data), what)
+
+
+def atomic_link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same bytes as ``src``, atomically: a hard link under a fresh name (no disk), renamed
+    over ``dst``; a copy through :func:`atomic_write_bytes` where links fail."""
+    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(6)}"  # unpredictable; os.link never overwrites
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.link(src, tmp)
+    except OSError:
+        with open(src, "rb") as s:
+            atomic_write_bytes(dst, lambda f: shutil.copyfileobj(s, f), os.fstat(s.fileno()).st_size)
+        return
+    try:
+        os.replace(tmp, dst)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+# ---- bounded reads of our own small files -----------------------------------------------------------------
+
+def read_small(path: Path | str, limit: int = 16 << 20, follow: bool = True) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, opened without blocking (a FIFO or a device
+    planted where a file should be must not hang us or fill the memory); ``follow=False`` also refuses a
+    final symlink. Raises OSError or ValueError."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > limit:
+            raise ValueError(f"{st.st_size} bytes, more than the {limit} expected")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew while we read it
+        raise ValueError(f"more than the {limit} bytes expected")
+    return data
+
+
+def read_json(path: Path | str, what: str, kind: type = dict, limit: int = 64 << 20) -> Any:
+    """Parse one of our JSON files; anything else (unreadable, not JSON, not a ``kind``) is a
+    :class:`MalformedFile` naming the file. A missing file raises FileNotFoundError."""
+    try:
+        data = json.loads(read_small(path, limit).decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise MalformedFile(f"{what} {path} is unreadable ({type(e).__name__}: {one_line(e)}); "
+                            "it is damaged or not one of dogcat's files") from None
+    if not isinstance(data, kind):
+        raise MalformedFile(f"{what} {path} holds a JSON {type(data).__name__}, not a {kind.__name__}; "
+                            "it is damaged or not one of dogcat's files")
+    return data
+
+
+def one_line(e: BaseException | str, width: int = 300) -> str:
+    """An error's text on one line, cut to ``width`` characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ---- the lock ---------------------------------------------------------------------------------------------
+
+class FileLock:
+    """An exclusive ``fcntl.flock`` on ``path``, held until :meth:`release` or the process ends (the kernel
+    drops it on exit, kill -9 included, so a lock is never stale). The holder writes its pid, host and
+    start time into the file, for the refusal to name. The holder may delete the file as it releases the
+    lock (``remove=True``): a process that was waiting on the deleted file sees that its lock is on a name
+    no longer there, and takes the lock again on the current file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def holder(self) -> dict[str, Any]:
+        try:
+            data = json.loads(read_small(self.path, 4096).decode("utf-8", "replace"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def acquire(self, blocking: bool = False, info: dict[str, Any] | None = None) -> "FileLock":
+        """Take the lock; without ``blocking`` a held lock raises :class:`LockHeld` at once."""
+        if self.fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd, writable = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                raise LockHeld(self.path, self.holder()) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder deleted the file while we waited: lock the current one
+        self.fd = fd
+        if writable:
+            with contextlib.suppress(OSError):
+                data = json.dumps(info or this_process()).encode()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, data, 0)
+        return self
+
+    def _open(self) -> tuple[int, bool]:
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | flags, 0o666 & ~umask()), True
+        except PermissionError:  # another user's lock file: flock needs no write access
+            return os.open(self.path, os.O_RDONLY | flags), False
+
+    def release(self, remove: bool = False) -> None:
+        """Let go; with ``remove`` also delete the file (done while still holding it, see the class doc)."""
+        if self.fd is not None:
+            if remove:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "FileLock":
+        return self.acquire(blocking=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

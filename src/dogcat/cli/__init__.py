@@ -10,12 +10,15 @@ import difflib
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..config import OPTIONS, DogcatError, help_text
+from ..console import printable
+from ..io import DiskFull, free_bytes, is_disk_full, one_line
 from . import commands as c
-from .args import ALL, Command, Own, build_parser, parse
+from .args import ALL, Command, Own, build_parser, finite, parse
 from .completion import script
 
 # The options each command reads (train and lr-find: all). A command refuses the others, naming them.
@@ -62,6 +65,7 @@ _LIST = [
     Command("predict", "class and probabilities for image files, folders or globs", c.predict,
             [("target", None, "a run folder, checkpoint, or exported model (+ its .json sidecar)"),
              ("paths", "+", "image files, folders (recursive) or globs")], PREDICT,
+            [Own("trust-export", "load a TorchScript export, which is a program: only one you trust", None)],
             epilog="--output=F.csv or F.json writes a file, --output=- CSV to stdout; default: a table"),
     Command("export", "the model as ONNX, TorchScript or safetensors + a JSON sidecar, checked against PyTorch",
             c.export, [TARGET], frozenset(MODEL_FILE),
@@ -69,11 +73,11 @@ _LIST = [
              Own("output", "file to write (default RUN/export/model.<ext>)")]),
     Command("lr-find", "LR range test: plot + suggested lr", c.lr_find, options=ALL - {"output"},
             own=[Own("config", "YAML recipe"), Own("output", "the plot (.png) or a folder"),
-                 Own("steps", "steps of the test", int, 100), Own("start-lr", "first lr", float, 1e-7),
-                 Own("end-lr", "last lr", float, 10.0)]),
+                 Own("steps", "steps of the test", finite(int), 100),
+                 Own("start-lr", "first lr", finite(float), 1e-7), Own("end-lr", "last lr", finite(float), 10.0)]),
     Command("ctl", "steer a running training: set KEY=VALUE, save, eval, stop, debug", c.ctl,
             [("run", None, "the run folder"), ("words", "+", "set KEY=VALUE | save | eval | stop | debug")],
-            own=[Own("timeout", "seconds to wait for the answer", float, 60.0)]),
+            own=[Own("timeout", "seconds to wait for the answer", finite(float), 60.0)]),
     Command("inspect", "per-layer parameter / gradient statistics of a checkpoint", c.inspect,
             [("target", None, "a run folder, checkpoint or debug/step-N/snapshot.pt")]),
     Command("runs", "the runs under a folder; one run in detail; two runs compared", c.runs,
@@ -82,7 +86,7 @@ _LIST = [
             c.report, [("target", None, "a run folder")], VAL - {"report"}),
     Command("prepare", "decode a data folder or list file once into the packed cache --cache uses", c.prepare,
             [("data", None, "a data folder or list file")], frozenset({"image_size", "cache_dir"}),
-            [Own("size", "the stored side S (default: what --image-size needs)", int)]),
+            [Own("size", "the stored side S (default: what --image-size needs)", finite(int))]),
     Command("models", "list model names", c.models),
     Command("completion", "print a shell completion script: eval \"$(dogcat completion bash)\"", _completion,
             [("shell", None, "bash or zsh")]),
@@ -102,7 +106,7 @@ def usage() -> str:
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def _setup_output(quiet: bool, verbose: bool) -> None:
@@ -132,15 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in rest):
         build_parser(cmd).print_help()
         return 0
+    if hasattr(sys.stdout, "reconfigure"):  # print non-UTF-8 file names as the bytes they are, as ls does
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         args, overrides = parse(cmd, rest)
         if args.quiet and "progress" in cmd.options:
             overrides.setdefault("progress", "none")
         _setup_output(args.quiet, args.verbose)
         return cmd.run(args, overrides)
-    except DogcatError as e:
-        print(f"dogcat {name}: {'error: ' if e.exit_code == 2 else ''}{e}", file=sys.stderr)
+    except DogcatError as e:  # refused input, a damaged file, a held lock, a full disk, a stopped run: one line
+        print(f"dogcat {name}: {'error: ' if e.exit_code in (1, 2) else ''}{printable(one_line(e, 10_000))}",
+              file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk we did not wrap (e.g. in a library's own write): one line, exit 1
+        if not is_disk_full(e):
+            raise
+        folder = Path(getattr(e, "filename", None) or ".").parent
+        print(f"dogcat {name}: error: {printable(one_line(DiskFull(folder, None, free_bytes(folder)), 10_000))}",
+              file=sys.stderr)
+        return DiskFull.exit_code
     except TimeoutError as e:
         print(f"dogcat {name}: {e}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -58,6 +59,18 @@ class Command:
         if leaf in self.options:
             return is_flag(leaf)
         return any(o.name == name and o.type is None for o in self.own)
+
+
+def finite(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` for a command's own numbers: ``cast``, and finite (no nan / inf)."""
+    def convert(raw: str) -> Any:
+        value = cast(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return value
+
+    convert.__name__ = f"finite {cast.__name__}"  # argparse names the type in its message
+    return convert
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,9 +151,8 @@ def option_help(leaf: str) -> str:
     text = f.metadata["doc"]
     if f.metadata.get("choices") and len("|".join(f.metadata["choices"])) > 40:
         text += f" [{'|'.join(f.metadata['choices'])}]"
-    if f.metadata.get("range"):
-        lo, hi = f.metadata["range"]
-        text += f" [{lo}..{hi}]"
+    if f.metadata.get("range") is not None:
+        text += f" {f.metadata['range']}"
     return f"{text} (default: {default})".replace("%", "%%")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import ConfigError, load_config
+from ..console import printable
+from ..io import atomic_write_text
 
 
 def _json(obj: Any) -> None:
@@ -42,8 +45,9 @@ def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 def _metrics_text(m: dict[str, Any], what: str, class_names: list[str]) -> str:
     from ..engine.metrics import format_confusion
 
-    return (f"{what}: loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f} on "
+    text = (f"{what}: loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f} on "
             f"{m['count']} images\n{format_confusion(m['confusion'], class_names)}")
+    return printable(text)  # a class named by a non-UTF-8 folder: shown as \xNN in a table
 
 
 def val(a: argparse.Namespace, ov: dict[str, Any]) -> int:
@@ -73,15 +77,14 @@ def test(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..engine.evaluator import predict as run_predict
 
-    rows = run_predict(a.target, a.paths, ov)
+    rows = run_predict(a.target, a.paths, ov, trust=a.trust_export)
     output = ov.get("output")
     if output == "-":
         write_predictions(rows, sys.stdout, "csv")
     elif output:
-        out = Path(str(output))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="", encoding="utf-8") as f:
-            write_predictions(rows, f, "json" if out.suffix.lower() == ".json" else "csv")
+        out, buf = Path(str(output)), io.StringIO(newline="")
+        write_predictions(rows, buf, "json" if out.suffix.lower() == ".json" else "csv")
+        atomic_write_text(out, buf.getvalue())  # whole or not at all; non-UTF-8 file names kept as they are
         print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
     else:
         width = max([len(r["path"]) for r in rows] + [4])
@@ -104,8 +107,8 @@ def write_predictions(rows: list[dict], f: TextIO, fmt: str) -> None:
     w.writerow(["path", "class", "probability", *names, "error"])
     for r in rows:
         probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
-        w.writerow([r["path"], r.get("class", ""), f"{r['probability']:.6f}" if "probability" in r else "",
-                    *probs, r.get("error", "")])
+        w.writerow([r.get("path", r.get("index", "")), r.get("class", ""),
+                    f"{r['probability']:.6f}" if "probability" in r else "", *probs, r.get("error", "")])
 
 
 def export(a: argparse.Namespace, ov: dict[str, Any]) -> int:
@@ -141,6 +144,8 @@ def ctl(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
 def inspect(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     """``dogcat inspect RUN|CKPT|SNAPSHOT``: per-layer parameter (and saved gradient) statistics."""
+    import torch
+
     from ..engine.steering import layer_stats
     from ..models.weights import torch_load
 
@@ -150,8 +155,11 @@ def inspect(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     if not path.is_file():
         raise ConfigError(f"no checkpoint at {path}")
     obj = torch_load(path)
-    sd = obj.get("model", obj)
-    rows = layer_stats({k: v for k, v in sd.items() if v.is_floating_point()}, obj.get("grads"))
+    sd = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict):
+        raise ConfigError(f"{path} holds no state_dict (a {type(obj).__name__}); is it a checkpoint?")
+    grads = obj.get("grads") if isinstance(obj.get("grads"), dict) else None
+    rows = layer_stats({k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}, grads)
     grads = any("grad_std" in r for r in rows)
     print(f"{path}: {len(rows)} tensors" + ("" if grads else " (no gradients saved: `dogcat ctl RUN debug` saves them)"))
     head = f"{'name':<44} {'shape':<18} {'mean':>10} {'std':>10} {'absmax':>10}"

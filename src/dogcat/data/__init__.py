@@ -170,15 +170,18 @@ def _sources(cfg: DataConfig, kind: str) -> tuple[str | None, str | None]:
     return cfg.train_data_root, cfg.val_data_root
 
 
-def _packed(cfg: DataConfig, samples: Samples, source: str | None) -> Packed:
-    """The packed cache of ``samples`` (built on first use), in RAM when it fits ``in_memory_mb``."""
+def _packed(cfg: DataConfig, samples: Samples, source: str | None, processes: int = 1) -> Packed:
+    """The packed cache of ``samples`` (built on first use, by one process: the others wait for it), in RAM
+    when it fits ``in_memory_mb`` and this is the only process; with several (DDP) every process memory-maps
+    it, so the page cache holds one copy instead of one per process."""
     assert source is not None
     size = stored_side(cfg.image_size)
-    return ensure(samples, source, size, cfg.image_size, cfg.cache_dir).load(cfg.in_memory_mb)
+    return ensure(samples, source, size, cfg.image_size, cfg.cache_dir).load(cfg.in_memory_mb if processes == 1 else 0)
 
 
-def build_train_val(cfg: DataConfig) -> DataBundle:
-    """Train set (train transform) and val set (eval transform) of the configured data."""
+def build_train_val(cfg: DataConfig, processes: int = 1) -> DataBundle:
+    """Train set (train transform) and val set (eval transform) of the configured data; ``processes``: how
+    many training processes read it (DDP), see :func:`_packed`."""
     kind = detect_kind(cfg)
     check_val_split(cfg.val_split)
     if kind == "fashion-mnist":
@@ -187,8 +190,8 @@ def build_train_val(cfg: DataConfig) -> DataBundle:
     if len(names) < 2:
         raise DataError(f"the training data has {len(names)} class(es) {names}; a classifier needs at least 2")
     train_src, val_src = _sources(cfg, kind)
-    packed = _packed(cfg, samples, train_src) if cfg.cache else None  # all of it: any split reuses it
-    val_packed = _packed(cfg, val[0], val_src) if cfg.cache and val is not None else packed
+    packed = _packed(cfg, samples, train_src, processes) if cfg.cache else None  # all of it: any split reuses it
+    val_packed = _packed(cfg, val[0], val_src, processes) if cfg.cache and val is not None else packed
     if val is None:
         (samples, ids), val = _split(samples, ids, cfg)
     size, mean, std = cfg.image_size, IMAGENET_MEAN, IMAGENET_STD
@@ -267,6 +270,8 @@ def prepare(data: str | Path, cfg: DataConfig, size: int | None = None, progress
     """``dogcat prepare``: build the packed cache of a data folder or list file, with the same files, labels
     and place that ``--cache`` training (or testing) on it will look for. ``size``: the stored side S (default
     the one ``cfg.image_size`` needs)."""
+    if size is not None and not 8 <= size <= 8192:
+        raise DataError(f"--size={size} is out of range: allowed is an integer in [8, 8192] (the stored side)")
     src = Path(data).expanduser()
     if src.is_file():
         samples, _, _ = listfile.load(src, need_labels=False)

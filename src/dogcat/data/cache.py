@@ -14,8 +14,9 @@ the network input C: exactly what the eval transform's resize produces, so eval 
 crop) equals eval from the files. Training crops its random resized crop from the S x S square, not from
 the whole picture (the corners of a wide photo are gone). The fingerprint hashes the sorted relative paths
 with their sizes, mtimes and labels: a changed, added or removed file gives a new cache (the stale one is
-deleted). A build writes into ``.tmp-*`` and renames the folder when complete, so an interrupted build is
-never taken for a whole one.
+deleted). A build writes into ``.tmp-<pid>-<name>`` and renames the folder when complete, so an interrupted
+build is never taken for a whole one. One process builds a given cache, holding ``.<name>.lock``; others
+(DDP ranks, other jobs) wait on that lock and then use it. Clean-up deletes only folders named as ours.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import logging
 import multiprocessing
 import os
 import shutil
+import re
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -37,6 +40,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm  # a widget in a notebook, a bar on a terminal
 
+from ..io import TEXT, FileLock, LockHeld, describe_holder, disk_full_as, ensure_free, read_small
 from .arrays import ArrayImages, Prepare
 from .images import DataError, decode_image
 from .transforms import EVAL_CROP_RATIO
@@ -45,6 +49,7 @@ log = logging.getLogger("dogcat")
 VERSION = 1
 FALLBACK_ROOT = Path("~/.cache/dogcat/packed")
 Samples = Sequence[tuple[str, int]]
+NAME = re.compile(r".+-[0-9a-f]{8}-s\d+c\d+-[0-9a-f]{16}")  # <source>-<path hash>-s<S>c<C>-<fingerprint>
 
 
 def stored_side(image_size: int) -> int:
@@ -95,7 +100,7 @@ def fingerprint(samples: Samples, base: Path) -> str:
         except OSError:
             stat = "missing"  # stays bad in the cache; appearing later changes the fingerprint
         lines.append(f"{os.path.relpath(os.path.abspath(path), base)}\t{stat}\t{label}")
-    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+    return hashlib.sha256("\n".join(sorted(lines)).encode(**TEXT)).hexdigest()
 
 
 def _writable(folder: Path) -> bool:
@@ -113,24 +118,39 @@ def candidate_roots(base: Path, cache_dir: str | None) -> list[Path]:
     return [base / ".dogcat-cache", FALLBACK_ROOT.expanduser()]
 
 
-def open_packed(folder: Path) -> Packed | None:
-    """The cache in ``folder``, or None when it is missing, incomplete or of another format version."""
+def _index(meta: object) -> tuple[int, int, int, list[str], dict[str, str], str] | None:
+    """``(n, size, crop, files, bad, base)`` of an index.json of the right shape, else None."""
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        return None
+    files, bad, size, crop, base = (meta.get(k) for k in ("files", "bad", "size", "crop", "base"))
+    if not (isinstance(files, list) and all(isinstance(f, str) for f in files) and isinstance(bad, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in bad.items())
+            and isinstance(size, int) and 0 < size <= 1 << 16 and isinstance(crop, int) and isinstance(base, str)):
+        return None
+    return len(files), size, crop, files, bad, base
+
+
+def open_packed(folder: Path, warn: bool = True) -> Packed | None:
+    """The cache in ``folder``, or None when it is missing, incomplete or of another format version. A
+    complete one whose index is damaged is reported (one warning naming it) and then rebuilt like a stale one."""
     try:
         if not (folder / "COMPLETE").is_file():
             return None
-        meta = json.loads((folder / "index.json").read_text())
-        if meta.get("version") != VERSION:
-            return None
-        n, s = len(meta["files"]), meta["size"]
+        index = _index(json.loads(read_small(folder / "index.json", 1 << 30).decode("utf-8")))
+        if index is None:
+            raise ValueError("not the index of this dogcat version")
+        n, s, crop, files, bad, base = index
         if (folder / "pixels.u8").stat().st_size != n * s * s * 3:
-            return None
-    except (OSError, ValueError, KeyError):
+            raise ValueError("pixels.u8 is not the size its index says")
+    except (OSError, ValueError) as e:
+        if warn:
+            warnings.warn(f"packed cache {folder} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                          "it will be rebuilt")
         return None
     shape = (n, s, s, 3)
     # mode "c" (copy-on-write) only so that torch.from_numpy takes views without a read-only warning; nothing writes
     pixels = np.memmap(folder / "pixels.u8", np.uint8, "c", shape=shape) if n else np.zeros(shape, np.uint8)
-    return Packed(folder, s, meta["crop"], Path(meta["base"]), {f: i for i, f in enumerate(meta["files"])},
-                  dict(meta["bad"]), pixels)
+    return Packed(folder, s, crop, Path(base), {f: i for i, f in enumerate(files)}, dict(bad), pixels)
 
 
 def _init_worker() -> None:
@@ -172,26 +192,58 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+TEMP = re.compile(r"\.tmp-\d+-(?P<name>.+)")
+
+
+def _lock(root: Path, name: str) -> FileLock:
+    """The lock a builder of cache ``name`` holds while it builds (``root/.<name>.lock``)."""
+    return FileLock(root / f".{name}.lock")
+
+
 def _clean(root: Path, prefix: str, keep: str) -> None:
-    """Delete stale caches of the same files and size, and temp folders of builds that died."""
+    """Delete stale caches of the same files and size (``<prefix><16 hex>``), and temp folders of builds that
+    died (``.tmp-<pid>-<cache name>`` whose build lock nobody holds). Nothing else under ``root`` is touched:
+    with ``--cache-dir=~`` the folder is not ours. A lock we cannot open or take counts as held."""
+    stale_name = re.compile(re.escape(prefix) + r"[0-9a-f]{16}")
     for d in root.iterdir() if root.is_dir() else []:
-        stale = d.name.startswith(prefix) and d.name != keep
-        if d.name.startswith(".tmp-"):
-            try:
-                os.kill(int(d.name.split("-")[1]), 0)  # the builder is still running
-                stale = time.time() - d.stat().st_mtime > 86400
-            except (ValueError, IndexError, ProcessLookupError, PermissionError):
-                stale = True
-        if stale:
+        if d.is_symlink() or not d.is_dir():
+            continue
+        if stale_name.fullmatch(d.name) and d.name != keep:
             shutil.rmtree(d, ignore_errors=True)
+            continue
+        m = TEMP.fullmatch(d.name)
+        if not m or not NAME.fullmatch(m["name"]):
+            continue
+        if m["name"] == keep:  # our own name: we hold its lock, our temp folder is already renamed
+            shutil.rmtree(d, ignore_errors=True)
+            continue
+        lock = _lock(root, m["name"])
+        try:
+            lock.acquire()
+        except (LockHeld, OSError):
+            continue  # a builder is at work (PermissionError included: another user's, alive as far as we know)
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            lock.release(remove=True)
 
 
 def build(samples: Samples, base: Path, folder: Path, size: int, crop: int, fp: str, workers: int = -1,
           progress: bool = True) -> Packed:
-    """Decode ``samples`` in parallel into ``folder`` (through a temp folder renamed at the end)."""
+    """Decode ``samples`` in parallel into ``folder`` (through a temp folder renamed at the end). The space
+    it needs is known up front and checked first; a disk that fills anyway is a DiskFull, the temp removed."""
     order = sorted(range(len(samples)), key=lambda i: os.path.relpath(os.path.abspath(samples[i][0]), base))
     jobs = [(str(samples[i][0]), size, crop) for i in order]
+    need = len(jobs) * size * size * 3 + 64 * len(jobs) + (1 << 16)  # pixels + index
+    with disk_full_as(folder.parent, need, f"building the packed cache {folder.name}"):
+        ensure_free(folder.parent, need, f"building the packed cache {folder.name}")
+        return _build(jobs, base, folder, size, crop, fp, workers, progress)
+
+
+def _build(jobs: list[tuple[str, int, int]], base: Path, folder: Path, size: int, crop: int, fp: str, workers: int,
+           progress: bool) -> Packed:
     tmp = folder.parent / f".tmp-{os.getpid()}-{folder.name}"
+    shutil.rmtree(tmp, ignore_errors=True)  # a dead builder's with our pid: ours to remove, we hold the lock
     tmp.mkdir(parents=True)
     try:
         files, bad = [], {}
@@ -212,15 +264,15 @@ def build(samples: Samples, base: Path, folder: Path, size: int, crop: int, fp: 
         bar.close()
         meta = {"version": VERSION, "size": size, "crop": crop, "fingerprint": fp, "base": str(base),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files, "bad": bad}
-        (tmp / "index.json").write_text(json.dumps(meta))
-        (tmp / "bad_files.txt").write_text("".join(f"{base / p}\t{r}\n" for p, r in bad.items()))
+        (tmp / "index.json").write_text(json.dumps(meta))  # ASCII: json escapes non-UTF-8 names
+        (tmp / "bad_files.txt").write_text("".join(f"{base / p}\t{r}\n" for p, r in bad.items()), **TEXT)
         _fsync(tmp / "index.json")
         (tmp / "COMPLETE").write_text(f"{len(files)} images, {len(bad)} bad\n")
         _fsync(tmp)
         try:
             os.rename(tmp, folder)
         except OSError:  # another process finished the same cache first: use theirs
-            if open_packed(folder) is None:
+            if open_packed(folder, warn=False) is None:
                 shutil.rmtree(folder, ignore_errors=True)
                 os.rename(tmp, folder)
         _fsync(folder.parent)
@@ -240,7 +292,7 @@ def ensure(samples: Samples, source: str | Path, size: int, crop: int, cache_dir
     source = Path(source).expanduser().resolve()
     base = source if source.is_dir() else source.parent
     fp = fingerprint(samples, base)
-    prefix = f"{source.name}-{hashlib.sha1(str(source).encode()).hexdigest()[:8]}-s{size}c{crop}-"
+    prefix = f"{source.name}-{hashlib.sha1(str(source).encode(**TEXT)).hexdigest()[:8]}-s{size}c{crop}-"
     name = prefix + fp[:16]
     roots = candidate_roots(base, cache_dir)
     for root in roots:
@@ -251,13 +303,29 @@ def ensure(samples: Samples, source: str | Path, size: int, crop: int, cache_dir
     if root is None:
         raise DataError(f"no writable cache folder for {source} (tried {', '.join(map(str, roots))}); "
                         f"pass --cache-dir=DIR or drop --cache")
-    log.info(f"building the packed cache of {len(samples)} images in {root / name}")
-    t0 = time.perf_counter()
-    packed = build(samples, base, root / name, size, crop, fp, workers, progress)
-    log.info(f"cached {len(packed.rows)} images ({packed.nbytes / 2**20:.0f} MiB, {len(packed.bad)} unreadable) "
-             f"in {time.perf_counter() - t0:.1f}s")
-    _clean(root, prefix, name)
-    return packed
+    lock = _lock(root, name)
+    try:
+        try:
+            lock.acquire()
+        except LockHeld as e:  # another process (a DDP rank, another job) builds it: wait, then use theirs
+            log.info(f"waiting for {describe_holder(e.holder)}, which is building the packed cache {root / name}")
+            lock.acquire(blocking=True)
+    except OSError as e:
+        raise DataError(f"cannot lock {lock.path} to build the packed cache ({e.strerror or e}); "
+                        "pass --cache-dir=DIR") from None
+    try:
+        packed = open_packed(root / name, warn=False)
+        if packed is not None:
+            return packed
+        log.info(f"building the packed cache of {len(samples)} images in {root / name}")
+        t0 = time.perf_counter()
+        packed = build(samples, base, root / name, size, crop, fp, workers, progress)
+        log.info(f"cached {len(packed.rows)} images ({packed.nbytes / 2**20:.0f} MiB, {len(packed.bad)} unreadable) "
+                 f"in {time.perf_counter() - t0:.1f}s")
+        _clean(root, prefix, name)
+        return packed
+    finally:
+        lock.release(remove=True)
 
 
 def packed_dataset(packed: Packed, samples: Samples, ids: Sequence[str], prepare: Prepare) -> ArrayImages:

@@ -7,6 +7,8 @@ IDX files; Debian's ``dataset-fashion-mnist`` package; a torchvision download in
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,22 +42,32 @@ def has_idx(folder: Path, split: str = "train") -> bool:
     return all(_find(folder, stem) is not None for stem in FILES[split])
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (gzip or raw): big-endian magic 0x0000080D, D = ndim."""
+MAX_IDX_BYTES = 1 << 30  # 1 GiB: Fashion-MNIST's largest file is 47 MB; a gzip bomb stops here
+
+
+def read_idx(path: Path, limit: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzip or raw): big-endian magic 0x0000080D, D = ndim. The header's
+    size is checked against ``limit`` before the data is read, and no more than that is ever decompressed."""
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+            dims = f.read(4 * head[3])
+            if len(dims) != 4 * head[3]:
+                raise DataError(f"{path}: the header is cut short; the file is damaged")
+            shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+            size = math.prod(shape)
+            if size > limit:
+                raise DataError(f"{path}: its header announces {size:,} bytes of data, more than the "
+                                f"{limit:,} allowed; not a Fashion-MNIST file")
+            data = f.read(size + 1)
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e}); download it again") from e
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
-    ndim = data[3]
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(shape)):
+    if len(data) != size:
         raise DataError(f"{path}: size does not match its header {shape}; the file is damaged")
-    return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
+    return np.frombuffer(data, np.uint8).reshape(shape)
 
 
 def load_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:

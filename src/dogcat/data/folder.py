@@ -10,10 +10,29 @@ from .images import DataError, is_image_file
 
 
 def find_images(folder: Path) -> list[str]:
-    """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped."""
+    """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped.
+
+    Symlinked folders are followed, each real folder once (by device and inode): a link back up the tree
+    (``ln -s . cat/x``) is not a loop that never ends."""
     out: list[str] = []
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return out
+    visited = {(st.st_dev, st.st_ino)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        keep = []
+        for d in dirnames:
+            if d.startswith("."):
+                continue
+            try:
+                st = os.stat(os.path.join(dirpath, d))
+            except OSError:
+                continue  # a dangling link
+            if (st.st_dev, st.st_ino) not in visited:
+                visited.add((st.st_dev, st.st_ino))
+                keep.append(d)
+        dirnames[:] = keep
         out += [os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and is_image_file(f)]
     return sorted(out)
 

@@ -19,10 +19,23 @@ from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import DogcatError
+from ..io import TEXT, disk_full_as
 from .jpeg import decode_jpeg_rgb, pil_draft, resize_like_full
 
 # Extensions PIL decodes that people keep photos in; matched case-insensitively.
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+# Between its limit and twice that PIL only warns; dogcat refuses such a file itself (a bad file, reported
+# once, like any other), so PIL's warning would only say it twice.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def max_pixels() -> int:
+    """The most pixels an image may have: PIL's ``Image.MAX_IMAGE_PIXELS`` (89,478,485 by default, e.g.
+    9459 x 9459). A larger file, whatever its format, is a bad file: a few KB of PNG or TIFF can ask for
+    gigabytes ("decompression bomb"). Raise the limit by setting ``PIL.Image.MAX_IMAGE_PIXELS``."""
+    return int(Image.MAX_IMAGE_PIXELS or 1 << 62)
 
 
 class DataError(DogcatError, ValueError):
@@ -76,6 +89,8 @@ def decode_image(path: str | Path, mode: str = "RGB", min_short: int = 0) -> tup
                 return fast, None
         with Image.open(path) as im:
             w, h = im.size
+            if w * h > max_pixels():  # PIL itself only warns up to twice its limit
+                return None, f"too large: {w}x{h} pixels, more than the {max_pixels():,} allowed (a decompression bomb?)"
             factor = pil_draft(im, min_short)
             im.load()  # decode fully here, inside the try, so truncation surfaces now
             img = im.convert(mode)  # grayscale, CMYK, RGBA, palette -> RGB (or L)
@@ -166,7 +181,7 @@ class BadFiles:
         self.path = Path(path) if path is not None else None
         self._seen: dict[str, str] = {}
         if self.path is not None and self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            for line in self.path.read_text(**TEXT).splitlines():
                 p, _, reason = line.partition("\t")
                 if p:
                     self._seen[p] = reason
@@ -191,5 +206,5 @@ class BadFiles:
             warnings.warn(f"skipping unreadable image {path}: {reason}", BadImageWarning, stacklevel=2)
         if new and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.writelines(f"{p}\t{r}\n" for p, r in new)
+            with disk_full_as(self.path.parent, what=f"appending to {self.path.name}"), open(self.path, "a", **TEXT) as f:
+                f.writelines(f"{p}\t{r}\n" for p, r in new)  # surrogateescape: non-UTF-8 names as they are

@@ -10,6 +10,7 @@ import io
 import os
 from pathlib import Path
 
+from ..io import read_small
 from .images import DataError
 
 
@@ -58,7 +59,10 @@ def read_list(path: str | Path, need_labels: bool = True) -> list[tuple[str, str
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"list file {path} does not exist")
-    text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: spreadsheets like to add a BOM
+    try:  # utf-8-sig: spreadsheets like to add a BOM; surrogateescape: non-UTF-8 names stay the bytes they are
+        text = read_small(path, 1 << 30).decode("utf-8-sig", "surrogateescape")
+    except (OSError, ValueError) as e:
+        raise DataError(f"list file {path} is unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
     header = [h.strip().lower() for h in next(csv.reader([first]), [])]
     is_csv = path.suffix.lower() == ".csv" or "path" in header

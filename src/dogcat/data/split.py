@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import random
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from ..io import atomic_write_text
 from .images import DataError
 
 if TYPE_CHECKING:
@@ -47,15 +49,12 @@ def stratified_split(labels: Sequence[int], val_split: float, seed: int,
 
 
 def _write_atomic(path: Path, rows: list[tuple[str, str]]) -> None:
-    """Temp file, fsync, rename: a crash never leaves half a split file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label"])
-        w.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The CSV, whole or not at all (io.atomic_write_text); non-UTF-8 file names are written as they are."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["path", "label"])
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue(), f"writing the split file {path.name}")
 
 
 def write_splits(bundle: DataBundle, run_dir: Path) -> list[Path]:

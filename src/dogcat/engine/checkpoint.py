@@ -2,47 +2,86 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..io import atomic_write_bytes
-from ..models.weights import torch_load
+from ..io import atomic_link_or_copy as link_or_copy
+from ..io import atomic_write_bytes, one_line
+from ..models.weights import WeightsError, torch_load
 
 FORMAT_VERSION = 1
 
 
+def state_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state: what a checkpoint of it needs on disk, give or take a little."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Save ``state`` (plus the format version) atomically: a crash leaves the old file or the new one."""
+    """Save ``state`` (plus the format version) atomically: a crash or a full disk leaves the old file or the
+    new one. The free space is checked first (the tensors' size is cheap to know)."""
     state = {"format_version": FORMAT_VERSION, **state}
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    need = state_bytes(state) + (1 << 16)  # + pickled metadata and the zip directory
+    atomic_write_bytes(path, lambda f: torch.save(state, f), need, f"saving checkpoint {path.name}")
 
 
 REQUIRED = ("format_version", "model", "epoch", "global_step", "config")
+# what val / test / predict / export read, and what a resume reads besides: a file without them is refused
+INFERENCE = ("class_names", "in_chans", "mean", "std")
+TRAINING = ("optimizer", "scheduler", "scaler", "batch_in_epoch", "loss_meter", "rng", "best_metric", "best_epoch")
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a dogcat checkpoint on the CPU with ``weights_only=True``; a file without the keys of one fails."""
-    ckpt = torch_load(path)
-    missing = [k for k in REQUIRED if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED)
+class CheckpointError(WeightsError):
+    """A file that is not a usable dogcat checkpoint (damaged, or of another shape); the CLI exits 2."""
+
+
+def check_checkpoint(ckpt: Any, path: Path | str, training: bool = False) -> dict[str, Any]:
+    """``ckpt`` if it has the keys and types a dogcat checkpoint has, else :class:`CheckpointError` naming
+    ``path`` and the first problem. A checkpoint is data from elsewhere: nothing in it is trusted blindly."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a dogcat checkpoint")
+    keys = REQUIRED + INFERENCE + (TRAINING if training else ())
+    missing = [k for k in keys if k not in ckpt]
     if missing:
-        raise ValueError(f"{path} is not a dogcat checkpoint (missing {', '.join(missing)})")
+        raise CheckpointError(f"{path} is not a complete dogcat checkpoint (missing {', '.join(missing)})")
+    names, chans, mean, std = ckpt["class_names"], ckpt["in_chans"], ckpt["mean"], ckpt["std"]
+    problems = []
+    if not isinstance(ckpt["config"], dict):
+        problems.append("config is not a mapping")
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        problems.append("model is not a state_dict of tensors")
+    if not (isinstance(names, (list, tuple)) and len(names) >= 2 and all(isinstance(n, str) for n in names)):
+        problems.append("class_names is not a list of at least 2 names")
+    if chans not in (1, 3) or isinstance(chans, bool):
+        problems.append(f"in_chans is {chans!r}, not 1 or 3")
+    for key, v in (("mean", mean), ("std", std)):
+        if not (isinstance(v, (list, tuple)) and len(v) == chans
+                and all(isinstance(x, (int, float)) and x == x and abs(x) < 1e6 for x in v)):
+            problems.append(f"{key} is not {chans} finite numbers")
+        elif key == "std" and any(x == 0 for x in v):
+            problems.append("std holds a 0")
+    for key in ("epoch", "global_step") + (("batch_in_epoch",) if training else ()):
+        if not isinstance(ckpt[key], int) or isinstance(ckpt[key], bool) or ckpt[key] < 0:
+            problems.append(f"{key} is {ckpt[key]!r}, not a count")
+    if problems:
+        raise CheckpointError(f"{path} is not a usable dogcat checkpoint: {'; '.join(problems)}")
     return ckpt
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same bytes as ``src``, atomically (a hard link costs no disk; copy where links fail)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def load_checkpoint(path: Path, training: bool = True) -> dict[str, Any]:
+    """Load a dogcat checkpoint on the CPU with ``weights_only=True`` and check its shape (see
+    :func:`check_checkpoint`; ``training``: also what a resume needs)."""
+    return check_checkpoint(torch_load(path), path, training)
 
 
 TOP = re.compile(r"top-(\d{4,})-(\w+)=(-?[\d.]+(?:e-?\d+)?|nan|inf|-inf)\.pt$")
@@ -102,7 +141,8 @@ class Checkpoints:
                     ckpt = load_checkpoint(other)
                 except Exception:  # noqa: BLE001
                     continue
-                warnings.warn(f"{self.last} is unreadable ({str(first).splitlines()[0][:200]}); "
+                warnings.warn(f"{self.last} is unreadable ({one_line(first, 200)}); "
                               f"resuming from {other} (epoch {ckpt['epoch']}, step {ckpt['global_step']}) instead")
                 return ckpt, other
-            raise ValueError(f"no readable checkpoint in {self.folder}: {self.last} failed with {first}") from first
+            raise CheckpointError(f"no readable checkpoint in {self.folder}: {self.last} failed with "
+                                  f"{one_line(first)}") from first

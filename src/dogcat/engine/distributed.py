@@ -109,9 +109,19 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def launch_command(nproc: int, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command line and environment of :func:`launch`. ``python -m`` would put the current folder
+    first on ``sys.path``, so a ``dogcat/`` or ``torch.py`` lying there would run instead of ours: ``-P`` and
+    ``PYTHONSAFEPATH`` (inherited by the workers torchrun starts) keep it off (Python 3.11+)."""
+    safe = sys.version_info >= (3, 11)
+    cmd = [sys.executable, *(["-P"] if safe else []), "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "dogcat", "train", *argv]
+    env = {**os.environ, **({"PYTHONSAFEPATH": "1"} if safe else {})}
+    return cmd, env
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """``dogcat train --nproc=N``: re-run this command under torchrun with N processes on this machine."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "dogcat", "train", *argv]
+    cmd, env = launch_command(nproc, argv)
     print("launching:", " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=env)

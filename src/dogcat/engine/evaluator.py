@@ -13,10 +13,12 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, ConfigError, from_dict, load_config
-from ..data import BadFiles, DataError, build_test, build_train_val, make_loader
+from ..data import KINDS, BadFiles, DataError, build_test, build_train_val, make_loader
+from ..io import atomic_write_text
 from ..inference import with_tta
 from ..models import build_model, head_module, list_models
 from ..models.weights import WeightsError, load_weights, read_state_dict, torch_load
+from .checkpoint import check_checkpoint
 from .metrics import EvalMeter
 from .runtime import autocast, memory_format, pick_device
 from .submission import check_submission, sample_order, write_submission
@@ -74,18 +76,21 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
     overrides = dict(overrides or {})
     ckpt_path, run_dir = resolve_checkpoint(target, overrides)
     obj = torch_load(ckpt_path) if ckpt_path.suffix != ".safetensors" else {}
-    if isinstance(obj, dict) and "format_version" in obj:
-        base = from_dict(obj["config"])
+    if isinstance(obj, dict) and "format_version" in obj:  # data from elsewhere: checked, output places not taken
+        check_checkpoint(obj, ckpt_path)
+        base = from_dict(obj["config"], f"the config stored in {ckpt_path}")
         base.train.resume = None
         cfg = load_config(overrides, base=base)
         cfg.model.model = base.model.model  # the architecture is the checkpoint's, whatever --model says
         names, chans = list(obj["class_names"]), int(obj["in_chans"])
         mean, std, kind = tuple(obj["mean"]), tuple(obj["std"]), obj.get("data_kind")
+        kind = kind if kind in KINDS else None
         model = build_model(cfg.model.model, len(names), chans)
         load_weights(model, obj.get("ema") or obj["model"], strict=True, source=str(ckpt_path))  # EMA first
         if cfg.train.precision == "auto":  # the training's probed choice, on the same kind of device
             same = obj.get("device_type") == pick_device(cfg.train).type
-            cfg.train.precision = obj.get("precision", "fp32") if same else "fp32"
+            stored = obj.get("precision")
+            cfg.train.precision = stored if same and stored in ("fp32", "bf16", "fp16") else "fp32"
         meta = {k: obj.get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch", "monitor")}
     else:
         cfg = load_config(overrides)
@@ -159,7 +164,7 @@ def evaluate(target: str | Path | None, overrides: dict[str, Any] | None = None,
         result["report"] = str(write_report(lm.out_dir, lm.run_dir, metrics, collect, lm.class_names, lm.mean,
                                             lm.std, str(lm.checkpoint)))
         log.info(f"wrote {result['report']}")
-    (lm.out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(lm.out_dir / "result.json", json.dumps(result, indent=2, default=str))
     log.debug(f"val: loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
               f"logloss {metrics['logloss']:.4f} on {metrics['count']} images")  # the result itself: the caller's
     log.info(f"wrote {lm.out_dir / 'result.json'}")
@@ -231,7 +236,7 @@ def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
         result["metrics"] = meter.compute()
         m = result["metrics"]
         log.debug(f"test: accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f} on {m['count']} images")
-        (lm.out_dir / "test_result.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(lm.out_dir / "test_result.json", json.dumps(result, indent=2, default=str))
     log.info(f"wrote {len(rows)} rows to {out}")
     return result
 
@@ -250,12 +255,13 @@ def _bad_id(path: str, root: str | None) -> str:
 
 
 def predict(target: str | Path | None, paths: list[str] | str, overrides: dict[str, Any] | None = None,
-            **options: Any) -> list[dict[str, Any]]:
+            trust: bool = False, **options: Any) -> list[dict[str, Any]]:
     """Class and probabilities for image files, folders or globs, in order; unreadable files come back with an
-    error. ``target``: a run folder, a checkpoint, or an exported model with its sidecar (see ``dogcat.load``);
-    ``overrides`` / ``options``: config options, e.g. ``predict(run, ["a.jpg"], tta=True)``."""
+    error. ``target``: a run folder, a checkpoint, or an exported model with its sidecar (see ``dogcat.load``;
+    ``trust``: allow a TorchScript export, which runs code); ``overrides`` / ``options``: config options, e.g.
+    ``predict(run, ["a.jpg"], tta=True)``."""
     from ..inference import load
 
-    clf = load(target, {**(overrides or {}), **options})
+    clf = load(target, {**(overrides or {}), **options}, trust)
     paths = [paths] if isinstance(paths, (str, Path)) else paths
     return clf.predict(paths, tta=clf.cfg.eval.tta, batch_size=clf.cfg.data.batch_size)

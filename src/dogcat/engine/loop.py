@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -108,6 +107,7 @@ class Loop:
     nonfinite_total: int = 0
     criterion: Criterion = field(default_factory=lambda: Criterion(0))  # mixup/cutmix, label smoothing
     ema: Any = None                                                      # timm ModelEmaV3, --ema-decay
+    debug_seen: tuple | None = None              # the --debug-file version last acted on
 
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True, memory_format=memory_format(self.channels_last))
@@ -225,16 +225,22 @@ def validate(model: nn.Module, loader: Any, loop: Loop, num_classes: int,
     return meter.compute()
 
 
-_debug_seen: dict[str, float] = {}
-
-
 def _maybe_debug(loop: Loop) -> None:
-    """The seed's trick: while ``--debug-file`` exists, a run on a terminal stops in (i)pdb at the next log
-    step (as in the seed); without a terminal it writes one debug dump per version of the file."""
-    if not loop.debug_file or not os.path.exists(loop.debug_file) or loop.debug is None:
+    """The seed's trick, made safe for shared machines: each new version (inode, size, mtime) of
+    ``--debug-file`` (default ``RUN/control/debug``) stops a run on a terminal in (i)pdb once, or, without a
+    terminal, writes one debug dump. A file owned by another user is ignored (with one warning): on a shared
+    /tmp anyone could create it."""
+    if not loop.debug_file or loop.debug is None:
         return
-    mtime = os.path.getmtime(loop.debug_file)
-    if not sys.stdin.isatty() and _debug_seen.get(loop.debug_file) == mtime:
+    try:
+        st = os.stat(loop.debug_file)
+    except OSError:
         return
-    _debug_seen[loop.debug_file] = mtime
+    version = (st.st_ino, st.st_size, st.st_mtime_ns)
+    if version == loop.debug_seen:
+        return
+    loop.debug_seen = version
+    if st.st_uid != os.getuid():
+        log.warning(f"ignoring debug file {loop.debug_file}: it belongs to user id {st.st_uid}, not to you")
+        return
     log.info(f"debug file {loop.debug_file}: {loop.debug()}")

@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, ConfigError
+from ..io import atomic_write_text
 from .runtime import autocast, memory_format
 
 log = logging.getLogger("dogcat")
@@ -123,6 +124,9 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
     from .recipes import build_criterion
     from .runtime import pick_device, seed_everything
 
+    if not (0 < start < end < math.inf and 2 <= steps <= 100_000):
+        raise ConfigError(f"lr-find needs 0 < --start-lr < --end-lr (finite) and 2 <= --steps <= 100000, got "
+                          f"--start-lr={start:g} --end-lr={end:g} --steps={steps}")
     device = pick_device(cfg.train)
     seed_everything(cfg.train.seed)
     data = build_train_val(cfg.data)
@@ -152,6 +156,6 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
         f"{time.strftime('%Y%m%d-%H%M%S')}"
     png = out if out.suffix == ".png" else out / "lr_find.png"
     res.plot = plot(res, png)
-    png.with_suffix(".json").write_text(json.dumps({"lrs": res.lrs, "losses": res.losses,
-                                                    "suggestion": res.suggestion, "min_loss_lr": res.min_loss_lr}))
+    atomic_write_text(png.with_suffix(".json"), json.dumps({"lrs": res.lrs, "losses": res.losses,
+                                                           "suggestion": res.suggestion, "min_loss_lr": res.min_loss_lr}))
     return res

@@ -21,7 +21,8 @@ def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
 
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
-    """Head at ``lr``, backbone at ``lr * backbone_lr_mult``; a frozen backbone gets no gradients at all."""
+    """Head at ``lr``, backbone at ``lr * backbone_lr_mult``; a frozen backbone gets no gradients at all.
+    Each group keeps its ``lr_mult`` (its lr over ``--lr``), so a new ``--lr`` can be set, not scaled."""
     head = head_module(model)
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     if (cfg.model.freeze_backbone or cfg.model.backbone_lr_mult != 1.0) and head is None:
@@ -30,9 +31,10 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
         for p in model.parameters():
             p.requires_grad_(id(p) in head_ids)
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.optim.lr, "name": "head"},
+    mult = cfg.model.backbone_lr_mult
+    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.optim.lr, "name": "head", "lr_mult": 1.0},
               {"params": [p for p in params if id(p) not in head_ids],
-               "lr": cfg.optim.lr * cfg.model.backbone_lr_mult, "name": "backbone"}]
+               "lr": cfg.optim.lr * mult, "name": "backbone", "lr_mult": mult}]
     return [g for g in groups if g["params"]]
 
 
@@ -63,6 +65,7 @@ class Schedule(LRScheduler):
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.gamma, self.step_size = cfg.lr_decay, max(1, cfg.step_size)
         self.milestones = sorted(cfg.milestones)
+        self.min_lr = cfg.min_lr
         self.min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
         self.onecycle_pct = cfg.onecycle_pct
         self.factor = 1.0  # loss-rise: product of the decays so far
@@ -99,6 +102,16 @@ class Schedule(LRScheduler):
         """Restore progress only: the shape (kind, horizon, warm-up, milestones) comes from the current
         config, so a resumed run with a larger ``max_epoch`` stretches its cosine to the new end."""
         self.__dict__.update({k: v for k, v in state_dict.items() if k in self.PROGRESS})
+
+    def set_base_lr(self, lr: float) -> None:
+        """Make ``lr`` the base learning rate (each group's: ``lr`` x its ``lr_mult``) and apply it at once, at
+        the schedule's current point: the shape (warm-up, decays so far, cosine) is kept. A value, never a
+        ratio of the old one, so an lr of 0 can be set and later changed again."""
+        self.base_lrs = [lr * g.get("lr_mult", 1.0) for g in self.optimizer.param_groups]
+        self.min_ratio = self.min_lr / lr if lr > 0 else 0.0
+        for group, new in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = new
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def get_lr(self) -> list[float]:
         return [base * self._scale(self.last_epoch) for base in self.base_lrs]

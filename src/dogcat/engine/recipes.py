@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
-from ..io import atomic_write_text
+from ..io import MalformedFile, atomic_write_text, read_json
 from .runtime import autocast, memory_format
 
 log = logging.getLogger("dogcat")
@@ -79,6 +80,25 @@ def cache_file() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dogcat" / "precision.json"
 
 
+def _entry_ok(entry: Any) -> bool:
+    seconds = entry.get("seconds") if isinstance(entry, dict) else None
+    return isinstance(seconds, dict) and all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+                                             for v in seconds.values())
+
+
+def read_cache(path: Path) -> dict[str, Any]:
+    """The probe cache: ``{key: {"seconds": {precision: s}}}``. A damaged file (not JSON, or another shape) is
+    a cache, not an input: one warning naming it, then it is rebuilt; wrong-shaped entries are dropped."""
+    try:
+        cache = read_json(path, "precision cache", limit=16 << 20)
+    except FileNotFoundError:
+        return {}
+    except MalformedFile as e:
+        log.warning(f"{e}; starting it again")
+        return {}
+    return {k: v for k, v in cache.items() if _entry_ok(v)}
+
+
 def candidates(device: torch.device) -> tuple[str, ...]:
     """fp32, plus the half precision this device runs natively: bf16 on CPUs with bf16 instructions
     (AVX-512 BF16 / AMX; elsewhere it is emulated and slow), bf16 or else fp16 on CUDA."""
@@ -122,10 +142,7 @@ def choose_precision(model: nn.Module, device: torch.device, shape: tuple[int, i
     options = options or candidates(device)
     key = f"{name}|{_device_name(device)}|{'x'.join(map(str, shape))}|b{batch}|cl{int(channels_last)}"
     path = cache_file()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
+    cache = read_cache(path)
     hit = cache.get(key)
     if hit and set(hit["seconds"]) >= set(options):
         choice = min(options, key=lambda p: hit["seconds"][p])

@@ -47,8 +47,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def resume_changes(saved: dict[str, Any], cfg: Config) -> dict[str, list]:
     """``{option: [old, new]}`` for the options that differ; refuses those not in RESUMABLE."""
     new = to_dict(cfg)
-    changed = {leaf: [saved.get(sec, {}).get(leaf), new[sec][leaf]]
-               for leaf, (sec, _) in OPTIONS.items() if saved.get(sec, {}).get(leaf) != new[sec][leaf]}
+    old = {sec: v if isinstance(v := saved.get(sec), dict) else {} for sec in new}  # a checkpoint is data
+    changed = {leaf: [old[sec].get(leaf), new[sec][leaf]]
+               for leaf, (sec, _) in OPTIONS.items() if old[sec].get(leaf) != new[sec][leaf]}
     refused = {k: v for k, v in changed.items() if k not in RESUMABLE}
     if refused:
         what = ", ".join(f"--{k.replace('_', '-')} ({v[0]!r} -> {v[1]!r})" for k, v in refused.items())

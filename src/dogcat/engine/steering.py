@@ -13,10 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import OPTIONS, Config, ConfigError, DogcatError, dump_yaml, load_config, parse_overrides, resolve_key
+from ..config import OPTIONS, Config, ConfigError, DogcatError, load_config, parse_overrides, resolve_key, to_yaml
 from ..control import Inbox
 from ..io import atomic_write_bytes, atomic_write_text
-from .distributed import any_true, broadcast
+from .distributed import any_true, broadcast, unwrap
 
 log = logging.getLogger("dogcat")
 
@@ -31,23 +31,18 @@ class NonFinite(DogcatError, RuntimeError):
     exit_code = 3
 
 
-def rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any, ratio: float) -> None:
-    """Scale every learning rate and the schedule's bases: the schedule keeps its shape."""
-    scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
-    for g in optimizer.param_groups:
-        g["lr"] *= ratio
-
-
 def layer_stats(model: nn.Module, grads: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
     """Per-parameter mean / std / abs-max (and the gradient's), the seed's way to find a layer gone wrong."""
     rows = []
     for name, p in model.named_parameters() if isinstance(model, nn.Module) else model.items():
+        if p.numel() == 0:
+            continue  # nothing to describe (and max() of nothing raises)
         t = p.detach().float()
         row = {"name": name, "shape": list(t.shape), "mean": t.mean().item(),
                "std": t.std().item() if t.numel() > 1 else 0.0, "absmax": t.abs().max().item(),
                "finite": bool(torch.isfinite(t).all())}
         g = (grads or {}).get(name)
-        if g is not None:
+        if isinstance(g, torch.Tensor) and g.numel():
             g = g.float()
             row.update(grad_mean=g.mean().item(), grad_std=g.std().item() if g.numel() > 1 else 0.0,
                        grad_absmax=g.abs().max().item(), grad_finite=bool(torch.isfinite(g).all()))
@@ -110,10 +105,13 @@ class Steering:
                 result = {"ok": True, **self.apply(command)}
             except (ConfigError, ValueError) as e:
                 result = {"ok": False, "message": str(e)}
+            except Exception as e:  # noqa: BLE001 - a command that fails is answered; the training goes on
+                log.warning(f"ctl {command}: failed: {type(e).__name__}: {e}")
+                result = {"ok": False, "message": f"failed: {type(e).__name__}: {e}"}
             result.update(step=self.p.loop.global_step, epoch=self.p.loop.epoch + 1)
-            if self.inbox is not None:
-                self.inbox.ack(name, result)
+            if self.inbox is not None:  # logged first: when `dogcat ctl` has its answer, the record is there
                 self.run.log({"kind": "event", "event": "control", "command": command, **result})
+                self.inbox.ack(name, result)
                 log.info(f"ctl {command}: {result['message']}")
 
     def apply(self, command: str) -> dict[str, Any]:
@@ -148,8 +146,8 @@ class Steering:
         old, new = getattr(getattr(self.cfg, sec), leaf), getattr(getattr(new_cfg, sec), leaf)
         setattr(getattr(self.cfg, sec), leaf, new)
         p, loop = self.p, self.p.loop
-        if leaf == "lr":
-            rescale_lr(p.optimizer, p.scheduler, new / old if old else 1.0)
+        if leaf == "lr":  # the new base lr, at the schedule's current point (never a ratio of the old one)
+            p.scheduler.set_base_lr(new)
         elif leaf == "weight_decay":
             for g in p.optimizer.param_groups:
                 g["weight_decay"] = new
@@ -158,7 +156,7 @@ class Steering:
             p.scheduler.total_steps = max(1, p.scheduler.steps_per_epoch * new)
         else:  # plain loop settings of the same name
             setattr(loop, leaf, new)
-        dump_yaml(self.cfg, self.run.path / "config.yaml")
+        atomic_write_text(self.run.path / "config.yaml", to_yaml(self.cfg))
         return {"message": f"{leaf}: {old} -> {new}", "key": leaf, "old": old, "new": new}
 
     def debug(self) -> str:
@@ -168,9 +166,10 @@ class Steering:
         images, labels, ids, loss = loop.last_batch
         if not self.dist.main:
             return "rank 0 debugs"
+        model = unwrap(self.p.model)  # rank 0 alone runs this forward: the DDP wrapper would wait for the others
         if sys.stdin.isatty():
-            return interactive(self.p.model, self.p.optimizer, loop.last_batch, loss, self.cfg)
-        out = debug_dump(self.p.model, images, labels, ids, self.run.path / "debug" / f"step-{loop.global_step:07d}")
+            return interactive(model, self.p.optimizer, loop.last_batch, loss, self.cfg)
+        out = debug_dump(model, images, labels, ids, self.run.path / "debug" / f"step-{loop.global_step:07d}")
         return f"no terminal: wrote the debug dump {out} (layers.json, batch_ids.txt, snapshot.pt)"
 
 

@@ -8,10 +8,12 @@ must lie in [0, 1]. A failure names the missing / extra ids; the CLI exits 2.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Sequence
 
 from ..data import DataError
+from ..io import atomic_write_text
 
 
 class SubmissionError(DataError):
@@ -24,8 +26,11 @@ def _few(ids: Sequence[str], n: int = 5) -> str:
 
 def read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a CSV file (``utf-8-sig``: Excel-saved sample files start with a BOM)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            rows = list(csv.reader(f))
+    except (OSError, csv.Error) as e:
+        raise SubmissionError(f"cannot read the CSV {path}: {type(e).__name__}: {e}") from None
     if not rows:
         raise SubmissionError(f"{path} is empty: expected a header line and one row per test image")
     return rows[0], [r for r in rows[1:] if r]
@@ -40,17 +45,17 @@ def write_submission(out: Path, rows: dict[str, list[float]], class_names: list[
     def fmt(p: float) -> str:
         return f"{min(max(p, lo), hi):.6f}"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:  # newline='' or csv writes \r\r\n on Windows
-        w = csv.writer(f)
-        if positive is not None:
-            w.writerow(["id", "label"])
-            w.writerows([i, fmt(rows[i][positive])] for i in order)
-        else:
-            w.writerow(["id", "label", *class_names])
-            for i in order:
-                p = rows[i]
-                w.writerow([i, class_names[max(range(len(p)), key=p.__getitem__)], *map(fmt, p)])
+    buf = io.StringIO(newline="")  # newline='' or csv writes \r\r\n on Windows
+    w = csv.writer(buf)
+    if positive is not None:
+        w.writerow(["id", "label"])
+        w.writerows([i, fmt(rows[i][positive])] for i in order)
+    else:
+        w.writerow(["id", "label", *class_names])
+        for i in order:
+            p = rows[i]
+            w.writerow([i, class_names[max(range(len(p)), key=p.__getitem__)], *map(fmt, p)])
+    atomic_write_text(out, buf.getvalue(), f"writing the submission {out.name}")  # whole or not at all
 
 
 def sample_order(sample: str | Path | None, ids: list[str]) -> list[str]:

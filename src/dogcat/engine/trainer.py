@@ -17,23 +17,24 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import Config, as_config, dump_yaml, from_dict, to_dict
+from ..config import Config, as_config, from_dict, to_dict, to_yaml
 from ..control import StopFlag, TrainingStopped
 from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, build_train_val,
-                    detect_kind, make_loader, write_splits)
-from ..models import build_model
+                    make_loader, write_splits)
+from ..io import atomic_write_text, one_line
+from ..models import build_model, check_input
 from ..models.weights import load_weights
 from ..tracking.run import Run, find_run
 from ..tracking.tracker import Tracker
 from . import distributed
-from .checkpoint import Checkpoints
+from .checkpoint import CheckpointError, Checkpoints
 from .distributed import Dist, unwrap
 from .loop import Loop, LossMeter, train_one_epoch, validate
 from .metrics import format_confusion
 from .optim import Schedule, build_optimizer
 from .recipes import build_criterion, build_ema, choose_precision
 from .resume import resume_changes, rng_state, set_rng_state
-from .steering import Steering, rescale_lr
+from .steering import Steering
 from .runtime import grad_scaler, memory_format, pick_device, seed_everything
 
 log = logging.getLogger("dogcat")
@@ -71,40 +72,60 @@ def train(cfg: Config | str | Path | dict | None = None, /, **overrides: Any) ->
 
 
 def _train(cfg: Config, d: Dist, device: torch.device) -> Result:
-    ckpt = None
+    ckpt, data = None, None
     if cfg.train.resume:
-        run = Run(find_run(cfg.train.resume, cfg.train.runs_root), writer=d.main)
-        ckpts = Checkpoints(run.ckpt_dir)
-        if d.main:
-            ckpts.clean_temps()
-        ckpt, _ = ckpts.load_latest()
-        changes = resume_changes(ckpt["config"], cfg)
-        if cfg.train.max_steps and ckpt["global_step"] >= cfg.train.max_steps:
-            log.info(f"--max-steps={cfg.train.max_steps} was reached before this resume; training on to max_epoch")
-            cfg.train.max_steps = None
-        if d.main:
-            dump_yaml(cfg, run.path / "config.yaml")
-    else:
-        detect_kind(cfg.data)  # a wrong data path fails here, before a run folder is made
+        run = Run(find_run(cfg.train.resume, cfg.train.runs_root), writer=d.main).lock()  # one writer per run
+    else:  # bad data (a wrong path, an empty list) or a size the model cannot take fail here, before a run folder
+        data = build_train_val(cfg.data, processes=d.world)
+        check_input(cfg.model.model, data.in_chans, cfg.data.image_size)
         created = Run.create(cfg) if d.main else None  # one run folder, made by rank 0, named to all
         run = created or Run(Path(distributed.broadcast(None, d)), writer=False)
         if created is not None:
             distributed.broadcast(str(created.path), d)
-        changes = {}
+    try:
+        changes: dict = {}
+        if cfg.train.resume:
+            ckpts = Checkpoints(run.ckpt_dir)
+            if d.main:
+                ckpts.clean_temps()  # ours to clean: the lock says no other process is writing here
+            ckpt, _ = ckpts.load_latest()
+            changes = resume_changes(ckpt["config"], cfg)
+            if cfg.train.max_steps and ckpt["global_step"] >= cfg.train.max_steps:
+                log.info(f"--max-steps={cfg.train.max_steps} was reached before this resume; training on to max_epoch")
+                cfg.train.max_steps = None
+            if d.main:
+                atomic_write_text(run.path / "config.yaml", to_yaml(cfg))
+        return _run(cfg, run, ckpt, changes, d, device, data)
+    finally:
+        run.unlock()
+
+
+def _run(cfg: Config, run: Run, ckpt: dict | None, changes: dict, d: Dist, device: torch.device,
+         data: DataBundle | None) -> Result:
+    """Train in the (locked) run folder, keeping its status and manifest up to date."""
     if d.main:  # manifest.json, TensorBoard
         run.tracker = Tracker.start(run, cfg, ckpt["global_step"] if ckpt else None)
     run.set_status("running")
     try:
         with StopFlag() as stop:
-            result = _fit(cfg, run, ckpt, stop, changes, d, device)
+            result = _fit(cfg, run, ckpt, stop, changes, d, device, data)
     except (KeyboardInterrupt, TrainingStopped) as e:
-        run.set_status("stopped", e)
+        _final_status(run, "stopped", e)
         raise
     except BaseException as e:
-        run.set_status("failed", e)
+        _final_status(run, "failed", e)
         raise
     run.set_status("stopped" if result.stopped else "finished")
     return result
+
+
+def _final_status(run: Run, status: str, error: BaseException) -> None:
+    """Record how the run ended; a failure to write that (the disk that ended it is still full) must not hide
+    the error that ended the run, so it is only a warning."""
+    try:
+        run.set_status(status, error)
+    except Exception as e:  # noqa: BLE001
+        log.warning(f"could not record status {status!r} in {run.path}: {one_line(e)}")
 
 
 @dataclass
@@ -123,12 +144,12 @@ class Parts:
 
 
 def build_parts(cfg: Config, run: Run, resuming: bool, d: Dist | None = None,
-                device: torch.device | None = None) -> Parts:
+                device: torch.device | None = None, data: DataBundle | None = None) -> Parts:
     """Seed, build data, loaders, model (DDP-wrapped under torchrun), optimizer, schedule, loss scaler."""
     d = d or Dist()
     device = device or pick_device(cfg.train)
     seed_everything(cfg.train.seed + d.rank, cfg.train.deterministic)  # per-rank dropout; DDP syncs the init
-    data = build_train_val(cfg.data)
+    data = data or build_train_val(cfg.data, processes=d.world)
     if d.main:
         write_splits(data, run.path)
     loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
@@ -153,6 +174,7 @@ def build_parts(cfg: Config, run: Run, resuming: bool, d: Dist | None = None,
     ratio = global_batch / cfg.train.base_batch_size
     lr_factor = {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[cfg.train.lr_scaling]
     for g in optimizer.param_groups:  # before the schedule reads its base learning rates
+        g["lr_mult"] *= lr_factor  # lr of the group = cfg lr x lr_mult (what `ctl set lr` keeps)
         g["lr"] *= lr_factor
     model = distributed.wrap(model, d, device, cfg.train.sync_bn)
     run.log({"kind": "event", "event": "setup", "world_size": d.world, "global_batch": global_batch,
@@ -164,7 +186,7 @@ def build_parts(cfg: Config, run: Run, resuming: bool, d: Dist | None = None,
                 bad=BadFiles(run.path / "bad_files.txt" if d.main else None), accum_steps=cfg.optim.accum_steps,
                 clip_grad_norm=cfg.optim.clip_grad_norm, print_freq=t.print_freq,
                 progress=t.progress if d.main else "none",
-                debug_file=t.debug_file, run=run, max_epoch=t.max_epoch, batches_per_epoch=batches,
+                debug_file=t.debug_file or str(run.path / "control" / "debug"), run=run, max_epoch=t.max_epoch, batches_per_epoch=batches,
                 save_every_steps=t.save_every_steps, max_steps=t.max_steps, meter=LossMeter(device, d),
                 nonfinite=t.nonfinite, nonfinite_max_skips=t.nonfinite_max_skips,
                 batch_transform=data.batch_transform, criterion=build_criterion(cfg, len(data.class_names)), ema=ema)
@@ -203,17 +225,30 @@ def checkpoint_state(cfg: Config, p: Parts) -> dict[str, Any]:
 
 
 def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict) -> None:
-    """Put a resumed run back exactly where its checkpoint left it (RNG last: setup consumed some)."""
+    """Put a resumed run back exactly where its checkpoint left it (RNG last: setup consumed some). A
+    checkpoint whose parts do not fit this run (damaged, or of another model) is one CheckpointError line."""
+    try:
+        _restore(p, ckpt, cfg)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"cannot resume {run.path} from its checkpoint: {type(e).__name__}: "
+                              f"{one_line(e, 300)}") from e
+    log_resume(p, ckpt, run, changes)
+
+
+def _restore(p: Parts, ckpt: dict[str, Any], cfg: Config) -> None:
     assert p.loop.meter is not None
     unwrap(p.model).load_state_dict(ckpt["model"])
     if p.loop.ema is not None:  # EMA switched on at this resume: it starts from the current weights
         p.loop.ema.module.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    mults = [g["lr_mult"] for g in p.optimizer.param_groups]  # this run's: the checkpoint may predate them
     p.optimizer.load_state_dict(ckpt["optimizer"])
+    for g, m in zip(p.optimizer.param_groups, mults):
+        g["lr_mult"] = m
     p.scheduler.load_state_dict(ckpt["scheduler"])
     p.scaler.load_state_dict(ckpt["scaler"])
-    old = from_dict(ckpt["config"])
-    if cfg.optim.lr != old.optim.lr:  # a changed lr rescales the schedule, keeping its shape
-        rescale_lr(p.optimizer, p.scheduler, cfg.optim.lr / old.optim.lr)
+    old = from_dict(ckpt["config"], "the checkpoint's config")
+    if cfg.optim.lr != old.optim.lr:  # a changed lr is set as the new base, keeping the schedule's shape
+        p.scheduler.set_base_lr(cfg.optim.lr)
     for g in p.optimizer.param_groups:
         if "weight_decay" in g:
             g["weight_decay"] = cfg.optim.weight_decay
@@ -231,6 +266,10 @@ def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict
         set_rng_state(rngs[d.rank % old_world])
         log.warning(f"resuming a {old_world}-process run with {d.world}: continuing at batch {p.loop.batch} of "
                     "the epoch; the result is not bit-identical to an uninterrupted run")
+
+
+def log_resume(p: Parts, ckpt: dict[str, Any], run: Run, changes: dict) -> None:
+    """Drop what a killed session logged after the checkpoint, and record the resume."""
     dropped = run.rewind_log(ckpt["global_step"], ckpt["epoch"])
     run.log({"kind": "event", "event": "resume", "epoch": ckpt["epoch"], "batch_in_epoch": ckpt["batch_in_epoch"],
              "step": ckpt["global_step"], "changed": changes, "dropped_log_records": dropped})
@@ -239,8 +278,8 @@ def restore(p: Parts, ckpt: dict[str, Any], cfg: Config, run: Run, changes: dict
 
 
 def _fit(cfg: Config, run: Run, ckpt: dict | None, stop: StopFlag, changes: dict, d: Dist,
-         device: torch.device) -> Result:
-    p = build_parts(cfg, run, ckpt is not None, d, device)
+         device: torch.device, data: DataBundle | None = None) -> Result:
+    p = build_parts(cfg, run, ckpt is not None, d, device, data)
     ckpts = Checkpoints(run.ckpt_dir, cfg.train.monitor, cfg.train.keep_top_k, cfg.train.save_every_epochs)
     if ckpt is not None:
         restore(p, ckpt, cfg, run, changes)

@@ -59,6 +59,23 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str 
     return fn(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
 
 
+def check_input(name: str, in_chans: int, size: int) -> None:
+    """Refuse a model name or an input size the model cannot take, before a run folder is made: the model is
+    built on the meta device (no memory, no weights) and run once on a 1 x ``in_chans`` x size x size input."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(name, 2, in_chans)
+        try:
+            model.eval()(torch.empty(1, in_chans, size, size))
+        except NotImplementedError:
+            return  # an operation the meta device lacks: nothing learned, the real run will tell
+        except Exception as e:  # noqa: BLE001 - a model says "too small" in many ways
+            msg = " ".join(str(e).split())[:200]
+            raise ModelError(f"option --image-size={size} does not fit --model={name}: its forward pass fails "
+                             f"({type(e).__name__}: {msg}); choose another --image-size (or model)") from None
+
+
 def head_module(model: nn.Module) -> nn.Module | None:
     """The classifier head: timm's ``get_classifier()``, else the usual attribute names."""
     if hasattr(model, "get_classifier"):

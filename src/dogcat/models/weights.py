@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,16 +50,27 @@ class LoadReport:
 
 
 def torch_load(path: str | Path) -> Any:
-    """``torch.load`` on the CPU with ``weights_only=True`` and a clear message on refusal."""
+    """``torch.load`` on the CPU with ``weights_only=True``; a refusal or any failure to read is one
+    :class:`WeightsError` line (random bytes make torch raise IndexError, ValueError, ...)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise WeightsError(f"no weight file at {path}") from e
     except pickle.UnpicklingError as e:
-        raise WeightsError(
-            f"refused to load {path}: it holds Python objects beyond tensors and plain data, and unpickling them "
-            f"could run code. Only load files you trust; re-save the state_dict from trusted code. ({e})".split(
-                "\n")[0]) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise WeightsError(f"cannot read weights from {path}: {e}") from e
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:  # a class or function the file wants built: that is code, refused
+            raise WeightsError(
+                f"refused to load {path}: it asks for the Python object {found.group(1)}, not just tensors and "
+                "plain data, and unpickling it could run code. Only load files you trust; re-save the state_dict "
+                "from trusted code.") from e
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if ln.lower().startswith("unsupported")), lines[-1] if lines else "")
+        raise WeightsError(f"cannot read weights from {path}: not a PyTorch file, or damaged "
+                           f"(UnpicklingError: {detail[:200]})") from e
+    except Exception as e:  # noqa: BLE001 - a damaged file may fail anywhere inside torch.load
+        msg = " ".join(str(e).split())[:300]
+        raise WeightsError(f"cannot read weights from {path}: not a PyTorch file, or damaged "
+                           f"({type(e).__name__}: {msg})") from e
 
 
 def read_state_dict(src: str | Path | dict) -> tuple[dict[str, torch.Tensor], str]:
@@ -73,7 +85,11 @@ def read_state_dict(src: str | Path | dict) -> tuple[dict[str, torch.Tensor], st
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path)), name
+            try:
+                return load_file(str(path)), name
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error types on damaged files
+                raise WeightsError(f"cannot read weights from {path}: not a safetensors file, or damaged "
+                                   f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
         obj = torch_load(path)
     if not isinstance(obj, dict):
         raise WeightsError(f"{name} holds a {type(obj).__name__}, not a state_dict")

@@ -14,6 +14,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..console import printable
 from .collect import Mistake
 
 
@@ -54,8 +55,9 @@ def confusion_figure(cm: Sequence[Sequence[int]], class_names: list[str]) -> Fig
     # colour by the row's share, so a small class's errors show as clearly as a big one's
     share = a / np.maximum(a.sum(1, keepdims=True), 1)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
+    labels = [printable(c) for c in class_names]  # matplotlib wants valid Unicode: non-UTF-8 names as \xNN
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     if n <= 30:
@@ -78,7 +80,7 @@ def mistakes_figure(mistakes: list[Mistake], class_names: list[str], mean: Seque
     for k, m in enumerate(mistakes):
         ax = fig.add_subplot(rows, cols, k + 1)
         _show(ax, denormalise(m.image, mean, std))
-        ax.set_title(f"{class_names[m.label]} -> {class_names[m.pred]} ({m.confidence:.2f})\n{m.id}"[:60],
+        ax.set_title(printable(f"{class_names[m.label]} -> {class_names[m.pred]} ({m.confidence:.2f})\n{m.id}")[:60],
                      fontsize=8)
     if not mistakes:
         fig.add_subplot().text(0.5, 0.5, "no misclassified images", ha="center", va="center")
@@ -110,8 +112,8 @@ def labelled_grid(mistakes: list[Mistake], class_names: list[str], mean: Sequenc
         arr = (denormalise(m.image, mean, std) * 255).round().byte().permute(1, 2, 0).numpy()
         img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
         canvas.paste(img.resize((tile, tile), Image.Resampling.NEAREST), (x, y + strip))
-        draw.text((x, y), fit(f"T: {class_names[m.label]}"), fill=(0, 90, 0), font=font)
-        draw.text((x, y + 15), fit(f"P: {m.confidence:.2f} {class_names[m.pred]}"), fill=(170, 0, 0), font=font)
+        draw.text((x, y), fit(printable(f"T: {class_names[m.label]}")), fill=(0, 90, 0), font=font)
+        draw.text((x, y + 15), fit(printable(f"P: {m.confidence:.2f} {class_names[m.pred]}")), fill=(170, 0, 0), font=font)
     return np.asarray(canvas)
 
 

@@ -16,11 +16,12 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io import atomic_write_text
+from ..io import MalformedFile, atomic_write_text, process_alive, process_start, read_json  # noqa: F401
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -35,10 +36,11 @@ def now_iso() -> str:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The manifest, or ``{}`` when there is none (a run from before manifests) or it is unreadable."""
+    """The manifest, or ``{}`` when there is none (a run from before manifests); a damaged one (not JSON, not
+    an object) is a :class:`~dogcat.io.MalformedFile` naming it."""
     try:
-        return json.loads((Path(run_dir) / MANIFEST).read_text())
-    except (OSError, ValueError):
+        return read_json(Path(run_dir) / MANIFEST, "manifest")
+    except FileNotFoundError:
         return {}
 
 
@@ -46,64 +48,46 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     atomic_write_text(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def process_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux /proc), or None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after its closing ")"
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def process_alive(pid: int | None, start: int | None = None, host: str | None = None) -> bool | None:
-    """True / False for a process on this host; None when it ran on another host (cannot tell)."""
-    if host and host != socket.gethostname():
-        return None
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state in ("Z", "X"):  # killed but not yet reaped by its parent
-            return False
-    except OSError:
-        pass
-    now = process_start(int(pid))
-    return start is None or now is None or now == start
+# Settings that make git run programs: a repository's config can set them. dogcat asks git only about its
+# own repository, and turns these off all the same.
+GIT_SAFE = ["-c", "core.fsmonitor=false", "-c", "diff.external="]
 
 
 def _run(args: list[str], cwd: Path) -> str | None:
+    if args[:1] == ["git"]:
+        args = ["git", *GIT_SAFE, *args[1:]]
     try:
-        out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
+        out = subprocess.run(args, cwd=cwd, capture_output=True, encoding="utf-8", errors="surrogateescape",
+                             timeout=20, stdin=subprocess.DEVNULL,
+                             env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"})
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
     return out.stdout if out.returncode == 0 else None
 
 
 def git_info(run_dir: Path, code_dir: Path | None = None) -> dict[str, Any]:
     """Commit, branch and uncommitted changes of the repository dogcat's code is in; the diff goes to
-    ``manifest.patch`` (``git apply`` it on the commit to get the code that ran)."""
-    code_dir = code_dir or Path(__file__).resolve().parent
+    ``manifest.patch`` (``git apply`` it on the commit to get the code that ran).
+
+    Only dogcat's own repository (its top folder holds ``src/dogcat``, this package): an installed copy inside
+    someone else's repository is not asked about, since git would run that repository's configured programs."""
+    code_dir = (code_dir or Path(__file__).resolve().parent.parent).resolve()
     top = _run(["git", "rev-parse", "--show-toplevel"], code_dir)
     if top is None:
         return {"commit": None, "error": "not a git repository (or git is missing)"}
     repo = Path(top.strip())
+    if (repo / "src" / "dogcat").resolve() != code_dir:
+        return {"commit": None, "error": f"dogcat is installed inside another repository ({repo}): not recorded"}
     commit = (_run(["git", "rev-parse", "HEAD"], repo) or "").strip() or None
     branch = (_run(["git", "rev-parse", "--abbrev-ref", "HEAD"], repo) or "").strip() or None
-    diff = _run(["git", "diff", "HEAD", "--binary"], repo) if commit else None
+    diff = _run(["git", "diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv"], repo) if commit else None
     untracked = (_run(["git", "ls-files", "--others", "--exclude-standard"], repo) or "").split()
     info: dict[str, Any] = {"repo": str(repo), "commit": commit, "branch": branch, "dirty": bool(diff),
                             "patch": None, "untracked": untracked[:200]}
     if diff:
         atomic_write_text(Path(run_dir) / PATCH, diff)
         info["patch"] = PATCH
-        info["patch_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+        info["patch_sha256"] = hashlib.sha256(diff.encode("utf-8", "surrogateescape")).hexdigest()
     return info
 
 
@@ -183,7 +167,7 @@ def data_fingerprint(bundle: DataBundle, cfg: Config) -> dict[str, Any]:
         except OSError:
             size = -1  # a missing file is part of what the data is
         lines.append(f"{os.path.relpath(p, base)}\t{size}\t{label}")
-    digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join(sorted(lines)).encode("utf-8", "surrogateescape")).hexdigest()
     return {"kind": bundle.kind, "sha256": digest, "method": "sha256 of sorted (relative path, size, label)",
             "root": base, "count": len(rows)}
 
@@ -196,7 +180,11 @@ class Manifest:
         self.data: dict[str, Any] = {}
 
     def start(self, cfg: Config) -> None:
-        old = read_manifest(self.run_dir)
+        try:
+            old = read_manifest(self.run_dir)
+        except MalformedFile as e:  # a record, not an input: start a new one rather than refuse the resume
+            warnings.warn(f"{e}; writing a new one (earlier sessions' records are lost)")
+            old = {}
         previous = list(old.get("previous_sessions", []))
         if old:  # a resume: keep the earlier session's record and patch
             patch = None

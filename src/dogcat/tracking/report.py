@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..console import printable
+from ..io import atomic_write_text
 from .collect import Collector
 from .figures import confusion_figure, curves, mistakes_figure, per_class_scores
 from .manifest import read_manifest
@@ -29,7 +31,7 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}.note{color:#77
 
 
 def _e(x: Any) -> str:
-    return html.escape(str(x))
+    return html.escape(printable(x))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
@@ -71,11 +73,11 @@ def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | 
         cfg = Path(run_dir) / "config.yaml"
         parts.append("<h2>Manifest</h2>" + _table(["", "value"], manifest_summary(read_manifest(Path(run_dir)))))
         if cfg.exists():
-            parts.append(f"<h2>Config</h2><pre>{_e(cfg.read_text())}</pre>")
+            parts.append(f"<h2>Config</h2><pre>{_e(cfg.read_text(errors='replace'))}</pre>")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)} - dogcat report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     index = rep / "index.html"
-    index.write_text(page, encoding="utf-8")
+    atomic_write_text(index, page)  # UTF-8; a file name that is not stays the bytes it is
     return index
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..config import NOT_EXPERIMENT, flat_config
+from ..io import MalformedFile, one_line, read_small
 from .manifest import process_alive, read_manifest
 
 # epoch-record keys that are timings, not results: left out of "final metrics"
@@ -66,10 +68,19 @@ class RunInfo:
         return label + (f" ({d['sha256'][:8]})" if d.get("sha256") else "")
 
 
+def read_status(path: Path) -> str:
+    """The word in a run's ``status`` file ("unknown" when there is none; a damaged one reads as itself)."""
+    try:
+        return read_small(Path(path) / "status", 4096).decode("utf-8", "replace").strip() or "unknown"
+    except FileNotFoundError:
+        return "unknown"
+    except (OSError, ValueError) as e:
+        raise MalformedFile(f"status file {Path(path) / 'status'} is unreadable ({one_line(e)})") from None
+
+
 def effective_status(path: Path, manifest: dict[str, Any]) -> str:
     """The status file's word, except that "running" with a dead or unknown process reads "dead"."""
-    p = Path(path) / "status"
-    status = p.read_text().strip() if p.exists() else "unknown"
+    status = read_status(path)
     if status == "running":
         alive = process_alive(manifest.get("pid"), manifest.get("pid_start"), manifest.get("host"))
         if alive is False:
@@ -80,37 +91,58 @@ def effective_status(path: Path, manifest: dict[str, Any]) -> str:
 
 
 def load_run(path: Path) -> RunInfo:
+    """What ``dogcat runs`` shows about one run folder; a damaged file of it is a MalformedFile naming it."""
     path = Path(path)
     try:
-        config = flat_config(yaml.safe_load((path / "config.yaml").read_text()) or {})
-    except (OSError, yaml.YAMLError):
-        config = {}
+        tree = yaml.safe_load(read_small(path / "config.yaml").decode("utf-8")) or {}
+    except FileNotFoundError:
+        tree = {}
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise MalformedFile(f"{path / 'config.yaml'} is not readable YAML ({one_line(e, 200)})") from None
+    if not isinstance(tree, dict):
+        raise MalformedFile(f"{path / 'config.yaml'} is not a YAML mapping")
+    config = {str(k): v for k, v in flat_config(tree).items()}
     manifest = read_manifest(path)
     epochs, last_time = [], None
     metrics = path / "metrics.jsonl"
-    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+    text = metrics.read_bytes().decode("utf-8", "replace") if metrics.is_file() else ""
+    for line in text.splitlines():
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
-        last_time = r.get("time", last_time)
-        if r.get("kind") == "epoch":
+        if not isinstance(r, dict):
+            continue
+        if isinstance(r.get("time"), (int, float)):
+            last_time = r["time"]
+        if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int):
             epochs.append(r)
     return RunInfo(path, effective_status(path, manifest), config, manifest, epochs, last_time)
 
 
 def find_runs(root: Path | str = "runs") -> list[RunInfo]:
-    """Run folders (those with a config.yaml) directly under ``root``, oldest first."""
+    """Run folders (those with a config.yaml) directly under ``root``, oldest first. A run whose files are
+    damaged is left out with one warning naming it; the others are listed."""
     root = Path(root)
-    runs = [load_run(p) for p in sorted(root.iterdir()) if (p / "config.yaml").is_file()] if root.is_dir() else []
-    return sorted(runs, key=lambda r: (r.manifest.get("first_start_time") or r.manifest.get("start_time") or "",
+    runs = []
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if not (p / "config.yaml").is_file():
+            continue
+        try:
+            info = load_run(p)
+            _row(info, [])  # everything the table shows about it can be shown
+        except Exception as e:  # noqa: BLE001 - one broken run must not hide the others
+            warnings.warn(f"skipping run {p}: {one_line(e, 200)}")
+            continue
+        runs.append(info)
+    return sorted(runs, key=lambda r: (str(r.manifest.get("first_start_time") or r.manifest.get("start_time") or ""),
                                        r.name))
 
 
 def differing_options(runs: list[RunInfo]) -> list[str]:
     """Options whose values are not the same in every listed run (place and display options left out)."""
     keys = sorted({k for r in runs for k in r.config} - NOT_EXPERIMENT)
-    return [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
+    return [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1]
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -130,19 +162,21 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _row(r: RunInfo, extra: list[str]) -> list[str]:
+    best = r.best()
+    done = r.epochs[-1]["epoch"] if r.epochs else 0
+    return [r.name, r.status, _fmt(r.config.get("model", "?")), r.data(), f"{done}/{r.config.get('max_epoch', '?')}",
+            f"{best[0]} {best[1]:.4f} @{best[2]}" if best else "-", fmt_duration(r.duration()),
+            *[_fmt(r.config.get(k)) for k in extra]]
+
+
 def runs_table(runs: list[RunInfo]) -> str:
     """The ``dogcat runs`` table: one line a run, plus a column for each option that differs."""
     if not runs:
         return "no runs"
     extra = differing_options(runs) if len(runs) > 1 else []
     rows = [["name", "status", "model", "data", "epochs", "best", "duration", *extra]]
-    for r in runs:
-        best = r.best()
-        done = r.epochs[-1]["epoch"] if r.epochs else 0
-        rows.append([r.name, r.status, _fmt(r.config.get("model", "?")), r.data(),
-                     f"{done}/{r.config.get('max_epoch', '?')}",
-                     f"{best[0]} {best[1]:.4f} @{best[2]}" if best else "-", fmt_duration(r.duration()),
-                     *[_fmt(r.config.get(k)) for k in extra]])
+    rows += [_row(r, extra) for r in runs]
     return table(rows)
 
 
@@ -195,16 +229,34 @@ def final_metrics(r: RunInfo) -> dict[str, Any]:
 
 def show_data(path: Path) -> dict[str, Any]:
     """``dogcat runs show RUN --json``: the summary, the final metrics and the whole manifest."""
-    r = load_run(path)
-    return {**summary(r), "final_metrics": final_metrics(r), "manifest": r.manifest}
+    def data(path: Path) -> dict[str, Any]:
+        r = load_run(path)
+        return {**summary(r), "final_metrics": final_metrics(r), "manifest": r.manifest}
+
+    return _damaged_as_error(path, data, path)
 
 
 def show(path: Path) -> str:
     """``dogcat runs show RUN``: status, config, manifest summary and the last epoch's metrics."""
+    return _damaged_as_error(path, _show, path)
+
+
+def _damaged_as_error(path: Path, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, with the errors a run folder's damaged files cause turned into one MalformedFile line."""
+    try:
+        return fn(*args)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
+        if isinstance(e, MalformedFile):
+            raise
+        raise MalformedFile(f"run {path}: a file of it is damaged or of another shape "
+                            f"({type(e).__name__}: {one_line(e, 200)})") from None
+
+
+def _show(path: Path) -> str:
     r = load_run(path)
     lines = [f"run {r.path}: {r.status}, {len(r.epochs)} epoch(s), {fmt_duration(r.duration())}", "", "config:"]
     config_file = r.path / "config.yaml"
-    lines += ["  " + x for x in (config_file.read_text().splitlines() if config_file.exists() else [])]
+    lines += ["  " + x for x in (config_file.read_text(errors="replace").splitlines() if config_file.exists() else [])]
     lines += ["", "manifest:"] + [f"  {k + ':':<12} {v}" for k, v in manifest_summary(r.manifest)]
     lines += ["", "last metrics:"] + [f"  {k + ':':<22} {_fmt(v, 60)}" for k, v in final_metrics(r).items()]
     return "\n".join(lines)
@@ -222,6 +274,10 @@ def _manifest_facts(m: dict[str, Any]) -> dict[str, Any]:
 def diff_data(a: Path, b: Path) -> dict[str, Any]:
     """``dogcat runs diff A B`` as data: ``{section: {key: [A's, B's]}}`` for what differs, and both runs'
     final metrics (options, manifest facts and installed packages that differ)."""
+    return _damaged_as_error(a if a == b else Path(f"{a} or {b}"), _diff_data, a, b)
+
+
+def _diff_data(a: Path, b: Path) -> dict[str, Any]:
     ra, rb = load_run(a), load_run(b)
     conf = {k: [ra.config.get(k), rb.config.get(k)] for k in sorted(set(ra.config) | set(rb.config))
             if ra.config.get(k) != rb.config.get(k)}

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..console import printable
 from .collect import Collector, positive_class
 from .figures import confusion_figure, denormalise, labelled_grid, to_array
 
@@ -54,13 +55,13 @@ class TBLogger:
         step = int(record.get("step", 0))
         if record.get("kind") == "event":  # ctl commands, resumes, skipped batches: where a run was steered
             detail = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("kind", "event", "time"))
-            self.writer.add_text(f"events/{record.get('event')}", detail, step)
+            self.writer.add_text(f"events/{record.get('event')}", printable(detail), step)
             return
         for tag, value in scalar_tags(record).items():
             self.writer.add_scalar(tag, value, step)
 
     def text(self, tag: str, markdown: str, step: int = 0) -> None:
-        self.writer.add_text(tag, markdown, step)
+        self.writer.add_text(tag, printable(markdown), step)
 
     def input_grid(self, images: list[torch.Tensor], mean: Sequence[float], std: Sequence[float],
                    step: int = 0) -> None:
@@ -85,11 +86,11 @@ class TBLogger:
             self.writer.add_image("val/misclassified", grid, step, dataformats="HWC")
             rows = "\n".join(f"| {m.id} | {class_names[m.label]} | {class_names[m.pred]} | {m.confidence:.3f} |"
                              for m in mistakes)
-            self.writer.add_text("val/misclassified", "| id | true | predicted | p(predicted) |\n|---|---|---|---|\n"
-                                 + rows, step)
+            self.writer.add_text("val/misclassified", printable("| id | true | predicted | p(predicted) |\n"
+                                                                "|---|---|---|---|\n" + rows), step)
         if len(class_names) == 2 and not collect.truncated and len(collect.labels):
             pos = positive_class(class_names)
-            self.writer.add_pr_curve(f"val/pr_curve_{class_names[pos]}", (collect.labels == pos).int(),
+            self.writer.add_pr_curve(printable(f"val/pr_curve_{class_names[pos]}"), (collect.labels == pos).int(),
                                      collect.probs[:, pos], step)
         self.writer.flush()
 
