@@ -19,6 +19,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .metrics import monitors
+
 
 class DogcatError(Exception):
     """Base of the errors the ``dogcat`` command reports as one line (no traceback), exiting ``exit_code``.
@@ -178,8 +180,8 @@ class TrainConfig:
                          "skip the batch", ("stop", "skip"))
     nonfinite_max_skips: int = opt(5, "with --nonfinite=skip: stop after this many non-finite batches in a row",
                                     range=Range(1, COUNT))
-    monitor: str = opt("val_accuracy", "metric that picks best.pt",
-                       ("val_accuracy", "val_loss", "val_logloss"))
+    monitor: str = opt("val_accuracy", "metric that picks best.pt (and top-k); its direction comes from the metrics "
+                       "table (dogcat/metrics.py)", monitors())
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
                         ("auto", "bar", "plain", "none"))
 
@@ -332,15 +334,8 @@ def _check_ranges(cfg: DictConfig) -> None:
 
 
 def _check_values(cfg: DictConfig) -> None:
-    """Checks that need more than a type: names looked up elsewhere, ranges."""
-    from .engine.optim import optimizer_classes  # here: engine imports this module
-
-    optimizers = set(optimizer_classes())
-    if cfg.optim.optimizer.lower() not in optimizers:
-        close = difflib.get_close_matches(cfg.optim.optimizer.lower(), sorted(optimizers), n=3, cutoff=0.5)
-        raise ConfigError(f"option --optimizer={cfg.optim.optimizer!r} is not a torch.optim optimizer"
-                          + (f"; did you mean {', '.join(close)}?" if close else "")
-                          + f" Choices: {', '.join(sorted(optimizers))}")
+    """Checks that need more than a type: ranges, names. (The optimizer's name is checked against torch.optim
+    by ``engine.optim.check_optimizer`` before a run starts: this module does not load torch.)"""
     _check_ranges(cfg)
     env = cfg.train.env
     if not RUN_NAME.fullmatch(env):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import difflib
 import inspect
 import math
 
@@ -18,6 +19,16 @@ def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
     """Every optimizer class of ``torch.optim`` by lower-case name."""
     return {n.lower(): c for n, c in vars(torch.optim).items()
             if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer}
+
+
+def check_optimizer(name: str) -> None:
+    """``--optimizer`` names a torch.optim class (any case), else one ConfigError line with the choices."""
+    optimizers = set(optimizer_classes())
+    if name.lower() not in optimizers:
+        close = difflib.get_close_matches(name.lower(), sorted(optimizers), n=3, cutoff=0.5)
+        raise ConfigError(f"option --optimizer={name!r} is not a torch.optim optimizer"
+                          + (f"; did you mean {', '.join(close)}?" if close else "")
+                          + f" Choices: {', '.join(sorted(optimizers))}")
 
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
@@ -39,7 +50,8 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    cls = optimizer_classes()[cfg.optim.optimizer.lower()]  # the name was checked by load_config
+    check_optimizer(cfg.optim.optimizer)
+    cls = optimizer_classes()[cfg.optim.optimizer.lower()]
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {"lr": cfg.optim.lr}
     if "weight_decay" in accepted:

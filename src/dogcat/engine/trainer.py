@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, Checkpoints
 from .distributed import Dist, unwrap
 from .loop import Loop, LossMeter, train_one_epoch, validate
 from .metrics import format_confusion
-from .optim import Schedule, build_optimizer
+from .optim import Schedule, build_optimizer, check_optimizer
 from .recipes import build_criterion, build_ema, choose_precision
 from .resume import resume_changes, rng_state, set_rng_state
 from .steering import Steering
@@ -73,6 +73,7 @@ def train(cfg: Config | str | Path | dict | None = None, /, **overrides: Any) ->
 
 def _train(cfg: Config, d: Dist, device: torch.device) -> Result:
     ckpt, data = None, None
+    check_optimizer(cfg.optim.optimizer)  # a bad name fails here, before a run folder
     if cfg.train.resume:
         run = Run(find_run(cfg.train.resume, cfg.train.runs_root), writer=d.main).lock()  # one writer per run
     else:  # bad data (a wrong path, an empty list) or a size the model cannot take fail here, before a run folder

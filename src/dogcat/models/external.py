@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from . import ModelError
+from .registry import ModelError, register_library
 from .adapt import load_pretrained, set_in_chans
 
 
+@register_library("timm")
 def build_timm(name: str, num_classes: int, in_chans: int = 3, pretrained: str | None = None) -> nn.Module:
     """timm builds the new head and adapts the first conv itself; a local file goes via its overlay."""
     import timm
@@ -23,6 +24,7 @@ def build_timm(name: str, num_classes: int, in_chans: int = 3, pretrained: str |
     return model
 
 
+@register_library("torchvision")
 def build_torchvision(name: str, num_classes: int, in_chans: int = 3, pretrained: str | None = None) -> nn.Module:
     import torchvision.models as tvm
 

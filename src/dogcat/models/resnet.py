@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, resnet18, resnet34
 
-from . import register
+from .registry import register
 from .adapt import load_pretrained, set_in_chans
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torchvision.models import SqueezeNet1_1_Weights, squeezenet1_1
 
-from . import register
+from .registry import register
 from .adapt import load_pretrained, set_in_chans
 
 

@@ -1,0 +1,112 @@
+"""What a trained model expects of its input, as one value: classes, channels, normalisation, size, resize rule.
+
+The data bundle makes it, the checkpoint stores it (``"preprocess"``), loading reads it back, the export
+sidecar writes it out for other runtimes, and the Classifier applies it: one object, so the five can never
+disagree. It is plain data (no torch); ``data/transforms.py`` turns it into transforms.
+
+Eval resize rules:
+- ``crop`` (photos): resize the short side to ``round(size / 0.875)`` (antialiased), centre-crop ``size``: the
+  usual ImageNet evaluation protocol;
+- ``squash`` (grayscale models such as Fashion-MNIST's, shown photos): resize the whole picture to ``size``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .config import DogcatError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FMNIST_MEAN = (0.2860,)
+FMNIST_STD = (0.3530,)
+EVAL_CROP_RATIO = 0.875  # resize to size/0.875 then centre-crop: the usual ImageNet eval protocol
+RESIZE_RULES = ("crop", "squash")
+
+
+class PreprocessError(DogcatError, ValueError):
+    """Stored preprocessing facts (a checkpoint's, a sidecar's) that are damaged or of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The input a model was trained on. ``resize`` is the eval rule for pictures of any size (module doc)."""
+
+    classes: tuple[str, ...]
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int
+    resize: str = "crop"
+
+    @property
+    def resize_to(self) -> int:
+        """The short side a ``crop`` picture is resized to before its centre crop (S of the packed cache)."""
+        return stored_side(self.size)
+
+    @property
+    def mode(self) -> str:
+        """The PIL mode pictures are converted to."""
+        return "RGB" if self.in_chans == 3 else "L"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, numbers, strings): what a checkpoint and a sidecar store."""
+        d = asdict(self)
+        return {**d, "classes": list(self.classes), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "stored preprocessing") -> Preprocess:
+        """Rebuild from :meth:`to_dict` output, checking every field: stored files are data from elsewhere."""
+        if not isinstance(d, dict):
+            raise PreprocessError(f"{source}: the preprocessing is a {type(d).__name__}, not a mapping")
+        return cls.checked(d.get("classes"), d.get("in_chans"), d.get("mean"), d.get("std"), d.get("size"),
+                           d.get("resize", "crop"), source)
+
+    @classmethod
+    def checked(cls, classes: Any, in_chans: Any, mean: Any, std: Any, size: Any, resize: Any = "crop",
+                source: str = "preprocessing") -> Preprocess:
+        """A Preprocess from loose values, or one :class:`PreprocessError` line naming ``source`` and every
+        problem."""
+        problems = []
+        if not (isinstance(classes, (list, tuple)) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+            problems.append("classes is not a list of at least 2 names")
+        if in_chans not in (1, 3) or isinstance(in_chans, bool):
+            problems.append(f"in_chans is {in_chans!r}, not 1 or 3")
+        for key, v in (("mean", mean), ("std", std)):
+            if not (isinstance(v, (list, tuple)) and len(v) == in_chans
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                            and abs(x) < 1e6 for x in v)):
+                problems.append(f"{key} is not {in_chans} finite numbers")
+            elif key == "std" and any(x == 0 for x in v):
+                problems.append("std holds a 0")
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 16384:
+            problems.append(f"size is {size!r}, not a pixel count in [1, 16384]")
+        if resize not in RESIZE_RULES:
+            problems.append(f"resize is {resize!r}, not one of {', '.join(RESIZE_RULES)}")
+        if problems:
+            raise PreprocessError(f"{source} is not usable: {'; '.join(problems)}")
+        return cls(tuple(classes), int(in_chans), tuple(float(x) for x in mean), tuple(float(x) for x in std),
+                   int(size), str(resize))
+
+    @classmethod
+    def default(cls, classes: list[str] | tuple[str, ...], in_chans: int, size: int) -> Preprocess:
+        """What a model of unknown training (a bare state_dict) gets: ImageNet's statistics for RGB, 0.5 / 0.5
+        for grayscale; photos cropped, grayscale squashed."""
+        if in_chans == 3:
+            return cls(tuple(classes), 3, IMAGENET_MEAN, IMAGENET_STD, size, "crop")
+        return cls(tuple(classes), in_chans, (0.5,) * in_chans, (0.5,) * in_chans, size, "squash")
+
+    def spec(self) -> dict[str, Any]:
+        """The eval preprocessing written out for other runtimes (the export sidecar's ``preprocess``)."""
+        spec: dict[str, Any] = {"mode": self.mode, "interpolation": "bilinear", "antialias": True,
+                                "scale": "uint8 / 255, then (x - mean) / std per channel", "layout": "NCHW float32"}
+        if self.resize == "squash":
+            return {**spec, "resize": [self.size, self.size], "center_crop": None}
+        return {**spec, "resize": self.resize_to, "resize_side": "shorter", "center_crop": self.size}
+
+
+def stored_side(image_size: int) -> int:
+    """S for a network input ``image_size``: the short side the eval ``crop`` rule resizes to."""
+    return round(image_size / EVAL_CROP_RATIO)
