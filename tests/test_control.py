@@ -14,7 +14,7 @@ import torch
 from dogcat import load_config, train
 from dogcat.cli import main
 from dogcat.engine.checkpoint import load_checkpoint
-from dogcat.engine.steering import NonFinite
+from dogcat.engine.step import NonFinite
 from dogcat.models import register
 from dogcat.models.smallcnn import SmallCNN
 
@@ -117,7 +117,7 @@ class NaNAfter(SmallCNN):
 def nan_model():
     """Registers the NaN-injecting model for one test only (its shape equals smallcnn's, which would
     confuse other tests' architecture guesses)."""
-    from dogcat.models import _REGISTRY
+    from dogcat.models.registry import _REGISTRY
 
     register("nan-after", "test model")(lambda num_classes, in_chans=1, pretrained=None: NaNAfter(num_classes, in_chans))
     yield

@@ -9,7 +9,7 @@ import torch
 
 from dogcat import load_config, train
 from dogcat.engine.checkpoint import load_checkpoint
-from dogcat.engine.metrics import EvalMeter
+from dogcat.engine.meters import EvalMeter
 from dogcat.engine.optim import Schedule, build_optimizer
 from dogcat.models import build_model, head_module
 

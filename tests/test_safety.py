@@ -102,7 +102,7 @@ def test_an_export_must_be_the_file_its_sidecar_vouches_for(tiny, tmp_path, caps
 # ---- 2. the debug trigger ------------------------------------------------------------------------------------
 
 def test_debug_trigger_defaults_to_the_run_folder_and_fires_once_per_version(fmnist_dir, tmp_path):
-    from dogcat.engine.loop import _maybe_debug
+    from dogcat.engine.step_end import StepEnd
 
     assert Config().train.debug_file is None  # no shared /tmp/debug by default
     run_dir = tmp_path / "dbg"
@@ -115,19 +115,21 @@ def test_debug_trigger_defaults_to_the_run_folder_and_fires_once_per_version(fmn
 
     trigger = tmp_path / "trigger"
     calls: list = []
-    loop = SimpleNamespace(debug_file=str(trigger), debug=lambda: calls.append(1) or "ok", debug_seen=None)
-    _maybe_debug(loop)
+    end = StepEnd.__new__(StepEnd)  # the trigger alone: a debug that counts its calls
+    end.debug_file, end.debug_seen = str(trigger), None
+    end.steering = SimpleNamespace(debug=lambda: calls.append(1) or "ok")
+    end.debug_trigger()
     assert calls == []  # no file, nothing
     trigger.write_text("1")
     for _ in range(3):
-        _maybe_debug(loop)
+        end.debug_trigger()
     assert calls == [1]  # once per version, at whatever log step, on a terminal or not
     trigger.write_text("22")
-    _maybe_debug(loop)
+    end.debug_trigger()
     assert calls == [1, 1]
     os.chown(trigger, 54321, -1)  # somebody else's file (anyone can create /tmp/debug): ignored
     trigger.write_text("333")
-    _maybe_debug(loop)
+    end.debug_trigger()
     assert calls == [1, 1]
 
 

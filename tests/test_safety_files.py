@@ -315,9 +315,12 @@ def test_ctl_debug_runs_on_the_unwrapped_model(monkeypatch, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         inner = torch.nn.Linear(4, 2)
+        from dogcat.engine.step import LastBatch
+
         s = steering.Steering.__new__(steering.Steering)
-        s.p = SimpleNamespace(model=DDP(inner), optimizer=None, loop=SimpleNamespace(
-            last_batch=(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), ["a", "b"], None), global_step=3))
+        last = LastBatch(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), ["a", "b"], torch.zeros(()))
+        s.step = SimpleNamespace(model=DDP(inner), optimizer=None, last=last)
+        s.state = SimpleNamespace(global_step=3)
         s.dist, s.run, s.cfg = SimpleNamespace(main=True), SimpleNamespace(path=tmp_path), None
         s.debug()
     finally:

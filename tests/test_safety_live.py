@@ -159,15 +159,15 @@ FULL_DISK = textwrap.dedent("""
     disk, fmnist, variant = sys.argv[1:]
     leave = {"precheck": 0, "write": 200_000}[variant]
 
-    def fill():
-        with open(os.path.join(disk, "filler"), "wb") as f:
-            try:
-                while True:
-                    f.write(b"\\0" * (1 << 16))
-                    f.flush()
-            except OSError as e:
-                assert e.errno == errno.ENOSPC
-            f.truncate(max(0, f.tell() - leave))
+    def fill():  # unbuffered: a buffered file would try the failed write again when it is closed
+        fd = os.open(os.path.join(disk, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\\0" * (1 << 16))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        os.ftruncate(fd, max(0, os.lseek(fd, 0, os.SEEK_END) - leave))
+        os.close(fd)
 
     class Filler(SmallCNN):
         calls = 0

@@ -50,7 +50,7 @@ def test_kaggle_run_folder(kaggle_run):
     bad_listed = (run / "bad_files.txt").read_text()
     assert all(Path(p).name in bad_listed for p in info["bad"])  # each bad kind skipped and counted
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ckpt["epoch"] == 4 and ckpt["class_names"] == ["cat", "dog"] and "optimizer" in ckpt
+    assert ckpt["epoch"] == 4 and ckpt["preprocess"]["classes"] == ["cat", "dog"] and "optimizer" in ckpt
 
 
 def test_val_reproduces_logged_metrics(kaggle_run):
@@ -134,7 +134,7 @@ def test_imagefolder_with_val_folder(tmp_path):
                        "optimizer": "sgd", "scheduler": "cosine", "warmup_epochs": 0.5})
     result = train(cfg)
     assert result.history[-1]["val_count"] == 9
-    assert load_checkpoint(result.run_dir / "checkpoints" / "best.pt")["class_names"] == ["ant", "bee", "cow"]
+    assert load_checkpoint(result.run_dir / "checkpoints" / "best.pt")["preprocess"]["classes"] == ["ant", "bee", "cow"]
 
 
 def test_fashion_mnist_recipe_on_tiny_idx(fmnist_dir, tmp_path):

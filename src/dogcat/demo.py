@@ -9,8 +9,9 @@ from pathlib import Path
 from PIL import Image
 
 from .console import use_for_cli
-from .engine.evaluator import predict, test
+from .engine.evaluator import test
 from .engine.trainer import train
+from .inference import predict
 from .data import fashion_mnist
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "fashion-mnist.yaml"

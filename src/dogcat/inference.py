@@ -9,7 +9,6 @@ notebook, the CLI and an exported model give the same numbers.
 
 from __future__ import annotations
 
-import math
 import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -23,30 +22,14 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from .config import Config, load_config
-from .data import DataError, decode_image
-from .data.transforms import eval_transform, squash_transform
+from .data import DataError, decode_image, expand_paths
+from .data.transforms import eval_transform_for
+from .engine.loading import Loaded, load_model
+from .exported import check_file, preprocess_of, read_sidecar, runner, sidecar_path
+from .models.tta import FlipTTA
+from .preprocess import Preprocess
 
 Input = Union[str, Path, Image.Image, torch.Tensor]
-
-
-class FlipTTA(nn.Module):
-    """Test-time augmentation: log of the mean of the probabilities of ``x`` and its horizontal flip.
-
-    Log-probabilities, not probabilities, so that code that applies softmax / log-softmax to "logits"
-    (val metrics, ``test``) gets exactly the averaged probabilities."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.model(x).float().log_softmax(1)
-        b = self.model(x.flip(-1)).float().log_softmax(1)
-        return torch.logaddexp(a, b) - math.log(2)
-
-
-def with_tta(model: nn.Module, tta: bool) -> nn.Module:
-    return FlipTTA(model) if tta else model
 
 
 @dataclass
@@ -54,29 +37,32 @@ class Classifier:
     """A trained model plus its preprocessing; ``forward`` maps a normalised NCHW batch to logits."""
 
     forward: Callable[[torch.Tensor], torch.Tensor]
-    class_names: list[str]
-    in_chans: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop: bool  # resize the short side + centre crop (photos), else squash to a square (grayscale models)
+    pre: Preprocess
     source: Path
     backend: str  # pytorch, onnx, torchscript or safetensors
     cfg: Config = field(default_factory=Config)
     model: nn.Module | None = None  # the torch module (pytorch backend)
 
     def __post_init__(self) -> None:
-        tf = eval_transform if self.crop else squash_transform
-        self.transform = tf(self.image_size, tuple(self.mean), tuple(self.std))
-        self.mode = "RGB" if self.in_chans == 3 else "L"
+        self.transform = eval_transform_for(self.pre)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.pre.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return self.pre.in_chans
+
+    @property
+    def image_size(self) -> int:
+        return self.pre.size
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Class probabilities (N, C) of a normalised batch; ``tta`` averages with the horizontal flip."""
-        probs = self.forward(images).float().softmax(1)
-        if tta:
-            probs = (probs + self.forward(images.flip(-1)).float().softmax(1)) / 2
-        return probs.cpu()
+        forward = FlipTTA(self.forward) if tta else self.forward
+        return forward(images).float().softmax(1).cpu()
 
     def predict(self, inputs: Input | Iterable[Input], tta: bool = False, batch_size: int = 32,
                 num_threads: int | None = None) -> list[dict[str, Any]]:
@@ -103,15 +89,13 @@ class Classifier:
 
     def _expand(self, inputs: Input | Iterable[Input]) -> list[tuple[dict[str, Any], Any]]:
         """``[(row key, source)]``: paths expanded (deduplicated, in order), tensors checked up front."""
-        from .data import _expand
-
         if isinstance(inputs, (str, Path, Image.Image)) or (isinstance(inputs, torch.Tensor) and inputs.ndim == 3):
             inputs = [inputs]
         items: list[tuple[dict[str, Any], Any]] = []
         seen: set[str] = set()
         for i, x in enumerate(inputs):
             if isinstance(x, (str, Path)):
-                for f in _expand(str(x)):
+                for f in expand_paths(str(x)):
                     if f not in seen:
                         seen.add(f)
                         items.append(({"path": f}, f))
@@ -140,7 +124,7 @@ class Classifier:
     def _prepare(self, item: tuple[dict[str, Any], Any]) -> tuple[dict[str, Any], torch.Tensor | None, str | None]:
         key, src = item
         if isinstance(src, str):
-            raw, error = decode_image(src, self.mode)
+            raw, error = decode_image(src, self.pre.mode)
             if raw is None:
                 return key, None, error
             try:
@@ -148,7 +132,7 @@ class Classifier:
             except Exception as e:  # one odd file must not sink the batch: report it like a bad file
                 return key, None, f"transform failed: {type(e).__name__}: {e}"
         elif isinstance(src, Image.Image):
-            raw = TF.pil_to_tensor(src.convert(self.mode))  # any PIL mode -> the model's channels
+            raw = TF.pil_to_tensor(src.convert(self.pre.mode))  # any PIL mode -> the model's channels
         else:
             raw = src
         return key, self.transform(raw), None
@@ -166,30 +150,21 @@ def _is_torchscript(path: Path) -> bool:
 def from_export(path: str | Path, overrides: dict[str, Any] | None = None, trust: bool = False) -> Classifier:
     """A :class:`Classifier` for an exported file and its sidecar (``<file>.json``). The sidecar is checked,
     the file must have the sha256 it records, and TorchScript (code) is refused unless ``trust``."""
-    from .export import check_file, read_sidecar, runner
-
     path = Path(path)
     meta = read_sidecar(path)
     check_file(path, meta, trust)
-    run = runner(path, meta, trust)
-    return Classifier(run, list(meta["class_names"]), int(meta["in_chans"]), int(meta["image_size"]),
-                      tuple(meta["mean"]), tuple(meta["std"]), meta["preprocess"].get("center_crop") is not None,
-                      path, meta["format"], load_config(overrides))
+    return Classifier(runner(path, meta, trust), preprocess_of(meta), path, meta["format"], load_config(overrides))
 
 
-def from_loaded(lm: Any) -> Classifier:
-    """A :class:`Classifier` for a :class:`~dogcat.engine.evaluator.Loaded` PyTorch model."""
-    from .engine.runtime import autocast, memory_format
-
-    device = next(lm.model.parameters()).device
-    fmt = memory_format(lm.cfg.train.channels_last)
+def from_loaded(lm: Loaded) -> Classifier:
+    """A :class:`Classifier` for a loaded PyTorch model (a run folder or a checkpoint)."""
+    rt = lm.runtime
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), autocast(device, lm.cfg.train.precision):
-            return lm.model(x.to(device, memory_format=fmt)).float()
+        with torch.no_grad(), rt.autocast():
+            return lm.model(rt.place(x)).float()
 
-    return Classifier(forward, list(lm.class_names), lm.in_chans, lm.cfg.data.image_size, tuple(lm.mean),
-                      tuple(lm.std), lm.in_chans != 1, lm.checkpoint, "pytorch", lm.cfg, lm.model)
+    return Classifier(forward, lm.pre, lm.checkpoint, "pytorch", lm.cfg, lm.model)
 
 
 def load(target: str | Path | None, overrides: dict[str, Any] | None = None, trust: bool = False,
@@ -199,9 +174,6 @@ def load(target: str | Path | None, overrides: dict[str, Any] | None = None, tru
     ``overrides`` / ``options`` are config options (``checkpoint="last"``, ``model="resnet18"`` for a bare
     state_dict, ``device="cpu"``). Files are data: checkpoints load with ``weights_only``, and a TorchScript
     export, which is a program, is refused unless ``trust=True`` (the CLI's ``--trust-export``)."""
-    from .engine.evaluator import load_model
-    from .export import read_sidecar, sidecar_path
-
     ov = {**(overrides or {}), **options}
     if target is None:  # --load-model-path names the checkpoint
         return from_loaded(load_model(None, ov))
@@ -211,3 +183,14 @@ def load(target: str | Path | None, overrides: dict[str, Any] | None = None, tru
             read_sidecar(path)  # raises, naming the missing sidecar
         return from_export(path, ov, trust)
     return from_loaded(load_model(str(target), ov))
+
+
+def predict(target: str | Path | None, paths: list[str] | str, overrides: dict[str, Any] | None = None,
+            trust: bool = False, **options: Any) -> list[dict[str, Any]]:
+    """Class and probabilities for image files, folders or globs, in order; unreadable files come back with an
+    error. ``target``: a run folder, a checkpoint, or an exported model with its sidecar (see :func:`load`;
+    ``trust``: allow a TorchScript export, which runs code); ``overrides`` / ``options``: config options, e.g.
+    ``predict(run, ["a.jpg"], tta=True)``."""
+    clf = load(target, {**(overrides or {}), **options}, trust)
+    paths = [paths] if isinstance(paths, (str, Path)) else paths
+    return clf.predict(paths, tta=clf.cfg.eval.tta, batch_size=clf.cfg.data.batch_size)

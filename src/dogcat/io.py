@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import fcntl
 import json
 import os
@@ -297,6 +298,15 @@ def atomic_link_or_copy(src: Path, dst: Path) -> None:
 
 
 # ---- bounded reads of our own small files -----------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 def read_small(path: Path | str, limit: int = 16 << 20, follow: bool = True) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes, opened without blocking (a FIFO or a device

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 @dataclass
@@ -104,3 +104,18 @@ def sort_key(monitor: str, value: float) -> float:
 
 def fmt(monitor: str, value: float) -> str:
     return format(value, metric(monitor).fmt)
+
+
+def summary(values: Mapping[str, Any], prefix: str = "") -> str:
+    """``loss 0.2861, accuracy 0.9012, ...``: each metric of the table found in ``values``, in table order."""
+    return ", ".join(f"{prefix}{name.replace('_', ' ')} {format(values[name], m.fmt)}"
+                     for name, m in METRICS.items() if isinstance(values.get(name), (int, float)))
+
+
+def format_confusion(cm: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
+    """Rows: actual class; columns: predicted class."""
+    names = [n[:12] for n in class_names]
+    w = max(8, max(len(n) for n in names) + 1, max(len(str(v)) for row in cm for v in row) + 1)
+    head = "actual \\ predicted".ljust(max(19, w)) + "".join(n.rjust(w) for n in names)
+    rows = [n.ljust(max(19, w)) + "".join(str(v).rjust(w) for v in row) for n, row in zip(names, cm)]
+    return "\n".join([head, *rows])

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from ..config import ConfigError, load_config
 from ..console import printable
 from ..io import atomic_write_text
+from ..metrics import format_confusion, summary
 
 
 def _json(obj: Any) -> None:
@@ -43,10 +44,7 @@ def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
 
 def _metrics_text(m: dict[str, Any], what: str, class_names: list[str]) -> str:
-    from ..engine.metrics import format_confusion
-
-    text = (f"{what}: loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f} on "
-            f"{m['count']} images\n{format_confusion(m['confusion'], class_names)}")
+    text = f"{what}: {summary(m)} on {m['count']} images\n{format_confusion(m['confusion'], class_names)}"
     return printable(text)  # a class named by a non-UTF-8 folder: shown as \xNN in a table
 
 
@@ -75,7 +73,7 @@ def test(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
 
 def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    from ..engine.evaluator import predict as run_predict
+    from ..inference import predict as run_predict
 
     rows = run_predict(a.target, a.paths, ov, trust=a.trust_export)
     output = ov.get("output")
@@ -200,7 +198,7 @@ def runs(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
 
 def report(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    from ..tracking.report import make_report
+    from ..engine.evaluator import report as make_report
 
     print(f"report: {make_report(a.target, ov)}")
     return 0

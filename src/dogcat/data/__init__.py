@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import DataConfig
+from ..preprocess import Preprocess
 from . import fashion_mnist, folder, kaggle, listfile
 from .arrays import ArrayImages
 from .cache import Packed, ensure, packed_dataset, stored_side
@@ -59,6 +60,13 @@ class DataBundle:
     # in-memory and cached training sets yield uint8 batches; this (augments and) normalises them on the
     # device (the trainer applies it right after moving a batch there); (images, Batch.seed) -> images
     batch_transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    size: int = 0  # the network input side
+
+    @property
+    def pre(self) -> Preprocess:
+        """What a model trained on this data expects (stored in its checkpoint)."""
+        return Preprocess(tuple(self.class_names), self.in_chans, tuple(self.mean), tuple(self.std), self.size,
+                          "squash" if self.in_chans == 1 else "crop")
 
 
 def _missing_root(root: Path) -> DataError:
@@ -160,7 +168,7 @@ def _fmnist_bundle(cfg: DataConfig) -> DataBundle:
     if va:
         splits["val"] = [(f"fashion-mnist/train/{i}", ys[i]) for i in va]
     return DataBundle(train, val, list(fashion_mnist.CLASS_NAMES), 1, FMNIST_MEAN, FMNIST_STD,
-                      "fashion-mnist", splits, augment)
+                      "fashion-mnist", splits, augment, cfg.image_size)
 
 
 def _sources(cfg: DataConfig, kind: str) -> tuple[str | None, str | None]:
@@ -207,7 +215,7 @@ def build_train_val(cfg: DataConfig, processes: int = 1) -> DataBundle:
     splits = {"train": list(samples)}
     if val:
         splits["val"] = list(val[0])
-    return DataBundle(train, val_set, names, 3, mean, std, kind, splits, batch_transform)
+    return DataBundle(train, val_set, names, 3, mean, std, kind, splits, batch_transform, cfg.image_size)
 
 
 def _eval_tf(size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> tuple[Callable, str, int]:
@@ -238,7 +246,7 @@ def build_test(cfg: DataConfig, kind: str, class_names: list[str], in_chans: int
     return ImageFiles(samples, ids, tf, mode, min_short)
 
 
-def _expand(p: str) -> list[str]:
+def expand_paths(p: str) -> list[str]:
     """Files of one ``predict`` argument: a file, a folder (recursive) or a glob."""
     p = os.path.expanduser(p)
     if any(c in p for c in "*?["):
@@ -258,7 +266,7 @@ def _expand(p: str) -> list[str]:
 
 def build_paths(paths: list[str], image_size: int, in_chans: int, mean: tuple, std: tuple) -> Dataset:
     """Unlabelled images for ``predict``: files, folders (recursive) and globs; ids = the file paths."""
-    files = list(dict.fromkeys(f for p in paths for f in _expand(str(p))))  # dedupe, keep order
+    files = list(dict.fromkeys(f for p in paths for f in expand_paths(str(p))))  # dedupe, keep order
     if not files:
         raise DataError(f"no image files match {', '.join(map(str, paths)) or '(nothing given)'}; "
                         f"give image files, folders or globs such as 'photos/*.jpg'")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from ..preprocess import Preprocess
 from .images import shared_empty
 
 try:  # optional: the fastest resize for cached crops (see CropFlipBatch); torch's otherwise
@@ -65,6 +66,12 @@ def eval_transform(size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
 def squash_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
     """Resize the whole picture to size x size: for grayscale models (Fashion-MNIST) shown photos."""
     return v2.Compose([v2.Resize((size, size), antialias=True), *_finish(mean, std)])
+
+
+def eval_transform_for(pre: Preprocess) -> v2.Compose:
+    """The eval transform a :class:`~dogcat.preprocess.Preprocess` implies (its ``resize`` rule)."""
+    tf = eval_transform if pre.resize == "crop" else squash_transform
+    return tf(pre.size, pre.mean, pre.std)
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}

@@ -11,9 +11,11 @@ import torch
 
 from ..io import atomic_link_or_copy as link_or_copy
 from ..io import atomic_write_bytes, one_line
+from ..metrics import sort_key
 from ..models.weights import WeightsError, torch_load
+from ..preprocess import Preprocess, PreprocessError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one "preprocess" entry instead of class_names, in_chans, mean, std (1 still loads)
 
 
 def state_bytes(obj: Any) -> int:
@@ -36,8 +38,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 REQUIRED = ("format_version", "model", "epoch", "global_step", "config")
-# what val / test / predict / export read, and what a resume reads besides: a file without them is refused
-INFERENCE = ("class_names", "in_chans", "mean", "std")
+# what a resume reads besides: a file without them is refused
 TRAINING = ("optimizer", "scheduler", "scaler", "batch_in_epoch", "loss_meter", "rng", "best_metric", "best_epoch")
 
 
@@ -47,35 +48,46 @@ class CheckpointError(WeightsError):
 
 def check_checkpoint(ckpt: Any, path: Path | str, training: bool = False) -> dict[str, Any]:
     """``ckpt`` if it has the keys and types a dogcat checkpoint has, else :class:`CheckpointError` naming
-    ``path`` and the first problem. A checkpoint is data from elsewhere: nothing in it is trusted blindly."""
+    ``path`` and the problems. A checkpoint is data from elsewhere: nothing in it is trusted blindly."""
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a dogcat checkpoint")
-    keys = REQUIRED + INFERENCE + (TRAINING if training else ())
-    missing = [k for k in keys if k not in ckpt]
+    missing = [k for k in REQUIRED + (TRAINING if training else ()) if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a complete dogcat checkpoint (missing {', '.join(missing)})")
-    names, chans, mean, std = ckpt["class_names"], ckpt["in_chans"], ckpt["mean"], ckpt["std"]
     problems = []
     if not isinstance(ckpt["config"], dict):
         problems.append("config is not a mapping")
     if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         problems.append("model is not a state_dict of tensors")
-    if not (isinstance(names, (list, tuple)) and len(names) >= 2 and all(isinstance(n, str) for n in names)):
-        problems.append("class_names is not a list of at least 2 names")
-    if chans not in (1, 3) or isinstance(chans, bool):
-        problems.append(f"in_chans is {chans!r}, not 1 or 3")
-    for key, v in (("mean", mean), ("std", std)):
-        if not (isinstance(v, (list, tuple)) and len(v) == chans
-                and all(isinstance(x, (int, float)) and x == x and abs(x) < 1e6 for x in v)):
-            problems.append(f"{key} is not {chans} finite numbers")
-        elif key == "std" and any(x == 0 for x in v):
-            problems.append("std holds a 0")
     for key in ("epoch", "global_step") + (("batch_in_epoch",) if training else ()):
         if not isinstance(ckpt[key], int) or isinstance(ckpt[key], bool) or ckpt[key] < 0:
             problems.append(f"{key} is {ckpt[key]!r}, not a count")
+    try:
+        checkpoint_preprocess(ckpt, path)
+    except CheckpointError as e:
+        problems.append(str(e).removeprefix(f"{path} is not usable: "))
     if problems:
         raise CheckpointError(f"{path} is not a usable dogcat checkpoint: {'; '.join(problems)}")
     return ckpt
+
+
+def checkpoint_preprocess(ckpt: dict[str, Any], path: Path | str) -> Preprocess:
+    """The preprocessing a checkpoint's model expects: its ``preprocess`` (format 2), or, in a format-1
+    checkpoint, its ``class_names`` / ``in_chans`` / ``mean`` / ``std`` with the size of its config."""
+    try:
+        if "preprocess" in ckpt:
+            return Preprocess.from_dict(ckpt["preprocess"], f"{path}")
+        config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        size = config.get("data", {}).get("image_size") if isinstance(config.get("data"), dict) else None
+        chans = ckpt.get("in_chans")
+        try:
+            return Preprocess.checked(ckpt.get("class_names"), chans, ckpt.get("mean"), ckpt.get("std"), size,
+                                      "squash" if chans == 1 else "crop", f"{path}")
+        except PreprocessError as e:  # the format-1 keys, by their own names
+            raise PreprocessError(str(e).replace("classes is", "class_names is")
+                                  .replace("size is", "config data.image_size is")) from None
+    except PreprocessError as e:
+        raise CheckpointError(f"{e}") from None
 
 
 def load_checkpoint(path: Path, training: bool = True) -> dict[str, Any]:
@@ -126,8 +138,7 @@ class Checkpoints:
         """The top-k files, best first (ties: the earlier epoch first)."""
         found = [(float(m.group(3)), int(m.group(1)), p) for p in self.folder.glob("top-*.pt")
                  if (m := TOP.match(p.name)) and m.group(2) == self.monitor]
-        sign = -1 if self.monitor.endswith("accuracy") else 1
-        return [p for v, e, p in sorted(found, key=lambda t: (sign * t[0], t[1]))]
+        return [p for v, e, p in sorted(found, key=lambda t: (sort_key(self.monitor, t[0]), t[1]))]
 
     def load_latest(self) -> tuple[dict[str, Any], Path]:
         """``last.pt``, or, when it is unreadable (truncated, corrupt), the newest checkpoint that loads."""

@@ -1,16 +1,39 @@
-"""Device choice, seeding, autocast: the few lines every loop needs, in one place."""
+"""Where and how a model runs (:class:`Runtime`), device choice, seeding, autocast: what every loop needs."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+from dataclasses import dataclass, field
 from typing import ContextManager
 
 import numpy as np
 import torch
 
 from ..config import ConfigError, TrainConfig
+from .distributed import Dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What running a model needs, training or not: the device, the precision (``fp32`` / ``bf16`` /
+    ``fp16``), the memory layout and the process group (one process: ``Dist()``)."""
+
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+    dist: Dist = field(default_factory=Dist)
+
+    def place(self, images: torch.Tensor) -> torch.Tensor:
+        """Images on the device, in the layout; ``non_blocking`` overlaps the copy with compute on CUDA."""
+        return images.to(self.device, non_blocking=True, memory_format=memory_format(self.channels_last))
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.place(images), labels.to(self.device, non_blocking=True)
+
+    def autocast(self) -> ContextManager:
+        return autocast(self.device, self.precision)
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:

@@ -1,4 +1,5 @@
-"""Applying ``dogcat ctl`` commands at a step boundary, the debug dump, and the non-finite guard."""
+"""``dogcat ctl`` commands applied at a step boundary (:class:`Steering`), and the debug tools they use: per-layer
+statistics, the debug dump, the interactive debugger."""
 
 from __future__ import annotations
 
@@ -13,22 +14,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import OPTIONS, Config, ConfigError, DogcatError, load_config, parse_overrides, resolve_key, to_yaml
+from ..config import OPTIONS, Config, ConfigError, load_config, parse_overrides, resolve_key, to_yaml
 from ..control import Inbox
 from ..io import atomic_write_bytes, atomic_write_text
-from .distributed import any_true, broadcast, unwrap
+from ..metrics import summary
+from .distributed import broadcast, unwrap
+from .state import TrainState
+from .step import Step
 
 log = logging.getLogger("dogcat")
 
 # Options a running job may change; anything else would need another setup (refused with this list).
 LIVE = ("lr", "weight_decay", "clip_grad_norm", "print_freq", "max_epoch", "max_steps", "save_every_steps",
         "nonfinite", "nonfinite_max_skips")
-
-
-class NonFinite(DogcatError, RuntimeError):
-    """A NaN/Inf loss or gradient under ``--nonfinite=stop`` (or too many skipped in a row)."""
-
-    exit_code = 3
 
 
 def layer_stats(model: nn.Module, grads: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
@@ -88,17 +86,22 @@ def debug_dump(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ids
 
 
 class Steering:
-    """Reads the inbox at step boundaries and applies ``set``, ``save``, ``eval``, ``stop``, ``debug``."""
+    """Reads the inbox at step boundaries and applies ``set``, ``save``, ``eval``, ``stop``, ``debug``.
 
-    def __init__(self, cfg: Config, parts: Any, run: Any, save: Callable[[], None],
-                 validate_now: Callable[[], dict]) -> None:
-        self.cfg, self.p, self.run, self.save, self.validate_now = cfg, parts, run, save, validate_now
-        self.dist = parts.loop.dist
-        self.inbox = Inbox(run.path) if self.dist.main else None  # rank 0 reads, then broadcasts
+    Rank 0 reads the inbox and broadcasts what it read, so every rank applies the same commands at the same
+    step. ``set`` changes the config (every part reads its settings from there) plus the few parts that hold a
+    value of their own: the schedule's base lr and horizon, the optimizer's weight decay."""
+
+    def __init__(self, cfg: Config, step: Step, state: TrainState, run: Any, save: Callable[[], None],
+                 validate_now: Callable[[], dict], request_stop: Callable[[], None]) -> None:
+        self.cfg, self.step, self.state, self.run = cfg, step, state, run
+        self.save, self.validate_now, self.request_stop = save, validate_now, request_stop
+        self.dist = step.rt.dist
+        self.inbox = Inbox(run.path) if self.dist.main else None
 
     def __call__(self) -> None:
         commands = self.inbox.poll() if self.inbox is not None else []
-        if self.dist.enabled:  # every rank applies the same commands at the same step
+        if self.dist.enabled:
             commands = broadcast(commands, self.dist)
         for name, command in commands:
             try:
@@ -108,26 +111,29 @@ class Steering:
             except Exception as e:  # noqa: BLE001 - a command that fails is answered; the training goes on
                 log.warning(f"ctl {command}: failed: {type(e).__name__}: {e}")
                 result = {"ok": False, "message": f"failed: {type(e).__name__}: {e}"}
-            result.update(step=self.p.loop.global_step, epoch=self.p.loop.epoch + 1)
+            result.update(step=self.state.global_step, epoch=self.state.epoch + 1)
             if self.inbox is not None:  # logged first: when `dogcat ctl` has its answer, the record is there
                 self.run.log({"kind": "event", "event": "control", "command": command, **result})
                 self.inbox.ack(name, result)
                 log.info(f"ctl {command}: {result['message']}")
 
+    def close(self) -> None:
+        if self.inbox is not None:
+            self.inbox.close()  # `dogcat ctl` now says: no process running
+
     def apply(self, command: str) -> dict[str, Any]:
         verb, _, arg = command.strip().partition(" ")
-        loop = self.p.loop
         if verb == "set":
             return self.set(arg)
         if verb == "save":
             self.save()
-            return {"message": f"saved {self.run.ckpt_dir / 'last.pt'} at step {loop.global_step}"}
+            return {"message": f"saved {self.run.ckpt_dir / 'last.pt'} at step {self.state.global_step}"}
         if verb == "eval":
             m = self.validate_now()
-            return {"message": f"val loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, logloss {m['logloss']:.4f}",
+            return {"message": f"val {summary(m)}",
                     "metrics": {k: v for k, v in m.items() if k != "confusion"}}
         if verb == "stop":
-            loop.stop_requested = True
+            self.request_stop()
             return {"message": "stopping: checkpoint now, status 'stopped'; continue with --resume"}
         if verb == "debug":
             return {"message": self.debug()}
@@ -142,34 +148,31 @@ class Steering:
             raise ValueError(f"--{leaf.replace('_', '-')} cannot change while training; live options: "
                              f"{', '.join(LIVE)} (others: stop, then --resume)")
         sec = OPTIONS[leaf][0]
-        new_cfg = load_config(parse_overrides([f"--{leaf}={raw}"]), base=self.cfg)
+        new_cfg = load_config(parse_overrides([f"--{leaf}={raw}"]), base=self.cfg)  # validated like the CLI
         old, new = getattr(getattr(self.cfg, sec), leaf), getattr(getattr(new_cfg, sec), leaf)
         setattr(getattr(self.cfg, sec), leaf, new)
-        p, loop = self.p, self.p.loop
+        scheduler = self.step.scheduler
         if leaf == "lr":  # the new base lr, at the schedule's current point (never a ratio of the old one)
-            p.scheduler.set_base_lr(new)
+            scheduler.set_base_lr(new)
         elif leaf == "weight_decay":
-            for g in p.optimizer.param_groups:
+            for g in self.step.optimizer.param_groups:
                 g["weight_decay"] = new
         elif leaf == "max_epoch":
-            loop.max_epoch = new
-            p.scheduler.total_steps = max(1, p.scheduler.steps_per_epoch * new)
-        else:  # plain loop settings of the same name
-            setattr(loop, leaf, new)
+            scheduler.total_steps = max(1, scheduler.steps_per_epoch * new)
         atomic_write_text(self.run.path / "config.yaml", to_yaml(self.cfg))
         return {"message": f"{leaf}: {old} -> {new}", "key": leaf, "old": old, "new": new}
 
     def debug(self) -> str:
-        loop = self.p.loop
-        if loop.last_batch is None:
+        last = self.step.last
+        if last is None:
             raise ValueError("no batch yet to debug on")
-        images, labels, ids, loss = loop.last_batch
         if not self.dist.main:
             return "rank 0 debugs"
-        model = unwrap(self.p.model)  # rank 0 alone runs this forward: the DDP wrapper would wait for the others
+        model = unwrap(self.step.model)  # rank 0 alone runs this forward: the DDP wrapper would wait for the others
         if sys.stdin.isatty():
-            return interactive(model, self.p.optimizer, loop.last_batch, loss, self.cfg)
-        out = debug_dump(model, images, labels, ids, self.run.path / "debug" / f"step-{loop.global_step:07d}")
+            return interactive(model, self.step.optimizer, last, last.loss, self.cfg)
+        out = debug_dump(model, last.images, last.labels, last.ids,
+                         self.run.path / "debug" / f"step-{self.state.global_step:07d}")
         return f"no terminal: wrote the debug dump {out} (layers.json, batch_ids.txt, snapshot.pt)"
 
 
@@ -183,39 +186,3 @@ def interactive(model: nn.Module, optimizer: Any, batch: Any, loss: Any, cfg: Co
     t0 = time.time()
     debugger.set_trace()
     return f"debugger session of {time.time() - t0:.0f}s"
-
-
-def check_finite(model: nn.Module, loss: torch.Tensor, scaler: torch.amp.GradScaler,
-                 loop: Any) -> tuple[bool, torch.Tensor | None]:
-    """At an optimizer step: (False, _) (skip the step) or NonFinite on a NaN/Inf loss or gradient.
-
-    Also returns the gradients' total 2-norm when it was computed, so that --clip-grad-norm reuses it
-    rather than computing it again. With fp16 loss scaling an inf gradient is the scaler's business (it
-    skips that step and lowers the scale), so only the loss is checked then. On a GPU this costs one
-    synchronisation per step."""
-    bad, norm = not bool(torch.isfinite(loss.detach()).all()), None
-    if not bad and not scaler.is_enabled():
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.nn.utils.get_total_norm(grads)
-            bad = not bool(torch.isfinite(norm))
-    bad = any_true(bad, loop.dist, loop.device)  # under DDP all ranks decide together
-    if not bad:
-        loop.nonfinite_in_a_row = 0
-        return True, norm
-    first = next((n for n, p in model.named_parameters()
-                  if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
-    where = (f"at step {loop.global_step + 1} (epoch {loop.epoch + 1}, batch {loop.batch}): loss "
-             f"{loss.item():.4g}; first layer with a non-finite gradient: {first or 'none (the loss itself)'}")
-    loop.nonfinite_in_a_row += 1
-    loop.nonfinite_total += 1
-    if loop.nonfinite == "skip" and loop.nonfinite_in_a_row < loop.nonfinite_max_skips:
-        if loop.run is not None:
-            loop.run.log({"kind": "event", "event": "nonfinite_skip", "step": loop.global_step,
-                          "epoch": loop.epoch + 1, "batch": loop.batch, "first_layer": first})
-        log.warning(f"non-finite {where}; batch skipped ({loop.nonfinite_in_a_row} in a row)")
-        return False, None
-    if loop.nonfinite == "skip":
-        where += f"; {loop.nonfinite_in_a_row} non-finite batches in a row (--nonfinite-max-skips)"
-    raise NonFinite(f"non-finite {where}. The last good checkpoint is kept; lower --lr, set --clip-grad-norm "
-                    "or --nonfinite=skip, then --resume")

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..console import printable
+from ..metrics import METRICS
 from .collect import Mistake
 
 
@@ -127,10 +128,12 @@ def _line(ax: Any, records: list[dict], kind: str, key: str, label: str) -> bool
 
 
 def curves(records: list[dict]) -> dict[str, Figure]:
-    """Loss, accuracy and lr against the optimizer step, from metrics.jsonl records."""
+    """Loss, the scores (every higher-is-better metric of the table) and lr against the optimizer step, from
+    metrics.jsonl records."""
+    scores = [("epoch", f"val_{n}", f"val {n.replace('_', ' ')}") for n, m in METRICS.items() if m.higher_is_better]
     specs = {"loss": [("step", "train_loss", "train loss (window)"), ("epoch", "train_loss", "train loss (epoch)"),
                       ("epoch", "val_loss", "val loss")],
-             "accuracy": [("epoch", "val_accuracy", "val accuracy")],
+             "accuracy": scores,
              "lr": [("step", "lr", "lr (step)"), ("epoch", "lr", "lr (epoch end)")]}
     out = {}
     for name, lines in specs.items():

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io import MalformedFile, atomic_write_text, process_alive, process_start, read_json  # noqa: F401
+from ..io import MalformedFile, atomic_write_text, process_alive, process_start, read_json, sha256_file  # noqa: F401
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -129,15 +129,6 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(), "host": socket.gethostname(),
         "pip_freeze": pip_freeze(),
     }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def data_fingerprint(bundle: DataBundle, cfg: Config) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from ..console import printable
 from ..io import atomic_write_text
+from ..metrics import METRICS
 from .collect import Collector
 from .figures import confusion_figure, curves, mistakes_figure, per_class_scores
 from .manifest import read_manifest
@@ -91,10 +92,11 @@ def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, c
                 mean: Sequence[float], std: Sequence[float], checkpoint: str | None) -> str:
     """Headline metrics, confusion heatmap, per-class table, grid of the most confidently wrong images."""
     cm = metrics["confusion"]
+    shown = [n for n in METRICS if isinstance(metrics.get(n), (int, float))]  # every metric of the table
     out = [f"<h2>Validation</h2><p>{_e(metrics.get('count', '?'))} images"
            + (f", checkpoint <code>{_e(checkpoint)}</code>" if checkpoint else "") + "</p>",
-           _table(["loss", "accuracy", "log loss"],
-                  [[f"{metrics['loss']:.4f}", f"{metrics['accuracy']:.4f}", f"{metrics['logloss']:.4f}"]], {0, 1, 2})]
+           _table([name.replace("_", " ") for name in shown], [[format(metrics[n], METRICS[n].fmt) for n in shown]],
+                  range(len(shown)))]
     name = _save(confusion_figure(cm, class_names), rep / "confusion.png")
     scores = per_class_scores(cm, class_names)
     out.append(f'<h2>Confusion matrix and per-class scores</h2><div class=row><img class=wide src="{name}" '
@@ -118,20 +120,3 @@ def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, c
         else:
             out.append("<p>every validation image is classified correctly</p>")
     return "".join(out)
-
-
-def make_report(target: str, overrides: dict[str, Any] | None = None) -> Path:
-    """``dogcat report RUN``: a validation pass with the report on; a run without a validation set or a
-    checkpoint (killed in its first epoch) still gets its curves, config and manifest."""
-    from ..config import ConfigError
-    from ..data import DataError
-    from ..engine.evaluator import evaluate
-
-    try:
-        return Path(evaluate(target, {**(overrides or {}), "report": True})["report"])
-    except (DataError, ConfigError) as e:
-        run = Path(target)
-        if not (run / "config.yaml").is_file():
-            raise
-        log.warning(f"no validation pass for the report: {e}")
-        return write_report(run, run)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..config import NOT_EXPERIMENT, flat_config
+from ..metrics import best_of
 from ..io import MalformedFile, one_line, read_small
 from .manifest import process_alive, read_manifest
 
@@ -44,7 +45,10 @@ class RunInfo:
         pts = [(r[monitor], r["epoch"]) for r in self.epochs if isinstance(r.get(monitor), (int, float))]
         if not pts:
             return None
-        value, epoch = (max if monitor.endswith("accuracy") else min)(pts, key=lambda t: t[0])
+        try:
+            value, epoch = pts[best_of(monitor, [v for v, _ in pts])]
+        except KeyError:  # a monitor this version does not know (a newer dogcat's run): no best to show
+            return None
         return monitor, value, epoch
 
     def duration(self) -> float | None:

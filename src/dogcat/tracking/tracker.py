@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..config import NOT_EXPERIMENT, Config, flat_config, to_dict
+from ..data import DataBundle, SeededItems
+from ..metrics import best_of, monitors
+from ..preprocess import Preprocess
 from .collect import Collector
 from .manifest import Manifest, data_fingerprint
 
 if TYPE_CHECKING:
-    from ..engine.trainer import Parts
     from .run import Run
     from .tensorboard import TBLogger
 
@@ -40,8 +42,6 @@ def is_main_process() -> bool:
 def sample_inputs(dataset: Any, seed: int, n: int = GRID_IMAGES) -> list[torch.Tensor]:
     """``n`` augmented training images spread over the data set. Each is drawn the way training draws it
     (``SeededItems``: its own seeded generator), so the global RNG, and exact resume, are untouched."""
-    from ..data import SeededItems
-
     size = len(dataset)
     items = SeededItems(dataset)
     out = []
@@ -60,9 +60,7 @@ class Tracker:
         self.run, self.cfg, self.resume_step = run, cfg, resume_step
         self.manifest = Manifest(run.path)
         self.tb: TBLogger | None = None
-        self.class_names: list[str] = []
-        self.mean: tuple[float, ...] = ()
-        self.std: tuple[float, ...] = ()
+        self.pre: Preprocess | None = None
         self.done = False
 
     @classmethod
@@ -74,18 +72,18 @@ class Tracker:
         tracker.manifest.start(cfg)
         return tracker
 
-    def setup(self, p: Parts) -> None:
+    def setup(self, bundle: DataBundle, device: str) -> None:
         """Data and model are built: fingerprint the data, open TensorBoard, show augmented inputs."""
-        self.class_names, self.mean, self.std = list(p.data.class_names), tuple(p.data.mean), tuple(p.data.std)
+        self.pre = bundle.pre
         splits = sorted(str(x.relative_to(self.run.path)) for x in (self.run.path / "splits").glob("*.csv"))
         try:
-            data = data_fingerprint(p.data, self.cfg)
+            data = data_fingerprint(bundle, self.cfg)
         except Exception as e:  # noqa: BLE001  # a record of the data must not stop the training on it
-            data = {"kind": p.data.kind, "error": f"{type(e).__name__}: {e}"}
-        self.manifest.update(device=str(p.loop.device), data=data, splits=splits)
-        self._tb(lambda: self._open(p))
+            data = {"kind": bundle.kind, "error": f"{type(e).__name__}: {e}"}
+        self.manifest.update(device=device, data=data, splits=splits)
+        self._tb(lambda: self._open(bundle))
 
-    def _open(self, p: Parts) -> None:
+    def _open(self, bundle: DataBundle) -> None:
         from .tensorboard import TBLogger
 
         # purge from the step after the checkpoint: that step's records were logged before it was saved
@@ -93,8 +91,8 @@ class Tracker:
         self.tb = TBLogger(self.run.path, purge)
         if self.resume_step is None:
             self.tb.text("config", "```\n" + (self.run.path / "config.yaml").read_text() + "\n```")
-            if p.data.train is not None:
-                self.tb.input_grid(sample_inputs(p.data.train, self.cfg.train.seed), self.mean, self.std)
+            if bundle.train is not None:
+                self.tb.input_grid(sample_inputs(bundle.train, self.cfg.train.seed), bundle.pre.mean, bundle.pre.std)
 
     def _tb(self, fn: Callable[[], None]) -> None:
         """Run a TensorBoard call; a failure (disk full, a plugin error) must not end the training."""
@@ -115,12 +113,13 @@ class Tracker:
             self._tb(lambda: tb.log_record(record))
 
     def collector(self) -> Collector:
-        return Collector(len(self.class_names), keep_images=GRID_IMAGES)
+        assert self.pre is not None, "setup() first"
+        return Collector(len(self.pre.classes), keep_images=GRID_IMAGES)
 
     def epoch_end(self, step: int, val_stats: dict[str, Any], collect: Collector | None) -> None:
-        if self.tb is not None and val_stats:
-            tb = self.tb
-            self._tb(lambda: tb.validation(step, val_stats, collect, self.class_names, self.mean, self.std))
+        if self.tb is not None and val_stats and self.pre is not None:
+            tb, pre = self.tb, self.pre
+            self._tb(lambda: tb.validation(step, val_stats, collect, list(pre.classes), pre.mean, pre.std))
 
     def final_metrics(self) -> tuple[dict[str, float], int]:
         """``({"hparam/...": value}, step)`` from metrics.jsonl: the last epoch's metrics and the best one."""
@@ -129,13 +128,13 @@ class Tracker:
         out: dict[str, float] = {}
         if epochs:
             last = epochs[-1]
-            for k in ("val_accuracy", "val_loss", "val_logloss", "train_loss"):
+            for k in (*monitors(), "train_loss"):  # every metric of the table, as logged
                 if isinstance(last.get(k), (int, float)):
                     out[f"hparam/{k}"] = float(last[k])
             monitor = self.cfg.train.monitor
             values = [r[monitor] for r in epochs if isinstance(r.get(monitor), (int, float))]
             if values:
-                out[f"hparam/best_{monitor}"] = float(max(values) if monitor.endswith("accuracy") else min(values))
+                out[f"hparam/best_{monitor}"] = float(values[best_of(monitor, values)])
             out["hparam/epochs"] = float(last.get("epoch", len(epochs)))
         return out, max(steps, default=0)
 

@@ -1,0 +1,130 @@
+"""Loading a trained model for inference (:func:`load_model`): a run folder, a dogcat checkpoint, or a bare
+state_dict (the seed's ``model.save()`` output). Evaluation, prediction and export all start here."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..config import Config, ConfigError, from_dict, load_config
+from ..data import KINDS
+from ..models import build_model, head_module, list_models
+from ..models.weights import WeightsError, load_weights, read_state_dict, torch_load
+from ..preprocess import Preprocess
+from .checkpoint import check_checkpoint, checkpoint_preprocess
+from .runtime import Runtime, memory_format, pick_device
+
+
+@dataclass
+class Loaded:
+    """A model ready for inference and what is known about its training."""
+
+    model: nn.Module
+    cfg: Config
+    pre: Preprocess
+    kind: str | None  # the training data's layout (None: unknown, a bare state_dict)
+    checkpoint: Path
+    run_dir: Path | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        """Where val / test write their results: the run folder, else the checkpoint's folder."""
+        return self.run_dir or self.checkpoint.parent
+
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(next(self.model.parameters()).device, self.cfg.train.precision, self.cfg.train.channels_last)
+
+
+def resolve_checkpoint(target: str | Path | None, overrides: dict[str, Any]) -> tuple[Path, Path | None]:
+    """``(checkpoint file, run folder or None)`` for a run folder, a file, or ``--load-model-path``."""
+    spec = target or next((v for k, v in overrides.items() if k.replace("-", "_") == "load_model_path"), None)
+    if not spec:
+        raise ConfigError("name a run folder or checkpoint (dogcat val RUN) or pass --load-model-path=FILE")
+    path = Path(str(spec))
+    if path.is_dir():
+        which = str(next((v for k, v in overrides.items() if k.replace("-", "_") == "checkpoint"), "best"))
+        ckpt = path / "checkpoints" / f"{which}.pt"
+        if not ckpt.is_file() and which == "best" and (path / "checkpoints" / "last.pt").is_file():
+            ckpt = path / "checkpoints" / "last.pt"
+        if not ckpt.is_file():
+            raise ConfigError(f"{path} has no checkpoints/{which}.pt: is it a dogcat run folder that finished an epoch?")
+        return ckpt, path
+    if not path.is_file():
+        raise ConfigError(f"no run folder or checkpoint file at {path}")
+    run = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").exists() \
+        else None
+    return path, run
+
+
+def load_model(target: str | Path | None, overrides: dict[str, Any] | None = None) -> Loaded:
+    """Rebuild the trained model. A dogcat checkpoint carries its config and classes; a bare state_dict
+    (the seed's ``BasicModule.save``) needs ``--model`` and takes its class count from the head's shape."""
+    overrides = dict(overrides or {})
+    ckpt_path, run_dir = resolve_checkpoint(target, overrides)
+    obj = torch_load(ckpt_path) if ckpt_path.suffix != ".safetensors" else {}
+    if isinstance(obj, dict) and "format_version" in obj:  # data from elsewhere: checked, output places not taken
+        check_checkpoint(obj, ckpt_path)
+        base = from_dict(obj["config"], f"the config stored in {ckpt_path}")
+        base.train.resume = None
+        cfg = load_config(overrides, base=base)
+        cfg.model.model = base.model.model  # the architecture is the checkpoint's, whatever --model says
+        pre = dataclasses.replace(checkpoint_preprocess(obj, ckpt_path), size=cfg.data.image_size)
+        kind = obj.get("data_kind") if obj.get("data_kind") in KINDS else None
+        model = build_model(cfg.model.model, len(pre.classes), pre.in_chans)
+        load_weights(model, obj.get("ema") or obj["model"], strict=True, source=str(ckpt_path))  # EMA first
+        if cfg.train.precision == "auto":  # the training's probed choice, on the same kind of device
+            same = obj.get("device_type") == pick_device(cfg.train).type
+            stored = obj.get("precision")
+            cfg.train.precision = stored if same and stored in ("fp32", "bf16", "fp16") else "fp32"
+        meta = {k: obj.get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch", "monitor")}
+    else:
+        cfg = load_config(overrides)
+        sd, _ = read_state_dict(ckpt_path)
+        names, chans = _infer_classes(cfg.model.model, sd)
+        pre = Preprocess.default(names, chans, cfg.data.image_size)
+        model = build_model(cfg.model.model, len(names), chans)
+        try:
+            load_weights(model, sd, strict=not cfg.model.load_not_strict, source=str(ckpt_path))
+        except WeightsError as e:
+            raise WeightsError(_architecture_hint(ckpt_path, cfg.model.model, sd, e)) from None
+        kind, meta = None, {}
+    device = pick_device(cfg.train)
+    model.to(device, memory_format=memory_format(cfg.train.channels_last)).eval()
+    return Loaded(model, cfg, pre, kind, ckpt_path, run_dir, meta)
+
+
+def _infer_classes(model_name: str, sd: dict[str, torch.Tensor]) -> tuple[list[str], int]:
+    probe = build_model(model_name, 2, 3)
+    head = head_module(probe)
+    head_keys = {k for k, v in probe.state_dict().items()
+                 if head is not None and any(v is p for p in head.state_dict().values())}
+    weights = [v for k, v in sd.items() if k.split("module.")[-1] in head_keys and v.ndim >= 2]
+    n = int(weights[-1].shape[0]) if weights else 2
+    chans = next((int(v.shape[1]) for v in sd.values() if v.ndim == 4), 3)
+    return (["cat", "dog"] if n == 2 else [str(i) for i in range(n)]), chans
+
+
+def _architecture_hint(path: Path, model_name: str, sd: dict[str, torch.Tensor], err: Exception) -> str:
+    """Say which registered architecture a bare state_dict belongs to, when --model names another one."""
+    for name in list_models():
+        if name == model_name.lower():
+            continue
+        try:
+            names, chans = _infer_classes(name, sd)
+            probe = build_model(name, len(names), chans).state_dict()
+        except Exception:  # a builder that cannot take this class / channel count is not it
+            continue
+        ours = {k.split("module.")[-1]: tuple(v.shape) for k, v in sd.items()}
+        if ours == {k: tuple(v.shape) for k, v in probe.items()}:
+            return (f"{path} holds {name} weights, not {model_name} ones: pass --model={name} "
+                    f"(a bare state_dict does not record its architecture)")
+    return (f"{path} does not fit --model={model_name} ({err}). It matches none of the registered models "
+            f"({', '.join(list_models())}); pass the --model it was trained with (timm:<name> and "
+            f"torchvision:<name> work too), or --load-not-strict to load the matching part")

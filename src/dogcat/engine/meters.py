@@ -1,0 +1,105 @@
+"""Meters: the sums a validation pass accumulates (``EvalMeter``) and the training loss sums (``LossMeter``).
+
+What is computed from the sums is the metrics table's business (``dogcat/metrics.py``); these classes only
+count, on the CPU in float64 for validation (in float32 1 - 1e-15 == 1, and a confident mistake would cost
+log(0) = inf), on the device for the training loss (a ``.item()`` per step would sync a GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..metrics import Tally, compute
+from . import distributed
+from .distributed import Dist
+
+EPS = 1e-15  # Kaggle's clipping for log loss
+
+
+class EvalMeter:
+    """Accumulates a validation pass's sums; ``compute()`` returns every metric of the table, the count and the
+    confusion matrix, as plain numbers (JSON-safe)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.c = num_classes
+        self.cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.loss_sum = 0.0
+        self.logloss_sum = 0.0
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        # float64: in float32 1 - 1e-15 == 1, and a confident mistake would cost log(0) = inf
+        logits, labels = logits.double().cpu(), labels.cpu()
+        self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        probs = logits.softmax(1)
+        if self.c == 2:  # Kaggle Redux: clip p(dog), binary cross-entropy
+            p = probs[:, 1].clamp(EPS, 1 - EPS)
+            ll = -(labels * p.log() + (1 - labels) * (1 - p).log())
+        else:  # multi-class log loss, clipped and renormalised (as scikit-learn)
+            p = probs.clamp(EPS, 1 - EPS)
+            p = p / p.sum(1, keepdim=True)
+            ll = -p.gather(1, labels[:, None]).squeeze(1).log()
+        self.logloss_sum += ll.sum().item()
+        preds = probs.argmax(1)
+        self.cm += torch.bincount(labels * self.c + preds, minlength=self.c * self.c).view(self.c, self.c)
+        self.n += len(labels)
+
+    def all_reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Sum the counts of every rank (``reduce`` = distributed.all_reduce_sum bound to the group)."""
+        flat = torch.cat([self.cm.flatten().double(), torch.tensor([self.loss_sum, self.logloss_sum, self.n],
+                                                                   dtype=torch.float64)])
+        flat = reduce(flat)
+        k = self.c * self.c
+        self.cm = flat[:k].round().long().view(self.c, self.c)
+        self.loss_sum, self.logloss_sum, self.n = flat[k].item(), flat[k + 1].item(), int(flat[k + 2].item())
+
+    def tally(self) -> Tally:
+        return Tally(self.cm.tolist(), self.loss_sum, self.logloss_sum, self.n)
+
+    def compute(self) -> dict[str, Any]:
+        t = self.tally()
+        return {**compute(t), "count": t.count, "confusion": t.confusion}
+
+
+class LossMeter:
+    """Loss sums of the epoch and of the logging window, kept on the device (a ``.item()`` per step would
+    sync a GPU) and checkpointed mid-epoch so a resumed epoch reports the same mean."""
+
+    def __init__(self, device: torch.device, d: Dist | None = None) -> None:
+        self.device, self.dist = device, d or Dist()
+        self.reset()
+
+    def reset(self) -> None:
+        z = torch.zeros((), device=self.device)
+        self.sum, self.n, self.win_sum, self.win_n = z, 0, z.clone(), 0
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        self.sum = self.sum + loss.detach().float() * n
+        self.win_sum = self.win_sum + loss.detach().float() * n
+        self.n, self.win_n = self.n + n, self.win_n + n
+
+    def _mean(self, total: torch.Tensor, n: int) -> float:
+        if self.dist.enabled:  # every rank's images count: sum (loss x n) and n over the group
+            both = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(n), device=self.device)]),
+                                              self.dist)
+            return (both[0] / both[1].clamp_min(1)).item()
+        return (total / max(1, n)).item()
+
+    def window(self) -> float:
+        value = self._mean(self.win_sum, self.win_n)
+        self.win_sum, self.win_n = torch.zeros((), device=self.device), 0
+        return value
+
+    def mean(self) -> float:
+        return self._mean(self.sum, self.n)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sum": self.sum.cpu(), "n": self.n, "win_sum": self.win_sum.cpu(), "win_n": self.win_n}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.sum, self.win_sum = s["sum"].to(self.device), s["win_sum"].to(self.device)
+        self.n, self.win_n = s["n"], s["win_n"]

@@ -1,0 +1,178 @@
+"""Reading an exported model: its JSON sidecar (checked: it is data from elsewhere), the file's sha256, and a
+runner (``normalised NCHW batch -> logits``) per format. ``export.py`` writes these files; ``inference.py``
+turns them into a Classifier. ONNX and safetensors are data; TorchScript is a program and runs only when trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import DogcatError
+from .io import MalformedFile, read_json, sha256_file
+from .models import build_model
+from .preprocess import Preprocess, PreprocessError
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+INSTALL_HINT = ("install the optional export packages: pip install 'dogcat-vision[export]' "
+                "(in this repository: .venv/bin/pip install -e '.[export]')")
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ExportError(DogcatError, ValueError):
+    """An export that cannot be made, checked or loaded; the message says what to do. The CLI exits 2."""
+
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+SIDECAR_KEYS = ("format", "model", "class_names", "image_size", "in_chans", "mean", "std", "preprocess", "sha256")
+TRUST_HINT = ("A TorchScript file is a program, not just weights: loading it runs the code inside, which can read "
+              "and write files. Pass --trust-export (dogcat.load(..., trust=True)) only for a file you made or "
+              "trust, or ask for an ONNX or safetensors export, which are data")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of an exported file, checked key by key (it is data from elsewhere); a missing, damaged or
+    incomplete one is an :class:`ExportError` naming it."""
+    sc = sidecar_path(path)
+    if not sc.is_file():
+        raise ExportError(
+            f"{path} has no sidecar {sc.name} next to it: an exported model needs it for its class names, input "
+            f"size and preprocessing. Copy the .json that was exported with it, or export again with "
+            f"`dogcat export RUN --format=...` (which writes both; a failed export check writes no sidecar).")
+    try:
+        meta = read_json(sc, "sidecar", limit=16 << 20)
+    except MalformedFile as e:
+        raise ExportError(f"{e}; export the model again") from None
+    missing = [k for k in SIDECAR_KEYS if k not in meta]
+    if missing:
+        raise ExportError(f"sidecar {sc} lacks {', '.join(missing)}; export the model again")
+    problem = _sidecar_problem(meta)
+    if problem:
+        raise ExportError(f"sidecar {sc} is not usable: {problem}; export the model again")
+    return meta
+
+
+def _sidecar_problem(meta: dict[str, Any]) -> str | None:
+    """The first value of a sidecar that is not what dogcat writes, or None."""
+    if meta["format"] not in FORMATS:
+        return f"format {meta['format']!r} is not one of {', '.join(FORMATS)}"
+    if not isinstance(meta["model"], str):
+        return "model is not a name"
+    if not isinstance(meta["preprocess"], dict):
+        return "preprocess is not a mapping"
+    try:
+        preprocess_of(meta)
+    except PreprocessError as e:
+        return str(e)
+    if not (isinstance(meta["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])):
+        return "sha256 is not a sha256"
+    return None
+
+
+def preprocess_of(meta: dict[str, Any]) -> Preprocess:
+    """The sidecar's preprocessing facts (its documented top-level keys) as the one value object."""
+    crop = isinstance(meta.get("preprocess"), dict) and meta["preprocess"].get("center_crop") is not None
+    return Preprocess.checked(meta.get("class_names"), meta.get("in_chans"), meta.get("mean"), meta.get("std"),
+                              meta.get("image_size"), "crop" if crop else "squash", "the sidecar's preprocessing")
+
+
+def check_file(path: Path, meta: dict[str, Any], trust: bool = False) -> None:
+    """Refuse an exported file that can run code (TorchScript) unless ``trust``, and one whose bytes are not
+    the ones its sidecar vouches for (sha256): a swapped or edited file, or a sidecar of another export."""
+    if meta["format"] == "torchscript" and not trust:
+        raise ExportError(f"refused to load {path}: {TRUST_HINT}")
+    digest = sha256_file(path)
+    if digest != meta["sha256"]:
+        raise ExportError(f"{path} does not match its sidecar {sidecar_path(path).name}: sha256 {digest[:16]}... "
+                          f"but the sidecar says {meta['sha256'][:16]}...; the file was changed or the sidecar "
+                          "belongs to another export. Export again, or copy both files together")
+
+
+def _require(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ExportError(f"this needs the Python package {module!r}, which is missing: {INSTALL_HINT}") from e
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Hush the exporters' progress lines, optimizer logging and deprecation notices (TorchScript is
+    deprecated in torch but still asked for); real failures still raise."""
+    before = logging.root.manager.disable
+    logging.disable(logging.INFO)  # onnxscript's optimizer logs every pass at INFO
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logging.disable(before)
+
+
+def runner(path: str | Path, meta: dict[str, Any], trust: bool = False) -> Runner:
+    """A function ``normalised NCHW batch -> logits`` that runs the exported file, on the CPU. TorchScript
+    runs code and is refused unless ``trust`` (see :func:`check_file`); a file that does not load as its
+    format is one ExportError line."""
+    fmt, path = meta["format"], Path(path)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r} in {sidecar_path(path)}; one of {', '.join(FORMATS)}")
+    if fmt == "torchscript" and not trust:
+        raise ExportError(f"refused to load {path}: {TRUST_HINT}")
+    try:
+        return _runner(path, fmt, meta)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file fails inside onnxruntime / torch / safetensors
+        raise ExportError(f"cannot load {path} as {fmt}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+
+
+def _onnx_external_data_inside(path: Path) -> None:
+    """An ONNX file may point at tensor files by path: only ones beside it, never ``../`` or absolute paths."""
+    onnx = _require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                loc = Path(entry.value)
+                if loc.is_absolute() or ".." in loc.parts:
+                    raise ExportError(f"refused to load {path}: it reads tensor data from {entry.value!r}, "
+                                      "outside its own folder")
+
+
+def _runner(path: Path, fmt: str, meta: dict[str, Any]) -> Runner:
+    if fmt == "onnx":
+        ort = _require("onnxruntime")
+        _onnx_external_data_inside(path)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: torch.from_numpy(sess.run(None, {name: x.detach().cpu().float().numpy()})[0])
+    if fmt == "torchscript":  # trusted by the caller (runner checked)
+        with _quiet():
+            model = torch.jit.load(str(path), map_location="cpu").eval()
+    else:
+        from safetensors.torch import load_model
+
+        model = build_model(meta["model"], len(meta["class_names"]), int(meta["in_chans"]))
+        load_model(model, str(path), strict=True)
+        model.eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x.cpu().float()).float()
+
+    return run
