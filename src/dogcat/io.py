@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -343,6 +344,14 @@ def one_line(e: BaseException | str, width: int = 300) -> str:
 
 # ---- the lock ---------------------------------------------------------------------------------------------
 
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 class FileLock:
     """An exclusive ``fcntl.flock`` on ``path``, held until :meth:`release` or the process ends (the kernel
     drops it on exit, kill -9 included, so a lock is never stale). The holder writes its pid, host and
@@ -414,3 +423,4 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+

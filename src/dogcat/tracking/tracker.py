@@ -81,7 +81,7 @@ class Tracker:
         try:
             data = data_fingerprint(p.data, self.cfg)
         except Exception as e:  # noqa: BLE001  # a record of the data must not stop the training on it
-            data = {"kind": p.data.kind, "error": f"{type(e).__name__}: {e}"}
+            data = {"kind": p.data.layout, "error": f"{type(e).__name__}: {e}"}
         self.manifest.update(device=str(p.loop.device), data=data, splits=splits)
         self._tb(lambda: self._open(p))
 
