@@ -76,7 +76,7 @@ class Tracker:
 
     def setup(self, p: Parts) -> None:
         """Data and model are built: fingerprint the data, open TensorBoard, show augmented inputs."""
-        self.class_names, self.mean, self.std = list(p.data.class_names), tuple(p.data.mean), tuple(p.data.std)
+        self.class_names, self.mean, self.std = list(p.data.pre.classes), p.data.pre.mean, p.data.pre.std
         splits = sorted(str(x.relative_to(self.run.path)) for x in (self.run.path / "splits").glob("*.csv"))
         try:
             data = data_fingerprint(p.data, self.cfg)
