@@ -66,6 +66,9 @@ def test_new_api_matches_the_old_arguments(kaggle_dir, folder_dir, fmnist_dir):
     assert (f.layout, f.pre.in_chans, f.pre.mean, f.pre.resize) == ("fashion-mnist", 1, D.FMNIST_MEAN, "squash")
     assert D.eval_transform_for(f.pre)(torch.zeros(3, 50, 40, dtype=torch.uint8)).shape == (3, 28, 28)  # squashed
     assert len(D.build_test(DataConfig(fashion_mnist_root=str(fmnist_dir)), f.layout, f.pre)) == 50
+    plain = D.Layout().fingerprint(f, DataConfig())  # what a layout gets without its own: the split rows
+    assert plain["count"] == 200 and plain["sha256"] != D.get_layout(f.layout).fingerprint(f, DataConfig(
+        train_data_root=str(fmnist_dir)))["sha256"]
 
 
 def make_npz(path: Path, n_train: int = 96, n_test: int = 24, side: int = 16) -> Path:
