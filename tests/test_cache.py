@@ -99,9 +99,9 @@ def test_cached_eval_equals_files_and_bad_files_as_in_training(kaggle):
     assert sorted(json.loads((folder / "index.json").read_text())["bad"].values()) == sorted(reasons.values())
     assert len((folder / "bad_files.txt").read_text().splitlines()) == 3
     # the test folder gets its own cache, which also equals the files
-    t_plain = D.build_test(kcfg(kaggle["root"]), "kaggle", ["cat", "dog"], 3, D.IMAGENET_MEAN, D.IMAGENET_STD)
-    t_cached = D.build_test(kcfg(kaggle["root"], cache=True), "kaggle", ["cat", "dog"], 3, D.IMAGENET_MEAN,
-                            D.IMAGENET_STD)
+    pre = D.Preprocess(("cat", "dog"), 3, D.IMAGENET_MEAN, D.IMAGENET_STD, kcfg(kaggle["root"]).image_size, "crop")
+    t_plain = D.build_test(kcfg(kaggle["root"]), "kaggle", pre)
+    t_cached = D.build_test(kcfg(kaggle["root"], cache=True), "kaggle", pre)
     assert len(caches(kaggle["test"])) == 1
     for (ka, x), (kb, y) in zip(items(t_plain).items(), items(t_cached).items()):
         assert ka == kb and ((x.image - y.image) * STD).abs().max() * 255 <= 2.0

@@ -18,6 +18,11 @@ from dogcat.data import fashion_mnist
 from datagen import make_fmnist_idx, make_folder, make_kaggle, pattern
 
 
+def rgb(names, size: int = 32) -> D.Preprocess:
+    """What a 3-channel model with ImageNet normalisation at ``size`` expects."""
+    return D.Preprocess(tuple(names), 3, D.IMAGENET_MEAN, D.IMAGENET_STD, size, "crop")
+
+
 def kcfg(root: Path, **kw) -> DataConfig:
     return DataConfig(train_data_root=str(root / "train"), test_data_root=str(root / "test"),
                       image_size=32, **kw)
@@ -30,25 +35,25 @@ def all_samples(bundle: D.DataBundle) -> list[tuple[str, int]]:
 # --- detection ------------------------------------------------------------------------------------
 
 def test_detect_kind(kaggle_dir, folder_dir, fmnist_dir, tmp_path):
-    assert D.detect_kind(kcfg(kaggle_dir)) == "kaggle"
-    assert D.detect_kind(DataConfig(train_data_root=str(folder_dir))) == "folder"
-    assert D.detect_kind(DataConfig(train_data_root=str(fmnist_dir))) == "fashion-mnist"
-    assert D.detect_kind(DataConfig(train_list="x.csv")) == "list"
-    assert D.detect_kind(DataConfig(dataset="folder", train_data_root=str(kaggle_dir))) == "folder"
+    assert D.detect(kcfg(kaggle_dir)) == "kaggle"
+    assert D.detect(DataConfig(train_data_root=str(folder_dir))) == "folder"
+    assert D.detect(DataConfig(train_data_root=str(fmnist_dir))) == "fashion-mnist"
+    assert D.detect(DataConfig(train_list="x.csv")) == "list"
+    assert D.detect(DataConfig(dataset="folder", train_data_root=str(kaggle_dir))) == "folder"
 
 
 def test_detect_errors(tmp_path, kaggle_dir):
     with pytest.raises(D.DataError, match="Kaggle download folder"):  # data/ instead of data/train
-        D.detect_kind(DataConfig(train_data_root=str(kaggle_dir)))
+        D.detect(DataConfig(train_data_root=str(kaggle_dir)))
     with pytest.raises(D.DataError, match="configs/fashion-mnist.yaml") as e:
-        D.detect_kind(DataConfig(train_data_root=str(tmp_path / "nope")))
+        D.detect(DataConfig(train_data_root=str(tmp_path / "nope")))
     assert str(tmp_path / "nope") in str(e.value) and "kaggle" in str(e.value).lower()
     with pytest.raises(D.DataError, match="kaggle.com"):  # the same advice with an explicit kind
         D.build_train_val(DataConfig(dataset="kaggle", train_data_root=str(tmp_path / "nope")))
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "readme.txt").write_text("hi")
     with pytest.raises(D.DataError, match="Supported"):
-        D.detect_kind(DataConfig(train_data_root=str(tmp_path / "junk")))
+        D.detect(DataConfig(train_data_root=str(tmp_path / "junk")))
 
 
 # --- split ----------------------------------------------------------------------------------------
@@ -57,7 +62,7 @@ def test_split_deterministic_stratified_disjoint(kaggle_dir):
     a = D.build_train_val(kcfg(kaggle_dir, val_split=0.3, split_seed=0))
     b = D.build_train_val(kcfg(kaggle_dir, val_split=0.3, split_seed=0))
     c = D.build_train_val(kcfg(kaggle_dir, val_split=0.3, split_seed=1))
-    assert a.kind == "kaggle" and a.class_names == ["cat", "dog"] and a.in_chans == 3
+    assert a.layout == "kaggle" and list(a.pre.classes) == ["cat", "dog"] and a.pre.in_chans == 3
     assert a.splits == b.splits and a.splits["val"] != c.splits["val"]
     train, val = set(a.splits["train"]), set(a.splits["val"])
     assert not train & val
@@ -143,7 +148,7 @@ def test_kaggle_test_ids_numeric_sorted(tmp_path):
     make_kaggle(tmp_path, n_per_class=3, n_test=11, bad=False)
     cfg = kcfg(tmp_path)
     b = D.build_train_val(cfg)
-    ds = D.build_test(cfg, b.kind, b.class_names, b.in_chans, b.mean, b.std)
+    ds = D.build_test(cfg, b.layout, b.pre)
     items = [ds[i] for i in range(len(ds))]
     assert [it.id for it in items] == [str(i) for i in range(1, 12)]
     assert all(it.label == -1 and it.image.shape == (3, 32, 32) for it in items)
@@ -152,10 +157,10 @@ def test_kaggle_test_ids_numeric_sorted(tmp_path):
 def test_folder_layout(folder_dir, tmp_path):
     cfg = DataConfig(train_data_root=str(folder_dir), image_size=32, val_split=0.25)
     b = D.build_train_val(cfg)
-    assert b.kind == "folder" and b.class_names == ["ant", "bee", "cow"]
+    assert b.layout == "folder" and list(b.pre.classes) == ["ant", "bee", "cow"]
     assert len(b.train) == 18 and len(b.val) == 6
     assert Counter(y for _, y in b.splits["val"]) == {0: 2, 1: 2, 2: 2}
-    assert b.val[0].id.split("/")[0] in b.class_names and b.val[0].image.shape == (3, 32, 32)
+    assert b.val[0].id.split("/")[0] in list(b.pre.classes) and b.val[0].image.shape == (3, 32, 32)
     # a separate val folder: a missing class is fine, labels map through the training names
     val_root = make_folder(tmp_path / "val", classes=("ant", "cow"), n_per_class=2)
     b2 = D.build_train_val(DataConfig(train_data_root=str(folder_dir), val_data_root=str(val_root),
@@ -169,15 +174,13 @@ def test_folder_layout(folder_dir, tmp_path):
 def test_folder_test_sets(folder_dir, tmp_path):
     names = ["ant", "bee", "cow"]
     labelled = make_folder(tmp_path / "t1", classes=("cow", "bee"), n_per_class=2)
-    ds = D.build_test(DataConfig(test_data_root=str(labelled), image_size=32), "folder", names, 3,
-                      D.IMAGENET_MEAN, D.IMAGENET_STD)
+    ds = D.build_test(DataConfig(test_data_root=str(labelled), image_size=32), "folder", rgb(names))
     assert sorted(ds[i].label for i in range(len(ds))) == [1, 1, 2, 2]
     flat = tmp_path / "t2"
     (flat / "sub").mkdir(parents=True)
     shutil.copy(folder_dir / "ant" / "ant_0.jpg", flat / "x.JPG")
     shutil.copy(folder_dir / "bee" / "bee_0.jpg", flat / "sub" / "y.png")
-    ds = D.build_test(DataConfig(test_data_root=str(flat), image_size=32), "folder", names, 3,
-                      D.IMAGENET_MEAN, D.IMAGENET_STD)
+    ds = D.build_test(DataConfig(test_data_root=str(flat), image_size=32), "folder", rgb(names))
     assert [(ds[i].id, ds[i].label) for i in range(len(ds))] == [("sub/y", -1), ("x", -1)]
 
 
@@ -188,13 +191,13 @@ def test_fmnist(tmp_path, gz):
     root = make_fmnist_idx(tmp_path / "f", gz=gz)
     cfg = DataConfig(dataset="fashion-mnist", fashion_mnist_root=str(root), image_size=28, val_split=0.2)
     b = D.build_train_val(cfg)
-    assert (b.in_chans, b.mean, b.std, b.kind) == (1, (0.2860,), (0.3530,), "fashion-mnist")
-    assert b.class_names[0] == "T-shirt/top" and b.class_names[9] == "Ankle boot"
+    assert (b.pre.in_chans, b.pre.mean, b.pre.std, b.layout) == (1, (0.2860,), (0.3530,), "fashion-mnist")
+    assert list(b.pre.classes)[0] == "T-shirt/top" and list(b.pre.classes)[9] == "Ankle boot"
     assert len(b.train) == 160 and len(b.val) == 40 and Counter(y for _, y in b.splits["val"]) == {k: 4 for k in range(10)}
     item = b.val[0]
     assert item.image.shape == (1, 28, 28) and item.path == f"fashion-mnist/train/{item.id}"
     assert b.train[0].image.shape == (1, 28, 28)
-    test = D.build_test(cfg, b.kind, b.class_names, 1, b.mean, b.std)
+    test = D.build_test(cfg, b.layout, b.pre)
     assert len(test) == 50 and all(0 <= test[i].label < 10 for i in range(50))
     big = D.build_train_val(DataConfig(dataset="fashion-mnist", fashion_mnist_root=str(root), image_size=32))
     assert big.train[0].image.shape == (1, 32, 32) and big.val[0].image.shape == (1, 32, 32)
@@ -203,7 +206,7 @@ def test_fmnist(tmp_path, gz):
 def test_fmnist_from_train_data_root(fmnist_dir, monkeypatch, tmp_path):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", tmp_path / "no-debian")
     b = D.build_train_val(DataConfig(train_data_root=str(fmnist_dir), val_split=0.0))
-    assert b.kind == "fashion-mnist" and len(b.train) == 200 and b.val is None
+    assert b.layout == "fashion-mnist" and len(b.train) == 200 and b.val is None
 
 
 def test_fmnist_fallbacks(fmnist_dir, monkeypatch, tmp_path):
@@ -250,20 +253,19 @@ def test_list_csv_and_whitespace(kaggle_dir, tmp_path):
     cfg = DataConfig(train_list=str(lists / "train.csv"), val_list=str(lists / "val.txt"),
                      test_list=str(lists / "test.csv"), image_size=32)
     b = D.build_train_val(cfg)
-    assert b.kind == "list" and b.class_names == ["cat", "dog"] and len(b.train) == 12
+    assert b.layout == "list" and list(b.pre.classes) == ["cat", "dog"] and len(b.train) == 12
     assert [y for _, y in b.splits["val"]] == [0, 1] and b.val[1].image.shape == (3, 32, 32)
     assert b.train[0].id == str(cats[0].with_suffix(""))  # outside the list's folder: the full path
-    test = D.build_test(cfg, "list", b.class_names, 3, b.mean, b.std)
+    test = D.build_test(cfg, "list", b.pre)
     assert [test[i].label for i in range(2)] == [-1, -1]
     shutil.copy(cats[0], lists / "my cat.jpg")  # whitespace list: header line, a path with a space
     (lists / "test.txt").write_text(f"path label\nmy cat.jpg\n{rel(dogs[1])} dog\n")
-    test = D.build_test(DataConfig(test_list=str(lists / "test.txt"), image_size=32), "list",
-                        b.class_names, 3, b.mean, b.std)
+    test = D.build_test(DataConfig(test_list=str(lists / "test.txt"), image_size=32), "list", b.pre)
     assert [(test[i].id, test[i].label) for i in range(2)] == [("my cat", -1), (str(dogs[1].with_suffix("")), 1)]
     # integer labels, no val list: class names are the numbers, split with val_split
     (lists / "ints.txt").write_text("".join(f"{p} {i % 2 * 5}\n" for i, p in enumerate(cats + dogs)))
     b2 = D.build_train_val(DataConfig(train_list=str(lists / "ints.txt"), val_split=0.5, image_size=32))
-    assert b2.class_names == ["0", "5"] and len(b2.val) == 6
+    assert list(b2.pre.classes) == ["0", "5"] and len(b2.val) == 6
     (lists / "bad.txt").write_text("nothere.jpg cat\n")
     with pytest.raises(D.DataError, match="list file's folder"):
         D.build_train_val(DataConfig(train_list=str(lists / "bad.txt")))
@@ -276,7 +278,7 @@ def test_write_splits_round_trip(kaggle_dir, tmp_path):
     assert files[0].read_text().splitlines()[0] == "path,label"
     cfg = DataConfig(train_list=str(files[0]), val_list=str(files[1]), image_size=32)
     b2 = D.build_train_val(cfg)
-    assert b2.class_names == b.class_names
+    assert list(b2.pre.classes) == list(b.pre.classes)
     for name in ("train", "val"):
         assert sorted(b2.splits[name]) == sorted((os.path.abspath(p), y) for p, y in b.splits[name])
 
@@ -284,17 +286,17 @@ def test_write_splits_round_trip(kaggle_dir, tmp_path):
 # --- predict paths --------------------------------------------------------------------------------
 
 def test_build_paths(folder_dir):
-    ds = D.build_paths([str(folder_dir / "ant")], 32, 3, D.IMAGENET_MEAN, D.IMAGENET_STD)
+    ds = D.build_paths([str(folder_dir / "ant")], rgb(()))
     assert len(ds) == 8 and ds[0].id == str(folder_dir / "ant" / "ant_0.jpg") and ds[0].label == -1
-    ds = D.build_paths([str(folder_dir / "*" / "*_1.jpg"), str(folder_dir / "bee" / "bee_1.jpg")], 32, 3,
-                       D.IMAGENET_MEAN, D.IMAGENET_STD)
+    ds = D.build_paths([str(folder_dir / "*" / "*_1.jpg"), str(folder_dir / "bee" / "bee_1.jpg")], rgb(()))
     assert len(ds) == 3 and ds[2].image.shape == (3, 32, 32)
-    gray = D.build_paths([str(folder_dir / "cow" / "cow_0.jpg")], 28, 1, D.FMNIST_MEAN, D.FMNIST_STD)
+    gray = D.build_paths([str(folder_dir / "cow" / "cow_0.jpg")],
+                         D.Preprocess((), 1, D.FMNIST_MEAN, D.FMNIST_STD, 28, "squash"))
     assert gray[0].image.shape == (1, 28, 28)
     with pytest.raises(D.DataError, match="no image files"):
-        D.build_paths([str(folder_dir / "*.png")], 32, 3, D.IMAGENET_MEAN, D.IMAGENET_STD)
+        D.build_paths([str(folder_dir / "*.png")], rgb(()))
     with pytest.raises(D.DataError, match="no such file"):
-        D.build_paths([str(folder_dir / "missing.jpg")], 32, 3, D.IMAGENET_MEAN, D.IMAGENET_STD)
+        D.build_paths([str(folder_dir / "missing.jpg")], rgb(()))
 
 
 # --- loader ---------------------------------------------------------------------------------------

@@ -72,8 +72,9 @@ def opt(default: Any, doc: str, choices: tuple[str, ...] | None = None, range: R
 
 @dataclass
 class DataConfig:
-    dataset: str = opt("auto", "data layout; auto detects it from train_data_root",
-                       ("auto", "kaggle", "folder", "fashion-mnist", "list"))
+    # no static choices: layouts are a registry in data/, a layer above; a wrong name fails there, in one line
+    dataset: str = opt("auto", "data layout: auto (detected from train_data_root / train_list) or a registered "
+                       "layout; a wrong name lists them")
     train_data_root: Optional[str] = opt("./data/train/", "training images: Kaggle flat folder or class subfolders")
     val_data_root: Optional[str] = opt(None, "separate validation folder (folder layout); else val_split of train")
     test_data_root: Optional[str] = opt("./data/test", "test images: Kaggle test folder (N.jpg) or any folder")

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import hashlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -353,6 +354,14 @@ def one_line(e: BaseException | str, width: int = 300) -> str:
 
 # ---- the lock ---------------------------------------------------------------------------------------------
 
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 class FileLock:
     """An exclusive ``fcntl.flock`` on ``path``, held until :meth:`release` or the process ends (the kernel
     drops it on exit, kill -9 included, so a lock is never stale). The holder writes its pid, host and
@@ -424,3 +433,4 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+

@@ -43,18 +43,12 @@ from tqdm.auto import tqdm  # a widget in a notebook, a bar on a terminal
 from ..io import TEXT, FileLock, LockHeld, describe_holder, disk_full_as, ensure_free, read_small
 from .arrays import ArrayImages, Prepare
 from .images import DataError, decode_image
-from .transforms import EVAL_CROP_RATIO
 
 log = logging.getLogger("dogcat")
 VERSION = 1
 FALLBACK_ROOT = Path("~/.cache/dogcat/packed")
 Samples = Sequence[tuple[str, int]]
 NAME = re.compile(r".+-[0-9a-f]{8}-s\d+c\d+-[0-9a-f]{16}")  # <source>-<path hash>-s<S>c<C>-<fingerprint>
-
-
-def stored_side(image_size: int) -> int:
-    """S for a network input ``image_size``: the short side the eval transform resizes to."""
-    return round(image_size / EVAL_CROP_RATIO)
 
 
 @dataclass

@@ -7,16 +7,26 @@ IDX files; Debian's ``dataset-fashion-mnist`` package; a torchvision download in
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import math
 import zlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
+from ..config import DataConfig
+from ..io import sha256_file
+from ..preprocess import FMNIST_MEAN, FMNIST_STD, Preprocess
 from .arrays import ArrayImages
 from .images import DataError
+from .layout import DataBundle, Layout, Samples, register_layout, train_root
+from .split import stratified_split
+from .transforms import BatchPadCropFlip, EvalBatch, keep_uint8
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -133,3 +143,69 @@ class FashionMNIST(ArrayImages):
 
     def path(self, i: int) -> str:
         return self.samples[i][0]
+
+
+def _images(cfg: DataConfig, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of a split as one uint8 tensor, resized once (not per item and epoch) to ``size``."""
+    images, labels = load_split(resolve_root(cfg.fashion_mnist_root, cfg.train_data_root), split)
+    if size != images.shape[-1]:
+        images = TF.resize(images, [size, size], antialias=True)
+    return images, labels
+
+
+@register_layout("fashion-mnist")
+class FashionMNISTLayout(Layout):
+    """Held in memory; training batches are augmented on the device (padded crop + flip, per batch)."""
+
+    doc = "Fashion-MNIST IDX files (--fashion-mnist-root, or found / downloaded)"
+    priority = 20
+    real_paths = False  # split rows are pseudo-paths fashion-mnist/<split>/<index>: a record, not files
+
+    def detect(self, cfg: DataConfig) -> bool:
+        return has_idx(train_root(cfg))
+
+    def sources(self, cfg: DataConfig) -> tuple[str | None, str | None]:
+        return cfg.fashion_mnist_root, None
+
+    def preprocess(self, classes: Sequence[str], size: int) -> Preprocess:
+        return Preprocess(tuple(classes), 1, FMNIST_MEAN, FMNIST_STD, size, "squash")
+
+    def train_val(self, cfg: DataConfig, processes: int = 1) -> DataBundle:
+        pre = self.preprocess(CLASS_NAMES, cfg.image_size)
+        images, labels = _images(cfg, "train", pre.size)
+        ys = labels.tolist()
+        if cfg.val_split == 0:
+            tr, va = list(range(len(ys))), []
+        else:
+            tr, va = stratified_split(ys, cfg.val_split, cfg.split_seed)
+        # training batches stay uint8 until the device: padded crop (4 px at 28) + flip there, per batch
+        pad = pre.size // 7 if cfg.augment == "default" else 0
+        augment = BatchPadCropFlip(pad, cfg.augment != "none", pre.mean, pre.std)
+        train = FashionMNIST(images, labels, tr, "train", keep_uint8)
+        val = FashionMNIST(images, labels, va, "train", EvalBatch(None, pre.mean, pre.std)) if va else None
+        splits = {"train": [(f"fashion-mnist/train/{i}", ys[i]) for i in tr]}
+        if va:
+            splits["val"] = [(f"fashion-mnist/train/{i}", ys[i]) for i in va]
+        return DataBundle(train, val, pre, self.name, splits, augment)
+
+    def test_set(self, cfg: DataConfig, pre: Preprocess) -> Dataset:
+        """The labelled t10k images."""
+        images, labels = _images(cfg, "test", pre.size)
+        return FashionMNIST(images, labels, range(len(labels)), "test", EvalBatch(None, pre.mean, pre.std))
+
+    def prepare_files(self, src: Path) -> Samples | None:
+        if src.is_dir() and has_idx(src):
+            raise DataError(f"{src} holds Fashion-MNIST, which is always held in memory: nothing to prepare")
+        return None
+
+    def fingerprint(self, bundle: DataBundle, cfg: DataConfig) -> dict[str, Any]:
+        """sha256 over the training IDX files' own hashes."""
+        root = resolve_root(cfg.fashion_mnist_root, cfg.train_data_root)
+        files = {}
+        for stem in FILES["train"]:
+            path = _find(root, stem)
+            if path is not None:
+                files[path.name] = sha256_file(path)
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        return {"sha256": digest, "method": "sha256 of the IDX files", "root": str(root), "files": files,
+                "count": sum(len(v) for v in bundle.splits.values())}

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import kaggle
+from ..config import DataConfig
 from .images import DataError, is_image_file
+from .kaggle import is_kaggle_test, scan_test as scan_numbered
+from .layout import Samples, register_layout, train_root
+from .pipeline import Files, ImageLayout, rel_id
 
 
 def find_images(folder: Path) -> list[str]:
@@ -54,14 +57,6 @@ def has_class_folders(root: Path) -> bool:
     return bool(class_folders(root))
 
 
-def rel_id(path: str, root: Path) -> str:
-    """The path relative to ``root`` without extension, with forward slashes: a stable, readable id."""
-    rel = os.path.relpath(path, root)
-    if rel.startswith(".."):
-        rel = path
-    return os.path.splitext(rel)[0].replace(os.sep, "/")
-
-
 def scan(root: Path, class_names: list[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
     """``[(path, label)]`` and the class names (sorted subfolder names, unless given).
 
@@ -92,8 +87,8 @@ def scan_test(root: Path, class_names: list[str]) -> tuple[list[tuple[str, int]]
     """
     if not root.is_dir():
         raise DataError(f"test folder {root} does not exist; pass --test-data-root=DIR")
-    if kaggle.is_kaggle_test(root) and not has_class_folders(root):
-        return kaggle.scan_test(root)
+    if is_kaggle_test(root) and not has_class_folders(root):
+        return scan_numbered(root)
     top = [e for e in os.scandir(root) if e.is_file() and is_image_file(e.name)]
     if not top and has_class_folders(root):
         samples, _ = scan(root, class_names)
@@ -102,3 +97,30 @@ def scan_test(root: Path, class_names: list[str]) -> tuple[list[tuple[str, int]]
     if not samples:
         raise DataError(f"test folder {root} holds no images")
     return samples, [rel_id(p, root) for p, _ in samples]
+
+
+@register_layout("folder")
+class FolderLayout(ImageLayout):
+    """Class folders; and the reader of test folders (any shape, see :func:`scan_test`) for every image layout."""
+
+    doc = "class subfolders (root/<class>/<image>.jpg)"
+    priority = 40
+
+    def detect(self, cfg: DataConfig) -> bool:
+        return has_class_folders(train_root(cfg))
+
+    def scan(self, root: Path, classes: list[str] | None = None) -> tuple[Samples, list[str]]:
+        return scan(root, classes)
+
+    def test_files(self, cfg: DataConfig, classes: list[str]) -> Files | None:
+        if not cfg.test_data_root:
+            return None
+        samples, ids = scan_test(Path(cfg.test_data_root).expanduser(), classes)
+        return Files(samples, ids, cfg.test_data_root)
+
+    def prepare_files(self, src: Path) -> Samples | None:
+        if not src.is_dir():
+            return None
+        if has_class_folders(src) and not is_kaggle_test(src):
+            return scan(src)[0]
+        return scan_test(src, list(class_folders(src)))[0]  # a test folder: Kaggle's numbered files, or any images

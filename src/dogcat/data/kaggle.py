@@ -1,4 +1,6 @@
-"""Kaggle Dogs vs. Cats flat layout: ``train/<class>.<num>.<ext>`` and ``test/<num>.<ext>``."""
+"""Kaggle Dogs vs. Cats flat layout: ``train/<class>.<num>.<ext>`` and ``test/<num>.<ext>``.
+
+Its test folder (numbered files) is one of the test-folder shapes ``folder.scan_test`` reads for any layout."""
 
 from __future__ import annotations
 
@@ -6,7 +8,10 @@ import os
 import re
 from pathlib import Path
 
+from ..config import DataConfig
 from .images import DataError, is_image_file
+from .layout import Samples, register_layout, train_root
+from .pipeline import ImageLayout
 
 TRAIN_NAME = re.compile(r"^(?P<cls>[^./\\]+)\.(?P<num>\d+)\.[A-Za-z]+$")
 TEST_NAME = re.compile(r"^(?P<num>\d+)\.[A-Za-z]+$")
@@ -66,3 +71,22 @@ def scan_test(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
             files.append((int(m["num"]), name))
     files.sort()
     return [(str(root / name), -1) for _, name in files], [str(num) for num, _ in files]
+
+
+@register_layout("kaggle")
+class KaggleLayout(ImageLayout):
+    doc = "Kaggle Dogs vs. Cats flat folder (train/cat.0.jpg, train/dog.0.jpg, ...)"
+    priority = 30
+
+    def detect(self, cfg: DataConfig) -> bool:
+        root = train_root(cfg)
+        if is_kaggle_train(root / "train"):  # else its train/ and test/ would pass for two class folders
+            raise DataError(f"{root} looks like the Kaggle download folder: pass --train-data-root={root / 'train'} "
+                            f"--test-data-root={root / 'test'} (or test1)")
+        return is_kaggle_train(root)
+
+    def scan(self, root: Path, classes: list[str] | None = None) -> tuple[Samples, list[str]]:
+        return scan_train(root, classes)
+
+    def prepare_files(self, src: Path) -> Samples | None:
+        return scan_train(src)[0] if is_kaggle_train(src) else None

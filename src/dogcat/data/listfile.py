@@ -10,8 +10,11 @@ import io
 import os
 from pathlib import Path
 
+from ..config import DataConfig
 from ..io import read_small
 from .images import DataError
+from .layout import Samples, register_layout
+from .pipeline import Files, ImageLayout
 
 
 def _is_int(s: str) -> bool:
@@ -118,3 +121,35 @@ def load(path: str | Path, class_names: list[str] | None = None,
         rel = os.path.relpath(p, base)
         ids.append(os.path.splitext(p if rel.startswith("..") else rel)[0].replace(os.sep, "/"))
     return samples, class_names, ids
+
+
+@register_layout("list")
+class ListLayout(ImageLayout):
+    doc = "a list file via --train-list (CSV 'path,label' or 'path label' lines)"
+    priority = 10  # --train-list names the data whatever --train-data-root says
+
+    def detect(self, cfg: DataConfig) -> bool:
+        return bool(cfg.train_list)
+
+    def sources(self, cfg: DataConfig) -> tuple[str | None, str | None]:
+        return cfg.train_list, cfg.val_list
+
+    def train_files(self, cfg: DataConfig) -> tuple[Files, Files | None, list[str]]:
+        src, val_src = self.sources(cfg)
+        if not src:
+            raise DataError("--dataset=list needs --train-list=FILE (CSV 'path,label' or 'path label' lines)")
+        samples, names, ids = load(src)
+        val = None
+        if val_src:
+            vs, _, vids = load(val_src, names)
+            val = Files(vs, vids, val_src)
+        return Files(samples, ids, src), val, names
+
+    def test_files(self, cfg: DataConfig, classes: list[str]) -> Files | None:
+        if not cfg.test_list:
+            return None
+        samples, _, ids = load(cfg.test_list, classes, need_labels=False)
+        return Files(samples, ids, cfg.test_list)
+
+    def prepare_files(self, src: Path) -> Samples | None:
+        return load(src, need_labels=False)[0] if src.is_file() else None

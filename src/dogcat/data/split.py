@@ -8,13 +8,11 @@ import os
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from ..io import atomic_write_text
 from .images import DataError
-
-if TYPE_CHECKING:
-    from . import DataBundle
+from .layout import DataBundle, get_layout
 
 
 def check_val_split(val_split: float) -> None:
@@ -61,17 +59,18 @@ def write_splits(bundle: DataBundle, run_dir: Path) -> list[Path]:
     """Write ``run_dir/splits/{train,val}.csv`` (header ``path,label``, label = class name, absolute
     paths): list files that ``--train-list``/``--val-list`` read back to reproduce the run's split.
 
-    Fashion-MNIST rows hold pseudo-paths ``fashion-mnist/<split>/<index>``: a record, not loadable files.
+    A layout without ``real_paths`` (Fashion-MNIST: ``fashion-mnist/<split>/<index>``) writes its pseudo-paths
+    as they are: a record, not loadable files.
     """
     out_dir = Path(run_dir) / "splits"
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    absolute = get_layout(bundle.layout).real_paths
     for name in ("train", "val"):
         rows = bundle.splits.get(name)
         if not rows:
             continue
-        absolute = bundle.kind != "fashion-mnist"
-        lines = [(os.path.abspath(p) if absolute else p, bundle.class_names[y]) for p, y in rows]
+        lines = [(os.path.abspath(p) if absolute else p, bundle.pre.classes[y]) for p, y in rows]
         path = out_dir / f"{name}.csv"
         _write_atomic(path, lines)
         written.append(path)

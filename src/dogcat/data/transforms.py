@@ -17,19 +17,13 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from ..preprocess import Preprocess
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, stored_side
 from .images import shared_empty
 
 try:  # optional: the fastest resize for cached crops (see CropFlipBatch); torch's otherwise
     import cv2
 except ImportError:  # pragma: no cover
     cv2 = None
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-FMNIST_MEAN = (0.2860,)
-FMNIST_STD = (0.3530,)
-EVAL_CROP_RATIO = 0.875  # resize to size/0.875 then centre-crop: the usual ImageNet eval protocol
 
 
 def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list:
@@ -57,7 +51,7 @@ def eval_transform(size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
                    std: tuple[float, ...] = IMAGENET_STD) -> v2.Compose:
     """Resize the short side to size/0.875, centre-crop ``size``."""
     return v2.Compose([
-        v2.Resize(round(size / EVAL_CROP_RATIO), antialias=True),
+        v2.Resize(stored_side(size), antialias=True),
         v2.CenterCrop(size),
         *_finish(mean, std),
     ])
@@ -69,9 +63,16 @@ def squash_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...])
 
 
 def eval_transform_for(pre: Preprocess) -> v2.Compose:
-    """The eval transform a :class:`~dogcat.preprocess.Preprocess` implies (its ``resize`` rule)."""
-    tf = eval_transform if pre.resize == "crop" else squash_transform
-    return tf(pre.size, pre.mean, pre.std)
+    """The eval transform ``pre`` implies: its resize rule (``crop`` or ``squash``), size and normalisation."""
+    if pre.resize == "squash":
+        return squash_transform(pre.size, pre.mean, pre.std)
+    return eval_transform(pre.size, pre.mean, pre.std)
+
+
+def eval_decode_side(pre: Preprocess) -> int:
+    """The short side a picture must keep when decoded for ``pre``'s eval transform (``decode_image``'s
+    ``min_short``): what the transform resizes it to."""
+    return pre.size if pre.resize == "squash" else pre.resize_to
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}

@@ -101,9 +101,8 @@ def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
     An unreadable test image still gets a row (probability 0.5 / uniform) and is reported.
     ``overrides`` / ``options``: config options, e.g. ``test(run, test_data_root="data/test1")``."""
     lm = load_model(target, {**(overrides or {}), **options})
-    # the training layout decides the test layout; a bare state_dict has none, so the folder (or list) decides
-    kind = lm.kind or ("list" if lm.cfg.data.test_list else "folder")
-    dataset = build_test(lm.cfg.data, kind, list(lm.pre.classes), lm.pre.in_chans, lm.pre.mean, lm.pre.std)
+    # the training layout decides the test layout; a bare state_dict has none: test_list or test_data_root
+    dataset = build_test(lm.cfg.data, lm.kind, lm.pre)
     bad = BadFiles(lm.out_dir / "bad_files_test.txt")  # its own list: training's must not become rows
     ids, probs, labels = _probabilities(lm, dataset, bad)
     names = list(lm.pre.classes)

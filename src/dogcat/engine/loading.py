@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, ConfigError, from_dict, load_config
-from ..data import KINDS
+from ..data import layout_names
 from ..models import build_model, head_module, list_models
 from ..models.weights import WeightsError, load_weights, read_state_dict, torch_load
 from ..preprocess import Preprocess
@@ -76,7 +76,7 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
         cfg = load_config(overrides, base=base)
         cfg.model.model = base.model.model  # the architecture is the checkpoint's, whatever --model says
         pre = dataclasses.replace(checkpoint_preprocess(obj, ckpt_path), size=cfg.data.image_size)
-        kind = obj.get("data_kind") if obj.get("data_kind") in KINDS else None
+        kind = obj.get("data_kind") if obj.get("data_kind") in layout_names() else None
         model = build_model(cfg.model.model, len(pre.classes), pre.in_chans)
         load_weights(model, obj.get("ema") or obj["model"], strict=True, source=str(ckpt_path))  # EMA first
         if cfg.train.precision == "auto":  # the training's probed choice, on the same kind of device

@@ -134,12 +134,12 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
     sampler.set_epoch(0)
     loader = make_loader(SeededItems(data.train), shuffle=False, sampler=sampler, batch_size=cfg.data.batch_size,
                          num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-    model = build_model(cfg.model.model, len(data.class_names), data.in_chans, cfg.model.pretrained)
+    model = build_model(cfg.model.model, len(data.pre.classes), data.pre.in_chans, cfg.model.pretrained)
     if cfg.model.load_model_path:
         load_weights(model, cfg.model.load_model_path, strict=not cfg.model.load_not_strict)
     model.to(device, memory_format=memory_format(cfg.train.channels_last))
     optimizer = build_optimizer(model, cfg)
-    crit = build_criterion(cfg, len(data.class_names))
+    crit = build_criterion(cfg, len(data.pre.classes))
     precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision
 
     def batches() -> Iterable[Any]:

@@ -231,7 +231,7 @@ def checkpoint_state(cfg: Config, p: Parts, state: TrainState) -> dict[str, Any]
     return {**p.step.state_dict(), **state.state_dict(), "precision": rt.precision, "device_type": rt.device.type,
             "world_size": d.world, "loss_meter": distributed.gather(p.step.meter.state_dict(), d),
             "rng": distributed.gather(rng_state(), d), "monitor": cfg.train.monitor, "config": to_dict(cfg),
-            "preprocess": p.data.pre.to_dict(), "data_kind": p.data.kind}
+            "preprocess": p.data.pre.to_dict(), "data_kind": p.data.layout}
 
 
 def restore(p: Parts, state: TrainState, resume: Resume, cfg: Config) -> None:

@@ -132,35 +132,12 @@ def environment() -> dict[str, Any]:
 
 
 def data_fingerprint(bundle: DataBundle, cfg: Config) -> dict[str, Any]:
-    """sha256 over the sorted (relative path, size, label) of the training and validation files; for
-    Fashion-MNIST, over the training IDX files' own hashes. Image files are not read (fast on 25,000
-    JPEGs): an edit that keeps a file's size is not seen, a changed, added, removed or relabelled one is."""
-    if bundle.kind == "fashion-mnist":
-        from ..data import fashion_mnist
-        root = fashion_mnist.resolve_root(cfg.data.fashion_mnist_root, cfg.data.train_data_root)
-        files = {}
-        for stem in fashion_mnist.FILES["train"]:
-            path = fashion_mnist._find(root, stem)
-            if path is not None:
-                files[path.name] = sha256_file(path)
-        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-        return {"kind": bundle.kind, "sha256": digest, "method": "sha256 of the IDX files", "root": str(root),
-                "files": files, "count": sum(len(v) for v in bundle.splits.values())}
-    rows = [(os.path.abspath(p), bundle.class_names[y]) for part in ("train", "val")
-            for p, y in bundle.splits.get(part, [])]
-    base = os.path.commonpath([p for p, _ in rows]) if rows else ""
-    if rows and os.path.isfile(base):
-        base = os.path.dirname(base)
-    lines = []
-    for p, label in rows:
-        try:
-            size = os.path.getsize(p)
-        except OSError:
-            size = -1  # a missing file is part of what the data is
-        lines.append(f"{os.path.relpath(p, base)}\t{size}\t{label}")
-    digest = hashlib.sha256("\n".join(sorted(lines)).encode("utf-8", "surrogateescape")).hexdigest()
-    return {"kind": bundle.kind, "sha256": digest, "method": "sha256 of sorted (relative path, size, label)",
-            "root": base, "count": len(rows)}
+    """The manifest's record of the data: its layout (``kind``), what the layout fingerprints (``sha256``,
+    ``method``, ...) and ``source``, the folder or file ``dogcat runs`` names the data after."""
+    from ..data import get_layout  # here, not at the top: `dogcat runs` reads manifests without torch
+
+    layout = get_layout(bundle.layout)
+    return {"kind": bundle.layout, **layout.fingerprint(bundle, cfg.data), "source": layout.sources(cfg.data)[0]}
 
 
 class Manifest:

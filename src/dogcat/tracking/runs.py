@@ -65,9 +65,9 @@ class RunInfo:
     def data(self) -> str:
         d = self.manifest.get("data") or {}
         kind = d.get("kind") or self.config.get("dataset", "?")
-        root = self.config.get("train_list") or self.config.get("train_data_root") or ""
-        if kind == "fashion-mnist":
-            root = self.config.get("fashion_mnist_root") or ""
+        # what the layout named its source in the manifest; runs recorded before that: the training option
+        root = d["source"] if "source" in d else self.config.get("train_list") or self.config.get("train_data_root")
+        root = root or ""
         label = f"{kind}:{Path(str(root)).name}" if root else str(kind)
         return label + (f" ({d['sha256'][:8]})" if d.get("sha256") else "")
 

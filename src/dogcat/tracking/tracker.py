@@ -79,7 +79,7 @@ class Tracker:
         try:
             data = data_fingerprint(bundle, self.cfg)
         except Exception as e:  # noqa: BLE001  # a record of the data must not stop the training on it
-            data = {"kind": bundle.kind, "error": f"{type(e).__name__}: {e}"}
+            data = {"kind": bundle.layout, "error": f"{type(e).__name__}: {e}"}
         self.manifest.update(device=device, data=data, splits=splits)
         self._tb(lambda: self._open(bundle))
 
