@@ -8,6 +8,8 @@ Library entry points (the CLI only wraps these)::
     dogcat.predict(result.run_dir, ["some/image.jpg"])
     clf = dogcat.load("runs/X")                     # or a checkpoint, or an export (model.onnx + model.onnx.json)
     clf.predict(["a.jpg", "photos/", pil_image], tta=True)   # [{"path"/"index", "class", "probability", "probs"}]
+    dogcat.explain(result.run_dir, ["photos/"])      # Grad-CAM pictures -> RUN/explain/
+    dogcat.summarize(model, (1, 3, 224, 224))        # layers, parameters, FLOPs, activations
 
 ``import dogcat`` loads no torch: the names below are imported on first use (PEP 562), so the command line
 starts fast and a notebook pays for torch only when it trains or predicts.
@@ -26,7 +28,7 @@ _LAZY = {
     "Config": "config", "ConfigError": "config", "load_config": "config",
     "evaluate": "engine.evaluator", "load_model": "engine.evaluator", "predict": "engine.evaluator",
     "test": "engine.evaluator", "Result": "engine.trainer", "train": "engine.trainer",
-    "Classifier": "inference", "load": "inference",
+    "Classifier": "inference", "load": "inference", "explain": "explanation", "summarize": "models.summary",
 }
 __all__ = sorted(_LAZY)
 
@@ -49,4 +51,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .config import Config, ConfigError, load_config
     from .engine.evaluator import evaluate, load_model, predict, test
     from .engine.trainer import Result, train
+    from .explanation import explain
     from .inference import Classifier, load
+    from .models.summary import summarize

@@ -63,7 +63,7 @@ class Classifier:
     source: Path
     backend: str  # pytorch, onnx, torchscript or safetensors
     cfg: Config = field(default_factory=Config)
-    model: nn.Module | None = None  # the torch module (pytorch backend)
+    model: nn.Module | None = None  # the torch module (pytorch backend, and a safetensors export's)
 
     def __post_init__(self) -> None:
         tf = eval_transform if self.crop else squash_transform
@@ -166,15 +166,16 @@ def _is_torchscript(path: Path) -> bool:
 def from_export(path: str | Path, overrides: dict[str, Any] | None = None, trust: bool = False) -> Classifier:
     """A :class:`Classifier` for an exported file and its sidecar (``<file>.json``). The sidecar is checked,
     the file must have the sha256 it records, and TorchScript (code) is refused unless ``trust``."""
-    from .export import check_file, read_sidecar, runner
+    from .export import check_file, module_runner, read_sidecar, runner, safetensors_module
 
     path = Path(path)
     meta = read_sidecar(path)
     check_file(path, meta, trust)
-    run = runner(path, meta, trust)
+    model = safetensors_module(path, meta) if meta["format"] == "safetensors" else None  # weights: a torch module
+    run = module_runner(model) if model is not None else runner(path, meta, trust)
     return Classifier(run, list(meta["class_names"]), int(meta["in_chans"]), int(meta["image_size"]),
                       tuple(meta["mean"]), tuple(meta["std"]), meta["preprocess"].get("center_crop") is not None,
-                      path, meta["format"], load_config(overrides))
+                      path, meta["format"], load_config(overrides), model)
 
 
 def from_loaded(lm: Any) -> Classifier:

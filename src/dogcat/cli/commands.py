@@ -120,6 +120,40 @@ def export(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     return 0
 
 
+def explain(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat explain RUN PATHS...``: a Grad-CAM picture per image; the table of what was written."""
+    from ..explanation import explain as run_explain
+
+    done = run_explain(a.run, a.paths, a.output, a.target, a.layer, ov)
+    width = max([len(e.path) for e in done] + [4])
+    print(f"{'path':<{width}}  {'explained':<14} {'p':>6}  {'predicted':<14} {'p':>6}  picture")
+    for e in done:
+        if e.error is not None:
+            print(f"{e.path:<{width}}  {'(unreadable)':<14} {e.error}")
+        else:
+            print(f"{e.path:<{width}}  {e.target:<14} {e.target_probability:>6.4f}  {e.predicted:<14} "
+                  f"{e.probability:>6.4f}  {e.output}")
+    return 0
+
+
+def summary(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat summary --model=NAME``: per-layer table, parameters, FLOPs and activations per image."""
+    from ..models.summary import describe
+
+    for name, value, lo, hi in (("in-chans", a.in_chans, 1, 4096), ("num-classes", a.num_classes, 1, 10**6),
+                                ("depth", a.depth, 1, 64)):
+        if value is not None and not lo <= value <= hi:
+            raise ConfigError(f"option --{name}={value} is out of range: allowed is an integer in [{lo}, {hi}]")
+    cfg = load_config(ov)
+    name, size = cfg.model.model, cfg.data.image_size
+    s = describe(name, a.num_classes, a.in_chans, size, a.depth)
+    if a.json:
+        _json({"model": name, "num_classes": a.num_classes, **s.to_dict()})
+    else:
+        print(printable(f"{name}, {a.num_classes} classes, input {size}x{size}x{a.in_chans}\n\n{s.table()}"))
+    return 0
+
+
 def lr_find(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..engine.lr_find import lr_find as run_lr_find
 
