@@ -159,3 +159,14 @@ def test_report_shows_the_mistakes_gradcam_or_says_why_not(run, tmp_path, caplog
     assert "no Grad-CAM heatmaps: SmallCNN has no convolutional layer" in page
     assert any("no Grad-CAM heatmaps" in r.getMessage() for r in caplog.records)
     assert "mistakes_gradcam" not in _report(run_dir, tmp_path / "c", None).read_text()  # no explain: as before
+
+
+def test_without_captum_one_line_says_how_to_install(run, monkeypatch, capsys, tmp_path):
+    import sys
+
+    root, run_dir = run
+    monkeypatch.setitem(sys.modules, "captum", None)  # import captum raises ImportError
+    assert main(["explain", str(run_dir), images(root)[0], "--output", str(tmp_path / "z")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "pip install 'dogcat-vision[explain]'" in err, err
+    assert not (tmp_path / "z").exists()

@@ -23,7 +23,7 @@ from .config import ConfigError
 from .export import ExportError, read_sidecar, sidecar_path
 from .inference import Classifier, Input, _is_torchscript, load
 from .io import atomic_write_bytes
-from .models.gradcam import gradcam, pick_layer
+from .models.gradcam import gradcam, pick_layer, require_captum
 from .tracking.figures import denormalise, explanation_figure
 
 log = logging.getLogger("dogcat")
@@ -104,6 +104,7 @@ def explain(target: str | Path, paths: Input | Iterable[Input], output: str | Pa
     ``layer``: the module Grad-CAM looks at (default: :func:`~dogcat.models.gradcam.pick_layer`).
     ``overrides`` / ``options``: config options, e.g. ``device="cpu"``, ``checkpoint="last"``."""
     ov = {**(overrides or {}), **options}
+    require_captum()  # before anything loads: the likeliest failure on a fresh install
     if target is not None:
         refuse_compiled_export(Path(str(target)))
     clf = load(target, ov)

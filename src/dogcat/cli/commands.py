@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,7 +32,8 @@ def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from .args import to_argv
 
     config_file = a.config
-    nproc = int(ov.get("nproc", 1)) if str(ov.get("nproc", 1)).lstrip("-").isdigit() else 1
+    raw = str(ov.get("nproc", 1)).strip()
+    nproc = int(raw) if re.fullmatch(r"[+-]?\d+", raw) else 1  # not a number: load_config names it below
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # the shortcut: relaunch under torchrun
         load_config(ov, config_file)  # a bad option fails here, once, not in every process
         rest = {k: v for k, v in ov.items() if k != "nproc"}

@@ -30,7 +30,8 @@ class GradCamError(ModelError):
     """Grad-CAM cannot be computed for this model or layer (or captum is missing); the CLI exits 2."""
 
 
-def _captum() -> Any:
+def require_captum() -> Any:
+    """captum's ``attr`` module, or a :class:`GradCamError` saying how to install it."""
     try:
         from captum import attr
     except ImportError as e:
@@ -88,7 +89,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int], laye
     class), of a normalised batch ``images`` for ``targets`` (one class index per image), at ``layer`` (a module
     name; default :func:`pick_layer`). The model runs in eval mode, in its own dtype, on its own device;
     only the gradients at the layer are taken, so no parameter's ``.grad`` changes. Returned on the CPU."""
-    attr = _captum()
+    attr = require_captum()
     model = unwrap(model)
     name = layer or pick_layer(model, tuple(images.shape))
     module = _module(model, name)
