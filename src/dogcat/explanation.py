@@ -23,7 +23,7 @@ from .config import ConfigError
 from .export import ExportError, read_sidecar, sidecar_path
 from .inference import Classifier, Input, _is_torchscript, load
 from .io import atomic_write_bytes
-from .models.gradcam import gradcam, pick_layer, require_captum
+from .models.gradcam import get_layer, gradcam, pick_layer, require_captum
 from .tracking.figures import denormalise, explanation_figure
 
 log = logging.getLogger("dogcat")
@@ -113,6 +113,7 @@ def explain(target: str | Path, paths: Input | Iterable[Input], output: str | Pa
     wanted = class_index(target_class, clf.class_names) if target_class is not None else None
     items = clf._expand(paths)
     layer = layer or pick_layer(clf.model, (clf.in_chans, clf.image_size, clf.image_size))
+    get_layer(clf.model, layer)  # a wrong --layer: refused before any image is read
     out_dir = Path(output) if output else default_output(target, ov)
     suffix = ".gradcam" + ("-" + re.sub(r"[^\w.-]+", "_", clf.class_names[wanted]) if wanted is not None else "")
     taken: set[str] = set()

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import ModelError, head_module
-from .summary import eval_mode, unwrap
+from .summary import eval_mode, placement, unwrap
 
 INSTALL_HINT = ("Grad-CAM needs the optional package captum: pip install 'dogcat-vision[explain]' (in this "
                 "repository: .venv/bin/pip install -e '.[explain]')")
@@ -58,10 +58,10 @@ def pick_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
     finished: list[tuple[str, Any]] = []
     handles = [m.register_forward_hook(lambda mod, args, out, name=name: finished.append((name, out)))
                for name, m in model.named_modules() if name and id(m) not in in_head and _has_conv(m)]
-    ref = next(model.parameters())
+    device, dtype = placement(model)
     try:
         with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, *input_shape[-3:], device=ref.device, dtype=ref.dtype))
+            model(torch.zeros(1, *input_shape[-3:], device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
@@ -74,7 +74,8 @@ def pick_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
     return maps[-1]
 
 
-def _module(model: nn.Module, layer: str) -> nn.Module:
+def get_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The module named ``layer`` (as ``named_modules`` names it), or a :class:`GradCamError` with close names."""
     names = [n for n, _ in model.named_modules() if n]
     if layer not in names:
         close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
@@ -92,9 +93,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int], laye
     attr = require_captum()
     model = unwrap(model)
     name = layer or pick_layer(model, tuple(images.shape))
-    module = _module(model, name)
-    ref = next(model.parameters())
-    x = images.to(ref.device, ref.dtype)
+    module = get_layer(model, name)
+    x = images.to(*placement(model))
     with eval_mode(model), torch.enable_grad():  # enable_grad: a caller inside no_grad (a report) gets maps too
         cam = attr.LayerGradCam(model, module).attribute(x, target=[int(t) for t in targets],
                                                          relu_attributions=True)

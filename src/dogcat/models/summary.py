@@ -103,6 +103,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
 
 
+def placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where an input for ``model`` goes: its parameters' device and floating dtype (CPU, float32 without any)."""
+    ref = next(model.parameters(), None)
+    if ref is None:
+        return torch.device("cpu"), torch.float32
+    return ref.device, ref.dtype if ref.is_floating_point() else torch.float32
+
+
 def _depth(name: str) -> int:
     return name.count(".") + 1
 
@@ -117,9 +125,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], depth: int | None 
     from torch.utils.flop_counter import FlopCounterMode
 
     model = unwrap(model)
-    ref = next(model.parameters(), None)
-    x = torch.zeros(input_shape, device=ref.device if ref is not None else "cpu",
-                    dtype=ref.dtype if ref is not None and ref.is_floating_point() else torch.float32)
+    device, dtype = placement(model)
+    x = torch.zeros(input_shape, device=device, dtype=dtype)
     shapes: dict[str, list[int]] = {}
     leaf_outputs: list[torch.Tensor] = []
     leaves = {m for m in model.modules() if next(m.children(), None) is None}
