@@ -23,7 +23,8 @@ from .summary import eval_mode, placement, unwrap
 
 INSTALL_HINT = ("Grad-CAM needs the optional package captum: pip install 'dogcat-vision[explain]' (in this "
                 "repository: .venv/bin/pip install -e '.[explain]')")
-Explain = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]  # (normalised images, classes) -> heatmaps
+# (normalised N x C x H x W images, a class per image) -> N x H x W heatmaps in [0, 1]; explainer(model) is one
+Explain = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
 
 
 class GradCamError(ModelError):

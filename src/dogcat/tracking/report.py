@@ -10,20 +10,20 @@ from __future__ import annotations
 import html
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+import torch
 
 from ..config import DogcatError
 from ..console import printable
 from ..io import atomic_write_text, one_line
+from ..models.gradcam import Explain
 from .collect import Collector, Mistake
 from .figures import confusion_figure, curves, mistakes_figure, per_class_scores
 from .manifest import read_manifest
 from .runs import fmt_duration, load_run, manifest_summary
 
 log = logging.getLogger("dogcat")
-# (normalised CHW images as one N x C x H x W batch, a class per image) -> N x H x W heatmaps in [0, 1]:
-# models.gradcam.explainer(model) is one
-Explain = Callable[[Any, list[int]], Any]
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
@@ -135,8 +135,6 @@ def _gradcam(rep: Path, mistakes: list[Mistake], class_names: list[str], mean: S
              std: Sequence[float], explain: Explain) -> str:
     """The same mistakes with Grad-CAM for the predicted class, or the reason there is none (the report is
     written either way)."""
-    import torch
-
     try:
         heat = explain(torch.stack([m.image for m in mistakes]), [m.pred for m in mistakes])
         name = _save(mistakes_figure(mistakes, class_names, mean, std, heatmaps=list(heat)),
