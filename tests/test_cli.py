@@ -66,6 +66,10 @@ def test_own_options_in_both_forms():
     assert (ns.steps, ns.start_lr) == (30, 1e-5)
     ns, _ = parse(COMMANDS["runs"], ["show", "RUN", "--json"])
     assert ns.words == ["show", "RUN"] and ns.json
+    ns, ov = parse(COMMANDS["explain"], ["RUN", "a.jpg", "--target", "dog", "--layer=layer4", "b.jpg", "--output", "o"])
+    assert (ns.run, ns.paths, ns.target, ns.layer, ns.output, ov) == ("RUN", ["a.jpg", "b.jpg"], "dog", "layer4", "o", {})
+    ns, ov = parse(COMMANDS["summary"], ["--model", "resnet18", "--in-chans=1", "--num-classes", "10", "--depth=2"])
+    assert (ns.in_chans, ns.num_classes, ns.depth, ov) == (1, 10, 2, {"model": "resnet18"})
 
 
 REFUSED = [  # (command line, words the one-line message must hold)
@@ -85,6 +89,10 @@ REFUSED = [  # (command line, words the one-line message must hold)
     (["inspect"], ["target"]),
     (["lr-find", "--steps", "x"], ["--steps", "'x'"]),
     (["completion", "fish"], ["fish", "bash or zsh"]),
+    (["explain", "RUN"], ["paths"]),
+    (["explain", "RUN", "a.jpg", "--max-epoch=1"], ["--max-epoch", "does not read"]),
+    (["summary", "--num-classes", "two"], ["--num-classes", "'two'"]),
+    (["summary", "extra"], ["unexpected argument", "'extra'"]),
     (["trian"], ["did you mean train"]),
 ]
 

@@ -43,7 +43,7 @@ keys = st.one_of(
     st.sampled_from(sorted(OPTIONS)),
     st.sampled_from(sorted(OPTIONS)).map(lambda k: f"{OPTIONS[k][0]}.{k}"),
     st.sampled_from(["config", "output", "format", "size", "steps", "start-lr", "end-lr", "timeout", "trust-export",
-                     "nproc", "resume", "help", "version"]),
+                     "nproc", "resume", "help", "version", "target", "layer", "in-chans", "num-classes", "depth"]),
     st.text(SAFE + ".", min_size=1, max_size=14),  # unknown keys
 )
 values = st.one_of(
@@ -61,7 +61,7 @@ words = st.one_of(st.text(SAFE, min_size=1, max_size=10).filter(lambda w: not w.
 argument = st.one_of(st.tuples(keys, values).map(lambda kv: f"--{kv[0]}={kv[1]}"), keys.map(lambda k: f"--{k}"),
                      words)
 COMMANDS = ["train", "train", "train", "val", "test", "predict", "export", "lr-find", "prepare", "runs", "ctl",
-            "inspect", "report", "models", "help", "nosuch"]
+            "inspect", "report", "models", "help", "explain", "summary", "nosuch"]
 
 
 @pytest.fixture

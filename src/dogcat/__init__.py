@@ -8,6 +8,8 @@ Library entry points (the CLI only wraps these)::
     dogcat.predict(result.run_dir, ["some/image.jpg"])
     clf = dogcat.load("runs/X")                     # or a checkpoint, or an export (model.onnx + model.onnx.json)
     clf.predict(["a.jpg", "photos/", pil_image], tta=True)   # [{"path"/"index", "class", "probability", "probs"}]
+    dogcat.explain(result.run_dir, ["photos/"])      # Grad-CAM pictures -> RUN/explain/
+    dogcat.summarize(model, (1, 3, 224, 224))        # layers, parameters, FLOPs, activations
 
 ``import dogcat`` loads no torch: the names below are imported on first use (PEP 562), so the command line
 starts fast and a notebook pays for torch only when it trains or predicts.
@@ -27,6 +29,7 @@ _LAZY = {
     "evaluate": "engine.evaluator", "report": "engine.evaluator", "test": "engine.evaluator",
     "load_model": "engine.loading", "Result": "engine.trainer", "train": "engine.trainer",
     "Classifier": "inference", "load": "inference", "predict": "inference",
+    "explain": "explanation", "summarize": "models.summary",
 }
 __all__ = sorted(_LAZY)
 
@@ -50,4 +53,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .engine.evaluator import evaluate, report, test
     from .engine.loading import load_model
     from .engine.trainer import Result, train
+    from .explanation import explain
     from .inference import Classifier, load, predict
+    from .models.summary import summarize

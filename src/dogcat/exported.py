@@ -165,12 +165,30 @@ def _runner(path: Path, fmt: str, meta: dict[str, Any]) -> Runner:
         with _quiet():
             model = torch.jit.load(str(path), map_location="cpu").eval()
     else:
-        from safetensors.torch import load_model
+        model = _safetensors_module(path, meta)
+    return module_runner(model)
 
-        model = build_model(meta["model"], len(meta["class_names"]), int(meta["in_chans"]))
-        load_model(model, str(path), strict=True)
-        model.eval()
 
+def _safetensors_module(path: Path, meta: dict[str, Any]) -> torch.nn.Module:
+    from safetensors.torch import load_model
+
+    model = build_model(meta["model"], len(meta["class_names"]), int(meta["in_chans"]))
+    load_model(model, str(path), strict=True)
+    return model.eval()
+
+
+def safetensors_module(path: str | Path, meta: dict[str, Any]) -> torch.nn.Module:
+    """The registered model (the sidecar's ``model``) with a safetensors export's weights, on the CPU, in eval
+    mode: the torch module that Grad-CAM needs. A file that does not load is one ExportError line."""
+    try:
+        return _safetensors_module(Path(path), meta)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails inside safetensors
+        raise ExportError(f"cannot load {path} as safetensors: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]}") from e
+
+
+def module_runner(model: torch.nn.Module) -> Runner:
+    """``normalised NCHW batch -> logits`` of a torch module, on the CPU, without gradients."""
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return model(x.cpu().float()).float()

@@ -25,7 +25,7 @@ from .config import Config, load_config
 from .data import DataError, decode_image, expand_paths
 from .data.transforms import eval_transform_for
 from .engine.loading import Loaded, load_model
-from .exported import check_file, preprocess_of, read_sidecar, runner, sidecar_path
+from .exported import check_file, module_runner, preprocess_of, read_sidecar, runner, safetensors_module, sidecar_path
 from .models.tta import FlipTTA
 from .preprocess import Preprocess
 
@@ -41,7 +41,7 @@ class Classifier:
     source: Path
     backend: str  # pytorch, onnx, torchscript or safetensors
     cfg: Config = field(default_factory=Config)
-    model: nn.Module | None = None  # the torch module (pytorch backend)
+    model: nn.Module | None = None  # the torch module (pytorch backend, and a safetensors export's)
 
     def __post_init__(self) -> None:
         self.transform = eval_transform_for(self.pre)
@@ -138,7 +138,7 @@ class Classifier:
         return key, self.transform(raw), None
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
     """TorchScript archives hold ``<name>/code/`` (checkpoints written by torch.save do not)."""
     try:
         with zipfile.ZipFile(path) as z:
@@ -153,7 +153,9 @@ def from_export(path: str | Path, overrides: dict[str, Any] | None = None, trust
     path = Path(path)
     meta = read_sidecar(path)
     check_file(path, meta, trust)
-    return Classifier(runner(path, meta, trust), preprocess_of(meta), path, meta["format"], load_config(overrides))
+    model = safetensors_module(path, meta) if meta["format"] == "safetensors" else None  # weights: a torch module
+    run = module_runner(model) if model is not None else runner(path, meta, trust)
+    return Classifier(run, preprocess_of(meta), path, meta["format"], load_config(overrides), model)
 
 
 def from_loaded(lm: Loaded) -> Classifier:
@@ -178,7 +180,7 @@ def load(target: str | Path | None, overrides: dict[str, Any] | None = None, tru
     if target is None:  # --load-model-path names the checkpoint
         return from_loaded(load_model(None, ov))
     path = Path(str(target))
-    if path.is_file() and (sidecar_path(path).is_file() or path.suffix.lower() == ".onnx" or _is_torchscript(path)):
+    if path.is_file() and (sidecar_path(path).is_file() or path.suffix.lower() == ".onnx" or is_torchscript(path)):
         if not sidecar_path(path).is_file():
             read_sidecar(path)  # raises, naming the missing sidecar
         return from_export(path, ov, trust)

@@ -32,6 +32,7 @@ VAL = frozenset(DEVICE | MODEL_FILE | LOADING | VAL_DATA | {"tta", "report"})
 TEST = frozenset(DEVICE | MODEL_FILE | LOADING | {"test_data_root", "test_list", "fashion_mnist_root", "tta",
                                                   "result_file", "positive_class", "sample_submission", "clip_probs"})
 PREDICT = frozenset(DEVICE | MODEL_FILE | {"batch_size", "tta", "output"})
+EXPLAIN = frozenset(DEVICE | MODEL_FILE | {"batch_size"})
 TARGET = ("target", "?", "a run folder (runs/NAME) or checkpoint file; default: --load-model-path")
 JSON = Own("json", "print the result as JSON", None)
 
@@ -71,6 +72,23 @@ _LIST = [
             c.export, [TARGET], frozenset(MODEL_FILE),
             [Own("format", "onnx, torchscript or safetensors", default="onnx"),
              Own("output", "file to write (default RUN/export/model.<ext>)")]),
+    Command("explain", "Grad-CAM: one PNG per image of what the model looked at -> RUN/explain/", c.explain,
+            [("run", None, "a run folder, checkpoint, or safetensors export (+ its .json sidecar)"),
+             ("paths", "+", "image files, folders (recursive) or globs")], EXPLAIN,
+            [Own("output", "folder for the PNGs (default: RUN/explain, or explain/ next to the checkpoint)"),
+             Own("target", "explain this class (a name or an index) instead of the predicted one"),
+             Own("layer", "the layer Grad-CAM looks at, e.g. layer4 (default: the last convolutional block; "
+                          "`dogcat summary` lists the layers)")],
+            epilog="needs captum: pip install 'dogcat-vision[explain]'. ONNX and TorchScript exports cannot be "
+                   "explained\n(no torch module): use the run, its checkpoint or a safetensors export"),
+    Command("summary", "a model's layers, parameters, FLOPs per image and activation memory", c.summary,
+            options=frozenset({"model", "image_size"}),
+            own=[Own("in-chans", "input channels: 3 (RGB) or 1 (grayscale) (default: 3)", finite(int), 3),
+                 Own("num-classes", "classes of the classifier head (default: 2)", finite(int), 2),
+                 Own("depth", "list modules down to this depth, each with its children's totals "
+                              "(default: every leaf module)", finite(int)), JSON],
+            epilog="examples:\n  dogcat summary --model=smallcnn --image-size=28 --in-chans=1 --num-classes=10\n"
+                   "  dogcat summary --model=resnet34 --depth=2 --json"),
     Command("lr-find", "LR range test: plot + suggested lr", c.lr_find, options=ALL - {"output"},
             own=[Own("config", "YAML recipe"), Own("output", "the plot (.png) or a folder"),
                  Own("steps", "steps of the test", finite(int), 100),

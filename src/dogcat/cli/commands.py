@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,7 +33,8 @@ def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from .args import to_argv
 
     config_file = a.config
-    nproc = int(ov.get("nproc", 1)) if str(ov.get("nproc", 1)).lstrip("-").isdigit() else 1
+    raw = str(ov.get("nproc", 1)).strip()
+    nproc = int(raw) if re.fullmatch(r"[+-]?\d+", raw) else 1  # not a number: load_config names it below
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # the shortcut: relaunch under torchrun
         load_config(ov, config_file)  # a bad option fails here, once, not in every process
         rest = {k: v for k, v in ov.items() if k != "nproc"}
@@ -115,6 +117,40 @@ def export(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     res = run_export(a.target, a.format, a.output, ov)
     print(f"wrote {res.path} and its sidecar {res.sidecar}")
     print(f"checked: outputs match PyTorch within {res.max_abs_diff:.1e} at batch sizes 1 and 3")
+    return 0
+
+
+def explain(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat explain RUN PATHS...``: a Grad-CAM picture per image; the table of what was written."""
+    from ..explanation import explain as run_explain
+
+    done = run_explain(a.run, a.paths, a.output, a.target, a.layer, ov)
+    width = max([len(e.path) for e in done] + [4])
+    print(f"{'path':<{width}}  {'explained':<14} {'p':>6}  {'predicted':<14} {'p':>6}  picture")
+    for e in done:
+        if e.error is not None:
+            print(f"{e.path:<{width}}  {'(unreadable)':<14} {e.error}")
+        else:
+            print(f"{e.path:<{width}}  {e.target:<14} {e.target_probability:>6.4f}  {e.predicted:<14} "
+                  f"{e.probability:>6.4f}  {e.output}")
+    return 0
+
+
+def summary(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat summary --model=NAME``: per-layer table, parameters, FLOPs and activations per image."""
+    from ..models.summary import describe
+
+    for name, value, lo, hi in (("in-chans", a.in_chans, 1, 4096), ("num-classes", a.num_classes, 1, 10**6),
+                                ("depth", a.depth, 1, 64)):
+        if value is not None and not lo <= value <= hi:
+            raise ConfigError(f"option --{name}={value} is out of range: allowed is an integer in [{lo}, {hi}]")
+    cfg = load_config(ov)
+    name, size = cfg.model.model, cfg.data.image_size
+    s = describe(name, a.num_classes, a.in_chans, size, a.depth)
+    if a.json:
+        _json({"model": name, "num_classes": a.num_classes, **s.to_dict()})
+    else:
+        print(printable(f"{name}, {a.num_classes} classes, input {size}x{size}x{a.in_chans}\n\n{s.table()}"))
     return 0
 
 

@@ -15,6 +15,7 @@ from ..data import BadFiles, DataError, build_test, build_train_val, make_loader
 from ..io import atomic_write_text
 from ..models.tta import with_tta
 from ..tracking.collect import Collector
+from ..models.gradcam import explainer
 from ..tracking.report import write_report
 from .loading import Loaded, load_model
 from .loop import validate
@@ -42,7 +43,7 @@ def evaluate(target: str | Path | None, overrides: dict[str, Any] | None = None,
     result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": names, **metrics}
     if collect is not None:
         result["report"] = str(write_report(lm.out_dir, lm.run_dir, metrics, collect, names, lm.pre.mean,
-                                            lm.pre.std, str(lm.checkpoint)))
+                                            lm.pre.std, str(lm.checkpoint), explainer(lm.model)))
         log.info(f"wrote {result['report']}")
     atomic_write_text(lm.out_dir / "result.json", json.dumps(result, indent=2, default=str))
     log.info(f"wrote {lm.out_dir / 'result.json'}")

@@ -70,9 +70,35 @@ def confusion_figure(cm: Sequence[Sequence[int]], class_names: list[str]) -> Fig
     return fig
 
 
+def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.45) -> np.ndarray:
+    """A CHW image in [0, 1] (grey or colour) with an HxW heatmap in [0, 1] blended over it in the jet colours
+    (blue: none, red: most): an HxWx3 float array for ``imshow``."""
+    from matplotlib import colormaps
+
+    base = (image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]).permute(1, 2, 0).numpy()
+    colour = colormaps["jet"](heat.float().clamp(0, 1).numpy())[..., :3]
+    return ((1 - alpha) * base + alpha * colour).clip(0, 1)
+
+
+def explanation_figure(image: torch.Tensor, heat: torch.Tensor, title: str, map_title: str = "Grad-CAM") -> Figure:
+    """``dogcat explain``'s picture: the input as the model saw it, then the Grad-CAM heatmap over it."""
+    fig = Figure(figsize=(6.4, 3.8))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.03, top=0.84, wspace=0.06)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    _show(left, image)
+    left.set_title("input", fontsize=9)
+    right.imshow(overlay(image, heat))
+    right.set_xticks([])
+    right.set_yticks([])
+    right.set_title(printable(map_title)[:80], fontsize=9)
+    fig.suptitle(printable(title)[:160], fontsize=10)
+    return fig
+
+
 def mistakes_figure(mistakes: list[Mistake], class_names: list[str], mean: Sequence[float],
-                    std: Sequence[float]) -> Figure:
-    """A grid of misclassified images, each titled ``true -> predicted (probability)``."""
+                    std: Sequence[float], heatmaps: Sequence[torch.Tensor] | None = None) -> Figure:
+    """A grid of misclassified images, each titled ``true -> predicted (probability)``; with ``heatmaps`` (one
+    HxW map in [0, 1] per image) each is shown with its heatmap over it."""
     n = max(1, len(mistakes))
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -80,7 +106,13 @@ def mistakes_figure(mistakes: list[Mistake], class_names: list[str], mean: Seque
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.9, wspace=0.1, hspace=0.5)
     for k, m in enumerate(mistakes):
         ax = fig.add_subplot(rows, cols, k + 1)
-        _show(ax, denormalise(m.image, mean, std))
+        image = denormalise(m.image, mean, std)
+        if heatmaps is None:
+            _show(ax, image)
+        else:
+            ax.imshow(overlay(image, heatmaps[k]))
+            ax.set_xticks([])
+            ax.set_yticks([])
         ax.set_title(printable(f"{class_names[m.label]} -> {class_names[m.pred]} ({m.confidence:.2f})\n{m.id}")[:60],
                      fontsize=8)
     if not mistakes:

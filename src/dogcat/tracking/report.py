@@ -12,10 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
+from ..config import DogcatError
 from ..console import printable
-from ..io import atomic_write_text
+from ..io import atomic_write_text, one_line
 from ..metrics import METRICS
-from .collect import Collector
+from ..models.gradcam import Explain
+from .collect import Collector, Mistake
 from .figures import confusion_figure, curves, mistakes_figure, per_class_scores
 from .manifest import read_manifest
 from .runs import fmt_duration, load_run, manifest_summary
@@ -49,9 +53,12 @@ def _save(fig: Any, path: Path) -> str:
 
 def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | None = None,
                  collect: Collector | None = None, class_names: list[str] | None = None,
-                 mean: Sequence[float] = (), std: Sequence[float] = (), checkpoint: str | None = None) -> Path:
+                 mean: Sequence[float] = (), std: Sequence[float] = (), checkpoint: str | None = None,
+                 explain: Explain | None = None) -> Path:
     """Write ``out_dir/report/index.html`` and its PNGs; ``metrics`` / ``collect`` come from a validation
-    pass (``None``: a report of the logs only). Returns the index.html path."""
+    pass (``None``: a report of the logs only). ``explain`` adds the worst mistakes' Grad-CAM heatmaps for their
+    predicted class (``models.gradcam.explainer(model)``); when it fails, the report says why and goes on.
+    Returns the index.html path."""
     rep = Path(out_dir) / "report"
     rep.mkdir(parents=True, exist_ok=True)
     info = load_run(run_dir) if run_dir is not None else None
@@ -66,7 +73,7 @@ def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | 
         parts.append("<h2>Training curves</h2><div class=row>"
                      + "".join(f'<img src="{_e(n)}" alt="{_e(n[:-4])} curve">' for n in imgs) + "</div>")
     if metrics and class_names:
-        parts.append(_validation(rep, metrics, collect, class_names, mean, std, checkpoint))
+        parts.append(_validation(rep, metrics, collect, class_names, mean, std, checkpoint, explain))
     else:
         parts.append("<h2>Validation</h2><p class=note>no validation pass (no validation set or no checkpoint): "
                      "curves only</p>")
@@ -89,8 +96,10 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, class_names: list[str],
-                mean: Sequence[float], std: Sequence[float], checkpoint: str | None) -> str:
-    """Headline metrics, confusion heatmap, per-class table, grid of the most confidently wrong images."""
+                mean: Sequence[float], std: Sequence[float], checkpoint: str | None,
+                explain: Explain | None = None) -> str:
+    """Headline metrics, confusion heatmap, per-class table, grid of the most confidently wrong images (and
+    their Grad-CAM heatmaps when ``explain`` is given)."""
     cm = metrics["confusion"]
     shown = [n for n in METRICS if isinstance(metrics.get(n), (int, float))]  # every metric of the table
     out = [f"<h2>Validation</h2><p>{_e(metrics.get('count', '?'))} images"
@@ -117,6 +126,26 @@ def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, c
                                           f"{m.probs[m.label]:.4f}", *[f"{p:.4f}" for p in m.probs[: len(shown)]]]
                                          for i, m in enumerate(mistakes)], range(4, 6 + len(shown)))
                        + "</div></div>")
+            if explain is not None:
+                out.append(_gradcam(rep, mistakes, class_names, mean, std, explain))
         else:
             out.append("<p>every validation image is classified correctly</p>")
     return "".join(out)
+
+
+def _gradcam(rep: Path, mistakes: list[Mistake], class_names: list[str], mean: Sequence[float],
+             std: Sequence[float], explain: Explain) -> str:
+    """The same mistakes with Grad-CAM for the predicted class, or the reason there is none (the report is
+    written either way)."""
+    try:
+        heat = explain(torch.stack([m.image for m in mistakes]), [m.pred for m in mistakes])
+        name = _save(mistakes_figure(mistakes, class_names, mean, std, heatmaps=list(heat)),
+                     rep / "mistakes_gradcam.png")
+    except Exception as e:  # noqa: BLE001 - no captum, no conv layer, a failing backward: a report without maps
+        why = one_line(e) if isinstance(e, DogcatError) else f"{type(e).__name__}: {one_line(e)}"
+        log.warning(f"report: no Grad-CAM heatmaps of the mistakes: {why}")
+        return f"<p class=note>no Grad-CAM heatmaps: {_e(why)}</p>"
+    return ("<p>The same images with Grad-CAM for the predicted class: red marks what drove the wrong answer.</p>"
+            f'<div class=row><img class=wide src="{name}" alt="Grad-CAM of the most confidently wrong images">'
+            "</div>")
+
