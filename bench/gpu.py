@@ -134,9 +134,12 @@ def cpu_name() -> str:
 
 # ---- parts --------------------------------------------------------------------------------------------------
 
-def run_tests(timeout: float) -> dict:
-    """The CUDA-marked tests in a subprocess (a hung NCCL group or compile cannot stall the rest)."""
+def run_tests(timeout: float, smoke: bool) -> dict:
+    """The CUDA-marked tests in a subprocess (a hung NCCL group or compile cannot stall the rest); the smoke
+    run hides any GPU from them (they skip: the CPU path only)."""
     env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # before cuBLAS starts: deterministic GEMMs
+    if smoke:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "-rA",
            str(ROOT / "tests" / "test_cuda.py")]
     try:
@@ -323,7 +326,7 @@ def main() -> int:
     print(f"dogcat GPU bench{' (smoke)' if args.smoke else ''}: torch {m['torch']}, "
           f"{m.get('gpu', 'no GPU')}, {m['cpu_cores']} CPU cores ({m['cpu']}); budget {args.budget_s:.0f} s", flush=True)
     if not args.skip_tests:  # leaves >= 120 s for the figures
-        t = report.part("tests", lambda: run_tests(min(s["test_timeout"], report.left() - 125)), reserve=120)
+        t = report.part("tests", lambda: run_tests(min(s["test_timeout"], report.left() - 125), args.smoke), reserve=120)
         if t["ok"]:
             print(f"  {t['summary']}", flush=True)
 

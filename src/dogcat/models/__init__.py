@@ -71,4 +71,4 @@ def head_module(model: nn.Module) -> nn.Module | None:
 
 
 # Import the built-in architectures so their @register decorators run.
-from . import resnet, smallcnn, squeezenet  # noqa: E402,F401
+from . import fastcnn, resnet, smallcnn, squeezenet  # noqa: E402,F401
