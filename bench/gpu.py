@@ -11,6 +11,8 @@ Parts, each in its own try/except, the JSON rewritten after each one, all inside
               forward/backward/step on synthetic tensors already on the GPU (no synchronisation per step)
   loader      the training loader alone (packed cache, random resized crop + flip, pinned), as
               ``dogcat.train`` builds it; then the same plus the copy to the GPU and the normalisation there
+  anatomy     a bare loop fed by that loader, with or without a host sync per step (dogcat's non-finite check
+              makes one) and with or without a thread preparing batches ahead: where e2e loses to model
   e2e         ``dogcat.train`` on the cache with the same model, precision, layout and batch: img/s inside
               its epochs (step logs) and per epoch
   compile     if time is left: the model part again with ``Module.compile()`` (compile time, img/s)
@@ -42,11 +44,11 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(size=224, batch=256, images=8192, model_warmup=10, model_steps=30, loader_batches=48, epochs=3,
-            test_timeout=200, model="torchvision:resnet50", precision="bf16")
+            anatomy_steps=24, test_timeout=200, model="torchvision:resnet50", precision="bf16")
 # the smoke run: every part and figure of the full one, at sizes a 2-core CPU runs in seconds (bf16 is emulated,
 # and slow, on CPUs without AVX-512 BF16)
 SMOKE = dict(size=32, batch=4, images=24, model_warmup=1, model_steps=2, loader_batches=6, epochs=2,
-             test_timeout=60, model="smallcnn", precision="fp32")
+             anatomy_steps=3, test_timeout=60, model="smallcnn", precision="fp32")
 
 
 class Budget(Exception):
@@ -192,6 +194,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def model_both(name: str, size: int, batch: int, warmup: int, steps: int, device: torch.device,
+               precision: str) -> dict:
+    """``model_only`` with cuDNN's defaults (as dogcat runs today), then with ``cudnn.benchmark`` (autotuned
+    convolutions for a fixed input size)."""
+    out = model_only(name, size, batch, warmup, steps, device, precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        try:
+            tuned = model_only(name, size, batch, warmup, steps, device, precision)
+        finally:
+            torch.backends.cudnn.benchmark = False
+        out["cudnn_benchmark_img_s"] = tuned["img_s"]
+    return out
+
+
 def model_only(name: str, size: int, batch: int, warmup: int, steps: int, device: torch.device, precision: str,
                compile_model: bool = False) -> dict:
     """The bare training step on synthetic tensors already on the device: what the model alone can do."""
@@ -276,6 +293,78 @@ def loader_only(cfg: Any, batches: int, device: torch.device) -> dict:
             "pinned": loader.pin_memory, "images_per_epoch": len(data.train)}
 
 
+def _prefetched(it: Iterator[Any], depth: int = 3) -> Iterator[Any]:
+    """Batches of ``it`` produced by a background thread, ``depth`` ahead (the crops release the GIL)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for b in it:
+                q.put(b)
+        finally:
+            q.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (b := q.get()) is not done:
+        yield b
+
+
+def anatomy(cfg: Any, steps: int, device: torch.device, precision: str) -> dict:
+    """Where end to end loses against model only: a bare loop fed by dogcat's loader (copy, batch_transform,
+    forward, backward, step), with and without a host synchronisation per step (dogcat's non-finite check
+    makes one) and with and without a thread that prepares batches ahead."""
+    from dogcat.data import ResumableSampler, SeededItems, build_train_val, make_loader
+    from dogcat.models import build_model
+
+    data = build_train_val(cfg.data)
+    sampler = ResumableSampler(len(data.train), 0)
+    loader = make_loader(SeededItems(data.train), batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                         shuffle=False, seed=0, sampler=sampler, pin_memory=device.type == "cuda")
+    torch.manual_seed(0)
+    model = build_model(cfg.model.model, 2, 3).to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+
+    def batches() -> Iterator[Any]:
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    def run(sync: bool, prefetch: bool) -> float:
+        it = _prefetched(batches()) if prefetch else batches()
+        n, t0 = 0, 0.0
+        for i in range(steps + 2):
+            if i == 2:  # two warm-up steps
+                _sync(device)
+                t0, n = time.perf_counter(), 0
+            b = next(it)
+            x = b.images.to(device, non_blocking=True, memory_format=torch.channels_last)
+            x = data.batch_transform(x, b.seed)
+            y = b.labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if sync:
+                bool(torch.isfinite(loss))  # as check_finite: the host waits for this step's backward
+            opt.step()
+            n += len(b.labels)
+        _sync(device)
+        return n / (time.perf_counter() - t0)
+
+    out = {f"{'sync' if sync else 'async'}_{'prefetch' if pre else 'inline'}_img_s": run(sync, pre)
+           for sync, pre in ((True, False), (False, False), (True, True), (False, True))}
+    del model, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
 def end_to_end(cfg: Any) -> dict:
     """``dogcat.train`` on the cache; img/s between step logs inside each epoch after the first (the steps
     after the first two of an epoch), and each later epoch's own figure (loader restart included)."""
@@ -318,8 +407,6 @@ def main() -> int:
         return 0
     s = SMOKE if args.smoke else FULL
     device = torch.device("cpu" if args.smoke else "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as a fixed-size training would set it
     report = Report(Path(args.out), args.budget_s)
     report.data["meta"].update(smoke=args.smoke, device=str(device), settings=s)
     m = report.data["meta"]
@@ -341,16 +428,24 @@ def main() -> int:
             precision=s["precision"], channels_last=True, device=device.type, runs_root=str(tmp / "runs"), env="e2e",
             print_freq=1, progress="none", debug_file=None, keep_top_k=0, save_every_epochs=0))
         data = report.part("data", lambda: make_data(tmp / "data", s["images"], args.smoke, cfg))
-        mo = report.part("model", lambda: model_only(s["model"], s["size"], s["batch"], s["model_warmup"],
+        mo = report.part("model", lambda: model_both(s["model"], s["size"], s["batch"], s["model_warmup"],
                                                     s["model_steps"], device, s["precision"]))
         if mo["ok"]:
             report.figure("model_img_s", mo["img_s"], f"model only: {mo['img_s']:.0f} img/s "
                           f"({mo['ms_per_step']:.1f} ms a step of {s['batch']})")
+            if "cudnn_benchmark_img_s" in mo:
+                report.figure("model_cudnn_benchmark_img_s", mo["cudnn_benchmark_img_s"],
+                              f"model only with cudnn.benchmark: {mo['cudnn_benchmark_img_s']:.0f} img/s")
         if data["ok"]:
             lo = report.part("loader", lambda: loader_only(cfg, s["loader_batches"], device))
             if lo["ok"]:
                 report.figure("loader_img_s", lo["img_s"], f"loader alone: {lo['img_s']:.0f} img/s; with the copy "
                               f"to {device.type} and normalisation: {lo['with_copy_and_normalise_img_s']:.0f} img/s")
+            an = report.part("anatomy", lambda: anatomy(cfg, s["anatomy_steps"], device, s["precision"]))
+            if an["ok"]:
+                report.figure("bare_loop_sync_inline_img_s", an["sync_inline_img_s"], "bare loop on dogcat's loader: "
+                              + ", ".join(f"{k[:-6].replace('_', ' + ')} {v:.0f}" for k, v in an.items()
+                                          if k.endswith("_img_s")) + " img/s")
             e2e = report.part("e2e", lambda: end_to_end(cfg))
             if e2e["ok"]:
                 report.figure("e2e_img_s", e2e["img_s"], f"end to end (dogcat.train): {e2e['img_s'] or 0:.0f} img/s "
