@@ -231,7 +231,7 @@ def part_c(tmp: Path, quick: bool, recipe: str, tag: str) -> tuple[list[tuple[in
         acc = test(str(ck), {"result_file": str(tmp / "sub.csv"), "progress": "none"})["metrics"]["accuracy"]
         rows.append((h["epoch"], h["epoch_seconds"], wall, acc))
         print(f"  ({tag}) epoch {h['epoch']}: {h['epoch_seconds']:.1f} s, {wall:.0f} s of training, "
-              f"test accuracy {acc:.4f}", flush=True)
+              f"test accuracy {acc:.4f} (load average now {os.getloadavg()[0]:.2f})", flush=True)
     return rows, whole
 
 
