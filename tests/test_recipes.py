@@ -14,6 +14,7 @@ from dogcat.cli import main
 from dogcat.engine.checkpoint import load_checkpoint
 from dogcat.engine.optim import Schedule
 from dogcat.engine.recipes import Criterion, choose_precision
+from dogcat.models import build_model
 
 from test_checkpoint import base, logged
 
@@ -115,3 +116,28 @@ def test_onecycle_shape():
     lrs = [sched._scale(s) for s in range(100)]
     assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0, abs=1e-3)
     assert lrs.index(max(lrs)) == 30 and lrs[-1] < 1e-3
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads_and_builds_its_model(recipe):
+    cfg = load_config(config_file=recipe)
+    model = build_model(cfg.model.model, 2 if cfg.data.dataset == "kaggle" else 10,
+                        1 if cfg.data.dataset == "fashion-mnist" else 3)  # no weights: nothing downloads
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("recipe", ["fashion-mnist.yaml", "fashion-mnist-94.yaml"])
+def test_fashion_mnist_recipes_fall_back_to_fp32_without_native_bf16(fmnist_dir, tmp_path, monkeypatch, recipe):
+    """On a CPU without AVX-512 BF16 / AMX (Zen 3 here) `precision: auto` is fp32 without a probe."""
+    from dogcat.engine import recipes
+
+    monkeypatch.setattr(recipes, "candidates", lambda device: ("fp32",))
+    path = next(p for p in RECIPES if p.name == recipe)
+    res = train(load_config({"fashion_mnist_root": str(fmnist_dir), "runs_root": str(tmp_path), "max_epoch": 1,
+                             "progress": "none", "debug_file": None}, config_file=path))
+    (ev,) = events(res.run_dir, "precision")
+    assert ev["chosen"] == "fp32" and ev["seconds"] == {} and "no native half precision" in ev["reason"]
+    assert load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["precision"] == "fp32"

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from ..config import ConfigError, load_config
 from ..console import printable
 from ..io import atomic_write_text
-from ..metrics import format_confusion, summary
+from ..metrics import format_confusion, summary as metrics_line
 
 
 def _json(obj: Any) -> None:
@@ -46,7 +46,7 @@ def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
 
 def _metrics_text(m: dict[str, Any], what: str, class_names: list[str]) -> str:
-    text = f"{what}: {summary(m)} on {m['count']} images\n{format_confusion(m['confusion'], class_names)}"
+    text = f"{what}: {metrics_line(m)} on {m['count']} images\n{format_confusion(m['confusion'], class_names)}"
     return printable(text)  # a class named by a non-UTF-8 folder: shown as \xNN in a table
 
 

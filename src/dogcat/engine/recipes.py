@@ -109,6 +109,41 @@ def candidates(device: torch.device) -> tuple[str, ...]:
     return ("fp32",)
 
 
+def _zen(family: int, model: int) -> str | None:
+    """AMD's core generation from /proc/cpuinfo's family and model (the marketing name often omits it)."""
+    if family == 23:
+        return "Zen 2" if model >= 0x30 else "Zen"
+    if family == 25:
+        return "Zen 4" if 0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF else "Zen 3"
+    if family == 26:
+        return "Zen 5"
+    return None
+
+
+def cpu_kind() -> str:
+    """This CPU for a benchmark line: model name, AMD core generation, and whether bf16 is native (what
+    ``--precision=auto`` goes by), e.g. ``AMD EPYC (Zen 4), native bf16 (avx512_bf16)``."""
+    import platform
+
+    info: dict[str, str] = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":
+                break
+    except OSError:
+        pass
+    name = info.get("model name") or platform.processor() or platform.machine()
+    gen = None
+    if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family", "").isdigit():
+        gen = _zen(int(info["cpu family"]), int(info.get("model", "0") or 0))
+    flags = [f for f in ("amx_bf16", "avx512_bf16") if f in info.get("flags", "").split()]
+    native = "bf16" in candidates(torch.device("cpu"))
+    bf16 = f"native bf16 ({', '.join(flags) or 'oneDNN'})" if native else "no native bf16 (fp32 only)"
+    return f"{name}{f' ({gen})' if gen else ''}, {bf16}"
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
