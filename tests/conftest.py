@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from datagen import ...`
 
-from datagen import make_fmnist_idx, make_folder, make_kaggle  # noqa: E402
+from datagen import make_fmnist_idx, make_folder, make_kaggle, tiny_options  # noqa: E402
 
 
 @pytest.fixture
@@ -29,3 +29,9 @@ def folder_dir(tmp_path: Path) -> Path:
 def fmnist_dir(tmp_path: Path) -> Path:
     """Folder with the four gzipped Fashion-MNIST IDX files (200 train, 50 test images)."""
     return make_fmnist_idx(tmp_path / "fmnist")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """``tiny(data, runs, **options)``: the options of a tiny run on generated ``data`` (datagen.tiny_options)."""
+    return tiny_options

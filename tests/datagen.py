@@ -129,3 +129,33 @@ def make_fmnist_idx(root: Path, n_train: int = 200, n_test: int = 50, gz: bool =
             else:
                 (root / name).write_bytes(data)
     return root
+
+
+# The options of every tiny test run: small, single-process, quiet. One place, so a new default of the
+# toolkit (a slower one, say) is answered here once rather than in each test file.
+TINY = {"model": "smallcnn", "image_size": 32, "batch_size": 4, "num_workers": 0, "print_freq": 2, "lr": 0.01,
+        "max_epoch": 1, "progress": "none", "debug_file": None}
+# Fashion-MNIST's IDX files at their own size: 28 px, batches of 16, a constant lr
+TINY_FMNIST = {"dataset": "fashion-mnist", "image_size": 28, "batch_size": 16, "print_freq": 1, "lr": 0.003,
+               "scheduler": "none", "val_split": 0.2}
+
+
+def tiny_options(data: Path, runs: Path, **kw) -> dict:
+    """Options of a tiny run on ``data`` (written by this module) into ``runs``; ``kw`` overrides any.
+
+    ``data``: a folder of Fashion-MNIST IDX files (:func:`make_fmnist_idx`), or a root holding ``train/``
+    (and, when present, ``val/`` and ``test/``), or a class-folder tree itself. Without a ``val/`` folder a
+    quarter (a fifth for Fashion-MNIST) of the training images validate."""
+    data = Path(data)
+    if (data / "train-images-idx3-ubyte.gz").is_file():
+        opts = {**TINY, **TINY_FMNIST, "fashion_mnist_root": str(data)}
+    else:
+        train = data / "train" if (data / "train").is_dir() else data
+        opts = {**TINY, "train_data_root": str(train)}
+        if (data / "val").is_dir():
+            opts["val_data_root"] = str(data / "val")
+        else:
+            opts["val_split"] = 0.25
+        if (data / "test").is_dir():
+            opts["test_data_root"] = str(data / "test")
+    return {**opts, "runs_root": str(runs), **kw}

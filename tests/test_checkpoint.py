@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from datagen import tiny_options
 from dogcat import ConfigError, load_config, train
 from dogcat.data import ResumableSampler, SeededItems
 from dogcat.engine.checkpoint import Checkpoints, load_checkpoint
@@ -20,10 +21,11 @@ VOLATILE = {"time", "images_per_s", "train_images_per_s", "epoch_seconds"}
 
 
 def base(fmnist_dir: Path, runs: Path, **kw) -> dict:
-    return {"fashion_mnist_root": str(fmnist_dir), "dataset": "fashion-mnist", "image_size": 28,
-            "model": "smallcnn", "batch_size": 16, "val_split": 0.2, "max_epoch": 2, "print_freq": 3,
-            "progress": "none", "deterministic": True, "debug_file": None, "runs_root": str(runs),
-            "optimizer": "adamw", "lr": 0.003, "scheduler": "cosine", "warmup_epochs": 0.3, **kw}
+    """The tiny Fashion-MNIST run these tests cut and resume: 2 epochs, AdamW, cosine with warm-up, and the
+    loader's default worker processes (resume must hold with them)."""
+    return tiny_options(fmnist_dir, runs, **{"max_epoch": 2, "print_freq": 3, "deterministic": True,
+                                             "optimizer": "adamw", "scheduler": "cosine", "warmup_epochs": 0.3,
+                                             "num_workers": -1, **kw})
 
 
 def logged(run: Path) -> list[dict]:

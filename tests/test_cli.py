@@ -21,8 +21,6 @@ from dogcat.cli.args import parse
 from dogcat.config import load_config
 
 ROOT = Path(__file__).parents[1]
-FAST = {"image_size": 32, "batch_size": 4, "num_workers": 0, "model": "smallcnn", "print_freq": 2,
-        "progress": "none", "lr": 0.01, "debug_file": None, "max_epoch": 1, "val_split": 0.25}
 
 
 # --- the argument table: (command, arguments) -> what the command receives ------------------------------
@@ -172,13 +170,12 @@ def test_zsh_completion_is_valid_zsh(tmp_path):
 # --- a real run, and the commands on it ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny):
     from datagen import make_kaggle
 
     root = tmp_path_factory.mktemp("cli")
     make_kaggle(root, n_per_class=6, n_test=4, bad=False, sizes=(40, 64))
-    result = dogcat.train(train_data_root=str(root / "train"), test_data_root=str(root / "test"),
-                          runs_root=str(root / "runs"), env="r", **FAST)
+    result = dogcat.train(**tiny(root, root / "runs", env="r"))
     return root, result.run_dir
 
 
@@ -213,7 +210,10 @@ def test_json_outputs_parse(run, capsys):
     root, run_dir = run
     assert main(["val", str(run_dir), "--json"]) == 0
     val = json.loads(capsys.readouterr().out)
-    assert 0 <= val["accuracy"] <= 1 and val["count"] == 4 and val["class_names"] == ["cat", "dog"]
+    logged = next(r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                  if r.get("kind") == "epoch" and r["epoch"] == val["epoch"])  # the checkpoint's own epoch
+    assert val["accuracy"] == pytest.approx(logged["val_accuracy"], abs=1e-9)
+    assert val["count"] == 4 and val["class_names"] == ["cat", "dog"]
     assert main(["test", str(run_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 4
     assert main(["runs", str(root / "runs"), "--json"]) == 0

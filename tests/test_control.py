@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from datagen import tiny_options
 from dogcat import load_config, train
 from dogcat.cli import main
 from dogcat.engine.checkpoint import load_checkpoint
@@ -20,9 +21,7 @@ from dogcat.models.smallcnn import SmallCNN
 
 
 def opts(fmnist_dir: Path, runs: Path, **kw) -> dict:
-    return {"fashion_mnist_root": str(fmnist_dir), "dataset": "fashion-mnist", "image_size": 28,
-            "model": "smallcnn", "batch_size": 16, "val_split": 0.2, "print_freq": 1, "progress": "none",
-            "debug_file": None, "runs_root": str(runs), "scheduler": "none", "lr": 0.003, "num_workers": 0, **kw}
+    return tiny_options(fmnist_dir, runs, **kw)
 
 
 def events(run: Path, event: str) -> list[dict]:

@@ -16,18 +16,16 @@ from dogcat.cli import main
 from dogcat.models import build_model
 from dogcat.models.gradcam import GradCamError, explainer, gradcam, pick_layer
 
-FAST = {"image_size": 32, "batch_size": 4, "num_workers": 0, "model": "smallcnn", "print_freq": 2,
-        "progress": "none", "lr": 0.01, "debug_file": None, "max_epoch": 2, "val_split": 0.25}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny):
     from datagen import make_folder
 
     root = tmp_path_factory.mktemp("explain")
     make_folder(root / "train", classes=("ant", "bee", "cow"), n_per_class=6)
-    result = dogcat.train(train_data_root=str(root / "train"), runs_root=str(root / "runs"), env="r", **FAST)
+    result = dogcat.train(**tiny(root, root / "runs", env="r", max_epoch=2))
     return root, result.run_dir
 
 

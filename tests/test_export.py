@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -23,26 +24,23 @@ from dogcat.engine.submission import SubmissionError
 from dogcat.export import ExportError, export, sidecar_path
 from dogcat.models.weights import WeightsError
 
-FAST = {"image_size": 32, "batch_size": 4, "num_workers": 0, "model": "smallcnn", "print_freq": 2,
-        "progress": "plain", "lr": 0.01, "debug_file": None, "max_epoch": 1, "val_split": 0.25}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def shipped(tmp_path_factory, tiny):
     """A 1-epoch smallcnn at 32 px on a small Kaggle-layout set; returns (root, info, run folder)."""
     from datagen import make_kaggle
 
     root = tmp_path_factory.mktemp("ship")
     info = make_kaggle(root, n_per_class=8, n_test=5, bad=False, sizes=(40, 64))
-    result = train(load_config({"train_data_root": str(root / "train"), "test_data_root": str(root / "test"),
-                                "runs_root": str(root / "runs"), **FAST}))
+    result = train(load_config(tiny(root, root / "runs", progress="plain")))
     return root, info, result.run_dir
 
 
 @pytest.fixture(scope="module")
-def exports(tiny):
+def exports(shipped):
     """Each format exported once to its default place, RUN/export/model.*."""
-    run = tiny[2]
+    run = shipped[2]
     return {fmt: export(str(run), fmt) for fmt in ("onnx", "torchscript", "safetensors")}
 
 
@@ -52,8 +50,8 @@ def _images(root: Path) -> list[str]:
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
-def test_export_matches_pytorch_and_batches_dynamically(tiny, exports, fmt):
-    _, _, run = tiny
+def test_export_matches_pytorch_and_batches_dynamically(shipped, exports, fmt):
+    _, _, run = shipped
     res = exports[fmt]
     assert res.path == run / "export" / ("model" + {"onnx": ".onnx", "torchscript": ".pt"}.get(fmt, ".safetensors"))
     assert res.max_abs_diff <= 1e-4  # the export's own check passed
@@ -86,8 +84,8 @@ def test_export_matches_pytorch_and_batches_dynamically(tiny, exports, fmt):
         assert got.shape == (b, 2) and float((got - want).abs().max()) <= 1e-4
 
 
-def test_export_cli_and_failed_check(tiny, tmp_path, capsys):
-    _, _, run = tiny
+def test_export_cli_and_failed_check(shipped, tmp_path, capsys):
+    _, _, run = shipped
     out = tmp_path / "m.pt"
     assert main(["export", str(run), "--format=torchscript", f"--output={out}"]) == 0
     assert out.is_file() and sidecar_path(out).is_file() and "sidecar" in capsys.readouterr().out
@@ -98,14 +96,14 @@ def test_export_cli_and_failed_check(tiny, tmp_path, capsys):
     assert "not one of: onnx, torchscript, safetensors" in capsys.readouterr().err
 
 
-def test_missing_onnx_package_says_how_to_install(tiny, monkeypatch):
+def test_missing_onnx_package_says_how_to_install(shipped, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
     with pytest.raises(ExportError, match=r"pip install 'dogcat-vision\[export\]'"):
-        export(str(tiny[2]), "onnx")
+        export(str(shipped[2]), "onnx")
 
 
-def test_load_run_predict_equals_cli(tiny, tmp_path):
-    root, _, run = tiny
+def test_load_run_predict_equals_cli(shipped, tmp_path):
+    root, _, run = shipped
     paths = _images(root)
     rows = dogcat.load(run).predict(paths, batch_size=2)
     out = tmp_path / "p.json"
@@ -117,8 +115,8 @@ def test_load_run_predict_equals_cli(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
-def test_exported_classifier_matches_pytorch(tiny, exports, fmt):
-    root, _, run = tiny
+def test_exported_classifier_matches_pytorch(shipped, exports, fmt):
+    root, _, run = shipped
     paths = _images(root)
     want = dogcat.load(run).predict(paths)
     clf = dogcat.load(exports[fmt].path, trust=fmt == "torchscript")  # TorchScript runs code: asked for here
@@ -129,16 +127,16 @@ def test_exported_classifier_matches_pytorch(tiny, exports, fmt):
         assert max(abs(a["probs"][c] - b["probs"][c]) for c in ("cat", "dog")) <= 1e-4
 
 
-def test_cli_predict_on_onnx(tiny, exports, tmp_path):
-    root, _, _ = tiny
+def test_cli_predict_on_onnx(shipped, exports, tmp_path):
+    root, _, _ = shipped
     out = tmp_path / "p.csv"
     assert main(["predict", str(exports["onnx"].path), str(root / "test" / "*.jpg"), f"--output={out}"]) == 0
     lines = list(csv.DictReader(out.open(newline="")))
     assert len(lines) == 5 and all(ln["class"] in ("cat", "dog") and not ln["error"] for ln in lines)
 
 
-def test_images_tensors_and_tta(tiny, exports):
-    root, _, run = tiny
+def test_images_tensors_and_tta(shipped, exports):
+    root, _, run = shipped
     path = _images(root)[0]
     pil = Image.open(path)
     arr = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1).contiguous()  # CHW uint8
@@ -157,12 +155,17 @@ def test_images_tensors_and_tta(tiny, exports):
         one, mirrored = clf.predict(wide)[0]["probs"], clf.predict(wide.flip(-1))[0]["probs"]
         both = clf.predict(wide, tta=True)[0]["probs"]
         assert both["dog"] == pytest.approx((one["dog"] + mirrored["dog"]) / 2, abs=1e-5)
-    res = dogcat.evaluate(str(run), {"tta": True})  # val goes through the same flip averaging
-    assert 0.0 <= res["accuracy"] <= 1.0 and res["logloss"] > 0
+    res = dogcat.evaluate(str(run), {"tta": True})  # val goes through the same flip averaging as predict
+    val = list(csv.DictReader((run / "splits" / "val.csv").open(newline="")))
+    by_predict = dogcat.load(run).predict([r["path"] for r in val], tta=True)
+    right = [p["class"] == r["label"] for p, r in zip(by_predict, val)]
+    logloss = -sum(math.log(max(p["probs"][r["label"]], 1e-15)) for p, r in zip(by_predict, val)) / len(val)
+    assert res["count"] == len(val) and res["accuracy"] == pytest.approx(sum(right) / len(val), abs=1e-9)
+    assert res["logloss"] == pytest.approx(logloss, rel=1e-4)
 
 
-def test_submission_checks_and_clip(tiny, tmp_path, capsys):
-    root, info, run = tiny
+def test_submission_checks_and_clip(shipped, tmp_path, capsys):
+    root, info, run = shipped
     out = tmp_path / "sub.csv"
     res = test(str(run), {"result_file": str(out), "clip_probs": [0.4, 0.6]})
     rows = list(csv.reader(out.open(newline="")))
@@ -186,8 +189,8 @@ def test_submission_checks_and_clip(tiny, tmp_path, capsys):
         check_submission(out, ["2", "3", "4", "5"])
 
 
-def test_clear_errors(tiny, exports, tmp_path, capsys):
-    root, _, run = tiny
+def test_clear_errors(shipped, exports, tmp_path, capsys):
+    root, _, run = shipped
     img = _images(root)[0]
     # 1. a bare state_dict of another architecture: both named, --model suggested
     bare = tmp_path / "weights.pth"

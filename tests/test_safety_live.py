@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from datagen import tiny_options
 from dogcat.cli import main
 from dogcat.control import running_pid
 
 from hostile import one_error
 
 def opts(fmnist_dir: Path, runs: Path, **kw) -> list[str]:
-    o = {"fashion_mnist_root": str(fmnist_dir), "dataset": "fashion-mnist", "image_size": 28, "model": "smallcnn",
-         "batch_size": 16, "val_split": 0.2, "print_freq": 1, "progress": "none", "runs_root": str(runs),
-         "scheduler": "none", "lr": 0.003, "num_workers": 0, **kw}
-    return [f"--{k.replace('_', '-')}={v}" for k, v in o.items()]
+    o = tiny_options(fmnist_dir, runs, **kw)
+    return [f"--{k.replace('_', '-')}={v}" for k, v in o.items() if v is not None]
 
 
 def wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 90) -> None:

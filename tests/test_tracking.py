@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from datagen import tiny_options
 from dogcat import evaluate, load_config, train
 from dogcat.cli import main
 from dogcat.data import build_train_val
 from dogcat.tracking.manifest import data_fingerprint, git_info
 from dogcat.tracking.runs import find_runs, load_run
 
-FAST = {"image_size": 32, "batch_size": 4, "num_workers": 0, "model": "smallcnn", "print_freq": 2,
-        "progress": "none", "lr": 0.01, "debug_file": None}
 EVERYTHING = {k: 0 for k in ("scalars", "images", "tensors", "histograms", "compressedHistograms", "audio")}
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,8 +41,7 @@ def cat_dog_data(root: Path) -> Path:
 
 
 def cfg_for(root: Path, runs: Path, **kw):
-    return load_config({"train_data_root": str(root / "train"), "val_data_root": str(root / "val"),
-                        "runs_root": str(runs), **FAST, **kw})
+    return load_config(tiny_options(root, runs, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +142,29 @@ def test_manifest_outside_git(tmp_path):
     info = git_info(tmp_path, code_dir=tmp_path)
     assert info["commit"] is None and "not a git repository" in info["error"]
     assert not (tmp_path / "manifest.patch").exists()
+
+
+def test_manifest_git_commit_and_patch_reproduce_the_code(tmp_path):
+    """Both branches of the git record on a repository made here: clean (commit, no patch), then dirty (the
+    patch, applied to a fresh clone of the commit, gives the code that ran)."""
+    repo, code = tmp_path / "repo", tmp_path / "repo" / "src" / "dogcat"
+    code.mkdir(parents=True)
+    (code / "engine.py").write_text("LR = 0.1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "one"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True)
+    clean = git_info(tmp_path / "run1", code_dir=code)
+    assert re.fullmatch(r"[0-9a-f]{40}", clean["commit"]) and clean["dirty"] is False and clean["patch"] is None
+    (code / "engine.py").write_text("LR = 0.2\n")  # an uncommitted change
+    run = tmp_path / "run2"
+    run.mkdir()
+    dirty = git_info(run, code_dir=code)
+    assert dirty["commit"] == clean["commit"] and dirty["dirty"] is True and dirty["patch"] == "manifest.patch"
+    subprocess.run(["git", "clone", "-q", str(repo), str(tmp_path / "again")], check=True)
+    subprocess.run(["git", "apply", str(run / "manifest.patch")], cwd=tmp_path / "again", check=True)
+    assert (tmp_path / "again" / "src" / "dogcat" / "engine.py").read_text() == "LR = 0.2\n"
+    # a package folder that is not the repository's src/dogcat (an installed copy inside someone's repo): not asked
+    assert "another repository" in git_info(tmp_path, code_dir=code.parent)["error"]
 
 
 def test_fingerprint_changes_when_one_image_changes(tmp_path, fmnist_dir):

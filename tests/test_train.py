@@ -10,17 +10,17 @@ import pytest
 import torch
 import yaml
 
+import dogcat
+
+from datagen import tiny_options
 from dogcat import evaluate, load_config, predict, test, train
 from dogcat.cli import main
 from dogcat.engine.checkpoint import load_checkpoint
 
-FAST = {"image_size": 32, "batch_size": 4, "num_workers": 0, "model": "smallcnn", "print_freq": 2,
-        "progress": "plain", "lr": 0.01, "debug_file": None}
 
 
 def kaggle_cfg(root: Path, runs: Path, **kw):
-    return load_config({"train_data_root": str(root / "train"), "test_data_root": str(root / "test"),
-                        "runs_root": str(runs), **FAST, **kw})
+    return load_config(tiny_options(root, runs, progress="plain", **kw))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,9 @@ def test_submission(kaggle_run, tmp_path):
     assert rows[0] == ["id", "label"]
     ids = [int(r[0]) for r in rows[1:]]
     assert ids == sorted(ids) == sorted(int(i) for i in info["test_ids"]) + [7] or ids == list(range(1, 8))
-    assert all(0.0 <= float(r[1]) <= 1.0 for r in rows[1:])
+    expected = {int(Path(p["path"]).stem): p["probs"]["dog"]  # the submission's p(dog) is predict's
+                for p in dogcat.predict(str(result.run_dir), [str(root / "test" / f"{i}.jpg") for i in ids[:-1]])}
+    assert {int(r[0]): float(r[1]) for r in rows[1:-1]} == pytest.approx(expected, abs=2e-6)  # 6 decimals
     assert rows[-1] == ["7", "0.500000"]  # the 0-byte test image: maximal uncertainty, reported
     probs = {int(r[0]): float(r[1]) for r in rows[1:7]}
     labels = info["test_labels"]  # {id: class name}; the submission holds p(dog)
@@ -129,9 +131,8 @@ def test_imagefolder_with_val_folder(tmp_path):
 
     make_folder(tmp_path / "train", n_per_class=8)
     make_folder(tmp_path / "val", n_per_class=3)
-    cfg = load_config({"train_data_root": str(tmp_path / "train"), "val_data_root": str(tmp_path / "val"),
-                       "runs_root": str(tmp_path / "runs"), **FAST, "max_epoch": 2, "lr": 0.02,
-                       "optimizer": "sgd", "scheduler": "cosine", "warmup_epochs": 0.5})
+    cfg = load_config(tiny_options(tmp_path, tmp_path / "runs", progress="plain", max_epoch=2, lr=0.02,
+                                   optimizer="sgd", scheduler="cosine", warmup_epochs=0.5))
     result = train(cfg)
     assert result.history[-1]["val_count"] == 9
     assert load_checkpoint(result.run_dir / "checkpoints" / "best.pt")["preprocess"]["classes"] == ["ant", "bee", "cow"]
