@@ -20,7 +20,7 @@ from dogcat import load_config, train
 from dogcat.cli import main
 from dogcat.config import OPTIONS, Config, ConfigError, from_dict
 from dogcat.export import ExportError, export, sidecar_path
-from dogcat.tracking.manifest import sha256_file
+from dogcat.io import sha256_file
 
 from hostile import one_error, tiny_run
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from dogcat import io as dio
+from dogcat import locks
 from dogcat import load_config
 from dogcat.cli import main
 
@@ -52,14 +53,14 @@ def test_cache_cleanup_touches_only_its_own_folders(tmp_path, monkeypatch):
     busy = root / f".tmp-999998-{name.replace('x-', 'y-')}"  # a builder we may not ask: counts as alive
     dead.mkdir()
     busy.mkdir()
-    real = dio.FileLock._open
+    real = locks.FileLock._open
 
     def no_permission(self):
         if "y-0123abcd" in self.path.name:
             raise PermissionError(errno.EACCES, "not yours")
         return real(self)
 
-    monkeypatch.setattr(dio.FileLock, "_open", no_permission)
+    monkeypatch.setattr(locks.FileLock, "_open", no_permission)
     cfg = load_config({"train_data_root": str(data), "cache": True, "cache_dir": str(root), "image_size": 32})
     from dogcat.data import build_train_val
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from types import FrameType
 
 from .config import ConfigError, DogcatError
-from .io import atomic_write_text, process_alive, read_small, this_process
+from .io import atomic_write_text, read_small
+from .locks import process_alive, this_process
 
 log = logging.getLogger("dogcat")
 

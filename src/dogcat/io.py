@@ -1,10 +1,10 @@
-"""Safe file helpers for every layer: atomic writes, one OS lock, free space, bounded reads of our own files.
+"""Safe file helpers for every layer: atomic writes, free space, bounded reads of our own files (the lock and
+process liveness are in ``locks.py``).
 
-Built on the standard library (``tempfile.mkstemp``, ``fcntl.flock``, ``os.replace``, ``shutil.disk_usage``)
-rather than a package: what is added here is what those calls leave to the caller and dogcat needs in one
-place: temp names nobody can predict or pre-plant (mkstemp opens with O_EXCL), a disk-full error that names
-the folder, the size needed and the space free (``torch.save`` reports ENOSPC as "unexpected pos"), and a lock
-whose file says who holds it, so the refusal can name the pid and the host.
+Built on the standard library (``tempfile.mkstemp``, ``os.replace``, ``shutil.disk_usage``) rather than a
+package: what is added here is what those calls leave to the caller and dogcat needs in one place: temp names
+nobody can predict or pre-plant (mkstemp opens with O_EXCL), and a disk-full error that names the folder, the
+size needed and the space free (``torch.save`` reports ENOSPC as "unexpected pos").
 
 Paths and names we write into text files use UTF-8 with ``surrogateescape`` (:data:`TEXT`): a file name that
 is not valid UTF-8 (Python hands it to us with lone surrogates) is written back byte for byte.
@@ -15,16 +15,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import fcntl
-import hashlib
 import json
 import os
 import secrets
 import shutil
-import socket
 import stat
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -55,71 +51,8 @@ class MalformedFile(DogcatError, ValueError):
     """A file dogcat wrote (manifest, config, sidecar, ...) that is damaged or of the wrong shape; the CLI exits 2."""
 
 
-class LockHeld(RuntimeError):
-    """The OS lock on ``path`` is held by another process; ``holder`` is what it wrote into the file."""
-
-    def __init__(self, path: Path, holder: dict[str, Any]) -> None:
-        self.path, self.holder = path, holder
-        super().__init__(f"{path} is locked by {describe_holder(holder)}")
-
-
 def mib(n: int | float | None) -> str:
     return "?" if n is None else f"{n / 2**20:,.1f} MiB"
-
-
-# ---- processes -------------------------------------------------------------------------------------------
-
-def process_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux /proc), or None where unknown."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        # the command name (field 2) may hold spaces and parentheses: split after its closing ")"
-        return int(text.rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def process_alive(pid: Any, start: Any = None, host: Any = None) -> bool | None:
-    """True / False for a process on this host; None when it ran on another host (cannot tell).
-
-    ``start`` (from :func:`process_start`) tells a reused pid from the process that wrote it; a process
-    owned by another user (PermissionError) is alive."""
-    if host and host != socket.gethostname():
-        return None
-    try:
-        pid = int(pid)
-    except (TypeError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    except OverflowError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state in ("Z", "X"):  # killed but not yet reaped by its parent
-            return False
-    except (OSError, IndexError):
-        pass
-    now = process_start(pid)
-    return start is None or now is None or now == start
-
-
-def this_process() -> dict[str, Any]:
-    """pid, host and start ticks of this process: what a lock or a pid file records."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
-            "time": round(time.time(), 3)}
-
-
-def describe_holder(holder: dict[str, Any]) -> str:
-    when = holder.get("time")
-    since = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(when)) if isinstance(when, (int, float)) else ""
-    return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{since}"
 
 
 # ---- free space and disk-full errors ---------------------------------------------------------------------
@@ -350,87 +283,3 @@ def one_line(e: BaseException | str, width: int = 300) -> str:
     """An error's text on one line, cut to ``width`` characters."""
     text = " ".join(str(e).split())
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-# ---- the lock ---------------------------------------------------------------------------------------------
-
-def sha256_file(path: Path | str) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-class FileLock:
-    """An exclusive ``fcntl.flock`` on ``path``, held until :meth:`release` or the process ends (the kernel
-    drops it on exit, kill -9 included, so a lock is never stale). The holder writes its pid, host and
-    start time into the file, for the refusal to name. The holder may delete the file as it releases the
-    lock (``remove=True``): a process that was waiting on the deleted file sees that its lock is on a name
-    no longer there, and takes the lock again on the current file."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.fd: int | None = None
-
-    def holder(self) -> dict[str, Any]:
-        try:
-            data = json.loads(read_small(self.path, 4096).decode("utf-8", "replace"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def acquire(self, blocking: bool = False, info: dict[str, Any] | None = None) -> "FileLock":
-        """Take the lock; without ``blocking`` a held lock raises :class:`LockHeld` at once."""
-        if self.fd is not None:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd, writable = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                os.close(fd)
-                raise LockHeld(self.path, self.holder()) from None
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder deleted the file while we waited: lock the current one
-        self.fd = fd
-        if writable:
-            with contextlib.suppress(OSError):
-                data = json.dumps(info or this_process()).encode()
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, data, 0)
-        return self
-
-    def _open(self) -> tuple[int, bool]:
-        flags = os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | flags, 0o666 & ~umask()), True
-        except PermissionError:  # another user's lock file: flock needs no write access
-            return os.open(self.path, os.O_RDONLY | flags), False
-
-    def release(self, remove: bool = False) -> None:
-        """Let go; with ``remove`` also delete the file (done while still holding it, see the class doc)."""
-        if self.fd is not None:
-            if remove:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
-            with contextlib.suppress(OSError):
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> "FileLock":
-        return self.acquire(blocking=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-

@@ -40,7 +40,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm  # a widget in a notebook, a bar on a terminal
 
-from ..io import TEXT, FileLock, LockHeld, describe_holder, disk_full_as, ensure_free, read_small
+from ..io import TEXT, disk_full_as, ensure_free, read_small
+from ..locks import FileLock, LockHeld, describe_holder
 from .arrays import ArrayImages, Prepare
 from .images import DataError, decode_image
 

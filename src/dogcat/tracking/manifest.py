@@ -21,7 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io import MalformedFile, atomic_write_text, process_alive, process_start, read_json, sha256_file  # noqa: F401
+from ..io import MalformedFile, atomic_write_text, read_json
+from ..locks import process_alive, process_start
 
 if TYPE_CHECKING:
     from ..config import Config

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, ConfigError, to_yaml
-from ..io import FileLock, LockHeld, atomic_write_text, describe_holder, disk_full_as, is_disk_full, reserve_space
+from ..io import atomic_write_text, disk_full_as, is_disk_full, reserve_space
+from ..locks import FileLock, LockHeld, describe_holder
 
 if TYPE_CHECKING:
     from .tracker import Tracker

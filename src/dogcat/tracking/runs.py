@@ -18,7 +18,8 @@ import yaml
 from ..config import NOT_EXPERIMENT, flat_config
 from ..metrics import best_of
 from ..io import MalformedFile, one_line, read_small
-from .manifest import process_alive, read_manifest
+from ..locks import process_alive
+from .manifest import read_manifest
 
 # epoch-record keys that are timings, not results: left out of "final metrics"
 VOLATILE = {"time", "kind", "step", "epoch_seconds", "train_images_per_s"}
