@@ -197,7 +197,12 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
             ckpts.save(epoch_state, epoch_end=True, is_best=is_best, metric=record.get(monitor))
     _report_bad_files(p)
     best = state.best if state.best is not None else float("nan")
-    log.info(f"best {monitor} {best:.4f} at epoch {state.best_epoch}; checkpoints in {run.ckpt_dir}")
+    if p.val_loader is None:  # state.best holds the training loss, negated for a higher-is-better monitor
+        loss = -best if metric(monitor).higher_is_better else best
+        log.info(f"no validation set: best.pt is the epoch of the lowest training loss, {loss:.4f} at epoch "
+                 f"{state.best_epoch}; checkpoints in {run.ckpt_dir}")
+    else:
+        log.info(f"best {monitor} {best:.4f} at epoch {state.best_epoch}; checkpoints in {run.ckpt_dir}")
     return Result(run.path, state.best, state.best_epoch, history)
 
 
