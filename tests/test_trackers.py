@@ -228,3 +228,23 @@ def test_import_dogcat_loads_no_tracker_library():
             "print(int('mlflow' in sys.modules), int('wandb' in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0", "0"]
+
+
+@pytest.mark.parametrize("status, expected", [("failed", "FAILED"), ("stopped", "KILLED"), ("finished", "FINISHED")])
+def test_mlflow_status_of_each_ending(status, expected, tmp_path):
+    from dogcat.tracking.loggers import Ending, Session
+    from dogcat.tracking.mlflow_logger import MlflowBackend
+
+    run_dir = tmp_path / "runs" / "x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("a: 1\n")
+    backend = MlflowBackend(Session(run_dir, load_config(), None, None, {"lr": 0.1, "milestones": [3, 6]}))  # type: ignore[arg-type]
+    backend.log({"kind": "step", "step": 3, "train_loss": 0.5})
+    backend.log({"kind": "event", "event": "resume", "step": 3})  # no scalars: nothing to log
+    backend.finish(Ending(status, {"hparam/val_accuracy": 0.75}, 3, [run_dir / "config.yaml"]))
+    c, run_id = backend.client, backend.run_id
+    run = c.get_run(run_id)
+    assert run.info.status == expected and run.data.tags["dogcat.status"] == status
+    assert run.data.params == {"lr": "0.1", "milestones": "[3, 6]"}
+    assert run.data.metrics == {"train/loss": 0.5, "final/val_accuracy": 0.75}
+    assert [a.path for a in c.list_artifacts(run_id)] == ["config.yaml"]
