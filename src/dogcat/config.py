@@ -141,6 +141,10 @@ class OptimConfig:
                            range=Range(0, 1, hi_open=True))
 
 
+# experiment trackers --logger may name (each a backend registered in tracking/loggers.py; a test keeps the two equal)
+LOGGERS = ("tensorboard", "mlflow", "wandb")
+
+
 @dataclass
 class TrainConfig:
     max_epoch: int = opt(10, "number of training epochs", range=Range(1, 10**6))
@@ -185,6 +189,16 @@ class TrainConfig:
                        "table (dogcat/metrics.py)", monitors())
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
                         ("auto", "bar", "plain", "none"))
+    logger: str = opt("tensorboard", "experiment trackers, a comma list of " + ", ".join(LOGGERS) + " (or none); "
+                      "the same records as metrics.jsonl. mlflow / wandb need pip install "
+                      "'dogcat-vision[mlflow]' / '[wandb]'")
+    mlflow_uri: Optional[str] = opt(None, "MLflow tracking URI: a server (http://host:5000), sqlite:///FILE, or a "
+                                    "file: store; default: file store <runs_root>/mlruns (beside the run folder)",
+                                    local=True)
+    mlflow_experiment: str = opt("dogcat", "MLflow experiment the run is logged under")
+    wandb_project: str = opt("dogcat", "W&B project the run is logged under")
+    wandb_mode: str = opt("offline", "W&B mode: offline (files in RUN/wandb/, upload later with `wandb sync`) or "
+                          "online (needs `wandb login`)", ("offline", "online"))
 
 
 @dataclass
@@ -227,7 +241,8 @@ def option_table() -> dict[str, tuple[str, Any]]:
 OPTIONS = option_table()
 
 # options that name places or change the display, not the experiment: left out of hparams and run comparisons
-NOT_EXPERIMENT = {"resume", "run_dir", "runs_root", "env", "debug_file", "progress", "print_freq"}
+NOT_EXPERIMENT = {"resume", "run_dir", "runs_root", "env", "debug_file", "progress", "print_freq", "logger",
+                  "mlflow_uri", "mlflow_experiment", "wandb_project", "wandb_mode"}
 
 
 def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
@@ -343,10 +358,26 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"option --env={env!r} is not a plain run name: allowed are letters, digits, '.', '_', "
                           "'-' and '+', starting with a letter or digit, at most 100 characters (it names a folder "
                           "inside --runs-root; pass --run-dir=PATH for a folder elsewhere)")
+    cfg.train.logger = logger_list(cfg.train.logger)
     clip = cfg.eval.clip_probs
     if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1] <= 1.0):
         raise ConfigError(f"option --clip-probs expects two numbers a,b with 0 <= a < b <= 1 (e.g. 0.02,0.98), "
                           f"got {list(clip)}")
+
+
+def logger_list(spec: str) -> str:
+    """``--logger`` normalised: lower case, no blanks or repeats, in the order given; ``none`` (or empty) alone
+    means no tracker. A name outside :data:`LOGGERS` is one ConfigError line."""
+    names = list(dict.fromkeys(n.strip().lower() for n in str(spec).split(",") if n.strip()))
+    if names in ([], ["none"]):
+        return "none"
+    if "none" in names:
+        raise ConfigError(f"option --logger={spec!r}: none means no tracker and goes alone")
+    bad = [n for n in names if n not in LOGGERS]
+    if bad:
+        raise ConfigError(f"option --logger={spec!r}: unknown tracker {', '.join(map(repr, bad))}; a comma list of "
+                          f"{', '.join(LOGGERS)}, or none")
+    return ",".join(names)
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

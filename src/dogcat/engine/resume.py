@@ -18,6 +18,7 @@ RESUMABLE = {
     "run_dir", "env", "runs_root", "load_model_path", "pretrained", "train_data_root", "val_data_root",
     "test_data_root", "fashion_mnist_root", "train_list", "val_list", "test_list",
     "cache_dir", "in_memory_mb",  # where the same pixels are read from; --cache itself changes the crops
+    "logger", "mlflow_uri", "mlflow_experiment", "wandb_project", "wandb_mode",  # where the records also go
 } | {leaf for leaf, (sec, _) in OPTIONS.items() if sec == "eval"}
 
 

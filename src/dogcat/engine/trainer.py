@@ -24,7 +24,7 @@ from ..io import atomic_write_text, one_line
 from ..metrics import format_confusion, metric, summary
 from ..models import check_input
 from ..tracking.run import Run, find_run
-from ..tracking.tracker import Tracker
+from ..tracking.tracker import Tracker, check_loggers
 from . import distributed
 from .checkpoint import CheckpointError, Checkpoints
 from .distributed import Dist, unwrap
@@ -80,6 +80,7 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
     so bad input fails before a run folder exists; a resumed run is locked (one writer per run folder) and
     its latest readable checkpoint loaded."""
     check_optimizer(cfg.optim.optimizer)
+    check_loggers(cfg.train.logger)  # a tracker's missing package: one line, before a run folder exists
     if not cfg.train.resume:
         data = build_train_val(cfg.data, processes=d.world)
         check_input(cfg.model.model, data.pre.in_chans, cfg.data.image_size)

@@ -1,4 +1,5 @@
-"""TensorBoard event files in the run folder: scalars, input grid, mistakes, confusion matrix, PR curve, hparams.
+"""TensorBoard event files in the run folder: scalars, input grid, mistakes, confusion matrix, PR curve, hparams;
+the ``tensorboard`` backend of ``--logger`` (the default).
 
 Everything goes to one ``SummaryWriter`` on the run folder itself, hparams included (not the sub-folder
 ``add_hparams`` makes), so one run is one TensorBoard run and one HPARAMS session.
@@ -7,39 +8,23 @@ Everything goes to one ``SummaryWriter`` on the run folder itself, hparams inclu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from ..config import NOT_EXPERIMENT, flat_config, to_dict
 from ..console import printable
+from ..data import SeededItems
 from .collect import Collector, positive_class
 from .figures import confusion_figure, denormalise, labelled_grid, to_array
+from .loggers import Backend, Ending, Session, register_logger, scalar_tags
 
-# metrics.jsonl keys -> TensorBoard tags; other numeric keys go under train/ (steps) or epoch/ (epochs)
-STEP_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "images_per_s": "train/throughput"}
-EPOCH_TAGS = {"train_loss": "epoch/train_loss", "lr": "epoch/lr", "train_images_per_s": "epoch/throughput",
-              "epoch_seconds": "epoch/seconds"}
-SKIP = {"kind", "step", "epoch", "time"}
+if TYPE_CHECKING:
+    from ..preprocess import Preprocess
+
 # TensorBoard's hparams plugin statuses, by run status
 SESSION_STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "stopped": "STATUS_UNKNOWN"}
-
-
-def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
-    """The scalars of one metrics.jsonl record, by TensorBoard tag."""
-    kind = record.get("kind")
-    if kind not in ("step", "epoch"):
-        return {}
-    out = {}
-    for k, v in record.items():
-        if k in SKIP or isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if kind == "step":
-            out[STEP_TAGS.get(k, f"train/{k}")] = float(v)
-        elif k.startswith("val_"):
-            out[f"val/{k[4:]}"] = float(v)
-        else:
-            out[EPOCH_TAGS.get(k, f"epoch/{k}")] = float(v)
-    return out
+GRID_IMAGES = 16
 
 
 class TBLogger:
@@ -122,3 +107,53 @@ def hparam_values(flat: dict[str, Any]) -> dict[str, Any]:
     """Config values as the hparams plugin takes them: numbers and strings. Booleans, None and lists become
     text (the plugin would show a boolean as 0.0 / 1.0)."""
     return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else str(v) for k, v in flat.items()}
+
+
+def sample_inputs(dataset: Any, seed: int, n: int = GRID_IMAGES) -> list[torch.Tensor]:
+    """``n`` augmented training images spread over the data set. Each is drawn the way training draws it
+    (``SeededItems``: its own seeded generator), so the global RNG, and exact resume, are untouched."""
+    size = len(dataset)
+    items = SeededItems(dataset)
+    out = []
+    for k in range(min(n, size)):
+        i = k * size // min(n, size)
+        item = items[(i, seed * 1_000_003 + i)]
+        if item.image is not None:
+            out.append(item.image)
+    return out
+
+
+class TensorBoardBackend(Backend):
+    """TBLogger as a ``--logger`` backend: scalars of every record, validation pictures, the hparams session."""
+
+    name = "tensorboard"
+
+    def __init__(self, s: Session) -> None:
+        # purge from the step after the checkpoint: that step's records were logged before it was saved
+        purge = s.resume_step + 1 if s.resume_step is not None else None
+        self.tb = TBLogger(s.run_dir, purge)
+        tree = {sec: v for sec, v in to_dict(s.cfg).items() if sec != "eval"}  # eval options: not training's
+        self.params = hparam_values({k: v for k, v in flat_config(tree).items() if k not in NOT_EXPERIMENT})
+        if s.resume_step is None:
+            self.tb.text("config", "```\n" + (s.run_dir / "config.yaml").read_text() + "\n```")
+            if s.bundle.train is not None:
+                self.tb.input_grid(sample_inputs(s.bundle.train, s.cfg.train.seed), s.bundle.pre.mean,
+                                   s.bundle.pre.std)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.tb.log_record(record)
+
+    def validation(self, step: int, stats: dict[str, Any], collect: Collector | None, pre: Preprocess) -> None:
+        if stats:
+            self.tb.validation(step, stats, collect, list(pre.classes), pre.mean, pre.std)
+
+    def finish(self, end: Ending) -> None:
+        self.tb.hparams(self.params, end.metrics, end.step, end.status)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+@register_logger("tensorboard")
+def open_tensorboard(s: Session) -> Backend:
+    return TensorBoardBackend(s)

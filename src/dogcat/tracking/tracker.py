@@ -1,33 +1,37 @@
-"""Experiment memory of a training run: manifest.json and TensorBoard, driven by a few trainer hooks.
+"""Experiment memory of a training run: manifest.json and the trackers of ``--logger`` (TensorBoard by default,
+MLflow, W&B; see loggers.py), driven by a few trainer hooks.
 
 The trainer calls ``Tracker.start`` (before anything runs), ``setup`` (data and model built),
 ``collector`` / ``epoch_end`` (each validation) and, through ``Run.set_status``, ``finish``; every
-metrics.jsonl record reaches TensorBoard through ``Run.log``. Only rank 0 tracks.
+metrics.jsonl record reaches the trackers through ``Run.log``. Only rank 0 tracks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
-from ..config import NOT_EXPERIMENT, Config, flat_config, to_dict
-from ..data import DataBundle, SeededItems
+from ..config import Config, flat_config, to_dict
+from ..data import DataBundle
+from ..io import atomic_write_text, one_line
 from ..metrics import best_of, monitors
 from ..preprocess import Preprocess
+from . import mlflow_logger, tensorboard, wandb_logger  # noqa: F401  (each registers its backend)
 from .collect import Collector
+from .loggers import BACKENDS, Backend, Ending, Session, check_installed, requested
 from .manifest import Manifest, data_fingerprint
+from .tensorboard import GRID_IMAGES
 
 if TYPE_CHECKING:
     from .run import Run
-    from .tensorboard import TBLogger
 
 log = logging.getLogger("dogcat")
 
-GRID_IMAGES = 16
+SAVED = "trackers.json"  # each tracker's own run id, so that a resumed run continues it
+ARTIFACTS = ("config.yaml", "metrics.jsonl", "manifest.json", "result.json", "report")
 
 
 def is_main_process() -> bool:
@@ -39,27 +43,18 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def sample_inputs(dataset: Any, seed: int, n: int = GRID_IMAGES) -> list[torch.Tensor]:
-    """``n`` augmented training images spread over the data set. Each is drawn the way training draws it
-    (``SeededItems``: its own seeded generator), so the global RNG, and exact resume, are untouched."""
-    size = len(dataset)
-    items = SeededItems(dataset)
-    out = []
-    for k in range(min(n, size)):
-        i = k * size // min(n, size)
-        item = items[(i, seed * 1_000_003 + i)]
-        if item.image is not None:
-            out.append(item.image)
-    return out
+def check_loggers(spec: str) -> None:
+    """``--logger``'s packages are installed, or one ConfigError line (exit 2): call before making a run folder."""
+    check_installed(spec)
 
 
 class Tracker:
-    """manifest.json + TensorBoard for one run; a TensorBoard failure warns and switches TensorBoard off."""
+    """manifest.json + the ``--logger`` backends for one run; a backend that fails warns once and is switched off."""
 
     def __init__(self, run: Run, cfg: Config, resume_step: int | None) -> None:
         self.run, self.cfg, self.resume_step = run, cfg, resume_step
         self.manifest = Manifest(run.path)
-        self.tb: TBLogger | None = None
+        self.backends: list[Backend] = []
         self.pre: Preprocess | None = None
         self.done = False
 
@@ -73,7 +68,7 @@ class Tracker:
         return tracker
 
     def setup(self, bundle: DataBundle, device: str) -> None:
-        """Data and model are built: fingerprint the data, open TensorBoard, show augmented inputs."""
+        """Data and model are built: fingerprint the data, open the trackers (TensorBoard shows augmented inputs)."""
         self.pre = bundle.pre
         splits = sorted(str(x.relative_to(self.run.path)) for x in (self.run.path / "splits").glob("*.csv"))
         try:
@@ -81,45 +76,61 @@ class Tracker:
         except Exception as e:  # noqa: BLE001  # a record of the data must not stop the training on it
             data = {"kind": bundle.layout, "error": f"{type(e).__name__}: {e}"}
         self.manifest.update(device=device, data=data, splits=splits)
-        self._tb(lambda: self._open(bundle))
+        saved = self._saved() if self.resume_step is not None else {}
+        params = flat_config(to_dict(self.cfg))
+        for name in requested(self.cfg.train.logger):
+            session = Session(self.run.path, self.cfg, self.resume_step, bundle, params, saved.get(name, {}))
+            opened: list[Backend] = []
+            self._guard(name, lambda: opened.append(BACKENDS[name].open(session)))
+            self.backends += opened
+        self._save()
 
-    def _open(self, bundle: DataBundle) -> None:
-        from .tensorboard import TBLogger
+    def _saved(self) -> dict[str, Any]:
+        try:
+            out = json.loads((self.run.path / SAVED).read_text())
+            return out if isinstance(out, dict) else {}
+        except (OSError, ValueError):
+            return {}
 
-        # purge from the step after the checkpoint: that step's records were logged before it was saved
-        purge = self.resume_step + 1 if self.resume_step is not None else None
-        self.tb = TBLogger(self.run.path, purge)
-        if self.resume_step is None:
-            self.tb.text("config", "```\n" + (self.run.path / "config.yaml").read_text() + "\n```")
-            if bundle.train is not None:
-                self.tb.input_grid(sample_inputs(bundle.train, self.cfg.train.seed), bundle.pre.mean, bundle.pre.std)
+    def _save(self) -> None:
+        """RUN/trackers.json: what each tracker needs to continue its run on resume (MLflow run id, W&B id)."""
+        keep = {**self._saved(), **{b.name: b.saved() for b in self.backends if b.saved()}}
+        if keep:
+            try:
+                atomic_write_text(self.run.path / SAVED, json.dumps(keep, indent=2) + "\n")
+            except OSError as e:
+                log.warning(f"could not write {self.run.path / SAVED}: {one_line(e)}")
 
-    def _tb(self, fn: Callable[[], None]) -> None:
-        """Run a TensorBoard call; a failure (disk full, a plugin error) must not end the training."""
+    def _guard(self, name: str, fn: Callable[[], None], backend: Backend | None = None) -> None:
+        """Run a tracker call; a failure (disk full, server down, a plugin error) must not end the training:
+        one warning, and that tracker is closed and left out from then on."""
         try:
             fn()
         except Exception as e:  # noqa: BLE001
-            warnings.warn(f"TensorBoard logging switched off: {type(e).__name__}: {e}")
-            if self.tb is not None:
+            warnings.warn(f"{name} logging switched off: {type(e).__name__}: {one_line(e)}")
+            if backend is not None:
+                if backend in self.backends:
+                    self.backends.remove(backend)
                 try:
-                    self.tb.close()
+                    backend.close()
                 except Exception:  # noqa: BLE001
                     pass
-            self.tb = None
+
+    def _each(self, call: Callable[[Backend], None]) -> None:
+        for b in list(self.backends):
+            self._guard(b.name, lambda: call(b), b)
 
     def log_record(self, record: dict[str, Any]) -> None:
-        if self.tb is not None:
-            tb = self.tb
-            self._tb(lambda: tb.log_record(record))
+        self._each(lambda b: b.log(record))
 
     def collector(self) -> Collector:
         assert self.pre is not None, "setup() first"
         return Collector(len(self.pre.classes), keep_images=GRID_IMAGES)
 
     def epoch_end(self, step: int, val_stats: dict[str, Any], collect: Collector | None) -> None:
-        if self.tb is not None and val_stats and self.pre is not None:
-            tb, pre = self.tb, self.pre
-            self._tb(lambda: tb.validation(step, val_stats, collect, list(pre.classes), pre.mean, pre.std))
+        if self.pre is not None:
+            pre = self.pre
+            self._each(lambda b: b.validation(step, val_stats, collect, pre))
 
     def final_metrics(self) -> tuple[dict[str, float], int]:
         """``({"hparam/...": value}, step)`` from metrics.jsonl: the last epoch's metrics and the best one."""
@@ -139,7 +150,8 @@ class Tracker:
         return out, max(steps, default=0)
 
     def finish(self, status: str, error: BaseException | None = None) -> None:
-        """Complete the manifest (end time, exit status), write the hparams session, close TensorBoard."""
+        """Complete the manifest (end time, exit status), then end each tracker's run (status, final metrics,
+        artifacts) and close it."""
         if self.done:
             return
         self.done = True
@@ -147,13 +159,10 @@ class Tracker:
             self.manifest.finish(status, error)
         except Exception as e:  # noqa: BLE001  # never hide the error that ended the run
             log.warning(f"could not complete {self.run.path / 'manifest.json'}: {e}")
-        if self.tb is not None:
-            tb = self.tb
-            tree = {sec: v for sec, v in to_dict(self.cfg).items() if sec != "eval"}  # eval options: not training's
-            flat = {k: v for k, v in flat_config(tree).items() if k not in NOT_EXPERIMENT}
-            from .tensorboard import hparam_values
-
-            metrics, step = self.final_metrics()
-            self._tb(lambda: tb.hparams(hparam_values(flat), metrics, step, status))
-            self._tb(tb.close)
-            self.tb = None
+        if not self.backends:
+            return
+        metrics, step = self.final_metrics()
+        end = Ending(status, metrics, step, [p for p in (self.run.path / a for a in ARTIFACTS) if p.exists()])
+        self._each(lambda b: b.finish(end))
+        self._each(lambda b: b.close())
+        self.backends = []

@@ -1,0 +1,121 @@
+"""The ``mlflow`` backend of ``--logger``: one MLflow run per dogcat run, through MLflow's own client.
+
+Where: ``--mlflow-uri`` (a tracking server, ``sqlite:///FILE``, or a ``file:`` store); by default the file store
+``mlruns`` beside the run folder, i.e. ``<runs_root>/mlruns``, so that every run under one runs root is in one
+store (``mlflow ui --backend-store-uri runs/mlruns``). MLflow 3 keeps file stores in maintenance mode and asks
+for an opt-in (``MLFLOW_ALLOW_FILE_STORE``); dogcat gives it for ``file:`` stores, which need no database.
+
+What: params = the flat config; metrics = every metrics.jsonl record under the trackers' tags (loggers.py),
+on its step; tags = the run folder and its status; at the end the MLflow status (FINISHED / FAILED / KILLED)
+and the run folder's config.yaml, metrics.jsonl, manifest.json (and report/ when there is one) as artifacts.
+A resumed run continues the same MLflow run (its id is kept in RUN/trackers.json) when it logs to the same
+store: ``--mlflow-uri`` is a local option, given again on the command line of a resume (the default store
+needs nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from .loggers import Backend, Ending, Session, register_logger, scalar_tags
+
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # file:, http:, https:, sqlite:, databricks: ...
+log = logging.getLogger("dogcat")
+MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
+MAX_PARAM = 6000  # MLflow's limit on a param value's length
+BATCH = 1000  # metrics per log_batch call (MLflow's limit)
+
+
+def default_uri(run_dir: Path) -> str:
+    """The file store beside the run folder: ``<runs_root>/mlruns`` for a run made under --runs-root."""
+    return (run_dir.resolve().parent / "mlruns").as_uri()
+
+
+def tracking_uri(s: Session) -> str:
+    """``--mlflow-uri`` as MLflow takes it: a plain folder becomes a ``file:`` URI; default :func:`default_uri`."""
+    uri = s.cfg.train.mlflow_uri or default_uri(s.run_dir)
+    if SCHEME.match(uri) or uri == "databricks":
+        return uri
+    return Path(uri).expanduser().resolve().as_uri()
+
+
+class MlflowBackend(Backend):
+    name = "mlflow"
+
+    def __init__(self, s: Session) -> None:
+        if tracking_uri(s).startswith("file:"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module's doc
+        from mlflow.entities import Param, RunTag
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(s)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.run_dir = s.run_dir
+        run_id = s.saved.get("run_id") if s.saved.get("uri") == self.uri else None
+        if s.saved.get("run_id") and run_id is None:  # --mlflow-uri is a local option: not read from the run
+            log.info(f"MLflow: this run was logged to {s.saved.get('uri')}; pass --mlflow-uri with that to continue "
+                     f"its MLflow run there. A new MLflow run starts in {self.uri}")
+        if run_id and self._exists(run_id):
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            logged = self.client.get_run(run_id).data.params
+        else:
+            exp = self.client.get_experiment_by_name(s.cfg.train.mlflow_experiment)
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+                s.cfg.train.mlflow_experiment)
+            run = self.client.create_run(exp_id, run_name=s.run_dir.name,
+                                         tags={"dogcat.run_dir": str(s.run_dir.resolve()), "dogcat.status": "running"})
+            self.run_id, logged = run.info.run_id, {}
+        # MLflow refuses to change a logged param: on resume only new options are added (metrics.jsonl's resume
+        # event records what changed)
+        params = [Param(k, str(v)[:MAX_PARAM]) for k, v in s.params.items() if k not in logged]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        self.client.log_batch(self.run_id, tags=[RunTag("dogcat.status", "running")])
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException:
+            return False
+
+    def log(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        tags = scalar_tags(record)
+        if not tags:
+            return
+        ms = int(1000 * float(record.get("time", time.time())))
+        step = int(record.get("step", 0))
+        metrics = [Metric(k, v, ms, step) for k, v in tags.items()]
+        for i in range(0, len(metrics), BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + BATCH])
+
+    def finish(self, end: Ending) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        ms = int(1000 * time.time())
+        final = [Metric(k.replace("hparam/", "final/"), v, ms, end.step) for k, v in end.metrics.items()]
+        self.client.log_batch(self.run_id, metrics=final, tags=[RunTag("dogcat.status", end.status)])
+        for path in end.artifacts:
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), path.name)
+            else:
+                self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(end.status, "FAILED"))
+
+    def saved(self) -> dict[str, Any]:
+        return {"uri": self.uri, "run_id": self.run_id}
+
+
+@register_logger("mlflow", package="mlflow", extra="mlflow")
+def open_mlflow(s: Session) -> Backend:
+    return MlflowBackend(s)
