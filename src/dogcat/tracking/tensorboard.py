@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import torch
 
 from ..console import printable
+from ..metrics import per_class
 from .collect import Collector, positive_class
 from .figures import confusion_figure, denormalise, labelled_grid, to_array
 
@@ -20,6 +21,7 @@ STEP_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "images_per_s": "trai
 EPOCH_TAGS = {"train_loss": "epoch/train_loss", "lr": "epoch/lr", "train_images_per_s": "epoch/throughput",
               "epoch_seconds": "epoch/seconds"}
 SKIP = {"kind", "step", "epoch", "time"}
+PER_CLASS_MAX = 50  # per-class precision / recall / F1 curves up to this many classes
 # TensorBoard's hparams plugin statuses, by run status
 SESSION_STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "stopped": "STATUS_UNKNOWN"}
 
@@ -78,6 +80,10 @@ class TBLogger:
         if "confusion" in stats:
             self.writer.add_image("val/confusion_matrix", to_array(confusion_figure(stats["confusion"], class_names)),
                                   step, dataformats="HWC")
+            if len(class_names) <= PER_CLASS_MAX:  # more classes: too many curves to read; result.json has them
+                for name, scores in zip(class_names, per_class(stats["confusion"])):
+                    for key in ("precision", "recall", "f1"):
+                        self.writer.add_scalar(printable(f"val_class/{key}/{name}"), scores[key], step)
         if collect is None:
             return
         mistakes = collect.mistakes()
