@@ -92,3 +92,19 @@ def test_resume_keeps_the_counter(tiny, tmp_path):
 def test_patience_is_off_by_default():
     c = load_config({})
     assert c.train.patience == 0 and c.train.min_delta == 0.0
+
+
+def test_resume_from_a_checkpoint_without_the_new_options():
+    """A checkpoint written before --patience, --sampler and --class-weights existed ran with their defaults:
+    resuming it is no change; patience may change on resume, the sampler may not."""
+    from dogcat import ConfigError
+    from dogcat.config import Config, to_dict
+    from dogcat.engine.resume import resume_changes
+
+    old = to_dict(Config())
+    for sec, leaf in (("train", "patience"), ("train", "min_delta"), ("data", "sampler"), ("optim", "class_weights")):
+        del old[sec][leaf]
+    assert resume_changes(old, Config()) == {}
+    assert resume_changes(old, load_config({"patience": 3})) == {"patience": [0, 3]}
+    with pytest.raises(ConfigError, match="sampler"):
+        resume_changes(old, load_config({"sampler": "balanced"}))
