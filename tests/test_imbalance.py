@@ -137,3 +137,28 @@ def test_sampler_option_choices():
     assert load_config({}).data.sampler == "shuffle"
     with pytest.raises(Exception, match="sampler"):
         load_config({"sampler": "weighted"})
+
+
+@pytest.mark.slow
+def test_two_processes_balanced_weighted_auroc(tmp_path):
+    """Under torchrun (2 gloo processes): the balanced sampler shards, the weighted loss trains, and the
+    logged ROC-AUC and F1 (summed histograms and confusion matrices) equal a single-process evaluation's."""
+    import subprocess
+    import sys
+
+    folder = _imbalanced(tmp_path)
+    run = tmp_path / "ddp"
+    opts = {**base(folder, tmp_path, class_weights="auto", sampler="balanced", monitor="val_auroc"),
+            "run_dir": str(run), "debug_file": "None", "nproc": 2}  # --monitor through the --nproc relaunch too
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
+    r = subprocess.run([sys.executable, "-m", "dogcat", "train", *argv], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from dogcat import evaluate
+
+    epochs = [x for x in _records(run) if x.get("kind") == "epoch"]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    logged = epochs[best["epoch"] - 1]
+    res = evaluate(str(run))
+    assert res["count"] == logged["val_count"] == 4
+    for k in ("auroc", "f1_macro", "accuracy"):
+        assert res[k] == pytest.approx(logged[f"val_{k}"], abs=1e-9), k

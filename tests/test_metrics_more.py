@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dogcat import evaluate, load_config, train
+from dogcat import evaluate, load_config, test, train
 from dogcat.cli import main
 from dogcat.engine.checkpoint import load_checkpoint
 from dogcat.engine.meters import EvalMeter
@@ -120,6 +120,10 @@ def test_monitor_f1_macro_end_to_end(folder_dir, tmp_path):
     assert sum(v["support"] for v in saved["per_class"].values()) == saved["count"] == 9
     page = Path(out["report"]).read_text()
     assert "f1 macro" in page and "train images" in page  # the class-count table: 5 of each class trained
+    tested = test(str(res.run_dir), test_data_root=str(folder_dir), result_file=str(tmp_path / "sub.csv"))
+    saved = json.loads((res.run_dir / "test_result.json").read_text())
+    assert saved["per_class"] == tested["per_class"] and sum(v["support"] for v in saved["per_class"].values()) == 24
+    assert "f1_macro" in saved["metrics"] and "top5_accuracy" not in saved["metrics"]
 
 
 def test_monitor_that_does_not_apply_exits_2_before_a_run_folder(folder_dir, tmp_path, capsys):
