@@ -95,6 +95,9 @@ class DataConfig:
                       "first use, rebuilt when files change) and train/evaluate from it; see `dogcat prepare`")
     cache_dir: Optional[str] = opt(None, "folder for packed caches; default <data root>/.dogcat-cache, or "
                                    "~/.cache/dogcat/packed when the data root is read-only", local=True)
+    sampler: str = opt("shuffle", "training order: shuffle (each image once an epoch) or balanced (each class "
+                       "drawn equally often, images with replacement; as resumable and DDP-sharded)",
+                       ("shuffle", "balanced"))
     in_memory_mb: int = opt(1024, "read a packed cache into RAM (one uint8 tensor) when it fits in this many MiB; "
                             "0: always memory-map it", range=Range(0, COUNT))
 
@@ -136,6 +139,8 @@ class OptimConfig:
     mixup: float = opt(0.0, "mixup alpha (timm Mixup, soft-target cross-entropy); 0: off, e.g. 0.2", range=Range(0))
     cutmix: float = opt(0.0, "cutmix alpha (timm Mixup); 0: off, e.g. 1.0; with --mixup too, one of them per batch",
                          range=Range(0))
+    class_weights: str = opt("none", "weights of the classes in the loss: none, auto (inverse class frequency, "
+                             "N / (C * n_class), logged) or one weight per class, e.g. 1,3")
     ema_decay: float = opt(0.0, "keep an EMA of the weights (timm ModelEmaV3) with this decay, e.g. 0.999; it is "
                            "validated, checkpointed (key 'ema') and used by val/test/predict/export; 0: off",
                            range=Range(0, 1, hi_open=True))
@@ -185,6 +190,9 @@ class TrainConfig:
                          "skip the batch", ("stop", "skip"))
     nonfinite_max_skips: int = opt(5, "with --nonfinite=skip: stop after this many non-finite batches in a row",
                                     range=Range(1, COUNT))
+    patience: int = opt(0, "early stopping: end the run (finished) after this many epochs without an improvement "
+                        "of --monitor larger than --min-delta; 0: off", range=Range(0, COUNT))
+    min_delta: float = opt(0.0, "early stopping: an improvement of --monitor must exceed this", range=Range(0))
     monitor: str = opt("val_accuracy", "metric that picks best.pt (and top-k); its direction comes from the metrics "
                        "table (dogcat/metrics.py)", monitors())
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
@@ -294,6 +302,8 @@ def _coerce(path: str, value: Any) -> Any:
         return None  # only for options that can be None: --augment=none and --scheduler=none are choices
     if isinstance(value, str) and str(f.type).replace("Optional[", "").startswith("list"):
         return [yaml.safe_load(v) for v in value.strip().strip("[]").split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and str(f.type) == "str":  # YAML's [1, 3] for a "1,3" option
+        return ",".join(str(v) for v in value)
     return value
 
 
@@ -359,6 +369,7 @@ def _check_values(cfg: DictConfig) -> None:
                           "'-' and '+', starting with a letter or digit, at most 100 characters (it names a folder "
                           "inside --runs-root; pass --run-dir=PATH for a folder elsewhere)")
     cfg.train.logger = logger_list(cfg.train.logger)
+    _check_class_weights(cfg.optim.class_weights)
     clip = cfg.eval.clip_probs
     if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1] <= 1.0):
         raise ConfigError(f"option --clip-probs expects two numbers a,b with 0 <= a < b <= 1 (e.g. 0.02,0.98), "
@@ -378,6 +389,21 @@ def logger_list(spec: str) -> str:
         raise ConfigError(f"option --logger={spec!r}: unknown tracker {', '.join(map(repr, bad))}; a comma list of "
                           f"{', '.join(LOGGERS)}, or none")
     return ",".join(names)
+
+
+def _check_class_weights(spec: str) -> None:
+    """``--class-weights``: auto, none or finite weights >= 0, not all 0 (their count is checked against the
+    classes when the data is read, still before a run folder exists)."""
+    s = str(spec).strip().lower()
+    if s in ("auto", "none"):
+        return
+    try:
+        ws = [float(w) for w in s.split(",")]
+    except ValueError:
+        ws = []
+    if not ws or not all(math.isfinite(w) and w >= 0 for w in ws) or not any(ws):
+        raise ConfigError(f"option --class-weights={spec!r} is not allowed: allowed is auto, none, or "
+                          "comma-separated finite weights >= 0, one per class, not all 0 (e.g. 1,3)")
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

@@ -210,11 +210,14 @@ def parse(cmd: Command, argv: list[str]) -> tuple[argparse.Namespace, dict[str, 
 
 
 def to_argv(overrides: dict[str, Any]) -> list[str]:
-    """Overrides back to canonical tokens (for the ``--nproc`` relaunch under torchrun)."""
+    """Overrides back to canonical tokens (for the ``--nproc`` relaunch under torchrun). Valued options are
+    spelled dotted (``--train.monitor=…``): torchrun's own parser takes a prefix of one of its options as that
+    option even after the script's name (``--monitor`` would be its ``--monitor-interval``)."""
     out = []
     for k, v in overrides.items():
         name = k.replace("_", "-")
-        out.append((f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{name}={v}")
+        dotted = f"{OPTIONS[k][0]}.{name}" if k in OPTIONS else name
+        out.append((f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{dotted}={v}")
     return out
 
 

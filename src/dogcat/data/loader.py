@@ -56,7 +56,7 @@ class ResumableSampler(Sampler):
     def __iter__(self):
         g = torch.Generator()
         g.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
-        order = (torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)).tolist()
+        order = self.order(g)
         seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()  # lists: indexing a tensor costs ~2 us
         positions = range(self.rank, self.per_rank * self.world, self.world)
         for pos in positions[self.start:]:
@@ -64,6 +64,11 @@ class ResumableSampler(Sampler):
 
     def __len__(self) -> int:
         return self.per_rank - self.start
+
+    def order(self, g: torch.Generator) -> list[int]:
+        """The epoch's order of item indices, drawn from ``g`` (seeded with seed and epoch) before the items'
+        seeds; a subclass may draw another (``data/balance.py``)."""
+        return (torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)).tolist()
 
 
 class ShardSampler(Sampler):

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from ..data import BadFiles, DataError, build_test, build_train_val, make_loader
+from ..data import BadFiles, DataError, build_test, build_train_val, class_counts, make_loader
 from ..io import atomic_write_text
+from ..metrics import per_class_named
 from ..models.tta import with_tta
 from ..tracking.collect import Collector
 from ..models.gradcam import explainer
@@ -40,10 +41,12 @@ def evaluate(target: str | Path | None, overrides: dict[str, Any] | None = None,
     collect = Collector(len(names)) if lm.cfg.eval.report else None  # the report's worst mistakes
     metrics = validate(with_tta(lm.model, lm.cfg.eval.tta), loader, lm.runtime, len(names), BadFiles(None),
                        lm.cfg.train.progress, lm.cfg.train.print_freq, collect)
-    result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": names, **metrics}
+    result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": names, **metrics,
+              "per_class": per_class_named(metrics["confusion"], names)}
     if collect is not None:
         result["report"] = str(write_report(lm.out_dir, lm.run_dir, metrics, collect, names, lm.pre.mean,
-                                            lm.pre.std, str(lm.checkpoint), explainer(lm.model)))
+                                            lm.pre.std, str(lm.checkpoint), explainer(lm.model),
+                                            class_counts(data.train, len(names))))
         log.info(f"wrote {result['report']}")
     atomic_write_text(lm.out_dir / "result.json", json.dumps(result, indent=2, default=str))
     log.info(f"wrote {lm.out_dir / 'result.json'}")
@@ -125,6 +128,7 @@ def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
         meter = EvalMeter(c)
         meter.update(probs.clamp_min(1e-30).log(), labels.long())
         result["metrics"] = meter.compute()
+        result["per_class"] = per_class_named(result["metrics"]["confusion"], names)
         atomic_write_text(lm.out_dir / "test_result.json", json.dumps(result, indent=2, default=str))
     log.info(f"wrote {len(rows)} rows to {out}")
     return result

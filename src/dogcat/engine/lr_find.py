@@ -117,7 +117,7 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
     """The range test for ``cfg``'s model, data, optimizer and precision (fresh weights, or
     ``load_model_path``). Writes ``lr_find.png`` + ``lr_find.json`` to ``output`` (a .png path or a
     folder), default ``<runs_root>/lr-find-<model>-<time>/``."""
-    from ..data import ResumableSampler, SeededItems, build_train_val, make_loader
+    from ..data import SeededItems, build_train_val, class_counts, class_weights, make_loader, train_sampler
     from ..models import build_model
     from ..models.weights import load_weights
     from .optim import build_optimizer
@@ -130,7 +130,7 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
     device = pick_device(cfg.train)
     seed_everything(cfg.train.seed)
     data = build_train_val(cfg.data)
-    sampler = ResumableSampler(len(data.train), cfg.train.seed)
+    sampler = train_sampler(cfg.data.sampler, data.train, cfg.train.seed)
     sampler.set_epoch(0)
     loader = make_loader(SeededItems(data.train), shuffle=False, sampler=sampler, batch_size=cfg.data.batch_size,
                          num_workers=cfg.data.num_workers, seed=cfg.train.seed)
@@ -139,7 +139,9 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
         load_weights(model, cfg.model.load_model_path, strict=not cfg.model.load_not_strict)
     model.to(device, memory_format=memory_format(cfg.train.channels_last))
     optimizer = build_optimizer(model, cfg)
-    crit = build_criterion(cfg, len(data.pre.classes))
+    names = data.pre.classes
+    crit = build_criterion(cfg, len(names), class_weights(cfg.optim.class_weights,
+                                                          class_counts(data.train, len(names)), names))
     precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision
 
     def batches() -> Iterable[Any]:

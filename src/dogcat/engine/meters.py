@@ -3,6 +3,17 @@
 What is computed from the sums is the metrics table's business (``dogcat/metrics.py``); these classes only
 count, on the CPU in float64 for validation (in float32 1 - 1e-15 == 1, and a confident mistake would cost
 log(0) = inf), on the device for the training loss (a ``.item()`` per step would sync a GPU).
+
+Everything :class:`EvalMeter` keeps is a count or a sum, never a list of per-image scores, so that DDP's
+reduction is one ``all_reduce`` of a fixed-size tensor (as for the confusion matrix) and the result is the
+same for any number of processes and any order of the images. ROC-AUC needs more than a confusion matrix:
+it ranks every positive against every negative. Gathering all scores would make the reduction grow with the
+data set (and depend on an all_gather of ragged lists); instead each image adds one to a fixed-bin
+histogram of the positive class's log-odds per label (``metrics.AUC_BINS`` bins over
+``[-AUC_RANGE, AUC_RANGE]``). The AUC of the histograms counts two images in one bin as a tie (1/2): with
+bins 0.01 wide in log-odds this differs from the exact AUC only for pairs scored within 0.01 of each other.
+Log-odds, not probabilities: a confident model puts most images within 1e-4 of 0 or 1, where bins of a
+probability would tie them all.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..metrics import Tally, compute
+from ..metrics import AUC_BINS, AUC_RANGE, TOP_K, Tally, compute
 from . import distributed
 from .distributed import Dist
 
@@ -29,6 +40,8 @@ class EvalMeter:
         self.loss_sum = 0.0
         self.logloss_sum = 0.0
         self.n = 0
+        self.topk = torch.zeros((), dtype=torch.long) if num_classes > TOP_K else None
+        self.hist = torch.zeros(2, AUC_BINS, dtype=torch.long) if num_classes == 2 else None
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -47,18 +60,35 @@ class EvalMeter:
         preds = probs.argmax(1)
         self.cm += torch.bincount(labels * self.c + preds, minlength=self.c * self.c).view(self.c, self.c)
         self.n += len(labels)
+        if self.topk is not None:
+            self.topk += (logits.topk(TOP_K, 1).indices == labels[:, None]).any(1).sum()
+        if self.hist is not None:  # log-odds of class 1 (softmax-invariant: TTA's log-probabilities give the same)
+            odds = (logits[:, 1] - logits[:, 0]).nan_to_num(0.0)
+            b = ((odds + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).floor().clamp(0, AUC_BINS - 1).long()
+            self.hist += torch.bincount(labels * AUC_BINS + b, minlength=2 * AUC_BINS).view(2, AUC_BINS)
+
+    def _parts(self) -> list[torch.Tensor]:
+        extra = [t.flatten() for t in (self.topk, self.hist) if t is not None]
+        return [self.cm.flatten(), *extra]
 
     def all_reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Sum the counts of every rank (``reduce`` = distributed.all_reduce_sum bound to the group)."""
-        flat = torch.cat([self.cm.flatten().double(), torch.tensor([self.loss_sum, self.logloss_sum, self.n],
-                                                                   dtype=torch.float64)])
-        flat = reduce(flat)
+        """Sum the counts of every rank (``reduce`` = distributed.all_reduce_sum bound to the group). Counts
+        travel as float64, exact up to 2**53."""
+        counts = torch.cat(self._parts()).double()
+        flat = reduce(torch.cat([counts, torch.tensor([self.loss_sum, self.logloss_sum, self.n],
+                                                      dtype=torch.float64)]))
         k = self.c * self.c
         self.cm = flat[:k].round().long().view(self.c, self.c)
-        self.loss_sum, self.logloss_sum, self.n = flat[k].item(), flat[k + 1].item(), int(flat[k + 2].item())
+        if self.topk is not None:
+            self.topk, k = flat[k].round().long(), k + 1
+        if self.hist is not None:
+            self.hist, k = flat[k:k + 2 * AUC_BINS].round().long().view(2, AUC_BINS), k + 2 * AUC_BINS
+        self.loss_sum, self.logloss_sum, self.n = flat[-3].item(), flat[-2].item(), int(flat[-1].item())
 
     def tally(self) -> Tally:
-        return Tally(self.cm.tolist(), self.loss_sum, self.logloss_sum, self.n)
+        return Tally(self.cm.tolist(), self.loss_sum, self.logloss_sum, self.n,
+                     int(self.topk) if self.topk is not None else None,
+                     self.hist.tolist() if self.hist is not None else None)
 
     def compute(self) -> dict[str, Any]:
         t = self.tally()

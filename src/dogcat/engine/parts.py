@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
-from ..data import BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, make_loader, write_splits
+from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, class_counts, class_weights,
+                    make_loader, train_sampler, write_splits)
 from ..models import build_model
 from ..models.weights import load_weights
 from ..tracking.run import Run
@@ -48,7 +49,7 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
         write_splits(data, run.path)
     loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
                        pin_memory=device.type == "cuda")
-    sampler = ResumableSampler(len(data.train), cfg.train.seed, rank=d.rank, world=d.world)
+    sampler = train_sampler(cfg.data.sampler, data.train, cfg.train.seed, d.rank, d.world)
     train_loader = make_loader(SeededItems(data.train), shuffle=False, sampler=sampler, **loader_args)
     val_loader = None
     if data.val is not None:  # under DDP each rank validates its own share: every image exactly once
@@ -77,7 +78,7 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
     batches = math.ceil(sampler.per_rank / cfg.data.batch_size)
     scheduler = Schedule(optimizer, cfg.optim, math.ceil(batches / cfg.optim.accum_steps), cfg.train.max_epoch)
     step = Step(cfg, model, optimizer, scheduler, grad_scaler(device, rt.precision),
-                build_criterion(cfg, len(pre.classes)), ema, rt, run.log)
+                build_criterion(cfg, len(pre.classes), _class_weights(cfg, data, run)), ema, rt, run.log)
     return Parts(data, sampler, train_loader, val_loader, step, rt, run,
                  BadFiles(run.path / "bad_files.txt" if d.main else None), batches,
                  cfg.train.progress if d.main else "none")
@@ -95,3 +96,18 @@ def _precision(cfg: Config, model: nn.Module, data: DataBundle, run: Run, d: Dis
     log.info(f"--precision=auto chose {choice} ({timed}{', cached' if info['cached'] else ''})")
     run.log({"kind": "event", "event": "precision", "chosen": choice, **info})
     return choice
+
+
+def _class_weights(cfg: Config, data: DataBundle, run: Run) -> list[float] | None:
+    """``--class-weights`` resolved on the training set; logged (and into metrics.jsonl) with the class counts
+    they came from."""
+    names = list(data.pre.classes)
+    counts = class_counts(data.train, len(names))
+    weights = class_weights(cfg.optim.class_weights, counts, names)
+    run.log({"kind": "event", "event": "classes", "train_counts": dict(zip(names, counts)) if counts else None,
+             "class_weights": dict(zip(names, weights)) if weights else None, "sampler": cfg.data.sampler})
+    if weights is not None:
+        log.info(f"class weights ({cfg.optim.class_weights}): "
+                 + ", ".join(f"{n} {w:.4g}" + (f" ({c} images)" if counts else "")
+                             for n, w, c in zip(names, weights, counts or [None] * len(names))))
+    return weights

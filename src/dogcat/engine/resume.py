@@ -13,7 +13,7 @@ from ..config import OPTIONS, Config, ConfigError, to_dict
 # Options a resumed run may change; the rest would make it another experiment and are refused.
 RESUMABLE = {
     "max_epoch", "max_steps", "lr", "weight_decay", "clip_grad_norm", "print_freq", "progress", "num_workers",
-    "nonfinite", "nonfinite_max_skips", "nproc", "sync_bn",
+    "nonfinite", "nonfinite_max_skips", "nproc", "sync_bn", "patience", "min_delta",
     "debug_file", "save_every_steps", "save_every_epochs", "keep_top_k", "device", "use_gpu", "resume",
     "run_dir", "env", "runs_root", "load_model_path", "pretrained", "train_data_root", "val_data_root",
     "test_data_root", "fashion_mnist_root", "train_list", "val_list", "test_list",
@@ -47,10 +47,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def resume_changes(saved: dict[str, Any], cfg: Config) -> dict[str, list]:
     """``{option: [old, new]}`` for the options that differ; refuses those not in RESUMABLE."""
-    new = to_dict(cfg)
+    new, defaults = to_dict(cfg), to_dict(Config())
     old = {sec: v if isinstance(v := saved.get(sec), dict) else {} for sec in new}  # a checkpoint is data
-    changed = {leaf: [old[sec].get(leaf), new[sec][leaf]]
-               for leaf, (sec, _) in OPTIONS.items() if old[sec].get(leaf) != new[sec][leaf]}
+    # an option the checkpoint's dogcat did not have yet ran as its default
+    was = {leaf: old[sec].get(leaf, defaults[sec][leaf]) for leaf, (sec, _) in OPTIONS.items()}
+    changed = {leaf: [was[leaf], new[sec][leaf]] for leaf, (sec, _) in OPTIONS.items() if was[leaf] != new[sec][leaf]}
     refused = {k: v for k, v in changed.items() if k not in RESUMABLE}
     if refused:
         what = ", ".join(f"--{k.replace('_', '-')} ({v[0]!r} -> {v[1]!r})" for k, v in refused.items())

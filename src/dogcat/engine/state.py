@@ -13,7 +13,8 @@ from ..metrics import is_better
 
 # state_dict key -> field: the checkpoint's top-level keys, as checkpoints of every dogcat version name them
 KEYS = {"epoch": "epoch", "batch_in_epoch": "batch", "global_step": "global_step", "best_metric": "best",
-        "best_epoch": "best_epoch", "nonfinite_in_a_row": "nonfinite_in_a_row"}
+        "best_epoch": "best_epoch", "nonfinite_in_a_row": "nonfinite_in_a_row",
+        "early_stop_best": "plateau_best", "epochs_without_improvement": "plateau_epochs"}
 
 
 @dataclass
@@ -24,13 +25,25 @@ class TrainState:
     best: float | None = None       # best value of --monitor so far, and the (1-based) epoch it came from
     best_epoch: int = -1
     nonfinite_in_a_row: int = 0     # optimizer steps skipped in a row for a NaN/Inf (--nonfinite=skip)
+    # early stopping (--patience): the value of the last epoch that improved by more than --min-delta, and the
+    # epochs since. Kept apart from ``best``: best.pt takes any gain, the patience counter only a large enough one
+    plateau_best: float | None = None
+    plateau_epochs: int = 0
 
-    def observe(self, monitor: str, value: float) -> bool:
+    def observe(self, monitor: str, value: float, min_delta: float = 0.0) -> bool:
         """Record the value of the finished epoch ``self.epoch``; True when it is the best so far."""
+        if is_better(monitor, value, self.plateau_best, min_delta):
+            self.plateau_best, self.plateau_epochs = value, 0
+        else:
+            self.plateau_epochs += 1
         if not is_better(monitor, value, self.best):
             return False
         self.best, self.best_epoch = value, self.epoch + 1
         return True
+
+    def patience_out(self, patience: int) -> bool:
+        """Early stopping is on (``patience`` > 0) and that many epochs in a row brought no improvement."""
+        return patience > 0 and self.plateau_epochs >= patience
 
     def next_epoch(self) -> None:
         self.epoch, self.batch = self.epoch + 1, 0

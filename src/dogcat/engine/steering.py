@@ -26,7 +26,7 @@ log = logging.getLogger("dogcat")
 
 # Options a running job may change; anything else would need another setup (refused with this list).
 LIVE = ("lr", "weight_decay", "clip_grad_norm", "print_freq", "max_epoch", "max_steps", "save_every_steps",
-        "nonfinite", "nonfinite_max_skips")
+        "nonfinite", "nonfinite_max_skips", "patience", "min_delta")
 
 
 def layer_stats(model: nn.Module, grads: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:

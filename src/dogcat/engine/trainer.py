@@ -17,11 +17,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..config import Config, as_config, from_dict, to_dict, to_yaml
+from ..config import Config, ConfigError, as_config, from_dict, to_dict, to_yaml
 from ..control import StopFlag, TrainingStopped
-from ..data import DataBundle, build_train_val
+from ..data import DataBundle, build_train_val, class_weights
 from ..io import atomic_write_text, one_line
-from ..metrics import format_confusion, metric, summary
+from ..metrics import check_monitor, format_confusion, metric, summary
 from ..models import check_input
 from ..tracking.run import Run, find_run
 from ..tracking.tracker import Tracker, check_loggers
@@ -55,6 +55,7 @@ class Result:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     stopped: bool = False
+    early_stop: str | None = None  # why early stopping ended the run (--patience); it is still finished
 
 
 def train(cfg: Config | str | Path | dict | None = None, /, **overrides: Any) -> Result:
@@ -84,6 +85,7 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
     if not cfg.train.resume:
         data = build_train_val(cfg.data, processes=d.world)
         check_input(cfg.model.model, data.pre.in_chans, cfg.data.image_size)
+        check_options(cfg, data)
         created = Run.create(cfg) if d.main else None  # one run folder, made by rank 0, named to all
         run = created or Run(Path(distributed.broadcast(None, d)), writer=False)
         if created is not None:
@@ -101,10 +103,23 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
             cfg.train.max_steps = None
         if d.main:
             atomic_write_text(run.path / "config.yaml", to_yaml(cfg))
-        return run, resume, build_train_val(cfg.data, processes=d.world)
+        data = build_train_val(cfg.data, processes=d.world)
+        check_options(cfg, data)
+        return run, resume, data
     except BaseException:
         run.unlock()
         raise
+
+
+def check_options(cfg: Config, data: DataBundle) -> None:
+    """Options whose allowed values depend on the data: ``--monitor`` (top-5 needs more than 5 classes, ROC-AUC
+    2) and the number of ``--class-weights``. One line, exit 2, before a run folder exists."""
+    names = list(data.pre.classes)
+    why = check_monitor(cfg.train.monitor, len(names))
+    if why is not None:
+        raise ConfigError(why)
+    if cfg.optim.class_weights.strip().lower() not in ("auto", "none"):
+        class_weights(cfg.optim.class_weights, None, names)  # raises naming the count it needs
 
 
 def _tracked(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device,
@@ -166,8 +181,11 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
     log.info(f"{cfg.model.model}: {sum(x.numel() for x in p.step.model.parameters()):,} parameters on "
              f"{p.runtime.device}, {len(p.data.train)} training / {len(p.data.val) if p.data.val else 0} "
              f"validation images, classes {names}")
-    history = []
+    history, early = [], None
     while state.epoch < cfg.train.max_epoch:
+        if state.patience_out(cfg.train.patience):  # read each epoch: `dogcat ctl set patience=N` counts
+            early = _early_stop(cfg, state, run)
+            break
         t0 = time.perf_counter()
         p.sampler.set_epoch(state.epoch, start=state.batch * cfg.data.batch_size)
         train_stats = train_one_epoch(p, state, step_end, cfg)
@@ -190,7 +208,7 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
         value = record.get(monitor)
         if value is None:  # no validation set: judge by the training loss, in the monitor's direction
             value = -record["train_loss"] if metric(monitor).higher_is_better else record["train_loss"]
-        is_best = state.observe(monitor, value)
+        is_best = state.observe(monitor, value, cfg.train.min_delta)
         state.next_epoch()
         p.step.meter.reset()
         epoch_state = checkpoint_state(cfg, p, state)
@@ -204,7 +222,19 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
                  f"{state.best_epoch}; checkpoints in {run.ckpt_dir}")
     else:
         log.info(f"best {monitor} {best:.4f} at epoch {state.best_epoch}; checkpoints in {run.ckpt_dir}")
-    return Result(run.path, state.best, state.best_epoch, history)
+    return Result(run.path, state.best, state.best_epoch, history, early_stop=early)
+
+
+def _early_stop(cfg: Config, state: TrainState, run: Run) -> str:
+    """Log why early stopping ends the run (to the log and metrics.jsonl, where ``dogcat runs`` finds it)."""
+    t = cfg.train
+    best = f"{state.best:.4f}" if state.best is not None else "none"
+    reason = (f"early stop after epoch {state.epoch}: {t.monitor} did not improve by more than {t.min_delta:g} "
+              f"in {state.plateau_epochs} epochs (--patience={t.patience}); best {best} at epoch {state.best_epoch}")
+    log.info(reason)
+    run.log({"kind": "event", "event": "early_stop", "epoch": state.epoch, "step": state.global_step,
+             "reason": reason})
+    return reason
 
 
 def _stopped(p: Parts, state: TrainState, step_end: StepEnd, ckpts: Checkpoints, history: list[dict]) -> Result:

@@ -182,16 +182,3 @@ def curves(records: list[dict]) -> dict[str, Figure]:
         fig.tight_layout()
         out[name] = fig
     return out
-
-
-def per_class_scores(cm: Sequence[Sequence[int]], class_names: list[str]) -> list[dict[str, Any]]:
-    """Precision, recall, F1 and support per class from a confusion matrix (rows actual, columns predicted)."""
-    a = np.asarray(cm, dtype=np.float64)
-    out = []
-    for i, name in enumerate(class_names):
-        tp, predicted, actual = a[i, i], a[:, i].sum(), a[i, :].sum()
-        p = tp / predicted if predicted else 0.0
-        r = tp / actual if actual else 0.0
-        f1 = 2 * p * r / (p + r) if p + r else 0.0
-        out.append({"class": name, "precision": p, "recall": r, "f1": f1, "support": int(actual)})
-    return out

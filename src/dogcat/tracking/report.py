@@ -17,10 +17,10 @@ import torch
 from ..config import DogcatError
 from ..console import printable
 from ..io import atomic_write_text, one_line
-from ..metrics import METRICS
+from ..metrics import METRICS, per_class
 from ..models.gradcam import Explain
 from .collect import Collector, Mistake
-from .figures import confusion_figure, curves, mistakes_figure, per_class_scores
+from .figures import confusion_figure, curves, mistakes_figure
 from .manifest import read_manifest
 from .runs import fmt_duration, load_run, manifest_summary
 
@@ -54,11 +54,12 @@ def _save(fig: Any, path: Path) -> str:
 def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | None = None,
                  collect: Collector | None = None, class_names: list[str] | None = None,
                  mean: Sequence[float] = (), std: Sequence[float] = (), checkpoint: str | None = None,
-                 explain: Explain | None = None) -> Path:
+                 explain: Explain | None = None, train_counts: Sequence[int] | None = None) -> Path:
     """Write ``out_dir/report/index.html`` and its PNGs; ``metrics`` / ``collect`` come from a validation
     pass (``None``: a report of the logs only). ``explain`` adds the worst mistakes' Grad-CAM heatmaps for their
     predicted class (``models.gradcam.explainer(model)``); when it fails, the report says why and goes on.
-    Returns the index.html path."""
+    ``train_counts``: images per class of the training split, for the class-count table. Returns the
+    index.html path."""
     rep = Path(out_dir) / "report"
     rep.mkdir(parents=True, exist_ok=True)
     info = load_run(run_dir) if run_dir is not None else None
@@ -73,7 +74,7 @@ def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | 
         parts.append("<h2>Training curves</h2><div class=row>"
                      + "".join(f'<img src="{_e(n)}" alt="{_e(n[:-4])} curve">' for n in imgs) + "</div>")
     if metrics and class_names:
-        parts.append(_validation(rep, metrics, collect, class_names, mean, std, checkpoint, explain))
+        parts.append(_validation(rep, metrics, collect, class_names, mean, std, checkpoint, explain, train_counts))
     else:
         parts.append("<h2>Validation</h2><p class=note>no validation pass (no validation set or no checkpoint): "
                      "curves only</p>")
@@ -97,7 +98,7 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
 
 def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, class_names: list[str],
                 mean: Sequence[float], std: Sequence[float], checkpoint: str | None,
-                explain: Explain | None = None) -> str:
+                explain: Explain | None = None, train_counts: Sequence[int] | None = None) -> str:
     """Headline metrics, confusion heatmap, per-class table, grid of the most confidently wrong images (and
     their Grad-CAM heatmaps when ``explain`` is given)."""
     cm = metrics["confusion"]
@@ -107,12 +108,15 @@ def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, c
            _table([name.replace("_", " ") for name in shown], [[format(metrics[n], METRICS[n].fmt) for n in shown]],
                   range(len(shown)))]
     name = _save(confusion_figure(cm, class_names), rep / "confusion.png")
-    scores = per_class_scores(cm, class_names)
+    scores = per_class(cm)
+    counts = list(train_counts) if train_counts is not None else None
     out.append(f'<h2>Confusion matrix and per-class scores</h2><div class=row><img class=wide src="{name}" '
                f'alt="confusion matrix"><div>' + _table(
-                   ["class", "precision", "recall", "F1", "support"],
-                   [[s["class"], f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", s["support"]]
-                    for s in scores], {1, 2, 3, 4}) + "</div></div>")
+                   ["class", "precision", "recall", "F1", "support", *(["train images"] if counts else [])],
+                   [[c, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", s["support"],
+                     *([counts[i]] if counts else [])] for i, (c, s) in enumerate(zip(class_names, scores))],
+                   {1, 2, 3, 4, 5}) + "<p class=note>support: validation images of the class"
+               + ("; train images: the training split's class counts" if counts else "") + "</p></div></div>")
     if collect is not None:
         mistakes = collect.mistakes()
         out.append("<h2>Most confidently wrong</h2>")

@@ -35,6 +35,7 @@ class RunInfo:
     manifest: dict[str, Any]
     epochs: list[dict[str, Any]] = field(default_factory=list)  # the epoch records of metrics.jsonl
     last_time: float | None = None  # time of the last record
+    early_stop: str | None = None   # the reason, when early stopping (--patience) ended the run
 
     @property
     def name(self) -> str:
@@ -108,7 +109,7 @@ def load_run(path: Path) -> RunInfo:
         raise MalformedFile(f"{path / 'config.yaml'} is not a YAML mapping")
     config = {str(k): v for k, v in flat_config(tree).items()}
     manifest = read_manifest(path)
-    epochs, last_time = [], None
+    epochs, last_time, early = [], None, None
     metrics = path / "metrics.jsonl"
     text = metrics.read_bytes().decode("utf-8", "replace") if metrics.is_file() else ""
     for line in text.splitlines():
@@ -122,7 +123,10 @@ def load_run(path: Path) -> RunInfo:
             last_time = r["time"]
         if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int):
             epochs.append(r)
-    return RunInfo(path, effective_status(path, manifest), config, manifest, epochs, last_time)
+            early = None  # an epoch after an early stop: a resume trained on (with more patience)
+        elif r.get("kind") == "event" and r.get("event") == "early_stop":
+            early = str(r.get("reason") or "early stop")
+    return RunInfo(path, effective_status(path, manifest), config, manifest, epochs, last_time, early)
 
 
 def find_runs(root: Path | str = "runs") -> list[RunInfo]:
@@ -170,7 +174,8 @@ def table(rows: list[list[str]]) -> str:
 def _row(r: RunInfo, extra: list[str]) -> list[str]:
     best = r.best()
     done = r.epochs[-1]["epoch"] if r.epochs else 0
-    return [r.name, r.status, _fmt(r.config.get("model", "?")), r.data(), f"{done}/{r.config.get('max_epoch', '?')}",
+    status = f"{r.status} (early stop)" if r.early_stop and r.status == "finished" else r.status
+    return [r.name, status, _fmt(r.config.get("model", "?")), r.data(), f"{done}/{r.config.get('max_epoch', '?')}",
             f"{best[0]} {best[1]:.4f} @{best[2]}" if best else "-", fmt_duration(r.duration()),
             *[_fmt(r.config.get(k)) for k in extra]]
 
@@ -192,7 +197,7 @@ def summary(r: RunInfo) -> dict[str, Any]:
             "data": r.data(), "epochs": r.epochs[-1]["epoch"] if r.epochs else 0,
             "max_epoch": r.config.get("max_epoch"),
             "best": {"metric": best[0], "value": best[1], "epoch": best[2]} if best else None,
-            "duration_s": r.duration(), "options": r.config}
+            "duration_s": r.duration(), "early_stop": r.early_stop, "options": r.config}
 
 
 def manifest_summary(m: dict[str, Any]) -> list[tuple[str, str]]:
@@ -259,7 +264,9 @@ def _damaged_as_error(path: Path, fn: Any, *args: Any) -> Any:
 
 def _show(path: Path) -> str:
     r = load_run(path)
-    lines = [f"run {r.path}: {r.status}, {len(r.epochs)} epoch(s), {fmt_duration(r.duration())}", "", "config:"]
+    lines = [f"run {r.path}: {r.status}, {len(r.epochs)} epoch(s), {fmt_duration(r.duration())}"]
+    lines += [r.early_stop] if r.early_stop else []
+    lines += ["", "config:"]
     config_file = r.path / "config.yaml"
     lines += ["  " + x for x in (config_file.read_text(errors="replace").splitlines() if config_file.exists() else [])]
     lines += ["", "manifest:"] + [f"  {k + ':':<12} {v}" for k, v in manifest_summary(r.manifest)]

@@ -15,6 +15,7 @@ import torch
 from ..config import NOT_EXPERIMENT, flat_config, to_dict
 from ..console import printable
 from ..data import SeededItems
+from ..metrics import per_class
 from .collect import Collector, positive_class
 from .figures import confusion_figure, denormalise, labelled_grid, to_array
 from .loggers import Backend, Ending, Session, register_logger, scalar_tags
@@ -22,6 +23,7 @@ from .loggers import Backend, Ending, Session, register_logger, scalar_tags
 if TYPE_CHECKING:
     from ..preprocess import Preprocess
 
+PER_CLASS_MAX = 50  # per-class precision / recall / F1 curves up to this many classes
 # TensorBoard's hparams plugin statuses, by run status
 SESSION_STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "stopped": "STATUS_UNKNOWN"}
 GRID_IMAGES = 16
@@ -63,6 +65,10 @@ class TBLogger:
         if "confusion" in stats:
             self.writer.add_image("val/confusion_matrix", to_array(confusion_figure(stats["confusion"], class_names)),
                                   step, dataformats="HWC")
+            if len(class_names) <= PER_CLASS_MAX:  # more classes: too many curves to read; result.json has them
+                for name, scores in zip(class_names, per_class(stats["confusion"])):
+                    for key in ("precision", "recall", "f1"):
+                        self.writer.add_scalar(printable(f"val_class/{key}/{name}"), scores[key], step)
         if collect is None:
             return
         mistakes = collect.mistakes()
