@@ -107,6 +107,41 @@ class Tracker:
                     pass
             self.tb = None
 
+    def model_graph(self, model: torch.nn.Module, device: torch.device | str) -> None:
+        """The model graph, once per run (not again on resume); a model that cannot be traced is logged."""
+        if self.tb is None or self.pre is None or self.resume_step is not None:
+            return
+        tb, pre = self.tb, self.pre
+        example = torch.zeros(1, pre.in_chans, pre.size, pre.size, device=device)
+
+        def write() -> None:
+            reason = tb.graph(model, example)
+            if reason:
+                log.info(f"TensorBoard model graph skipped: {reason}")
+                tb.text("graph", f"model graph skipped: {reason}")
+        self._tb(write)
+
+    def embeddings(self, step: int, model: torch.nn.Module, dataset: Any, device: torch.device | str,
+                   batch_size: int) -> None:
+        """Penultimate features of up to 1,000 validation images for TensorBoard's projector."""
+        if self.tb is None or self.pre is None or dataset is None:
+            return
+        from .embeddings import penultimate
+
+        tb, pre = self.tb, self.pre
+
+        def write() -> None:
+            try:
+                got = penultimate(model, dataset, device, pre.mean, pre.std, batch_size)
+            except Exception as e:  # noqa: BLE001  # the model's failure, not TensorBoard's: keep logging
+                log.warning(f"TensorBoard embeddings skipped: {type(e).__name__}: {e}")
+                return
+            if got is None:
+                log.info("TensorBoard embeddings skipped: the model has no classifier head to take features from")
+                return
+            tb.embeddings(step, *got, list(pre.classes))
+        self._tb(write)
+
     def log_record(self, record: dict[str, Any]) -> None:
         if self.tb is not None:
             tb = self.tb
