@@ -161,6 +161,7 @@ class FashionMNISTLayout(Layout):
     doc = "Fashion-MNIST IDX files (--fashion-mnist-root, or found / downloaded)"
     priority = 20
     real_paths = False  # split rows are pseudo-paths fashion-mnist/<split>/<index>: a record, not files
+    native_size = 28
 
     def detect(self, cfg: DataConfig) -> bool:
         return has_idx(train_root(cfg))
