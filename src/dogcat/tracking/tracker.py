@@ -92,7 +92,11 @@ class Tracker:
         if self.resume_step is None:
             self.tb.text("config", "```\n" + (self.run.path / "config.yaml").read_text() + "\n```")
             if bundle.train is not None:
-                self.tb.input_grid(sample_inputs(bundle.train, self.cfg.train.seed), bundle.pre.mean, bundle.pre.std)
+                images = sample_inputs(bundle.train, self.cfg.train.seed)
+                if images and images[0].dtype == torch.uint8 and bundle.batch_transform is not None:
+                    # a uint8 path: its augmentation (crop, flip, a preset) runs per batch, seeded by the batch
+                    images = list(bundle.batch_transform(torch.stack(images), self.cfg.train.seed).clone())
+                self.tb.input_grid(images, bundle.pre.mean, bundle.pre.std)
 
     def _tb(self, fn: Callable[[], None]) -> None:
         """Run a TensorBoard call; a failure (disk full, a plugin error) must not end the training."""
