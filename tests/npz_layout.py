@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from dogcat.config import DataConfig
 from dogcat.data import ArrayImages, DataBundle, DataError, Layout, Preprocess, register_layout, stratified_split
+from dogcat.data.augment import BatchPolicy
 from dogcat.data.transforms import BatchPadCropFlip, EvalBatch, keep_uint8
 from dogcat.io import sha256_file
 
@@ -66,7 +67,8 @@ class NpzLayout(Layout):
         train = _subset(x, y, tr, "train", keep_uint8)  # uint8 to the device, augmented there per batch
         val = _subset(x, y, va, "train", EvalBatch(None, pre.mean, pre.std)) if va else None
         splits = {"train": train.samples, **({"val": val.samples} if val else {})}
-        augment = BatchPadCropFlip(cfg.image_size // 8, cfg.augment != "none", pre.mean, pre.std)
+        augment = BatchPadCropFlip(cfg.image_size // 8, cfg.augment != "none", pre.mean, pre.std,
+                                   BatchPolicy(cfg.augment, cfg.random_erasing, pre.mean))  # a preset, erasing
         return DataBundle(train, val, pre, self.name, splits, augment)
 
     def test_set(self, cfg: DataConfig, pre: Preprocess) -> Dataset:

@@ -87,7 +87,15 @@ class DataConfig:
     split_seed: int = opt(0, "seed of the train/val split (independent of the training seed)", range=SEED)
     image_size: int = opt(224, "side of the square network input, in pixels", range=Range(8, 4096))
     augment: str = opt("default", "training augmentation: default (random resized crop / padded crop for "
-                        "28x28, + flip), flip (flip only), none", ("default", "flip", "none"))
+                        "28x28, + flip), flip (flip only), none; or a torchvision preset on top of default: "
+                        "randaugment, trivialaugment, autoaugment",
+                        ("default", "flip", "none", "randaugment", "trivialaugment", "autoaugment"))
+    random_erasing: float = opt(0.0, "random erasing (torchvision RandomErasing) of each training image with this "
+                                "probability, filled with the mean colour; 0: off, e.g. 0.25", range=Range(0, 1))
+    normalize: str = opt("auto", "input normalisation: auto (the layout's: ImageNet's for photos, the data set's "
+                         "published one for Fashion-MNIST), imagenet, or dataset (mean/std of the training split, "
+                         "computed once and cached; stored in checkpoints and exports)",
+                         ("auto", "imagenet", "dataset"))
     batch_size: int = opt(128, "images per batch (per process)", range=Range(1, 2**20))
     num_workers: int = opt(-1, "data loading processes; -1 picks min(4, CPU cores), 0 loads in the main process",
                             range=Range(-1, 1024))
@@ -195,6 +203,8 @@ class TrainConfig:
     min_delta: float = opt(0.0, "early stopping: an improvement of --monitor must exceed this", range=Range(0))
     monitor: str = opt("val_accuracy", "metric that picks best.pt (and top-k); its direction comes from the metrics "
                        "table (dogcat/metrics.py)", monitors())
+    embeddings_every: int = opt(0, "also write TensorBoard projector embeddings of the validation set every N "
+                                 "epochs (always at the end of training); 0: at the end only", range=Range(0, COUNT))
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
                         ("auto", "bar", "plain", "none"))
     logger: str = opt("tensorboard", "experiment trackers, a comma list of " + ", ".join(LOGGERS) + " (or none); "
@@ -250,7 +260,7 @@ OPTIONS = option_table()
 
 # options that name places or change the display, not the experiment: left out of hparams and run comparisons
 NOT_EXPERIMENT = {"resume", "run_dir", "runs_root", "env", "debug_file", "progress", "print_freq", "logger",
-                  "mlflow_uri", "mlflow_experiment", "wandb_project", "wandb_mode"}
+                  "mlflow_uri", "mlflow_experiment", "wandb_project", "wandb_mode", "embeddings_every"}
 
 
 def flat_config(tree: dict[str, Any]) -> dict[str, Any]:

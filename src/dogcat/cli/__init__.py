@@ -105,6 +105,11 @@ _LIST = [
     Command("prepare", "decode a data folder or list file once into the packed cache --cache uses", c.prepare,
             [("data", None, "a data folder or list file")], frozenset({"image_size", "cache_dir"}),
             [Own("size", "the stored side S (default: what --image-size needs)", finite(int))]),
+    Command("stats", "a data set's class counts, image sizes and modes, unreadable files, mean and std", c.stats,
+            [("data", None, "a data folder, list file or Fashion-MNIST folder (any layout: --dataset)")],
+            frozenset({"dataset", "fashion_mnist_root", "image_size"}), [JSON],
+            epilog="mean/std are per channel, pixel values 0-1, over every pixel of every readable image;\n"
+                   "--normalize=dataset trains with the same statistics of the training split"),
     Command("models", "list model names", c.models),
     Command("completion", "print a shell completion script: eval \"$(dogcat completion bash)\"", _completion,
             [("shell", None, "bash or zsh")]),

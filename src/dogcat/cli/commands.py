@@ -251,6 +251,14 @@ def prepare(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     return 0
 
 
+def stats(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..data import dataset_stats
+
+    result = dataset_stats(a.data, load_config(ov).data)
+    _json(result.to_dict()) if a.json else print(printable(result.format()))
+    return 0
+
+
 def models(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..models import list_models
 

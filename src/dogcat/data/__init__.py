@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from ..config import DataConfig
 from ..preprocess import EVAL_CROP_RATIO, FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess, stored_side
 from . import fashion_mnist, folder, kaggle, listfile  # noqa: F401  # the built-in layouts: imported, registered
+from . import normalize
 from .arrays import ArrayImages
 from .balance import BalancedSampler, class_counts, class_weights, targets, train_sampler
 from .cache import Packed, ensure, packed_dataset  # noqa: F401
@@ -27,6 +28,7 @@ from .layout import (DataBundle, Layout, Samples, describe, detect, get_layout, 
 from .loader import ResumableSampler, SeededItems, ShardSampler, make_loader, resolve_workers
 from .pipeline import Files, ImageLayout, image_test_set
 from .split import check_val_split, stratified_split, write_splits
+from .stats import DataStats, dataset_stats
 from .transforms import (BatchNormalize, BatchPadCropFlip, CropFlipBatch, EvalBatch, eval_decode_side,  # noqa: F401
                          eval_transform, eval_transform_for, keep_uint8, squash_transform, train_transform)
 
@@ -34,7 +36,7 @@ __all__ = [
     "DataError", "Item", "Batch", "collate_items", "BadFiles", "BadImageWarning", "DataBundle",
     "Layout", "ImageLayout", "Files", "Samples", "register_layout", "get_layout", "layouts", "layout_names",
     "detect", "train_root", "build_train_val", "build_test", "build_paths", "expand_paths", "prepare",
-    "write_splits", "make_loader", "ArrayImages", "Packed",
+    "write_splits", "make_loader", "ArrayImages", "Packed", "dataset_stats", "DataStats",
     "resolve_workers", "ResumableSampler", "SeededItems", "ShardSampler", "ImageFiles", "FashionMNIST",
     "decode_image", "stratified_split", "train_transform", "eval_transform", "eval_transform_for", "Preprocess",
     "IMAGENET_MEAN", "IMAGENET_STD", "FMNIST_MEAN", "FMNIST_STD",
@@ -46,7 +48,13 @@ def build_train_val(cfg: DataConfig, processes: int = 1) -> DataBundle:
     many training processes read it (DDP: a packed cache is then memory-mapped, one copy for all)."""
     layout = get_layout(detect(cfg))
     check_val_split(cfg.val_split)
-    return layout.train_val(cfg, processes)
+    # --normalize=dataset: the training split's statistics need the split itself, so build it once with the
+    # layout's own statistics, then again with the computed ones (cached for image files; see normalize.py)
+    first = layout.train_val(cfg, processes) if cfg.normalize == "dataset" else None
+    stats = normalize.resolve(layout, cfg, first)
+    if stats is None:
+        return first or layout.train_val(cfg, processes)
+    return normalize.with_statistics(layout, *stats).train_val(cfg, processes)
 
 
 def build_test(cfg: DataConfig, layout: str | None, pre: Preprocess) -> Dataset:

@@ -23,6 +23,7 @@ from ..config import DataConfig
 from ..io import sha256_file
 from ..preprocess import FMNIST_MEAN, FMNIST_STD, Preprocess
 from .arrays import ArrayImages
+from .augment import BatchPolicy, geometry
 from .images import DataError
 from .layout import DataBundle, Layout, Samples, register_layout, train_root
 from .split import stratified_split
@@ -160,6 +161,7 @@ class FashionMNISTLayout(Layout):
     doc = "Fashion-MNIST IDX files (--fashion-mnist-root, or found / downloaded)"
     priority = 20
     real_paths = False  # split rows are pseudo-paths fashion-mnist/<split>/<index>: a record, not files
+    native_size = 28
 
     def detect(self, cfg: DataConfig) -> bool:
         return has_idx(train_root(cfg))
@@ -178,9 +180,10 @@ class FashionMNISTLayout(Layout):
             tr, va = list(range(len(ys))), []
         else:
             tr, va = stratified_split(ys, cfg.val_split, cfg.split_seed)
-        # training batches stay uint8 until the device: padded crop (4 px at 28) + flip there, per batch
-        pad = pre.size // 7 if cfg.augment == "default" else 0
-        augment = BatchPadCropFlip(pad, cfg.augment != "none", pre.mean, pre.std)
+        # training batches stay uint8 until the device: padded crop (4 px at 28) + flip (+ a preset) there, per batch
+        pad = pre.size // 7 if geometry(cfg.augment) == "default" else 0
+        augment = BatchPadCropFlip(pad, cfg.augment != "none", pre.mean, pre.std,
+                                   BatchPolicy(cfg.augment, cfg.random_erasing, pre.mean))
         train = FashionMNIST(images, labels, tr, "train", keep_uint8)
         val = FashionMNIST(images, labels, va, "train", EvalBatch(None, pre.mean, pre.std)) if va else None
         splits = {"train": [(f"fashion-mnist/train/{i}", ys[i]) for i in tr]}

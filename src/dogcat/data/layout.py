@@ -51,6 +51,7 @@ class Layout:
     doc: str = ""
     priority: int = 100
     real_paths: bool = True
+    native_size: int | None = None  # the side of every image as stored, when fixed (``dogcat stats`` reads them so)
 
     def detect(self, cfg: DataConfig) -> bool:
         """True when ``--dataset=auto`` data is this layout (default: never guessed, only named). May raise a

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from ..preprocess import Preprocess, stored_side
+from .augment import BatchPolicy
 from .cache import Packed, ensure, packed_dataset
 from .images import DataError, ImageFiles
 from .layout import DataBundle, Layout, Samples, layouts, missing_root
@@ -134,17 +135,19 @@ def image_bundle(cfg: DataConfig, layout: str, pre: Preprocess, train: Files, va
     if val is None:
         train, val = split_off(train, cfg)
     threads = max(1, resolve_workers(cfg.num_workers))  # array data loads on threads, not processes
+    policy = None  # a preset / random erasing: per sample for image files, per batch on the device for the cache
     if packed is not None and val_packed is not None:
         train_set: Dataset = packed_dataset(packed, train.samples, train.ids,
                                             CropFlipBatch(size, cfg.augment, threads=threads))
         val_set = packed_dataset(val_packed, val.samples, val.ids, EvalBatch(size, pre.mean, pre.std, threads)) \
             if val else None
+        policy = BatchPolicy(cfg.augment, cfg.random_erasing, pre.mean)
     else:  # decode JPEGs no larger than the transforms need (see decode_image)
-        tf = train_transform(size, pre.mean, pre.std, cfg.augment, normalize=False)
+        tf = train_transform(size, pre.mean, pre.std, cfg.augment, normalize=False, erasing=cfg.random_erasing)
         train_set = ImageFiles(train.samples, train.ids, tf, pre.mode, pre.resize_to)
         val_set = ImageFiles(val.samples, val.ids, eval_transform_for(pre), pre.mode, eval_decode_side(pre)) \
             if val else None
-    batch_transform = BatchNormalize(pre.mean, pre.std, threads)  # training crops leave the loader as uint8
+    batch_transform = BatchNormalize(pre.mean, pre.std, threads, policy)  # training crops leave the loader as uint8
     splits = {"train": list(train.samples)}
     if val:
         splits["val"] = list(val.samples)

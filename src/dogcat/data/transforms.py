@@ -18,6 +18,7 @@ import torch
 from torchvision.transforms import v2
 
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, stored_side
+from .augment import BatchPolicy, geometry, policy_steps
 from .images import shared_empty
 
 try:  # optional: the fastest resize for cached crops (see CropFlipBatch); torch's otherwise
@@ -31,18 +32,21 @@ def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list:
 
 
 def train_transform(size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                    augment: str = "default", normalize: bool = True) -> v2.Compose:
+                    augment: str = "default", normalize: bool = True, erasing: float = 0.0) -> v2.Compose:
     """Random resized crop (35-100 % of the area) + horizontal flip, for photos.
 
-    ``augment="flip"``: the eval resize + centre crop, then a flip; ``"none"``: the eval transform.
+    ``augment="flip"``: the eval resize + centre crop, then a flip; ``"none"``: the eval transform; a preset
+    (``augment.PRESETS``): ``default``, then its policy. ``erasing``: then random erasing with this probability.
     ``normalize=False`` stops at the uint8 crop (``BatchNormalize`` finishes the batch on the device)."""
     finish = _finish(mean, std) if normalize else []
-    if augment != "default":
+    policy = policy_steps(augment, erasing, mean)
+    if geometry(augment) != "default":
         flip = [v2.RandomHorizontalFlip()] if augment == "flip" else []
-        return v2.Compose([*eval_transform(size, mean, std).transforms[:2], *flip, *finish])
+        return v2.Compose([*eval_transform(size, mean, std).transforms[:2], *flip, *policy, *finish])
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
+        *policy,
         *finish,
     ])
 
@@ -165,10 +169,13 @@ class BatchPadCropFlip:
 
     ``RandomCrop(size, padding=pad)`` + ``RandomHorizontalFlip`` as one gather for the whole batch (v2's
     per-image dispatch cost ~300 us an image at 28x28, a third of the demo's time): what the in-memory
-    Fashion-MNIST training set gets as ``DataBundle.batch_transform``."""
+    Fashion-MNIST training set gets as ``DataBundle.batch_transform``. ``policy`` (a preset, random erasing)
+    runs on the uint8 crops before the normalisation."""
 
-    def __init__(self, pad: int, flip: bool, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, pad: int, flip: bool, mean: tuple[float, ...], std: tuple[float, ...],
+                 policy: BatchPolicy | None = None) -> None:
         self.pad, self.flip, self.mean, self.std = pad, flip, mean, std
+        self.policy = policy if policy else None
 
     def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         if self.pad or self.flip:
@@ -184,6 +191,8 @@ class BatchPadCropFlip:
             padded = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
             batch = torch.arange(b, device=x.device)[:, None, None]
             x = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B,H,W,C) -> NCHW
+        if self.policy is not None:
+            x = self.policy(x, seed)
         return normalize_batch(x, self.mean, self.std)
 
 
@@ -194,13 +203,20 @@ class BatchNormalize:
 
     On the CPU it writes into one of two buffers it keeps, so the batch it returns is valid until the call
     after next (the trainer is long done with it by then): a fresh float batch (77 MB at 128 x 224 px) costs
-    ~19k page faults, 0.3-0.6 ms an image here, several times the arithmetic."""
+    ~19k page faults, 0.3-0.6 ms an image here, several times the arithmetic.
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], threads: int = 1) -> None:
+    ``policy`` (a preset, random erasing; cached crops only: image files had theirs per sample) runs on the
+    uint8 crops first."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], threads: int = 1,
+                 policy: BatchPolicy | None = None) -> None:
         self.mean, self.std, self.threads = mean, std, threads
+        self.policy = policy if policy else None
         self._buffers: list[torch.Tensor] = []
 
     def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        if self.policy is not None:
+            x = self.policy(x, seed)
         if x.device.type != "cpu":
             return normalize_batch(x, self.mean, self.std)
         buf = self._buffers.pop(0) if len(self._buffers) == 2 else None
@@ -218,7 +234,8 @@ class CropFlipBatch:
 
     ``augment="default"``: random resized crop (35-100 % of the area, aspect 3/4-4/3) + flip, as
     ``train_transform``; the area and aspect are drawn once and the crop clamped to the image instead of v2's
-    up-to-10 redraws. ``"flip"``: centre crop + flip; ``"none"``: centre crop. Returns (B, C, size, size),
+    up-to-10 redraws. ``"flip"``: centre crop + flip; ``"none"``: centre crop; a preset: as ``default`` (its
+    policy runs later, in ``BatchNormalize``). Returns (B, C, size, size),
     channels-last. One resize per image, on ``threads`` threads (OpenCV releases the GIL): measured here per
     224 px image, OpenCV's bilinear resize took 0.11 ms against 0.27 for torch's antialiased one, and
     ``grid_sample`` on a batch 2.6 ms. OpenCV does not antialias, which only matters when shrinking: here at
@@ -229,7 +246,7 @@ class CropFlipBatch:
 
     def __init__(self, size: int, augment: str = "default", scale: tuple[float, float] = (0.35, 1.0),
                  threads: int = 1) -> None:
-        self.size, self.augment, self.scale, self.threads = size, augment, scale, threads
+        self.size, self.augment, self.scale, self.threads = size, geometry(augment), scale, threads
 
     def _boxes(self, b: int, h: int, w: int, g: torch.Generator) -> list[tuple[int, int, int, int]]:
         """(top, left, height, width) of each image's crop."""

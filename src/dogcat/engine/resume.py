@@ -15,6 +15,7 @@ RESUMABLE = {
     "max_epoch", "max_steps", "lr", "weight_decay", "clip_grad_norm", "print_freq", "progress", "num_workers",
     "nonfinite", "nonfinite_max_skips", "nproc", "sync_bn", "patience", "min_delta",
     "debug_file", "save_every_steps", "save_every_epochs", "keep_top_k", "device", "use_gpu", "resume",
+    "embeddings_every",
     "run_dir", "env", "runs_root", "load_model_path", "pretrained", "train_data_root", "val_data_root",
     "test_data_root", "fashion_mnist_root", "train_list", "val_list", "test_list",
     "cache_dir", "in_memory_mb",  # where the same pixels are read from; --cache itself changes the crops

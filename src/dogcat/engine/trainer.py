@@ -159,6 +159,7 @@ def fit(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, 
         restore(p, state, resume, cfg)
     if run.tracker is not None:  # data fingerprint; TensorBoard, purged after the checkpoint's step
         run.tracker.setup(p.data, str(device))
+        run.tracker.model_graph(unwrap(p.step.model), device)
     ckpts = Checkpoints(run.ckpt_dir, cfg.train.monitor, cfg.train.keep_top_k, cfg.train.save_every_epochs)
 
     def save() -> None:  # a step checkpoint (last.pt): every rank gathers, rank 0 writes
@@ -204,6 +205,10 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
             run.tracker.epoch_end(state.global_step, val, collect)
         history.append(record)
         _print_epoch(record, val, names, cfg.train.max_epoch)
+        every, epoch = cfg.train.embeddings_every, state.epoch + 1
+        if run.tracker is not None and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
+            run.tracker.embeddings(state.global_step, unwrap(p.step.eval_model), p.data.val, p.runtime.device,
+                                   cfg.data.batch_size)
 
         value = record.get(monitor)
         if value is None:  # no validation set: judge by the training loss, in the monitor's direction

@@ -37,6 +37,17 @@ class TBLogger:
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when a run starts
 
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step, flush_secs=10)
+        self._keep_projector_config(run_dir)
+
+    def _keep_projector_config(self, run_dir: Path) -> None:
+        """A resumed run's writer would rewrite projector_config.pbtxt with only its own embeddings: start it
+        from the file's (the writer keeps the config it rewrites in ``_projector_config``)."""
+        path = run_dir / "projector_config.pbtxt"
+        if path.is_file():
+            from google.protobuf import text_format
+            from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+            self.writer._projector_config = text_format.Parse(path.read_text(encoding="utf-8"), ProjectorConfig())
 
     def log_record(self, record: dict[str, Any]) -> None:
         step = int(record.get("step", 0))
@@ -83,6 +94,22 @@ class TBLogger:
             pos = positive_class(class_names)
             self.writer.add_pr_curve(printable(f"val/pr_curve_{class_names[pos]}"), (collect.labels == pos).int(),
                                      collect.probs[:, pos], step)
+        self.writer.flush()
+
+    def graph(self, model: torch.nn.Module, example: torch.Tensor) -> str | None:
+        """The model graph (TensorBoard's Graphs tab); None, or why it was skipped."""
+        from .embeddings import trace_graph
+
+        reason = trace_graph(self.writer, model, example)
+        self.writer.flush()
+        return reason
+
+    def embeddings(self, step: int, features: torch.Tensor, labels: list[int], preds: list[int],
+                   thumbs: torch.Tensor, class_names: list[str]) -> None:
+        """Penultimate features for the projector, labelled (true, predicted class) with thumbnails."""
+        meta = [[printable(class_names[y]), printable(class_names[p])] for y, p in zip(labels, preds)]
+        self.writer.add_embedding(features, metadata=meta, label_img=thumbs, global_step=step,
+                                  tag="val_penultimate", metadata_header=["label", "predicted"])
         self.writer.flush()
 
     def hparams(self, values: dict[str, Any], metrics: dict[str, float], step: int, status: str) -> None:
@@ -143,8 +170,11 @@ class TensorBoardBackend(Backend):
         if s.resume_step is None:
             self.tb.text("config", "```\n" + (s.run_dir / "config.yaml").read_text() + "\n```")
             if s.bundle.train is not None:
-                self.tb.input_grid(sample_inputs(s.bundle.train, s.cfg.train.seed), s.bundle.pre.mean,
-                                   s.bundle.pre.std)
+                images = sample_inputs(s.bundle.train, s.cfg.train.seed)
+                if images and images[0].dtype == torch.uint8 and s.bundle.batch_transform is not None:
+                    # a uint8 path: its augmentation (crop, flip, a preset) runs per batch, seeded by the batch
+                    images = list(s.bundle.batch_transform(torch.stack(images), s.cfg.train.seed).clone())
+                self.tb.input_grid(images, s.bundle.pre.mean, s.bundle.pre.std)
 
     def log(self, record: dict[str, Any]) -> None:
         self.tb.log_record(record)

@@ -14,6 +14,8 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
+import torch
+
 from ..config import Config, flat_config, to_dict
 from ..data import DataBundle
 from ..io import atomic_write_text, one_line
@@ -23,7 +25,7 @@ from . import mlflow_logger, tensorboard, wandb_logger  # noqa: F401  (each regi
 from .collect import Collector
 from .loggers import BACKENDS, Backend, Ending, Session, check_installed, requested
 from .manifest import Manifest, data_fingerprint
-from .tensorboard import GRID_IMAGES
+from .tensorboard import GRID_IMAGES, TensorBoardBackend
 
 if TYPE_CHECKING:
     from .run import Run
@@ -122,6 +124,44 @@ class Tracker:
 
     def log_record(self, record: dict[str, Any]) -> None:
         self._each(lambda b: b.log(record))
+
+    def _tensorboard(self) -> TensorBoardBackend | None:
+        return next((b for b in self.backends if isinstance(b, TensorBoardBackend)), None)
+
+    def model_graph(self, model: torch.nn.Module, device: torch.device | str) -> None:
+        """TensorBoard's model graph, once per run (not again on resume); a model that cannot be traced is
+        logged, with the reason, instead."""
+        tbb, pre = self._tensorboard(), self.pre
+        if tbb is None or pre is None or self.resume_step is not None:
+            return
+        example = torch.zeros(1, pre.in_chans, pre.size, pre.size, device=device)
+
+        def write() -> None:
+            reason = tbb.tb.graph(model, example)
+            if reason:
+                log.info(f"TensorBoard model graph skipped: {reason}")
+                tbb.tb.text("graph", f"model graph skipped: {reason}")
+        self._guard(tbb.name, write, tbb)
+
+    def embeddings(self, step: int, model: torch.nn.Module, dataset: Any, device: torch.device | str,
+                   batch_size: int) -> None:
+        """Penultimate features of up to 1,000 validation images for TensorBoard's projector."""
+        tbb, pre = self._tensorboard(), self.pre
+        if tbb is None or pre is None or dataset is None:
+            return
+        from .embeddings import penultimate
+
+        def write() -> None:
+            try:
+                got = penultimate(model, dataset, device, pre.mean, pre.std, batch_size)
+            except Exception as e:  # noqa: BLE001  # the model's failure, not TensorBoard's: keep logging
+                log.warning(f"TensorBoard embeddings skipped: {type(e).__name__}: {e}")
+                return
+            if got is None:
+                log.info("TensorBoard embeddings skipped: the model has no classifier head to take features from")
+                return
+            tbb.tb.embeddings(step, *got, list(pre.classes))
+        self._guard(tbb.name, write, tbb)
 
     def collector(self) -> Collector:
         assert self.pre is not None, "setup() first"
