@@ -15,7 +15,7 @@ from ..io import FileLock, LockHeld, atomic_write_text, describe_holder, disk_fu
 if TYPE_CHECKING:
     from .tracker import Tracker
 
-STATUSES = ("running", "finished", "failed", "stopped")
+STATUSES = ("running", "finished", "failed", "stopped", "pruned")  # pruned: ended early by a sweep's pruner
 
 
 def default_run_name(cfg: Config) -> str:

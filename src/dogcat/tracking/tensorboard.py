@@ -21,7 +21,8 @@ EPOCH_TAGS = {"train_loss": "epoch/train_loss", "lr": "epoch/lr", "train_images_
               "epoch_seconds": "epoch/seconds"}
 SKIP = {"kind", "step", "epoch", "time"}
 # TensorBoard's hparams plugin statuses, by run status
-SESSION_STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "stopped": "STATUS_UNKNOWN"}
+SESSION_STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "stopped": "STATUS_UNKNOWN",
+                  "pruned": "STATUS_SUCCESS"}
 
 
 def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
