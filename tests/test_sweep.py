@@ -71,6 +71,13 @@ def test_bad_space_fails_before_any_folder_naming_the_key(search, words, data, t
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("space", sorted((Path(__file__).parents[1] / "configs").glob("sweep-*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_space_is_valid(space):
+    parsed = read_space(space)
+    assert parsed.params and parsed.base.train.monitor == "val_accuracy"
+
+
 def test_space_without_search_and_searched_option_given_twice(data, tmp_path):
     path = space_file(tmp_path, data, {"lr": {"choice": [0.01]}})
     with pytest.raises(ConfigError, match="given on the command line and searched"):
