@@ -131,7 +131,8 @@ def make_pruner(name: str, space: Space) -> Any:
     the same epoch stops; hyperband: successive halving over epochs, 1 .. the largest max_epoch searched."""
     optuna = _optuna()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        # epochs are reported as steps 1, 2, ...; Optuna prunes from step n_warmup_steps on: from epoch 2
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     if name == "hyperband":
         top = max([int(v) for p in space.params if p.name == "max_epoch" for v in p.values]
                   or [space.base.train.max_epoch])
@@ -223,11 +224,13 @@ class Reporter:
         if not self.trial.should_prune():
             return None
         why = f"{self.monitor} {value:.4f} at epoch {epoch}"
-        earlier = [t.intermediate_values[epoch] for t in self.study.get_trials(deepcopy=False)
-                   if t.number != self.trial.number and epoch in t.intermediate_values]
+        from optuna.trial import TrialState as S
+
+        earlier = [t.intermediate_values[epoch] for t in self.study.get_trials(deepcopy=False, states=(S.COMPLETE,))
+                   if epoch in t.intermediate_values]  # what the median pruner compares with
         kind = type(self.study.pruner).__name__.replace("Pruner", "").lower()
         if kind == "median" and earlier:
-            why += f" is worse than the median {statistics.median(earlier):.4f} of {len(earlier)} other trials there"
+            why += f" is worse than the median {statistics.median(earlier):.4f} of {len(earlier)} finished trials"
         return f"pruned by the {kind} pruner: {why}"
 
 
