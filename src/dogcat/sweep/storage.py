@@ -10,7 +10,10 @@ from ..config import ConfigError
 
 DEFAULT_STORAGE = "study.db"
 INFO = "sweep.json"              # the sweep's record in its folder: name, storage, monitor, pruner
-HEARTBEAT_S, GRACE_S = 60, 180   # database storages: a trial silent for GRACE_S is failed by any process
+HEARTBEAT_S, GRACE_S = 60, 180   # database servers: a trial silent for GRACE_S is failed by any process
+# SQLite: how long a write waits for another process's (bench/sweep_storage.py: with SQLite's default 5 s,
+# processes starved of CPU got "database is locked" errors, each of which would end a sweep process)
+SQLITE_WAIT_S = 60
 
 
 def trial_dir(number: int) -> str:
@@ -50,8 +53,11 @@ def open_storage(folder: Path, url: str | None) -> tuple[Any, str]:
         return optuna.storages.JournalStorage(JournalFileBackend(str(Path(url).expanduser()))), url
     # a server's database: heartbeats let any process fail a trial whose process stopped beating, on any
     # machine; a SQLite file is one machine's, where the process itself is looked up (study.reap)
-    beat = {} if url.startswith("sqlite") else {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
+    if url.startswith("sqlite"):  # wait up to a minute for another process's write (SQLite's default: 5 s)
+        kw: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": SQLITE_WAIT_S}}}
+    else:
+        kw = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
     try:
-        return optuna.storages.RDBStorage(url, **beat), masked(url)
+        return optuna.storages.RDBStorage(url, **kw), masked(url)
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a refused connection: one line
         raise ConfigError(f"--storage={masked(url)}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
