@@ -228,6 +228,7 @@ def _epoch_verdict(on_epoch: OnEpoch, record: dict[str, Any], p: Parts) -> str |
 
 
 def _pruned(p: Parts, state: TrainState, reason: str, history: list[dict]) -> Result:
+    _report_bad_files(p)
     p.run.log({"kind": "event", "event": "pruned", "epoch": state.epoch, "step": state.global_step,
                "reason": reason})
     log.info(f"pruned after epoch {state.epoch}: {reason}")

@@ -8,8 +8,6 @@ does not allow fails here, naming the key, exactly as ``dogcat train`` would nam
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +57,6 @@ class Space:
         """One trial's config: recipe -> command-line overrides -> the drawn ``values`` -> ``places``."""
         return load_config({**self.overrides, **values, **places}, config_file=self.path, recipe=self.recipe,
                            source=f"in the search of {self.path}")
-
-    def fingerprint(self) -> str:
-        """What a study records, so that a process joining it with another space is refused."""
-        text = json.dumps({"recipe": self.recipe, "overrides": {k: str(v) for k, v in self.overrides.items()},
-                           "search": [p.describe() for p in self.params]}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _number(key: str, kind: str, v: Any, integer: bool) -> float:

@@ -6,7 +6,7 @@ its Optuna trial number, which the database hands out once. Trials are taken wit
 (``RUNS/NAME/sweep.lock``), so processes on one machine stop at exactly N finished-or-pruned trials between
 them. A trial whose process died (``kill -9``, a power cut) stays RUNNING in the database: the next sweep
 process here sees its process gone (pid, host and start time, recorded when it was taken) and marks it FAIL;
-on other machines Optuna's heartbeat does the same (database URLs only).
+on other machines Optuna's heartbeat does the same (database servers such as PostgreSQL).
 """
 
 from __future__ import annotations
