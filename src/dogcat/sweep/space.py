@@ -17,8 +17,9 @@ from ..config import OPTIONS, Config, ConfigError, DogcatError, load_config, rea
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 PRUNERS = ("median", "hyperband", "none")  # what --pruner may name (study.make_pruner builds them)
-# options a sweep sets itself, or that would change what the study measures from trial to trial
-NOT_SEARCHABLE = {"run_dir", "runs_root", "resume", "env", "debug_file", "monitor", "nproc", "progress"}
+# options the sweep sets for each trial; and those that cannot vary between trials (what is measured, where)
+PER_TRIAL = {"run_dir", "resume", "env", "debug_file"}
+NOT_SEARCHABLE = PER_TRIAL | {"runs_root", "monitor", "nproc", "progress"}
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def read_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
                           "`dogcat train --config` runs a plain recipe")
     overrides = dict(overrides or {})
     for key in overrides:
-        if resolve_key(key).split(".")[1] in NOT_SEARCHABLE - {"runs_root", "progress"}:
+        if resolve_key(key).split(".")[1] in PER_TRIAL:
             raise ConfigError(f"--{key.replace('_', '-')} is set by the sweep for each trial")
     params = [parse_param(k, v) for k, v in search.items()]
     names = [p.name for p in params]
