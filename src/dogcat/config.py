@@ -463,14 +463,16 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
-                base: Config | dict | None = None, source: str = "on the command line") -> Config:
+                base: Config | dict | None = None, source: str = "on the command line",
+                recipe: dict[str, Any] | None = None) -> Config:
     """Build the resolved config: defaults (or ``base``) -> YAML file -> overrides, validated. ``source``
-    names where the overrides came from, for the messages."""
+    names where the overrides came from, for the messages. ``recipe``: the mapping of ``config_file`` when
+    the caller has read it already (a sweep's space file, less its ``search`` block)."""
     cfg = OmegaConf.structured(Config)
     if base is not None:
         cfg = OmegaConf.merge(cfg, OmegaConf.structured(base) if is_dataclass(base) else base)
     if config_file is not None:
-        flat = _flatten(read_recipe(config_file))
+        flat = _flatten(read_recipe(config_file) if recipe is None else recipe)
         dump = len(flat) == len(OPTIONS)  # a whole resolved config (a run's config.yaml): its places are its run's
         _apply(cfg, _drop_local(flat, f"{config_file}", warn=not dump), f"in {config_file}")
     _apply(cfg, overrides or {}, source)

@@ -17,6 +17,7 @@ from .. import __version__
 from ..config import OPTIONS, DogcatError, help_text
 from ..console import printable
 from ..io import DiskFull, free_bytes, is_disk_full, one_line
+from ..sweep import PRUNERS
 from . import commands as c
 from .args import ALL, Command, Own, build_parser, finite, parse
 from .completion import script
@@ -33,6 +34,8 @@ TEST = frozenset(DEVICE | MODEL_FILE | LOADING | {"test_data_root", "test_list",
                                                   "result_file", "positive_class", "sample_submission", "clip_probs"})
 PREDICT = frozenset(DEVICE | MODEL_FILE | {"batch_size", "tta", "output"})
 EXPLAIN = frozenset(DEVICE | MODEL_FILE | {"batch_size"})
+# a sweep: any option for every trial, but not those it sets per trial; --seed is the sampler's (own option)
+SWEEP = ALL - {"seed", "resume", "run_dir", "env", "debug_file"}
 TARGET = ("target", "?", "a run folder (runs/NAME) or checkpoint file; default: --load-model-path")
 JSON = Own("json", "print the result as JSON", None)
 
@@ -102,6 +105,20 @@ _LIST = [
             [("words", "*", "[FOLDER] | show RUN | diff RUN_A RUN_B")], frozenset({"runs_root"}), [JSON]),
     Command("report", "RUN/report/index.html: curves, confusion matrix, per-class scores, worst mistakes",
             c.report, [("target", None, "a run folder")], VAL - {"report"}),
+    Command("sweep", "hyperparameter search with Optuna: each trial a run folder RUNS/NAME/trial-NNNN", c.sweep,
+            [("words", "+", "SPACE.yaml (a recipe + a search: block) | show NAME")], SWEEP,
+            [Own("trials", "finished-or-pruned trials the study should hold, over every process and re-run "
+                           "(default: 20)", finite(int), 20),
+             Own("timeout", "seconds after which this process starts no new trial", finite(float)),
+             Own("name", "the sweep's name: folder RUNS/NAME and study name (default: the space file's name)"),
+             Own("storage", "an Optuna database URL (postgresql://..., sqlite:///...) or a journal file path "
+                            "(default: RUNS/NAME/study.db)"),
+             Own("pruner", "stop poor trials early, judged each epoch", default="median", choices=PRUNERS),
+             Own("seed", "seed of the sampler (the training seed is the recipe's --seed)", finite(int), 0), JSON],
+            epilog="examples:\n  dogcat sweep configs/sweep-fashion-mnist.yaml --trials=12 --timeout=1080\n"
+                   "  dogcat sweep show sweep-fashion-mnist\n"
+                   "  dogcat train --config=runs/sweep-fashion-mnist/best.yaml\n"
+                   "needs optuna: pip install 'dogcat-vision[sweep]'"),
     Command("prepare", "decode a data folder or list file once into the packed cache --cache uses", c.prepare,
             [("data", None, "a data folder or list file")], frozenset({"image_size", "cache_dir"}),
             [Own("size", "the stored side S (default: what --image-size needs)", finite(int))]),

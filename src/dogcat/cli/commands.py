@@ -240,6 +240,39 @@ def report(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     return 0
 
 
+SWEEP_USAGE = "dogcat sweep SPACE.yaml [--trials=N ...] | dogcat sweep show NAME"
+
+
+def sweep(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat sweep SPACE.yaml``: run trials; ``dogcat sweep show NAME``: the study so far."""
+    from .. import sweep as sweeps
+
+    words = a.words
+    if words[:1] == ["show"] and len(words) == 2:
+        extra = [k for k in ov if k != "runs_root"]
+        if extra:
+            raise ConfigError(f"`dogcat sweep show` takes --runs-root and --storage, not --{extra[0]}")
+        from ..sweep.results import find_sweep, table
+
+        data = sweeps.show(find_sweep(words[1], str(ov.get("runs_root", "runs"))), a.storage)
+        _json(data) if a.json else print(printable(table(data)))
+        return 0
+    if len(words) != 1 or words[0] == "show":
+        raise ConfigError(f"usage: {SWEEP_USAGE}")
+    out = sweeps.sweep(words[0], trials=a.trials, timeout=a.timeout, name=a.name, storage=a.storage,
+                       pruner=a.pruner, seed=a.seed, overrides=ov)
+    result = {"folder": str(out.folder), "ran": out.ran, "done": out.done, "best_trial": out.best_number,
+              "best_value": out.best_value, "best_recipe": str(out.folder / "best.yaml") if out.best_number is not None
+              else None}
+    if a.json:
+        _json(result)
+    else:
+        print(f"sweep folder: {out.folder} ({out.done}/{a.trials} trials finished or pruned, {out.ran} run here)")
+        if out.best_number is not None:
+            print(f"best: trial {out.best_number}, {out.best_value:.4f}; recipe {result['best_recipe']}")
+    return 0
+
+
 def prepare(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..data import BadFiles
     from ..data import prepare as run_prepare

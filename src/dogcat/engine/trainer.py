@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -48,7 +48,8 @@ class Resume(NamedTuple):
 
 @dataclass
 class Result:
-    """What a training returns; ``stopped`` when it ended early (``--max-steps``) and can be resumed."""
+    """What a training returns; ``stopped`` when it ended early (``--max-steps``) and can be resumed;
+    ``pruned``: the reason ``on_epoch`` gave for ending it early (status ``pruned``)."""
 
     run_dir: Path
     best_metric: float | None
@@ -56,12 +57,20 @@ class Result:
     history: list[dict] = field(default_factory=list)
     stopped: bool = False
     early_stop: str | None = None  # why early stopping ended the run (--patience); it is still finished
+    pruned: str | None = None
 
 
-def train(cfg: Config | str | Path | dict | None = None, /, **overrides: Any) -> Result:
+# Called after each epoch (rank 0, once the epoch is logged and checkpointed) with its metrics.jsonl record;
+# a returned reason ends the run there, status "pruned" (a hyperparameter sweep's pruner: dogcat/sweep.py).
+OnEpoch = Callable[[dict[str, Any]], "str | None"]
+
+
+def train(cfg: Config | str | Path | dict | None = None, /, *, on_epoch: OnEpoch | None = None,
+          **overrides: Any) -> Result:
     """Train as ``cfg`` says (a :class:`Config`, a YAML recipe's path, a dict of options or None for the
     defaults) with keyword ``overrides`` on top: ``train(model="resnet18", train_data_root="data/train")``.
-    ``resume=RUN`` continues a run in its own folder where it stopped, from its own recorded config."""
+    ``resume=RUN`` continues a run in its own folder where it stopped, from its own recorded config.
+    ``on_epoch(record)`` may end the run after any epoch by returning a reason (see :data:`OnEpoch`)."""
     if cfg is None and overrides.get("resume"):
         cfg = find_run(str(overrides["resume"]), str(overrides.get("runs_root", "runs"))) / "config.yaml"
     cfg = as_config(cfg, overrides)
@@ -69,7 +78,7 @@ def train(cfg: Config | str | Path | dict | None = None, /, **overrides: Any) ->
     try:
         run, resume, data = open_run(cfg, d)
         try:
-            return _tracked(cfg, run, data, d, device, resume)
+            return _tracked(cfg, run, data, d, device, resume, on_epoch)
         finally:
             run.unlock()
     finally:
@@ -123,21 +132,21 @@ def check_options(cfg: Config, data: DataBundle) -> None:
 
 
 def _tracked(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device,
-             resume: Resume | None) -> Result:
+             resume: Resume | None, on_epoch: OnEpoch | None = None) -> Result:
     """Train in the (locked) run folder, keeping its status and manifest up to date."""
     if d.main:  # manifest.json, TensorBoard
         run.tracker = Tracker.start(run, cfg, resume.ckpt["global_step"] if resume else None)
     run.set_status("running")
     try:
         with StopFlag() as signals:
-            result = fit(cfg, run, data, d, device, signals, resume)
+            result = fit(cfg, run, data, d, device, signals, resume, on_epoch)
     except (KeyboardInterrupt, TrainingStopped) as e:
         _final_status(run, "stopped", e)
         raise
     except BaseException as e:
         _final_status(run, "failed", e)
         raise
-    run.set_status("stopped" if result.stopped else "finished")
+    run.set_status("pruned" if result.pruned else "stopped" if result.stopped else "finished")
     return result
 
 
@@ -151,7 +160,7 @@ def _final_status(run: Run, status: str, error: BaseException) -> None:
 
 
 def fit(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, signals: StopFlag,
-        resume: Resume | None = None) -> Result:
+        resume: Resume | None = None, on_epoch: OnEpoch | None = None) -> Result:
     """Build the parts, put a resumed run back where it was, and run the epochs."""
     p = build_parts(cfg, run, data, d, device, resuming=resume is not None)
     state = TrainState()
@@ -170,12 +179,13 @@ def fit(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, 
     step_end = StepEnd(cfg, p, state, signals, save, lambda: validate_now(p, cfg),
                        cfg.train.debug_file or str(run.path / "control" / "debug"))
     try:
-        return run_epochs(cfg, p, state, step_end, ckpts)
+        return run_epochs(cfg, p, state, step_end, ckpts, on_epoch)
     finally:
         step_end.close()
 
 
-def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpts: Checkpoints) -> Result:
+def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpts: Checkpoints,
+               on_epoch: OnEpoch | None = None) -> Result:
     """The epoch loop: train, validate, log, checkpoint; leaves early when asked to stop."""
     run, monitor, names = p.run, cfg.train.monitor, list(p.data.pre.classes)
     log.info(f"run folder: {run.path}")
@@ -219,6 +229,8 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
         epoch_state = checkpoint_state(cfg, p, state)
         if p.runtime.dist.main:
             ckpts.save(epoch_state, epoch_end=True, is_best=is_best, metric=record.get(monitor))
+        if on_epoch is not None and (reason := _epoch_verdict(on_epoch, record, p)):
+            return _pruned(p, state, reason, history)
     _report_bad_files(p)
     best = state.best if state.best is not None else float("nan")
     if p.val_loader is None:  # state.best holds the training loss, negated for a higher-is-better monitor
@@ -248,6 +260,20 @@ def _stopped(p: Parts, state: TrainState, step_end: StepEnd, ckpts: Checkpoints,
     why = "dogcat ctl stop" if step_end.stop_requested else "--max-steps"
     log.info(f"stopped after step {state.global_step} ({why}); resume with --resume={p.run.path}")
     return Result(p.run.path, state.best, state.best_epoch, history, stopped=True)
+
+
+def _epoch_verdict(on_epoch: OnEpoch, record: dict[str, Any], p: Parts) -> str | None:
+    """Rank 0 asks ``on_epoch``; every rank gets its answer, so all stop at the same epoch."""
+    d = p.runtime.dist
+    return distributed.broadcast(on_epoch(record) if d.main else None, d)
+
+
+def _pruned(p: Parts, state: TrainState, reason: str, history: list[dict]) -> Result:
+    _report_bad_files(p)
+    p.run.log({"kind": "event", "event": "pruned", "epoch": state.epoch, "step": state.global_step,
+               "reason": reason})
+    log.info(f"pruned after epoch {state.epoch}: {reason}")
+    return Result(p.run.path, state.best, state.best_epoch, history, pruned=reason)
 
 
 def _report_bad_files(p: Parts) -> None:

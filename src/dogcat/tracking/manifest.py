@@ -179,7 +179,7 @@ class Manifest:
         write_manifest(self.run_dir, self.data)
 
     def finish(self, status: str, error: BaseException | None = None) -> None:
-        code = 0 if status in ("finished", "stopped") and error is None else getattr(error, "exit_code", None)
+        code = 0 if status in ("finished", "stopped", "pruned") and error is None else getattr(error, "exit_code", None)
         if code is None and isinstance(error, KeyboardInterrupt):
             code = 130
         self.update(status=status, end_time=now_iso(),

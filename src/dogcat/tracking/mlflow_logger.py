@@ -26,7 +26,7 @@ from .loggers import Backend, Ending, Session, register_logger, scalar_tags
 
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # file:, http:, https:, sqlite:, databricks: ...
 log = logging.getLogger("dogcat")
-MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
+MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "stopped": "KILLED", "pruned": "FINISHED"}
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
 BATCH = 1000  # metrics per log_batch call (MLflow's limit)
 

@@ -16,7 +16,7 @@ from ..locks import FileLock, LockHeld, describe_holder
 if TYPE_CHECKING:
     from .tracker import Tracker
 
-STATUSES = ("running", "finished", "failed", "stopped")
+STATUSES = ("running", "finished", "failed", "stopped", "pruned")  # pruned: ended early by a sweep's pruner
 
 
 def default_run_name(cfg: Config) -> str:

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 PER_CLASS_MAX = 50  # per-class precision / recall / F1 curves up to this many classes
 # TensorBoard's hparams plugin statuses, by run status
-SESSION_STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "stopped": "STATUS_UNKNOWN"}
+SESSION_STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "stopped": "STATUS_UNKNOWN",
+                  "pruned": "STATUS_SUCCESS"}
 GRID_IMAGES = 16
 
 

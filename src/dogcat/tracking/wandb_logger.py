@@ -17,7 +17,7 @@ from typing import Any
 
 from .loggers import Backend, Ending, Session, register_logger, scalar_tags
 
-EXIT_CODE = {"finished": 0, "stopped": 0, "failed": 1}
+EXIT_CODE = {"finished": 0, "pruned": 0, "stopped": 0, "failed": 1}
 
 
 class WandbBackend(Backend):
