@@ -100,6 +100,7 @@ def _steps(run: Path) -> int:
     return sum('"kind": "step"' in line for line in p.read_text().splitlines()) if p.exists() else 0
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_sigterm_saves_stops_143_and_resumes(fmnist_dir, tmp_path):
     run = tmp_path / "sub"
     proc = _spawn(fmnist_dir, tmp_path)

@@ -226,6 +226,7 @@ def test_json_outputs_parse(run, capsys):
     assert json.loads(capsys.readouterr().out)["config"] == {}
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_library_in_a_fresh_interpreter_shows_epoch_metrics(tmp_path):
     """No logging set up, as in a notebook: dogcat's default handler shows the epoch summaries."""
     from datagen import make_fmnist_idx

@@ -84,6 +84,7 @@ def test_help_lists_every_option_with_default_and_doc(capsys):
     assert {f.name for f in fields(Config)} <= set(help_text().replace(":", " ").split())
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_console_script_and_module():
     bin_dir = sys.executable.rsplit("/", 1)[0]
     out = subprocess.run([f"{bin_dir}/dogcat", "models"], capture_output=True, text=True, check=True).stdout

@@ -100,6 +100,7 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_two_nodes_c10d_rendezvous(images, tmp_path):
     """Two torchrun agents meet through a c10d store, as two machines would. The first hosts the store
     (is_host=1), as the machine named in --rdzv-endpoint does; --local-addr keeps the workers on loopback."""
@@ -144,6 +145,7 @@ sys.exit(native != 0)
 """
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_group_threads_end_before_exit(images, tmp_path):
     """gloo's worker threads end inside train(): left to interpreter exit, one holding the last collective's
     tensors needs the GIL then and aborts the process (seen in about one run in 15)."""
@@ -153,6 +155,7 @@ def test_group_threads_end_before_exit(images, tmp_path):
     assert r.stdout.count("0 threads outside Python") == 2, r.stdout
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_resume_two_processes_into_one(images, tmp_path):
     run = tmp_path / "cut"
     torchrun("--standalone", "--nproc-per-node=2", "-m", "dogcat", "train", *args(images, run, max_steps=2))
@@ -163,6 +166,7 @@ def test_resume_two_processes_into_one(images, tmp_path):
     assert (run / "status").read_text().strip() == "finished" and [r["epoch"] for r in result.history] == [1, 2]
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_nproc_shortcut_launches_torchrun(images, tmp_path):
     run = tmp_path / "short"
     r = subprocess.run([sys.executable, "-m", "dogcat", "train", *args(images, run, max_epoch=1), "--nproc=2"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import csv
 import re
 import shlex
@@ -18,6 +20,7 @@ def readme_commands() -> list[list[str]]:
     return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith(".venv/bin/dogcat ")]
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_readme_dogs_vs_cats_commands(tmp_path, monkeypatch):
     from datagen import make_kaggle
 

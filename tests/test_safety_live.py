@@ -41,6 +41,7 @@ def records(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_lock_inbox_and_kill_9_against_a_live_training(fmnist_dir, tmp_path, capsys):
     run = tmp_path / "live"
     proc = subprocess.Popen([sys.executable, "-m", "dogcat", "train", *opts(fmnist_dir, tmp_path, max_epoch=500),
@@ -128,6 +129,7 @@ BUILDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_two_processes_build_one_cache_and_share_it(tmp_path):
     from datagen import make_folder
 
@@ -195,7 +197,7 @@ def _private_tmpfs_works(mnt: Path) -> bool:
     return r.returncode == 0
 
 
-@pytest.mark.parametrize("variant", ["precheck", "write"])
+@pytest.mark.parametrize("variant", ["precheck", pytest.param("write", marks=pytest.mark.slow)])
 def test_a_real_full_disk_fails_in_one_line_keeping_the_last_checkpoint(fmnist_dir, tmp_path, variant):
     disk = tmp_path / "disk"
     disk.mkdir()

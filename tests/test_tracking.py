@@ -194,6 +194,7 @@ def test_fingerprint_changes_when_one_image_changes(tmp_path, fmnist_dir):
     assert after["sha256"] != fbefore["sha256"] and len(after["files"]) == 2
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_runs_table_shows_a_killed_run_as_dead(tracked, fmnist_dir, tmp_path, capsys):
     runs = tmp_path / "runs"
     args = {"fashion_mnist_root": fmnist_dir, "dataset": "fashion-mnist", "image_size": 28, "model": "smallcnn",
