@@ -192,6 +192,7 @@ def test_predict_and_test_write_the_named_files(run, tmp_path, capsys):
     assert "submission" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # `make test-all`; `make test` keeps under 3 minutes on two cores
 def test_stdout_holds_results_only(run, tmp_path):
     """``predict --output=-`` is CSV on stdout with nothing else in it; the logs went to stderr."""
     root, run_dir = run
