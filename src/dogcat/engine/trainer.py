@@ -202,23 +202,8 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
         train_stats = train_one_epoch(p, state, step_end, cfg)
         if step_end.stopping:  # last.pt was written at the step boundary
             return _stopped(p, state, step_end, ckpts, history)
-        collect = run.tracker.collector() if run.tracker is not None else None  # mistakes, PR curve
-        val = validate(p.step.eval_model, p.val_loader, p.runtime, len(names), p.bad, p.progress,
-                       cfg.train.print_freq, collect) if p.val_loader else {}
-        p.step.scheduler.epoch_end(train_stats["loss"])
-        record = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.global_step,
-                  "train_loss": train_stats["loss"], "train_images_per_s": train_stats["images_per_s"],
-                  "lr": p.step.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
-                  **{f"val_{k}": v for k, v in val.items() if k != "confusion"}}
-        run.log(record)
-        if run.tracker is not None:
-            run.tracker.epoch_end(state.global_step, val, collect)
+        record = _validate_and_log(cfg, p, state, train_stats, t0)
         history.append(record)
-        _print_epoch(record, val, names, cfg.train.max_epoch)
-        every, epoch = cfg.train.embeddings_every, state.epoch + 1
-        if run.tracker is not None and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
-            run.tracker.embeddings(state.global_step, unwrap(p.step.eval_model), p.data.val, p.runtime.device,
-                                   cfg.data.batch_size)
 
         value = record.get(monitor)
         if value is None:  # no validation set: judge by the training loss, in the monitor's direction
@@ -232,14 +217,43 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
         if on_epoch is not None and (reason := _epoch_verdict(on_epoch, record, p)):
             return _pruned(p, state, reason, history)
     _report_bad_files(p)
+    _log_best(cfg, p, state)
+    return Result(run.path, state.best, state.best_epoch, history, early_stop=early)
+
+
+def _validate_and_log(cfg: Config, p: Parts, state: TrainState, train_stats: dict[str, float],
+                      t0: float) -> dict[str, Any]:
+    """The end of an epoch's training: validate, step the epoch scheduler, log the epoch record (metrics.jsonl,
+    trackers, the console) and, when due, the projector's embeddings. Returns the record."""
+    run, names = p.run, list(p.data.pre.classes)
+    collect = run.tracker.collector() if run.tracker is not None else None  # mistakes, PR curve
+    val = validate(p.step.eval_model, p.val_loader, p.runtime, len(names), p.bad, p.progress,
+                   cfg.train.print_freq, collect) if p.val_loader else {}
+    p.step.scheduler.epoch_end(train_stats["loss"])
+    record = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.global_step,
+              "train_loss": train_stats["loss"], "train_images_per_s": train_stats["images_per_s"],
+              "lr": p.step.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
+              **{f"val_{k}": v for k, v in val.items() if k != "confusion"}}
+    run.log(record)
+    if run.tracker is not None:
+        run.tracker.epoch_end(state.global_step, val, collect)
+    _print_epoch(record, val, names, cfg.train.max_epoch)
+    every, epoch = cfg.train.embeddings_every, state.epoch + 1
+    if run.tracker is not None and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
+        run.tracker.embeddings(state.global_step, unwrap(p.step.eval_model), p.data.val, p.runtime.device,
+                               cfg.data.batch_size)
+    return record
+
+
+def _log_best(cfg: Config, p: Parts, state: TrainState) -> None:
+    monitor, where = cfg.train.monitor, p.run.ckpt_dir
     best = state.best if state.best is not None else float("nan")
     if p.val_loader is None:  # state.best holds the training loss, negated for a higher-is-better monitor
         loss = -best if metric(monitor).higher_is_better else best
         log.info(f"no validation set: best.pt is the epoch of the lowest training loss, {loss:.4f} at epoch "
-                 f"{state.best_epoch}; checkpoints in {run.ckpt_dir}")
+                 f"{state.best_epoch}; checkpoints in {where}")
     else:
-        log.info(f"best {monitor} {best:.4f} at epoch {state.best_epoch}; checkpoints in {run.ckpt_dir}")
-    return Result(run.path, state.best, state.best_epoch, history, early_stop=early)
+        log.info(f"best {monitor} {best:.4f} at epoch {state.best_epoch}; checkpoints in {where}")
 
 
 def _early_stop(cfg: Config, state: TrainState, run: Run) -> str:
