@@ -1,7 +1,7 @@
 """Argument parsing of the ``dogcat`` command: argparse parsers generated from the typed config.
 
 Each command declares its positional arguments, the config options it reads and a few options of its own;
-the parser is built from that and from each option's type, default, choices and doc in ``config.py``, so no
+the parser is built from that and from each option's type, default, choices and doc in ``config/options.py``, so no
 option is listed twice. Before argparse sees them, option tokens are put into one spelling: dashes and
 underscores are equal, case is ignored, ``--optim.lr`` is ``--lr``, ``--key value`` is ``--key=value``,
 and ``--flag=false`` is ``--no-flag``. Config values stay strings here; ``load_config`` converts them by

@@ -1,0 +1,279 @@
+"""From recipes and ``--key=value`` to a checked :class:`~dogcat.config.options.Config`, and back to YAML.
+
+Layers, later wins: the dataclass defaults -> a YAML recipe (``--config=FILE``) -> ``--key=value``
+overrides. Keys are accepted flat (``--lr``, the seed's fire style) or dotted (``--optim.lr``);
+dashes and underscores are equal. OmegaConf does the merging and type checking; this module only
+turns its errors into messages that name the key, the expected type and the value, or the choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .options import LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range
+
+
+def _norm(key: str) -> str:
+    return key.strip().lstrip("-").replace("-", "_").lower()
+
+
+def resolve_key(key: str) -> str:
+    """Return the dotted path of a flat or dotted option name, or raise naming the closest names."""
+    k = _norm(key)
+    leaf = k.split(".")[-1]
+    if leaf in OPTIONS and (k == leaf or k == f"{OPTIONS[leaf][0]}.{leaf}"):
+        return f"{OPTIONS[leaf][0]}.{leaf}"
+    names = list(OPTIONS) + [f"{s}.{n}" for n, (s, _) in OPTIONS.items()]
+    close = difflib.get_close_matches(k, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join('--' + c.replace('_', '-') for c in close)}?" if close else ""
+    raise ConfigError(f"unknown option --{key.lstrip('-')}{hint} (`dogcat help` lists all options)")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Flatten a YAML mapping that may be nested by section or flat."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        nk = _norm(str(k))
+        if nk in SECTIONS and isinstance(v, dict) and not prefix:
+            out.update(_flatten(v, nk + "."))
+        else:
+            out[prefix + nk] = v
+    return out
+
+
+def _coerce(path: str, value: Any) -> Any:
+    """Turn the string spellings of the command line (and of YAML strings) into values: None for options that
+    can be None, lists from ``a,b`` or ``[a,b]``. Numbers and booleans stay strings here: OmegaConf converts
+    ``"0.1"`` for a float option and ``"false"`` for a bool one, and names the option when it cannot."""
+    sec, leaf = path.split(".")
+    f = OPTIONS[leaf][1]
+    optional = str(f.type).startswith("Optional")
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        return None  # only for options that can be None: --augment=none and --scheduler=none are choices
+    if isinstance(value, str) and str(f.type).replace("Optional[", "").startswith("list"):
+        return [yaml.safe_load(v) for v in value.strip().strip("[]").split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and str(f.type) == "str":  # YAML's [1, 3] for a "1,3" option
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _type_name(f: Any) -> str:
+    t = str(f.type)
+    return f"{t[len('Optional['):-1]} or None" if t.startswith("Optional[") else t  # keeps list[float]'s "]"
+
+
+def _apply(cfg: DictConfig, items: dict[str, Any], source: str) -> None:
+    for key, value in items.items():
+        try:
+            path = resolve_key(key)
+        except ConfigError as e:
+            raise ConfigError(f"{e} [{source}]") from None
+        value = _coerce(path, value)
+        try:
+            OmegaConf.update(cfg, path, value, merge=False)
+        except OmegaConfBaseException as e:
+            f = OPTIONS[path.split(".")[1]][1]
+            raise ConfigError(
+                f"option --{path.split('.')[1].replace('_', '-')} ({source}) expects {_type_name(f)}, "
+                f"got {value!r}") from e
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for leaf, (sec, f) in OPTIONS.items():
+        choices = f.metadata.get("choices")
+        value = cfg[sec][leaf]
+        if choices and value is not None:
+            low = str(value).lower()
+            if low not in choices:
+                raise ConfigError(f"option --{leaf.replace('_', '-')}={value!r} is not one of: {', '.join(choices)}")
+            cfg[sec][leaf] = low
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    """Every numeric option against the ``range`` in its metadata (list options: each element); floats must
+    be finite. YAML, the command line, ``dogcat ctl set`` and a resume all pass through here."""
+    for leaf, (sec, f) in OPTIONS.items():
+        allowed: Range | None = f.metadata.get("range")
+        value = cfg[sec][leaf]
+        if allowed is None or value is None:
+            continue
+        is_list, is_float = OmegaConf.is_list(value), "float" in str(f.type)
+        for v in (list(value) if is_list else [value]):
+            if (is_float and not math.isfinite(v)) or v not in allowed:
+                shown = list(value) if is_list else value
+                raise ConfigError(f"option --{leaf.replace('_', '-')}={shown} is out of range: allowed is "
+                                  f"{'a finite number' if is_float else 'an integer'} in {allowed}"
+                                  + (" (each element)" if is_list else ""))
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """Checks that need more than a type: ranges, names. (The optimizer's name is checked against torch.optim
+    by ``engine.optim.check_optimizer`` before a run starts: this module does not load torch.)"""
+    _check_ranges(cfg)
+    env = cfg.train.env
+    if not RUN_NAME.fullmatch(env):
+        raise ConfigError(f"option --env={env!r} is not a plain run name: allowed are letters, digits, '.', '_', "
+                          "'-' and '+', starting with a letter or digit, at most 100 characters (it names a folder "
+                          "inside --runs-root; pass --run-dir=PATH for a folder elsewhere)")
+    cfg.train.logger = logger_list(cfg.train.logger)
+    _check_class_weights(cfg.optim.class_weights)
+    clip = cfg.eval.clip_probs
+    if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1] <= 1.0):
+        raise ConfigError(f"option --clip-probs expects two numbers a,b with 0 <= a < b <= 1 (e.g. 0.02,0.98), "
+                          f"got {list(clip)}")
+
+
+def logger_list(spec: str) -> str:
+    """``--logger`` normalised: lower case, no blanks or repeats, in the order given; ``none`` (or empty) alone
+    means no tracker. A name outside :data:`LOGGERS` is one ConfigError line."""
+    names = list(dict.fromkeys(n.strip().lower() for n in str(spec).split(",") if n.strip()))
+    if names in ([], ["none"]):
+        return "none"
+    if "none" in names:
+        raise ConfigError(f"option --logger={spec!r}: none means no tracker and goes alone")
+    bad = [n for n in names if n not in LOGGERS]
+    if bad:
+        raise ConfigError(f"option --logger={spec!r}: unknown tracker {', '.join(map(repr, bad))}; a comma list of "
+                          f"{', '.join(LOGGERS)}, or none")
+    return ",".join(names)
+
+
+def _check_class_weights(spec: str) -> None:
+    """``--class-weights``: auto, none or finite weights >= 0, not all 0 (their count is checked against the
+    classes when the data is read, still before a run folder exists)."""
+    s = str(spec).strip().lower()
+    if s in ("auto", "none"):
+        return
+    try:
+        ws = [float(w) for w in s.split(",")]
+    except ValueError:
+        ws = []
+    if not ws or not all(math.isfinite(w) and w >= 0 for w in ws) or not any(ws):
+        raise ConfigError(f"option --class-weights={spec!r} is not allowed: allowed is auto, none, or "
+                          "comma-separated finite weights >= 0, one per class, not all 0 (e.g. 1,3)")
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``['--lr=0.1', '--use-gpu']`` -> ``{'lr': '0.1', 'use_gpu': True}``: values stay strings, which
+    :func:`load_config` converts by each option's type (``--env=2024`` stays the name "2024")."""
+    out: dict[str, Any] = {}
+    for a in args:
+        if not a.startswith("--"):
+            raise ConfigError(f"expected --key=value, got {a!r}")
+        key, eq, raw = a[2:].partition("=")
+        out[key] = raw if eq else True  # a bare flag switches a boolean on, as fire does
+    return out
+
+
+def _drop_local(tree: dict[str, Any], source: str, warn: bool) -> dict[str, Any]:
+    """``tree`` without the ``local`` options (places dogcat writes to or watches): a recipe file or a checkpoint
+    is data from elsewhere and does not choose them. With ``warn``, one warning per value set that is not the
+    default (a run's own config.yaml, read again on resume, holds them all)."""
+    out = {}
+    for key, value in tree.items():
+        f = OPTIONS.get(str(key).split(".")[-1], (None, None))[1]
+        if f is None or not f.metadata.get("local"):
+            out[key] = value
+        elif warn and value is not None and value != f.default:
+            import warnings
+
+            flag = f"--{f.name.replace('_', '-')}"
+            warnings.warn(f"{source}: {flag}={value!r} ignored: a recipe does not choose where dogcat writes; "
+                          f"pass {flag} on the command line")
+    return out
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML recipe; a missing, unreadable or non-mapping file is one ConfigError line."""
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"--config expects a YAML file name, got {path!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file {str(path)!r}")
+    try:
+        tree = yaml.safe_load(path.read_bytes()[: 16 << 20].decode("utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"--config: {path} is not a readable YAML file ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"--config: {path} is not a YAML mapping (it holds a {type(tree).__name__})")
+    return tree
+
+
+def load_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
+                base: Config | dict | None = None, source: str = "on the command line",
+                recipe: dict[str, Any] | None = None) -> Config:
+    """Build the resolved config: defaults (or ``base``) -> YAML file -> overrides, validated. ``source``
+    names where the overrides came from, for the messages. ``recipe``: the mapping of ``config_file`` when
+    the caller has read it already (a sweep's space file, less its ``search`` block)."""
+    cfg = OmegaConf.structured(Config)
+    if base is not None:
+        cfg = OmegaConf.merge(cfg, OmegaConf.structured(base) if is_dataclass(base) else base)
+    if config_file is not None:
+        flat = _flatten(read_recipe(config_file) if recipe is None else recipe)
+        dump = len(flat) == len(OPTIONS)  # a whole resolved config (a run's config.yaml): its places are its run's
+        _apply(cfg, _drop_local(flat, f"{config_file}", warn=not dump), f"in {config_file}")
+    _apply(cfg, overrides or {}, source)
+    _check_choices(cfg)
+    _check_values(cfg)
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config)
+    return obj
+
+
+def as_config(cfg: Config | str | Path | dict | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """What the library functions accept as a config: a :class:`Config`, a YAML recipe's path, a dict of
+    options, or None (the defaults), each with keyword ``overrides`` on top; always validated."""
+    if isinstance(cfg, (str, Path)):
+        return load_config(overrides, config_file=cfg)
+    if isinstance(cfg, dict):
+        return load_config({**cfg, **(overrides or {})})
+    return load_config(overrides, base=cfg)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of the config (JSON/YAML safe)."""
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+def from_dict(tree: Any, source: str = "a stored config") -> Config:
+    """Rebuild a Config from :func:`to_dict` output (e.g. stored in a checkpoint). Unknown keys and bad values
+    fail naming ``source``; ``local`` options (output places) are not taken from it."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the stored config is a {type(tree).__name__}, not a mapping")
+    try:
+        return load_config(base=None, overrides=_drop_local(_flatten(tree), source, warn=False), source=f"in {source}")
+    except ConfigError as e:
+        raise ConfigError(str(e) if source in str(e) else f"{e} (in {source})") from None
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (a run's config.yaml; io.write_config writes it atomically)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def help_text() -> str:
+    """Every option, grouped by section, with default, choices and doc."""
+    lines = []
+    for sec in fields(Config):
+        lines.append(f"\n{sec.name}:")
+        for f in fields(sec.default_factory):  # type: ignore[arg-type]
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            choices = f.metadata.get("choices")
+            allowed = f.metadata.get("range")
+            doc = f.metadata["doc"] + (f" [{'|'.join(choices)}]" if choices else "") + (f" {allowed}" if allowed else "")
+            lines.append(f"  --{f.name.replace('_', '-'):<20} {str(default):<14} {doc}")
+    return "\n".join(lines)
