@@ -113,6 +113,8 @@ class Report:
 
 
 def meta() -> dict[str, Any]:
+    from dogcat.tracking.manifest import cpu_name
+
     info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
                             "host": platform.node(), "cpu_cores": os.cpu_count(), "cpu": cpu_name(),
                             "cuda": torch.cuda.is_available(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -122,16 +124,6 @@ def meta() -> dict[str, Any]:
                     cuda_version=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                     bf16=torch.cuda.is_bf16_supported())
     return info
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---- parts --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..io import MalformedFile, atomic_write_text, read_json
+from ..tracking.manifest import cpu_info, cpu_name
 from .runtime import autocast, memory_format
 
 log = logging.getLogger("dogcat")
@@ -141,18 +142,7 @@ def _zen(family: int, model: int) -> str | None:
 def cpu_kind() -> str:
     """This CPU for a benchmark line: model name, AMD core generation, and whether bf16 is native (what
     ``--precision=auto`` goes by), e.g. ``AMD EPYC (Zen 4), native bf16 (avx512_bf16)``."""
-    import platform
-
-    info: dict[str, str] = {}
-    try:
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-            if key.strip() == "flags":
-                break
-    except OSError:
-        pass
-    name = info.get("model name") or platform.processor() or platform.machine()
+    info, name = cpu_info(), cpu_name()
     gen = None
     if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family", "").isdigit():
         gen = _zen(int(info["cpu family"]), int(info.get("model", "0") or 0))

@@ -98,14 +98,25 @@ def pip_freeze() -> list[str]:
     return sorted(f"{n}=={v}" for n, v in pkgs.items())
 
 
-def _cpu_name() -> str:
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (``model name``, ``vendor_id``, ``cpu family``, ``model``,
+    ``flags``, ...); empty where there is no such file."""
+    info: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+                if key.strip() == "flags":  # the first processor's block is complete by then
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return info
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``AMD EPYC 9R14 96-Core Processor``), or what ``platform`` knows."""
+    return cpu_info().get("model name") or platform.processor() or platform.machine()
 
 
 def environment() -> dict[str, Any]:
@@ -126,7 +137,7 @@ def environment() -> dict[str, Any]:
                      "cudnn": torch.backends.cudnn.version() if torch.version.cuda else None,
                      "dogcat": __version__},
         "devices": {"cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
-                    "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
+                    "cpu": cpu_name(), "cpu_count": os.cpu_count()},
         "platform": platform.platform(), "host": socket.gethostname(),
         "pip_freeze": pip_freeze(),
     }
