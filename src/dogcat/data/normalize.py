@@ -26,7 +26,7 @@ from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .arrays import ArrayImages
 from .cache import _writable, candidate_roots, fingerprint
 from .layout import DataBundle, Layout, Samples
-from .stats import channel_mean, file_moments
+from .stats import array_moments, channel_mean, file_moments
 
 log = logging.getLogger("dogcat")
 
@@ -73,8 +73,6 @@ def file_statistics(samples: Samples, source: str, mode: str, side: int, cache_d
 
 def training_statistics(bundle: DataBundle, cfg: DataConfig, source: str | None) -> Stats:
     """Mean and std of ``bundle``'s training split: its array, or its image files (cached)."""
-    from .stats import array_moments
-
     if bundle.train is None:
         raise ValueError("--normalize=dataset needs training data")
     if source is None:  # an array layout (no files): its array is what training reads
