@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import OPTIONS, Config, ConfigError, load_config, parse_overrides, resolve_key, to_yaml
+from ..config import LIVE, OPTIONS, Config, ConfigError, flag, load_config, parse_overrides, resolve_key, to_yaml
 from ..control import Inbox
 from ..io import atomic_write_bytes, atomic_write_text
 from ..metrics import summary
@@ -23,10 +23,6 @@ from .state import TrainState
 from .step import Step
 
 log = logging.getLogger("dogcat")
-
-# Options a running job may change; anything else would need another setup (refused with this list).
-LIVE = ("lr", "weight_decay", "clip_grad_norm", "print_freq", "max_epoch", "max_steps", "save_every_steps",
-        "nonfinite", "nonfinite_max_skips", "patience", "min_delta")
 
 
 def layer_stats(model: nn.Module, grads: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
@@ -145,7 +141,7 @@ class Steering:
             raise ValueError(f"set needs KEY=VALUE, got {arg!r}; live options: {', '.join(LIVE)}")
         leaf = resolve_key(key).split(".")[1]
         if leaf not in LIVE:
-            raise ValueError(f"--{leaf.replace('_', '-')} cannot change while training; live options: "
+            raise ValueError(f"{flag(leaf)} cannot change while training; live options: "
                              f"{', '.join(LIVE)} (others: stop, then --resume)")
         sec = OPTIONS[leaf][0]
         new_cfg = load_config(parse_overrides([f"--{leaf}={raw}"]), base=self.cfg)  # validated like the CLI

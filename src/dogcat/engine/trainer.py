@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from ..config import Config, ConfigError, as_config, from_dict, to_dict, to_yaml
+from ..config import Config, ConfigError, as_config, from_dict, parse_class_weights, to_dict, to_yaml
 from ..control import StopFlag, TrainingStopped
 from ..data import DataBundle, build_train_val, class_weights
 from ..io import atomic_write_text, one_line
@@ -127,8 +127,9 @@ def check_options(cfg: Config, data: DataBundle) -> None:
     why = check_monitor(cfg.train.monitor, len(names))
     if why is not None:
         raise ConfigError(why)
-    if cfg.optim.class_weights.strip().lower() not in ("auto", "none"):
-        class_weights(cfg.optim.class_weights, None, names)  # raises naming the count it needs
+    weights = parse_class_weights(cfg.optim.class_weights)
+    if isinstance(weights, tuple):
+        class_weights(weights, None, names)  # raises naming the count it needs
 
 
 def _tracked(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device,
