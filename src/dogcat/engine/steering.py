@@ -18,6 +18,7 @@ from ..config import LIVE, OPTIONS, Config, ConfigError, flag, load_config, pars
 from ..control import Inbox
 from ..io import atomic_write_bytes, atomic_write_text
 from ..metrics import summary
+from ..tracking.records import event_record
 from .distributed import broadcast, unwrap
 from .state import TrainState
 from .step import Step
@@ -93,7 +94,7 @@ class Steering:
         self.cfg, self.step, self.state, self.run = cfg, step, state, run
         self.save, self.validate_now, self.request_stop = save, validate_now, request_stop
         self.dist = step.rt.dist
-        self.inbox = Inbox(run.path) if self.dist.main else None
+        self.inbox = Inbox(run.folder.control) if self.dist.main else None
 
     def __call__(self) -> None:
         commands = self.inbox.poll() if self.inbox is not None else []
@@ -109,7 +110,7 @@ class Steering:
                 result = {"ok": False, "message": f"failed: {type(e).__name__}: {e}"}
             result.update(step=self.state.global_step, epoch=self.state.epoch + 1)
             if self.inbox is not None:  # logged first: when `dogcat ctl` has its answer, the record is there
-                self.run.log({"kind": "event", "event": "control", "command": command, **result})
+                self.run.log(event_record("control", command=command, **result))
                 self.inbox.ack(name, result)
                 log.info(f"ctl {command}: {result['message']}")
 
@@ -155,7 +156,7 @@ class Steering:
                 g["weight_decay"] = new
         elif leaf == "max_epoch":
             scheduler.total_steps = max(1, scheduler.steps_per_epoch * new)
-        atomic_write_text(self.run.path / "config.yaml", to_yaml(self.cfg))
+        atomic_write_text(self.run.folder.config, to_yaml(self.cfg))
         return {"message": f"{leaf}: {old} -> {new}", "key": leaf, "old": old, "new": new}
 
     def debug(self) -> str:
