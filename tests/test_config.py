@@ -91,3 +91,57 @@ def test_console_script_and_module():
     assert "resnet34" in out and "squeezenet" in out and "timm:<name>" in out
     r = subprocess.run([sys.executable, "-m", "dogcat", "trian"], capture_output=True, text=True)
     assert r.returncode == 2 and "train" in r.stderr
+
+
+# The option lists as they were written by hand before each option carried its facts (engine/steering.py,
+# engine/resume.py, config/options.py). Deriving them must not change them, with one deliberate exception:
+# the `local` options cache_dir, result_file and output are places, so they left the experiment (they were
+# listed as experiment options before, which put a cache folder into run comparisons and hparams).
+LIVE_BEFORE = ("lr", "weight_decay", "clip_grad_norm", "print_freq", "max_epoch", "max_steps", "save_every_steps",
+               "nonfinite", "nonfinite_max_skips", "patience", "min_delta")
+RESUMABLE_BEFORE = {
+    "max_epoch", "max_steps", "lr", "weight_decay", "clip_grad_norm", "print_freq", "progress", "num_workers",
+    "nonfinite", "nonfinite_max_skips", "nproc", "sync_bn", "patience", "min_delta",
+    "debug_file", "save_every_steps", "save_every_epochs", "keep_top_k", "device", "use_gpu", "resume",
+    "embeddings_every",
+    "run_dir", "env", "runs_root", "load_model_path", "pretrained", "train_data_root", "val_data_root",
+    "test_data_root", "fashion_mnist_root", "train_list", "val_list", "test_list",
+    "cache_dir", "in_memory_mb",
+    "logger", "mlflow_uri", "mlflow_experiment", "wandb_project", "wandb_mode",
+} | {leaf for leaf, (sec, _) in OPTIONS.items() if sec == "eval"}
+NOT_EXPERIMENT_BEFORE = {"resume", "run_dir", "runs_root", "env", "debug_file", "progress", "print_freq", "logger",
+                         "mlflow_uri", "mlflow_experiment", "wandb_project", "wandb_mode", "embeddings_every"}
+
+
+def test_option_lists_derived_from_the_facts_are_the_hand_written_ones():
+    from dogcat.config import LIVE, NOT_EXPERIMENT, RESUMABLE
+    from dogcat.engine import resume, steering
+
+    assert isinstance(LIVE, tuple) and len(set(LIVE)) == len(LIVE)
+    assert set(LIVE) == set(LIVE_BEFORE)
+    assert set(RESUMABLE) == RESUMABLE_BEFORE
+    assert set(NOT_EXPERIMENT) == NOT_EXPERIMENT_BEFORE | {"cache_dir", "result_file", "output"}
+    assert steering.LIVE is LIVE and resume.RESUMABLE is RESUMABLE  # the engine uses them, not copies
+
+
+def test_name_is_the_run_name_and_env_its_alias(tmp_path, capsys):
+    """--name (the primary spelling), --env (the original project's), in recipes as name: or env:, flat or
+    dotted; messages say --name; `dogcat sweep --name` stays the sweep's own option."""
+    from dogcat.cli import COMMANDS
+    from dogcat.cli.args import parse
+
+    for spelling in ("--name=a", "--env=a", "--train.name=a", "--train.env=a", "--NAME=a"):
+        assert load_config(parse_overrides([spelling])).train.env == "a", spelling
+    for text in ("name: b\n", "env: b\n", "train:\n  name: b\n", "train:\n  env: b\n"):
+        (tmp_path / "r.yaml").write_text(text)
+        assert load_config(config_file=tmp_path / "r.yaml").train.env == "b", text
+    for argv in (["--name", "c"], ["--env=c"], ["--train.name=c"]):
+        _, ov = parse(COMMANDS["train"], argv)
+        assert ov == {"env": "c"}, argv
+    ns, ov = parse(COMMANDS["sweep"], ["space.yaml", "--name=s"])
+    assert ns.name == "s" and "env" not in ov
+    assert main(["train", "--name=../x", f"--runs-root={tmp_path / 'runs'}"]) == 2
+    assert "option --name='../x' is not a plain run name" in capsys.readouterr().err
+    assert main(["help"]) == 0
+    out = capsys.readouterr().out
+    assert "--name " in out and "--env is an alias" in out and "seed's" not in out

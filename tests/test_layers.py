@@ -1,4 +1,5 @@
-"""The package's layers import downward only, and no module imports itself in a circle.
+"""The package's layers import downward only, and no module imports itself in a circle; the option lists
+(live, resumable, not part of the experiment) agree with each other and are derived in one place.
 
 Every import counts: at the top of a file, inside a function, inside a class (only ``if TYPE_CHECKING:``
 blocks are left out, as they never run). The order is the README's code map. To check another tree (say an
@@ -8,7 +9,10 @@ older commit checked out elsewhere): ``DOGCAT_SRC=/path/to/src python -m pytest 
 from __future__ import annotations
 
 import ast
+import json
 import os
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,7 +21,8 @@ SRC = Path(os.environ.get("DOGCAT_SRC") or Path(__file__).parents[1] / "src")
 # bottom first; a module may import from its own layer or any layer below, never above
 LAYERS = [
     {"dogcat", "config", "metrics", "console"},  # the package root, the typed config and its tables, logging
-    {"io", "locks", "preprocess", "control"},    # safe files, locks, the preprocessing value, the ctl inbox
+    {"io", "locks", "processes",                 # safe files, locks, which process of a job this is (Dist),
+     "preprocess", "control"},                   # the preprocessing value, the ctl inbox
     {"data", "models"},                          # one file per data layout / per architecture
     {"tracking"},                                # run folders, manifest, TensorBoard, runs table, report pages
     {"engine"},                                  # training state and step, loops, evaluation, checkpoints
@@ -120,3 +125,70 @@ def test_layers_import_downward_only():
     upward = sorted(f"{a} -> {b}" for a, bs in imports().items() for b in bs
                     if RANK.get(layer(b), -1) > RANK.get(layer(a), -1))
     assert upward == [], "imports from a higher layer:\n" + "\n".join(upward)
+
+
+# --- the option lists ---------------------------------------------------------------------------------------
+OPTION_LISTS = ("LIVE", "RESUMABLE", "NOT_EXPERIMENT")
+FACTS = """
+import json
+from dogcat.config import options as o
+print(json.dumps({"facts": {leaf: {"section": sec, **{k: f.metadata.get(k) for k in ("changes", "experiment", "local")}}
+                            for leaf, (sec, f) in o.OPTIONS.items()},
+                  "changes": list(getattr(o, "CHANGES", ())),
+                  "lists": {n: sorted(getattr(o, n)) for n in %r if hasattr(o, n)},
+                  "live_order": list(getattr(o, "LIVE", ()))}))
+""" % (OPTION_LISTS,)
+
+
+def _option_facts() -> dict:
+    """Each option's facts and the lists as the checked tree defines them (in a child process, so that
+    DOGCAT_SRC's tree is the one imported)."""
+    out = subprocess.run([sys.executable, "-c", FACTS], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    return json.loads(out.stdout)
+
+
+def test_option_lists_agree_with_each_option_s_facts():
+    """A live option is resumable; a local one (a place) is resumable and not part of the experiment; each list
+    is exactly the options whose facts say so."""
+    got = _option_facts()
+    facts, lists = got["facts"], got["lists"]
+    assert set(lists) == set(OPTION_LISTS), f"config/options.py must define {OPTION_LISTS}"
+    bad = {leaf: f for leaf, f in facts.items()
+           if f["changes"] not in got["changes"] or not isinstance(f["experiment"], bool)}
+    assert not bad, f"options without facts (opt(changes=..., experiment=...)): {bad}"
+    live = {leaf for leaf, f in facts.items() if f["changes"] == "live"}
+    resumable = {leaf for leaf, f in facts.items() if f["changes"] in ("live", "resume")}
+    assert set(lists["LIVE"]) == live and got["live_order"] == [k for k in facts if k in live]
+    assert set(lists["RESUMABLE"]) == resumable
+    assert set(lists["NOT_EXPERIMENT"]) == {leaf for leaf, f in facts.items() if not f["experiment"]}
+    assert set(lists["LIVE"]) <= set(lists["RESUMABLE"]), "a live option must be resumable"
+    local = {leaf for leaf, f in facts.items() if f["local"]}
+    assert local <= set(lists["RESUMABLE"]), f"places a resume may not change: {sorted(local - resumable)}"
+    assert local <= set(lists["NOT_EXPERIMENT"]), \
+        f"places counted as experiment: {sorted(local - set(lists['NOT_EXPERIMENT']))}"
+
+
+def test_option_lists_are_defined_only_by_deriving_them():
+    """LIVE / RESUMABLE / NOT_EXPERIMENT are assigned in config/options.py alone, from the options' facts (not
+    written out by hand there or anywhere else; importing them is how the rest of dogcat gets them)."""
+    found = []
+    for mod, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+            for t in targets:
+                for name in ast.walk(t):
+                    if isinstance(name, ast.Name) and name.id in OPTION_LISTS:
+                        found.append((mod, name.id, node))
+    where = sorted({f"{mod}: {name}" for mod, name, _ in found if mod != "dogcat.config.options"})
+    assert not where, "option lists defined outside config/options.py:\n" + "\n".join(where)
+    own = [(name, node) for mod, name, node in found if mod == "dogcat.config.options"]
+    assert sorted(name for name, _ in own) == sorted(OPTION_LISTS), own
+    got = _option_facts()
+    names = set(got["facts"]) - set(got["changes"])  # "resume" is an option and a value of changes=
+    for name, node in own:
+        by_hand = [n.value for n in ast.walk(node.value) if isinstance(n, ast.Constant) and n.value in names]
+        assert not by_hand, f"{name} names options by hand in config/options.py: {by_hand}"
+        derived = [c for c in ast.walk(node.value) if isinstance(c, ast.comprehension) and "OPTIONS" in ast.unparse(c.iter)]
+        assert derived, f"{name} is not derived from OPTIONS in config/options.py: {ast.unparse(node.value)[:200]}"

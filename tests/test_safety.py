@@ -141,7 +141,7 @@ def test_debug_trigger_defaults_to_the_run_folder_and_fires_once_per_version(fmn
     ("--clip-grad-norm=-1", "--clip-grad-norm=-1.0", "(0, inf)"), ("--num-workers=-7", "--num-workers=-7", "[-1,"),
     ("--image-size=1", "--image-size=1", "[8, 4096]"), ("--seed=-3", "--seed=-3", "[0,"),
     ("--milestones=[3,-1]", "--milestones=[3, -1]", "each element"), ("--ema-decay=1", "--ema-decay=1.0", "[0, 1)"),
-    ("--env=../../x", "--env='../../x'", "plain run name"),
+    ("--env=../../x", "--name='../../x'", "plain run name"),  # --env: the alias; named by its primary spelling
 ])
 def test_bad_values_exit_2_naming_key_value_range_before_any_folder(arg, shown, allowed, tmp_path, capsys):
     runs = tmp_path / "runs"

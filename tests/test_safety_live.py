@@ -98,7 +98,7 @@ def test_lock_inbox_and_kill_9_against_a_live_training(fmnist_dir, tmp_path, cap
     assert (run / "status").read_text().strip() == "running"  # nobody could write otherwise
     (run / "control" / "pid").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                      "start": start}))  # our pid: alive, but not that process
-    assert running_pid(run) is None
+    assert running_pid(run / "control") is None  # the inbox folder (RunFolder.control)
     t0 = time.time()
     assert main(["ctl", str(run), "eval", "--timeout=60"]) == 1  # at once, not after 60 s of waiting
     assert time.time() - t0 < 10 and "no training process is running" in capsys.readouterr().err

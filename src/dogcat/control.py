@@ -1,5 +1,8 @@
 """Steering a running training: signals (SIGTERM / SIGINT stop it at the next step boundary, checkpointed
-and resumable) and a file inbox for ``dogcat ctl`` commands (applied by ``engine/steering.py``)."""
+and resumable) and a file inbox for ``dogcat ctl`` commands (applied by ``engine/steering.py``).
+
+The inbox lives in a folder it is given: a run's ``control/`` (``RunFolder.control``, which knows the run
+folder's layout; this module sits below it and knows only the inbox's own files)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from .config import ConfigError, DogcatError
+from .config import DogcatError
 from .io import atomic_write_text, read_small
 from .locks import process_alive, this_process
 
@@ -69,8 +72,8 @@ COMMAND_BYTES = 64 << 10  # a command file is a line of JSON; anything bigger is
 MALFORMED_AFTER = 2.0     # seconds after which an unparsable command file is answered, not waited for
 
 
-def _dirs(run_dir: Path) -> tuple[Path, Path, Path]:
-    base = Path(run_dir) / "control"
+def _dirs(control_dir: Path) -> tuple[Path, Path, Path]:
+    base = Path(control_dir)
     return base / "inbox", base / "done", base / "pid"
 
 
@@ -87,8 +90,8 @@ class Inbox:
     raised; a command sent before this process started reading (left over from a killed session) is
     answered "discarded", never run."""
 
-    def __init__(self, run_dir: Path, min_interval: float = 0.2) -> None:
-        self.inbox, self.done, self.pidfile = _dirs(run_dir)
+    def __init__(self, control_dir: Path, min_interval: float = 0.2) -> None:
+        self.inbox, self.done, self.pidfile = _dirs(control_dir)
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.done.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
@@ -155,10 +158,11 @@ class Inbox:
         self.pidfile.unlink(missing_ok=True)
 
 
-def running_pid(run_dir: Path) -> int | None:
-    """The pid of the training process in ``run_dir``, or None when none is running. The pid file records the
-    process's start time too, so a pid reused after a kill -9 is not taken for the training."""
-    _, _, pidfile = _dirs(run_dir)
+def running_pid(control_dir: Path) -> int | None:
+    """The pid of the training process reading ``control_dir`` (a run's ``control/``), or None when none is
+    running. The pid file records the process's start time too, so a pid reused after a kill -9 is not taken
+    for the training."""
+    _, _, pidfile = _dirs(control_dir)
     try:
         info = json.loads(read_small(pidfile, 4096).decode("utf-8"))
         pid = int(info["pid"])
@@ -168,16 +172,14 @@ def running_pid(run_dir: Path) -> int | None:
     return pid if alive is not False else None  # None: another host on a shared filesystem; trust the file
 
 
-def send(run_dir: Path, command: str, timeout: float = 60.0) -> dict:
-    """Deliver ``command`` to the run in ``run_dir`` and wait for its answer (a dict with ``ok``, ``message``)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"no run folder at {run_dir} (it has no config.yaml)")
-    if running_pid(run_dir) is None:
-        status = (run_dir / "status").read_text(errors="replace").strip() if (run_dir / "status").exists() \
-            else "unknown"
-        raise NotRunning(f"no training process is running in {run_dir} (status: {status})")
-    inbox, done, _ = _dirs(run_dir)
+def send(control_dir: Path, command: str, timeout: float = 60.0, run: str | None = None) -> dict:
+    """Deliver ``command`` to the training process reading ``control_dir`` (a run's ``control/``) and wait for
+    its answer (a dict with ``ok``, ``message``). ``run`` names the run in messages (default: the folder)."""
+    control_dir = Path(control_dir)
+    what = run or str(control_dir)
+    if running_pid(control_dir) is None:
+        raise NotRunning(f"no training process is running in {what}")
+    inbox, done, _ = _dirs(control_dir)
     name = f"{time.time_ns()}-{os.getpid()}.json"
     _write_json(inbox / name, {"command": command, "sent": time.time()})  # whole before the trainer can see it
     t0 = time.monotonic()
@@ -190,11 +192,11 @@ def send(run_dir: Path, command: str, timeout: float = 60.0) -> dict:
                 result = None
             answer.unlink(missing_ok=True)
             if not isinstance(result, dict) or "ok" not in result:
-                return {"ok": False, "message": f"unreadable answer from {run_dir}"}
+                return {"ok": False, "message": f"unreadable answer from {what}"}
             result.setdefault("message", "")
             return result
-        if running_pid(run_dir) is None:
-            raise NotRunning(f"the training process in {run_dir} ended before answering")
+        if running_pid(control_dir) is None:
+            raise NotRunning(f"the training process in {what} ended before answering")
         time.sleep(0.05)
     (inbox / name).unlink(missing_ok=True)  # not taken: withdraw it, so it does not fire later
-    raise TimeoutError(f"no answer from {run_dir} within {timeout:.0f}s (a step may take longer: --timeout)")
+    raise TimeoutError(f"no answer from {what} within {timeout:.0f}s (a step may take longer: --timeout)")

@@ -130,7 +130,8 @@ _TABLE = [
            applies=lambda c: c == 2),
 ]
 METRICS: dict[str, Metric] = {m.name: m for m in _TABLE}
-VAL = "val_"
+VAL = "val_"  # a validation metric's name as logged (metrics.jsonl, --monitor): val_accuracy
+DEFAULT_MONITOR = VAL + "accuracy"  # what picks best.pt when nothing says otherwise (--monitor's default)
 
 
 def compute(t: Tally) -> dict[str, float]:

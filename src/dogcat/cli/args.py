@@ -4,7 +4,8 @@ Each command declares its positional arguments, the config options it reads and 
 the parser is built from that and from each option's type, default, choices and doc in ``config/options.py``, so no
 option is listed twice. Before argparse sees them, option tokens are put into one spelling: dashes and
 underscores are equal, case is ignored, ``--optim.lr`` is ``--lr``, ``--key value`` is ``--key=value``,
-and ``--flag=false`` is ``--no-flag``. Config values stay strings here; ``load_config`` converts them by
+``--flag=false`` is ``--no-flag``, and an option's alias is its name (``--env`` is ``--name``, for the commands
+that read it: ``dogcat sweep --name`` is the sweep's own). Config values stay strings here; ``load_config`` converts them by
 each option's type and names the option when it cannot. Errors raise :class:`~dogcat.config.ConfigError`
 (one line, exit 2) instead of argparse's usage-and-exit.
 """
@@ -17,7 +18,7 @@ import math
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, Iterable
 
-from ..config import OPTIONS, SECTIONS, ConfigError, is_flag
+from ..config import ALIASES, OPTIONS, SECTIONS, ConfigError, flag, is_flag, spellings
 
 ALL = frozenset(OPTIONS)
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -46,17 +47,23 @@ class Command:
     own: list[Own] = field(default_factory=list)
     epilog: str = ""
 
+    def option(self, name: str) -> str | None:
+        """The config option a dashed spelling names, when this command reads it (``name`` -> ``env``)."""
+        leaf = name.replace("-", "_")
+        leaf = ALIASES.get(leaf, leaf)
+        return leaf if leaf in self.options else None
+
     def takes_value(self, name: str) -> bool:
         """True for an option that needs a value (not a flag); ``name`` in dashed spelling."""
-        leaf = name.replace("-", "_")
-        if leaf in self.options:
+        leaf = self.option(name)
+        if leaf is not None:
             return not is_flag(leaf)
         own = next((o for o in self.own if o.name == name), None)
         return own is not None and own.type is not None
 
     def is_flag(self, name: str) -> bool:
-        leaf = name.replace("-", "_")
-        if leaf in self.options:
+        leaf = self.option(name)
+        if leaf is not None:
             return is_flag(leaf)
         return any(o.name == name and o.type is None for o in self.own)
 
@@ -82,17 +89,22 @@ def canonical(name: str) -> str:
     """An option name in the parser's spelling: lower case, dashes, no ``section.`` prefix."""
     key = name.strip().lower().replace("_", "-")
     sec, dot, leaf = key.partition(".")
-    if dot and sec in SECTIONS and leaf.replace("-", "_") in OPTIONS and OPTIONS[leaf.replace("-", "_")][0] == sec:
-        return leaf
+    if dot and sec in SECTIONS:
+        raw = leaf.replace("-", "_")
+        if OPTIONS.get(ALIASES.get(raw, raw), ("",))[0] == sec:
+            return leaf
     return key
 
 
 def _suggest(name: str, cmd: Command) -> str:
-    known = [o.replace("_", "-") for o in cmd.options] + [o.name for o in cmd.own] + ["quiet", "verbose"]
+    known = [s[2:] for o in cmd.options for s in spellings(o)] + [o.name for o in cmd.own] + ["quiet", "verbose"]
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     if close:
         return f"; did you mean {', '.join('--' + c for c in close)}?"
-    if name.replace("-", "_") in OPTIONS or name.startswith("no-") and name[3:].replace("-", "_") in OPTIONS:
+    def is_option(n: str) -> bool:
+        return n.replace("-", "_") in OPTIONS or n.replace("-", "_") in ALIASES
+
+    if is_option(name) or name.startswith("no-") and is_option(name[3:]):
         return f": `dogcat {cmd.name}` does not read this config option"
     return ""
 
@@ -182,12 +194,11 @@ def build_parser(cmd: Command) -> argparse.ArgumentParser:
             continue
         group = p.add_argument_group(f"{sec} options")
         for leaf in leaves:
-            flag = f"--{leaf.replace('_', '-')}"
             if is_flag(leaf):
-                group.add_argument(flag, dest=leaf, action=argparse.BooleanOptionalAction,
+                group.add_argument(*spellings(leaf), dest=leaf, action=argparse.BooleanOptionalAction,
                                    default=argparse.SUPPRESS, help=option_help(leaf))
             else:
-                group.add_argument(flag, dest=leaf, default=argparse.SUPPRESS, metavar=_metavar(leaf),
+                group.add_argument(*spellings(leaf), dest=leaf, default=argparse.SUPPRESS, metavar=_metavar(leaf),
                                    help=option_help(leaf))
     return p
 
@@ -215,7 +226,7 @@ def to_argv(overrides: dict[str, Any]) -> list[str]:
     option even after the script's name (``--monitor`` would be its ``--monitor-interval``)."""
     out = []
     for k, v in overrides.items():
-        name = k.replace("_", "-")
+        name = flag(k)[2:]
         dotted = f"{OPTIONS[k][0]}.{name}" if k in OPTIONS else name
         out.append((f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{dotted}={v}")
     return out
@@ -224,9 +235,10 @@ def to_argv(overrides: dict[str, Any]) -> list[str]:
 def names(cmd: Command) -> Iterable[str]:
     """Every option spelling the command accepts (for shell completion)."""
     for leaf in sorted(cmd.options):
-        yield f"--{leaf.replace('_', '-')}"
-        if is_flag(leaf):
-            yield f"--no-{leaf.replace('_', '-')}"
+        for spelling in spellings(leaf):
+            yield spelling
+            if is_flag(leaf):
+                yield f"--no-{spelling[2:]}"
     for o in cmd.own:
         yield f"--{o.name}"
     yield from ("--quiet", "--verbose", "--help")

@@ -169,9 +169,21 @@ def lr_find(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
 def ctl(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     """``dogcat ctl RUN COMMAND [ARG]`` — talk to a running training (see README "Steering a running job")."""
-    from ..control import send
+    from ..control import NotRunning, send
+    from ..io import MalformedFile
+    from ..tracking.folder import RunFolder
 
-    result = send(Path(a.run), " ".join(a.words), a.timeout)
+    run = RunFolder(a.run)
+    if not run.is_run():
+        raise ConfigError(f"no run folder at {run.path} (it has no {run.config.name})")
+    try:
+        result = send(run.control, " ".join(a.words), a.timeout, str(run.path))
+    except NotRunning as e:
+        try:
+            status = run.status()
+        except MalformedFile:
+            status = "unreadable"
+        raise NotRunning(f"{e} (status: {status})") from None
     print(f"{'ok' if result['ok'] else 'refused'} at step {result.get('step')}: {result['message']}")
     return 0 if result["ok"] else 2
 
@@ -183,9 +195,11 @@ def inspect(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..engine.steering import layer_stats
     from ..models.weights import torch_load
 
+    from ..tracking.folder import RunFolder
+
     path = Path(a.target)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = RunFolder(path).checkpoint("last")
     if not path.is_file():
         raise ConfigError(f"no checkpoint at {path}")
     obj = torch_load(path)
@@ -213,7 +227,7 @@ RUNS_USAGE = "dogcat runs [FOLDER] | dogcat runs show RUN | dogcat runs diff RUN
 
 def runs(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..tracking import runs as table
-    from ..tracking.run import find_run
+    from ..tracking.folder import find_run
 
     root, words = str(ov.get("runs_root", "runs")), a.words
     if words[:1] == ["show"] and len(words) == 2:

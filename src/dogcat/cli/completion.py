@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..config import OPTIONS, ConfigError
+from ..config import OPTIONS, ConfigError, flag
 from .args import names
 
 if TYPE_CHECKING:
@@ -18,8 +18,7 @@ if TYPE_CHECKING:
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    out = {f"--{leaf.replace('_', '-')}": f.metadata["choices"] for leaf, (_, f) in OPTIONS.items()
-           if f.metadata.get("choices")}
+    out = {flag(leaf): f.metadata["choices"] for leaf, (_, f) in OPTIONS.items() if f.metadata.get("choices")}
     out["--format"] = ("onnx", "torchscript", "safetensors")
     return out
 

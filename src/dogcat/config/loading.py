@@ -1,8 +1,8 @@
 """From recipes and ``--key=value`` to a checked :class:`~dogcat.config.options.Config`, and back to YAML.
 
 Layers, later wins: the dataclass defaults -> a YAML recipe (``--config=FILE``) -> ``--key=value``
-overrides. Keys are accepted flat (``--lr``, the seed's fire style) or dotted (``--optim.lr``);
-dashes and underscores are equal. OmegaConf does the merging and type checking; this module only
+overrides. Keys are accepted flat (``--lr``, the fire style of the original pytorch-book project) or dotted
+(``--optim.lr``); dashes and underscores are equal, and an option's alias (``--env`` for ``--name``) is its name. OmegaConf does the merging and type checking; this module only
 turns its errors into messages that name the key, the expected type and the value, or the choices.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import warnings
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .options import LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range
+from .options import ALIASES, LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range, flag, parse_class_weights
 
 
 def _norm(key: str) -> str:
@@ -29,12 +30,13 @@ def _norm(key: str) -> str:
 def resolve_key(key: str) -> str:
     """Return the dotted path of a flat or dotted option name, or raise naming the closest names."""
     k = _norm(key)
-    leaf = k.split(".")[-1]
-    if leaf in OPTIONS and (k == leaf or k == f"{OPTIONS[leaf][0]}.{leaf}"):
+    raw = k.split(".")[-1]
+    leaf = ALIASES.get(raw, raw)
+    if leaf in OPTIONS and k in (raw, f"{OPTIONS[leaf][0]}.{raw}"):
         return f"{OPTIONS[leaf][0]}.{leaf}"
-    names = list(OPTIONS) + [f"{s}.{n}" for n, (s, _) in OPTIONS.items()]
+    names = [*OPTIONS, *ALIASES] + [f"{s}.{n}" for n, (s, _) in OPTIONS.items()]
     close = difflib.get_close_matches(k, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join('--' + c.replace('_', '-') for c in close)}?" if close else ""
+    hint = f"; did you mean {', '.join(flag(c) for c in close)}?" if close else ""
     raise ConfigError(f"unknown option --{key.lstrip('-')}{hint} (`dogcat help` lists all options)")
 
 
@@ -83,7 +85,7 @@ def _apply(cfg: DictConfig, items: dict[str, Any], source: str) -> None:
         except OmegaConfBaseException as e:
             f = OPTIONS[path.split(".")[1]][1]
             raise ConfigError(
-                f"option --{path.split('.')[1].replace('_', '-')} ({source}) expects {_type_name(f)}, "
+                f"option {flag(path.split('.')[1])} ({source}) expects {_type_name(f)}, "
                 f"got {value!r}") from e
 
 
@@ -94,7 +96,7 @@ def _check_choices(cfg: DictConfig) -> None:
         if choices and value is not None:
             low = str(value).lower()
             if low not in choices:
-                raise ConfigError(f"option --{leaf.replace('_', '-')}={value!r} is not one of: {', '.join(choices)}")
+                raise ConfigError(f"option {flag(leaf)}={value!r} is not one of: {', '.join(choices)}")
             cfg[sec][leaf] = low
 
 
@@ -113,7 +115,7 @@ def _check_ranges(cfg: DictConfig) -> None:
         for v in (list(value) if is_list else [value]):
             if (is_float and not math.isfinite(v)) or v not in allowed:
                 shown = list(value) if is_list else value
-                raise ConfigError(f"option --{leaf.replace('_', '-')}={shown} is out of range: allowed is "
+                raise ConfigError(f"option {flag(leaf)}={shown} is out of range: allowed is "
                                   f"{'a finite number' if is_float else 'an integer'} in {allowed}"
                                   + (" (each element)" if is_list else ""))
 
@@ -124,11 +126,11 @@ def _check_values(cfg: DictConfig) -> None:
     _check_ranges(cfg)
     env = cfg.train.env
     if not RUN_NAME.fullmatch(env):
-        raise ConfigError(f"option --env={env!r} is not a plain run name: allowed are letters, digits, '.', '_', "
+        raise ConfigError(f"option {flag('env')}={env!r} is not a plain run name: allowed are letters, digits, '.', '_', "
                           "'-' and '+', starting with a letter or digit, at most 100 characters (it names a folder "
                           "inside --runs-root; pass --run-dir=PATH for a folder elsewhere)")
     cfg.train.logger = logger_list(cfg.train.logger)
-    _check_class_weights(cfg.optim.class_weights)
+    parse_class_weights(cfg.optim.class_weights)  # raises naming the option; users parse it the same way
     clip = cfg.eval.clip_probs
     if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1] <= 1.0):
         raise ConfigError(f"option --clip-probs expects two numbers a,b with 0 <= a < b <= 1 (e.g. 0.02,0.98), "
@@ -148,21 +150,6 @@ def logger_list(spec: str) -> str:
         raise ConfigError(f"option --logger={spec!r}: unknown tracker {', '.join(map(repr, bad))}; a comma list of "
                           f"{', '.join(LOGGERS)}, or none")
     return ",".join(names)
-
-
-def _check_class_weights(spec: str) -> None:
-    """``--class-weights``: auto, none or finite weights >= 0, not all 0 (their count is checked against the
-    classes when the data is read, still before a run folder exists)."""
-    s = str(spec).strip().lower()
-    if s in ("auto", "none"):
-        return
-    try:
-        ws = [float(w) for w in s.split(",")]
-    except ValueError:
-        ws = []
-    if not ws or not all(math.isfinite(w) and w >= 0 for w in ws) or not any(ws):
-        raise ConfigError(f"option --class-weights={spec!r} is not allowed: allowed is auto, none, or "
-                          "comma-separated finite weights >= 0, one per class, not all 0 (e.g. 1,3)")
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -187,11 +174,9 @@ def _drop_local(tree: dict[str, Any], source: str, warn: bool) -> dict[str, Any]
         if f is None or not f.metadata.get("local"):
             out[key] = value
         elif warn and value is not None and value != f.default:
-            import warnings
-
-            flag = f"--{f.name.replace('_', '-')}"
-            warnings.warn(f"{source}: {flag}={value!r} ignored: a recipe does not choose where dogcat writes; "
-                          f"pass {flag} on the command line")
+            name = flag(f.name)
+            warnings.warn(f"{source}: {name}={value!r} ignored: a recipe does not choose where dogcat writes; "
+                          f"pass {name} on the command line")
     return out
 
 
@@ -275,5 +260,5 @@ def help_text() -> str:
             choices = f.metadata.get("choices")
             allowed = f.metadata.get("range")
             doc = f.metadata["doc"] + (f" [{'|'.join(choices)}]" if choices else "") + (f" {allowed}" if allowed else "")
-            lines.append(f"  --{f.name.replace('_', '-'):<20} {str(default):<14} {doc}")
+            lines.append(f"  {flag(f.name):<22} {str(default):<14} {doc}")
     return "\n".join(lines)

@@ -1,16 +1,21 @@
-"""Every option of dogcat once: its section, type, default, one-line doc, and choices or range.
+"""Every option of dogcat once: its section, type, default, one-line doc, choices or range, and its facts.
 
 The dataclasses below are the typed config tree; ``OPTIONS`` maps each leaf name to its section and field, which
 the CLI parser, ``dogcat help``, the YAML loader (``loading.py``) and the value checks all read.
+
+Each option also says, in :func:`opt`, when it may change (``changes``: fixed / resume / live) and whether it is
+part of the experiment (``experiment``); the lists the rest of dogcat uses are derived from that, here and
+nowhere else: :data:`LIVE` (``dogcat ctl set``), :data:`RESUMABLE` (a resume may change them) and
+:data:`NOT_EXPERIMENT` (left out of hparams and run comparisons). tests/test_layers.py keeps them consistent.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
-from ..metrics import monitors
+from ..metrics import DEFAULT_MONITOR, monitors
 
 
 class DogcatError(Exception):
@@ -50,12 +55,30 @@ COUNT = 2**31 - 1  # upper end of counts (epochs, steps, ...): keeps every value
 SEED = Range(0, 2**63 - 1)
 
 
+# When an option may take a new value, from least to most: never within a run (another value is another
+# experiment), on a resume (``--resume`` with a new value), or live too (``dogcat ctl set`` while it trains).
+CHANGES = ("fixed", "resume", "live")
+
+
 def opt(default: Any, doc: str, choices: tuple[str, ...] | None = None, range: Range | None = None,
-        local: bool = False) -> Any:
+        local: bool = False, changes: str | None = None, experiment: bool | None = None,
+        name: str | None = None) -> Any:
     """A dataclass field carrying its documentation, allowed values (``choices`` or a numeric ``range``) and
-    whether it is ``local``: a place on this machine dogcat writes to or watches, taken only from the command
-    line or a library call, never from a recipe file or a checkpoint (they are data from elsewhere)."""
-    meta = {"doc": doc, "choices": choices, "range": range, "local": local}
+    its facts:
+
+    - ``local``: a place on this machine dogcat writes to or watches, taken only from the command line or a
+      library call, never from a recipe file or a checkpoint (they are data from elsewhere);
+    - ``changes``: one of :data:`CHANGES`; ``live`` implies that a resume may change it too. Default: ``resume``
+      for a local option (a place), else ``fixed``;
+    - ``experiment``: False for options that name places or change the display, not what is trained (left out
+      of hparams and run comparisons). Default: not ``local``;
+    - ``name``: the command-line spelling when it is not the field's (``--name`` for ``env``); the field's
+      own spelling stays accepted as an alias."""
+    changes = changes or ("resume" if local else "fixed")
+    if changes not in CHANGES:
+        raise ValueError(f"opt(changes={changes!r}): one of {', '.join(CHANGES)}")
+    meta = {"doc": doc, "choices": choices, "range": range, "local": local, "changes": changes,
+            "experiment": (not local) if experiment is None else experiment, "name": name}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -66,13 +89,18 @@ class DataConfig:
     # no static choices: layouts are a registry in data/, a layer above; a wrong name fails there, in one line
     dataset: str = opt("auto", "data layout: auto (detected from train_data_root / train_list) or a registered "
                        "layout; a wrong name lists them")
-    train_data_root: Optional[str] = opt("./data/train/", "training images: Kaggle flat folder or class subfolders")
-    val_data_root: Optional[str] = opt(None, "separate validation folder (folder layout); else val_split of train")
-    test_data_root: Optional[str] = opt("./data/test", "test images: Kaggle test folder (N.jpg) or any folder")
-    train_list: Optional[str] = opt(None, "list file for training: CSV (path,label) or 'path label' lines")
-    val_list: Optional[str] = opt(None, "list file for validation (same format)")
-    test_list: Optional[str] = opt(None, "list file for test (labels optional)")
-    fashion_mnist_root: Optional[str] = opt(None, "folder with Fashion-MNIST IDX files; default: Debian's, else download")
+    train_data_root: Optional[str] = opt("./data/train/", "training images: Kaggle flat folder or class subfolders",
+                                         changes="resume")
+    val_data_root: Optional[str] = opt(None, "separate validation folder (folder layout); else val_split of train",
+                                       changes="resume")
+    test_data_root: Optional[str] = opt("./data/test", "test images: Kaggle test folder (N.jpg) or any folder",
+                                        changes="resume")
+    train_list: Optional[str] = opt(None, "list file for training: CSV (path,label) or 'path label' lines",
+                                    changes="resume")
+    val_list: Optional[str] = opt(None, "list file for validation (same format)", changes="resume")
+    test_list: Optional[str] = opt(None, "list file for test (labels optional)", changes="resume")
+    fashion_mnist_root: Optional[str] = opt(None, "folder with Fashion-MNIST IDX files; default: Debian's, else "
+                                            "download", changes="resume")
     val_split: float = opt(0.3, "fraction of the training images held out for validation (stratified)",
                             range=Range(0, 1, hi_open=True))
     split_seed: int = opt(0, "seed of the train/val split (independent of the training seed)", range=SEED)
@@ -89,7 +117,7 @@ class DataConfig:
                          ("auto", "imagenet", "dataset"))
     batch_size: int = opt(128, "images per batch (per process)", range=Range(1, 2**20))
     num_workers: int = opt(-1, "data loading processes; -1 picks min(4, CPU cores), 0 loads in the main process",
-                            range=Range(-1, 1024))
+                            range=Range(-1, 1024), changes="resume")
     cache: bool = opt(False, "decode images once into a packed uint8 cache (<data root>/.dogcat-cache, built on "
                       "first use, rebuilt when files change) and train/evaluate from it; see `dogcat prepare`")
     cache_dir: Optional[str] = opt(None, "folder for packed caches; default <data root>/.dogcat-cache, or "
@@ -98,26 +126,31 @@ class DataConfig:
                        "drawn equally often, images with replacement; as resumable and DDP-sharded)",
                        ("shuffle", "balanced"))
     in_memory_mb: int = opt(1024, "read a packed cache into RAM (one uint8 tensor) when it fits in this many MiB; "
-                            "0: always memory-map it", range=Range(0, COUNT))
+                            "0: always memory-map it", range=Range(0, COUNT), changes="resume")
 
 
 @dataclass
 class ModelConfig:
     model: str = opt("squeezenet", "architecture: see `dogcat models`; also timm:<name>, torchvision:<name>")
-    pretrained: Optional[str] = opt(None, "pretrained backbone: a local weight file, or 'hub' to download")
-    load_model_path: Optional[str] = opt(None, "weights or checkpoint to start from (train) or to evaluate (val/test)")
+    pretrained: Optional[str] = opt(None, "pretrained backbone: a local weight file, or 'hub' to download",
+                                     changes="resume")
+    load_model_path: Optional[str] = opt(None, "weights or checkpoint to start from (train) or to evaluate "
+                                          "(val/test)", changes="resume")
     load_not_strict: bool = opt(False, "load_model_path may match the model only partly (reports what matched)")
-    freeze_backbone: bool = opt(False, "train only the classifier head (the seed's SqueezeNet fine-tuning)")
+    freeze_backbone: bool = opt(False, "train only the classifier head (the original pytorch-book project's "
+                                "SqueezeNet fine-tuning)")
     backbone_lr_mult: float = opt(1.0, "learning-rate multiplier for the backbone (head gets lr)", range=Range(0))
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = opt("adam", "any torch.optim optimizer, case-insensitive (sgd, adam, adamw, ...)")
-    lr: float = opt(1e-3, "initial learning rate (the seed's default of 0.1 diverges with Adam)", range=Range(0))
+    lr: float = opt(1e-3, "initial learning rate (the original pytorch-book project's 0.1 diverges with Adam)",
+                      range=Range(0), changes="live")
     momentum: float = opt(0.9, "momentum, for optimizers that take one (sgd, rmsprop)", range=Range(0, 1))
-    weight_decay: float = opt(1e-4, "weight decay", range=Range(0))
-    scheduler: str = opt("loss-rise", "lr schedule; loss-rise is the seed's: lr *= lr_decay when the epoch loss rises",
+    weight_decay: float = opt(1e-4, "weight decay", range=Range(0), changes="live")
+    scheduler: str = opt("loss-rise", "lr schedule; loss-rise is the original pytorch-book project's: lr *= "
+                         "lr_decay when the epoch loss rises",
                          ("loss-rise", "none", "step", "multistep", "cosine", "onecycle"))
     lr_decay: float = opt(0.95, "decay factor of loss-rise, and gamma of step / multistep",
                            range=Range(0, 1, lo_open=True))
@@ -132,7 +165,7 @@ class OptimConfig:
                                 range=Range(0, 1e6))
     accum_steps: int = opt(1, "gradient accumulation: batches per optimizer step", range=Range(1, 2**16))
     clip_grad_norm: Optional[float] = opt(None, "clip the gradient norm to this value",
-                                           range=Range(0, lo_open=True))
+                                           range=Range(0, lo_open=True), changes="live")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy targets, e.g. 0.1",
                                   range=Range(0, 1, hi_open=True))
     mixup: float = opt(0.0, "mixup alpha (timm Mixup, soft-target cross-entropy); 0: off, e.g. 0.2", range=Range(0))
@@ -151,78 +184,91 @@ LOGGERS = ("tensorboard", "mlflow", "wandb")
 
 @dataclass
 class TrainConfig:
-    max_epoch: int = opt(10, "number of training epochs", range=Range(1, 10**6))
+    max_epoch: int = opt(10, "number of training epochs", range=Range(1, 10**6), changes="live")
     seed: int = opt(0, "seed of python, numpy, torch and loader workers", range=SEED)
     deterministic: bool = opt(False, "use deterministic algorithms (slower)")
-    device: str = opt("auto", "auto (CUDA when available and use_gpu), cpu, cuda or cuda:N")
-    use_gpu: bool = opt(True, "allow the GPU when device=auto")
+    device: str = opt("auto", "auto (CUDA when available and use_gpu), cpu, cuda or cuda:N", changes="resume")
+    use_gpu: bool = opt(True, "allow the GPU when device=auto", changes="resume")
     precision: str = opt("fp32", "fp32; bf16 autocast (CPU with AMX, recent GPUs); fp16 AMP with grad scaler (CUDA); "
                          "auto: a short timed probe of this model/size/batch picks fp32 or bf16/fp16 (cached in "
                          "~/.cache/dogcat/precision.json)", ("fp32", "bf16", "fp16", "auto"))
     channels_last: bool = opt(False, "NHWC memory layout (faster convolutions with bf16/fp16)")
     compile: bool = opt(False, "torch.compile the model (Module.compile: first steps are slow while it compiles)")
     nproc: int = opt(1, "processes on this machine: N > 1 relaunches the command under torchrun (DDP)",
-                      range=Range(1, 1024))
-    sync_bn: bool = opt(False, "under DDP, synchronise BatchNorm statistics across processes")
+                      range=Range(1, 1024), changes="resume")
+    sync_bn: bool = opt(False, "under DDP, synchronise BatchNorm statistics across processes", changes="resume")
     lr_scaling: str = opt("none", "scale lr with the global batch (batch_size x processes x accum_steps) "
                           "relative to base_batch_size", ("none", "linear", "sqrt"))
     base_batch_size: int = opt(256, "the global batch at which lr is the given lr (lr_scaling)",
                                 range=Range(1, COUNT))
-    print_freq: int = opt(20, "log the training loss every N steps", range=Range(1, COUNT))
+    print_freq: int = opt(20, "log the training loss every N steps", range=Range(1, COUNT), changes="live",
+                          experiment=False)
     debug_file: Optional[str] = opt(None, "trigger file: each new version of it stops a run on a terminal in the "
                                      "debugger, else writes a debug dump; default RUN/control/debug (the "
-                                     "seed used /tmp/debug)", local=True)
-    env: str = opt("default", "run name (the seed's visdom env); default: <model>-<timestamp>")
+                                     "original pytorch-book project used /tmp/debug)", local=True)
+    env: str = opt("default", "run name, the folder's name under runs_root; default: <model>-<timestamp>. "
+                   "--env is an alias (the original pytorch-book project's visdom env)", changes="resume",
+                   experiment=False, name="name")
     runs_root: str = opt("runs", "folder that holds run folders", local=True)
     run_dir: Optional[str] = opt(None, "the run's folder; default: <runs_root>/<env or model-timestamp>", local=True)
     resume: Optional[str] = opt(None, "continue a run exactly where its last checkpoint left it: its folder, or "
-                                "'latest' (newest under runs_root)")
+                                "'latest' (newest under runs_root)", changes="resume", experiment=False)
     save_every_steps: int = opt(0, "also checkpoint (last.pt) every N optimizer steps, to resume inside an epoch; "
-                                 "0: off", range=Range(0, COUNT))
+                                 "0: off", range=Range(0, COUNT), changes="live")
     save_every_epochs: int = opt(0, "keep an archive checkpoint every N epochs (epoch-NNNN.pt); 0: off",
-                                  range=Range(0, COUNT))
+                                  range=Range(0, COUNT), changes="resume")
     keep_top_k: int = opt(3, "keep the k best epochs by --monitor as top-NNNN-<metric>.pt; 0: none",
-                           range=Range(0, COUNT))
+                           range=Range(0, COUNT), changes="resume")
     max_steps: Optional[int] = opt(None, "stop (checkpointed, resumable) after this many optimizer steps in all",
-                                    range=Range(1, 2**62))
+                                    range=Range(1, 2**62), changes="live")
     nonfinite: str = opt("stop", "on a NaN/Inf loss or gradient: stop (keep the last good checkpoint, exit 3) or "
-                         "skip the batch", ("stop", "skip"))
+                         "skip the batch", ("stop", "skip"), changes="live")
     nonfinite_max_skips: int = opt(5, "with --nonfinite=skip: stop after this many non-finite batches in a row",
-                                    range=Range(1, COUNT))
+                                    range=Range(1, COUNT), changes="live")
     patience: int = opt(0, "early stopping: end the run (finished) after this many epochs without an improvement "
-                        "of --monitor larger than --min-delta; 0: off", range=Range(0, COUNT))
-    min_delta: float = opt(0.0, "early stopping: an improvement of --monitor must exceed this", range=Range(0))
-    monitor: str = opt("val_accuracy", "metric that picks best.pt (and top-k); its direction comes from the metrics "
+                        "of --monitor larger than --min-delta; 0: off", range=Range(0, COUNT),
+                        changes="live")
+    min_delta: float = opt(0.0, "early stopping: an improvement of --monitor must exceed this", range=Range(0),
+                            changes="live")
+    monitor: str = opt(DEFAULT_MONITOR, "metric that picks best.pt (and top-k); its direction comes from the metrics "
                        "table (dogcat/metrics.py)", monitors())
     embeddings_every: int = opt(0, "also write TensorBoard projector embeddings of the validation set every N "
-                                 "epochs (always at the end of training); 0: at the end only", range=Range(0, COUNT))
+                                 "epochs (always at the end of training); 0: at the end only", range=Range(0, COUNT),
+                                 changes="resume", experiment=False)
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
-                        ("auto", "bar", "plain", "none"))
+                        ("auto", "bar", "plain", "none"), changes="resume", experiment=False)
     logger: str = opt("tensorboard", "experiment trackers, a comma list of " + ", ".join(LOGGERS) + " (or none); "
                       "the same records as metrics.jsonl. mlflow / wandb need pip install "
-                      "'dogcat-vision[mlflow]' / '[wandb]'")
+                      "'dogcat-vision[mlflow]' / '[wandb]'", changes="resume", experiment=False)
     mlflow_uri: Optional[str] = opt(None, "MLflow tracking URI: a server (http://host:5000), sqlite:///FILE, or a "
                                     "file: store; default: file store <runs_root>/mlruns (beside the run folder)",
                                     local=True)
-    mlflow_experiment: str = opt("dogcat", "MLflow experiment the run is logged under")
-    wandb_project: str = opt("dogcat", "W&B project the run is logged under")
+    mlflow_experiment: str = opt("dogcat", "MLflow experiment the run is logged under", changes="resume",
+                                 experiment=False)
+    wandb_project: str = opt("dogcat", "W&B project the run is logged under", changes="resume",
+                             experiment=False)
     wandb_mode: str = opt("offline", "W&B mode: offline (files in RUN/wandb/, upload later with `wandb sync`) or "
-                          "online (needs `wandb login`)", ("offline", "online"))
+                          "online (needs `wandb login`)", ("offline", "online"), changes="resume",
+                          experiment=False)
 
 
 @dataclass
 class EvalConfig:
-    checkpoint: str = opt("best", "which checkpoint of a run val/test/predict load", ("best", "last"))
+    # what val / test / predict do with a trained model: none of it changes a training, so a resume may change each
+    checkpoint: str = opt("best", "which checkpoint of a run val/test/predict load", ("best", "last"), changes="resume")
     result_file: Optional[str] = opt(None, "submission CSV of `test`; default: <run>/submission.csv", local=True)
-    positive_class: Optional[str] = opt(None, "class whose probability `test` writes for 2 classes; default dog or class 1")
+    positive_class: Optional[str] = opt(None, "class whose probability `test` writes for 2 classes; default dog or "
+                                        "class 1", changes="resume")
     output: Optional[str] = opt(None, "predict: write CSV or JSON here (by extension) instead of a table", local=True)
-    tta: bool = opt(False, "val/test/predict: average each image's probabilities with its horizontal flip's")
+    tta: bool = opt(False, "val/test/predict: average each image's probabilities with its horizontal flip's",
+                    changes="resume")
     sample_submission: Optional[str] = opt(None, "test: check the CSV against this sample submission "
-                                           "(header, ids, order); default: against the test folder")
+                                           "(header, ids, order); default: against the test folder", changes="resume")
     clip_probs: Optional[list[float]] = opt(None, "test: clip written probabilities to [a,b], e.g. 0.02,0.98 "
-                                            "(log loss punishes confident mistakes)", range=Range(0, 1))
+                                            "(log loss punishes confident mistakes)", range=Range(0, 1),
+                                            changes="resume")
     report: bool = opt(False, "val: also write RUN/report/index.html (curves, confusion matrix, per-class scores, "
-                       "worst mistakes)")
+                       "worst mistakes)", changes="resume")
 
 
 @dataclass
@@ -249,9 +295,51 @@ def option_table() -> dict[str, tuple[str, Any]]:
 
 OPTIONS = option_table()
 
-# options that name places or change the display, not the experiment: left out of hparams and run comparisons
-NOT_EXPERIMENT = {"resume", "run_dir", "runs_root", "env", "debug_file", "progress", "print_freq", "logger",
-                  "mlflow_uri", "mlflow_experiment", "wandb_project", "wandb_mode", "embeddings_every"}
+# The option lists, derived from each option's facts (opt(changes=..., experiment=...)) and defined nowhere else.
+# Options a running job may change (`dogcat ctl set`); anything else would need another setup. In declaration order.
+LIVE = tuple(leaf for leaf, (_, f) in OPTIONS.items() if f.metadata["changes"] == "live")
+# Options a resumed run may change (the live ones among them); the rest would make it another experiment.
+RESUMABLE = frozenset(leaf for leaf, (_, f) in OPTIONS.items() if f.metadata["changes"] in ("live", "resume"))
+# Options that name places or change the display, not the experiment: left out of hparams and run comparisons.
+NOT_EXPERIMENT = frozenset(leaf for leaf, (_, f) in OPTIONS.items() if not f.metadata["experiment"])
+# Command-line spellings other than the field's own: {"name": "env"}; the field's spelling stays an alias.
+ALIASES = {f.metadata["name"]: leaf for leaf, (_, f) in OPTIONS.items() if f.metadata["name"]}
+assert not set(ALIASES) & set(OPTIONS), "an option's name must not be another option's"
+
+
+def flag(key: str) -> str:
+    """The command-line spelling of an option: ``lr_decay`` -> ``--lr-decay``, ``env`` -> ``--name`` (its
+    primary spelling); any other key (``optim.lr``, a command's own option) with dashes for underscores."""
+    entry = OPTIONS.get(key)
+    name = (entry[1].metadata["name"] if entry else None) or key
+    return "--" + name.replace("_", "-")
+
+
+def spellings(leaf: str) -> list[str]:
+    """Every command-line spelling of an option, the primary one first (``--name``, ``--env``)."""
+    own = "--" + leaf.replace("_", "-")
+    return list(dict.fromkeys([flag(leaf), own]))
+
+
+# --class-weights as a value: "auto", "none", or one finite weight >= 0 per class (not all 0)
+ClassWeights = Union[Literal["auto", "none"], tuple[float, ...]]
+
+
+def parse_class_weights(spec: str) -> ClassWeights:
+    """``--class-weights`` as a typed value, the one parser of it: ``"auto"``, ``"none"`` or the weights as a
+    tuple; anything else is one ConfigError line (their count is checked against the classes when the data
+    is read, still before a run folder exists: ``data.balance.class_weights``)."""
+    s = str(spec).strip().lower()
+    if s in ("auto", "none"):
+        return s  # type: ignore[return-value]
+    try:
+        ws = tuple(float(w) for w in s.split(","))
+    except ValueError:
+        ws = ()
+    if not ws or not all(math.isfinite(w) and w >= 0 for w in ws) or not any(ws):
+        raise ConfigError(f"option {flag('class_weights')}={spec!r} is not allowed: allowed is auto, none, or "
+                          "comma-separated finite weights >= 0, one per class, not all 0 (e.g. 1,3)")
+    return ws
 
 
 def flat_config(tree: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..config import ClassWeights, parse_class_weights
 from .images import DataError
 from .loader import ResumableSampler
 
@@ -26,12 +27,14 @@ def class_counts(dataset: Any, num_classes: int) -> list[int] | None:
     return torch.bincount(torch.tensor(ys, dtype=torch.long), minlength=num_classes).tolist()
 
 
-def class_weights(spec: str, counts: Sequence[int] | None, class_names: Sequence[str]) -> list[float] | None:
+def class_weights(spec: ClassWeights | str, counts: Sequence[int] | None,
+                  class_names: Sequence[str]) -> list[float] | None:
     """The loss weights ``--class-weights`` asks for: None for ``none``; for ``auto`` the inverse class
     frequency, normalised as scikit-learn's "balanced" (``N / (C * n_c)``: the mean weight over the training
     images is 1, so the loss keeps its scale and the learning rate its meaning); else the given numbers, one
-    per class. A class without images gets weight 0 under ``auto`` (no image of it is ever weighted)."""
-    spec = spec.strip().lower()
+    per class. A class without images gets weight 0 under ``auto`` (no image of it is ever weighted).
+    ``spec``: the option's text (parsed by ``config.parse_class_weights``, the one parser) or its parsed value."""
+    spec = parse_class_weights(spec) if isinstance(spec, str) else spec
     if spec == "none":
         return None
     c = len(class_names)
@@ -41,9 +44,10 @@ def class_weights(spec: str, counts: Sequence[int] | None, class_names: Sequence
                             "(its data set has no `targets`); pass the weights, e.g. --class-weights=1,3")
         n = sum(counts)
         return [n / (c * k) if k else 0.0 for k in counts]
-    weights = [float(w) for w in spec.split(",")]
+    weights = list(spec)
     if len(weights) != c:
-        raise DataError(f"--class-weights={spec} gives {len(weights)} weight(s) for {c} classes "
+        given = ",".join(f"{w:g}" for w in weights)
+        raise DataError(f"--class-weights={given} gives {len(weights)} weight(s) for {c} classes "
                         f"({', '.join(class_names)}): allowed is auto, none, or one weight per class")
     return weights
 

@@ -55,14 +55,14 @@ def _write_atomic(path: Path, rows: list[tuple[str, str]]) -> None:
     atomic_write_text(path, buf.getvalue(), f"writing the split file {path.name}")
 
 
-def write_splits(bundle: DataBundle, run_dir: Path) -> list[Path]:
-    """Write ``run_dir/splits/{train,val}.csv`` (header ``path,label``, label = class name, absolute
-    paths): list files that ``--train-list``/``--val-list`` read back to reproduce the run's split.
+def write_splits(bundle: DataBundle, out_dir: Path) -> list[Path]:
+    """Write ``out_dir/{train,val}.csv`` (a run's ``splits/`` folder; header ``path,label``, label = class name,
+    absolute paths): list files that ``--train-list``/``--val-list`` read back to reproduce the run's split.
 
     A layout without ``real_paths`` (Fashion-MNIST: ``fashion-mnist/<split>/<index>``) writes its pseudo-paths
     as they are: a record, not loadable files.
     """
-    out_dir = Path(run_dir) / "splits"
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     absolute = get_layout(bundle.layout).real_paths

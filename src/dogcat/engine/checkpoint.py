@@ -11,7 +11,7 @@ import torch
 
 from ..io import atomic_link_or_copy as link_or_copy
 from ..io import atomic_write_bytes, one_line
-from ..metrics import sort_key
+from ..metrics import DEFAULT_MONITOR, sort_key
 from ..models.weights import WeightsError, torch_load
 from ..preprocess import Preprocess, PreprocessError
 
@@ -106,7 +106,7 @@ class Checkpoints:
     resume; every new file is complete before an old one is deleted, and nothing outside the folder is
     touched."""
 
-    def __init__(self, folder: Path, monitor: str = "val_accuracy", keep_top_k: int = 3,
+    def __init__(self, folder: Path, monitor: str = DEFAULT_MONITOR, keep_top_k: int = 3,
                  every_epochs: int = 0) -> None:
         self.folder, self.monitor, self.k, self.every = folder, monitor, keep_top_k, every_epochs
         self.last, self.best = folder / "last.pt", folder / "best.pt"

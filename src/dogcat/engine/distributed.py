@@ -10,7 +10,6 @@ import gc
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,20 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
+from ..processes import Dist  # defined below the engine, so that tracking can be told it too
 
 
 def setup(device: torch.device) -> tuple[Dist, torch.device]:

@@ -15,8 +15,9 @@ from ..data import BadFiles, DataError, build_test, build_train_val, class_count
 from ..io import atomic_write_text
 from ..metrics import per_class_named
 from ..models.tta import with_tta
-from ..tracking.collect import Collector
 from ..models.gradcam import explainer
+from ..tracking.collect import Collector
+from ..tracking.folder import RunFolder
 from ..tracking.report import write_report
 from .loading import Loaded, load_model
 from .loop import validate
@@ -48,8 +49,9 @@ def evaluate(target: str | Path | None, overrides: dict[str, Any] | None = None,
                                             lm.pre.std, str(lm.checkpoint), explainer(lm.model),
                                             class_counts(data.train, len(names))))
         log.info(f"wrote {result['report']}")
-    atomic_write_text(lm.out_dir / "result.json", json.dumps(result, indent=2, default=str))
-    log.info(f"wrote {lm.out_dir / 'result.json'}")
+    out = RunFolder(lm.out_dir).result
+    atomic_write_text(out, json.dumps(result, indent=2, default=str))
+    log.info(f"wrote {out}")
     return result
 
 
@@ -60,7 +62,7 @@ def report(target: str | Path, overrides: dict[str, Any] | None = None, **option
         return Path(evaluate(target, {**(overrides or {}), **options, "report": True})["report"])
     except (DataError, ConfigError) as e:
         run = Path(target)
-        if not (run / "config.yaml").is_file():
+        if not RunFolder(run).is_run():
             raise
         log.warning(f"no validation pass for the report: {e}")
         return write_report(run, run)
@@ -107,14 +109,14 @@ def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
     lm = load_model(target, {**(overrides or {}), **options})
     # the training layout decides the test layout; a bare state_dict has none: test_list or test_data_root
     dataset = build_test(lm.cfg.data, lm.kind, lm.pre)
-    bad = BadFiles(lm.out_dir / "bad_files_test.txt")  # its own list: training's must not become rows
+    bad = BadFiles(RunFolder(lm.out_dir).bad_test_files)  # its own list: training's must not become rows
     ids, probs, labels = _probabilities(lm, dataset, bad)
     names = list(lm.pre.classes)
     c = len(names)
     rows = {i: p for i, p in zip(ids, probs.tolist())}
     for path in bad.files:  # one row per test image, even for a file we could not read
         rows.setdefault(_bad_id(path, lm.cfg.data.test_data_root), [1.0 / c] * c)
-    out = Path(lm.cfg.eval.result_file) if lm.cfg.eval.result_file else lm.out_dir / "submission.csv"
+    out = Path(lm.cfg.eval.result_file) if lm.cfg.eval.result_file else RunFolder(lm.out_dir).submission
     ev = lm.cfg.eval
     pos = positive_index(names, ev.positive_class) if c == 2 else None
     order = sample_order(ev.sample_submission, sorted(rows, key=_id_key))
@@ -129,7 +131,7 @@ def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
         meter.update(probs.clamp_min(1e-30).log(), labels.long())
         result["metrics"] = meter.compute()
         result["per_class"] = per_class_named(result["metrics"]["confusion"], names)
-        atomic_write_text(lm.out_dir / "test_result.json", json.dumps(result, indent=2, default=str))
+        atomic_write_text(RunFolder(lm.out_dir).test_result, json.dumps(result, indent=2, default=str))
     log.info(f"wrote {len(rows)} rows to {out}")
     return result
 

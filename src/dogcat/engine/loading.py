@@ -16,6 +16,7 @@ from ..data import layout_names
 from ..models import build_model, head_module, list_models
 from ..models.weights import WeightsError, load_weights, read_state_dict, torch_load
 from ..preprocess import Preprocess
+from ..tracking.folder import RunFolder
 from .checkpoint import check_checkpoint, checkpoint_preprocess
 from .runtime import Runtime, memory_format, pick_device
 
@@ -50,17 +51,18 @@ def resolve_checkpoint(target: str | Path | None, overrides: dict[str, Any]) -> 
     path = Path(str(spec))
     if path.is_dir():
         which = str(next((v for k, v in overrides.items() if k.replace("-", "_") == "checkpoint"), "best"))
-        ckpt = path / "checkpoints" / f"{which}.pt"
-        if not ckpt.is_file() and which == "best" and (path / "checkpoints" / "last.pt").is_file():
-            ckpt = path / "checkpoints" / "last.pt"
+        run = RunFolder(path)
+        ckpt = run.checkpoint(which)
+        if not ckpt.is_file() and which == "best" and run.checkpoint("last").is_file():
+            ckpt = run.checkpoint("last")
         if not ckpt.is_file():
-            raise ConfigError(f"{path} has no checkpoints/{which}.pt: is it a dogcat run folder that finished an epoch?")
+            raise ConfigError(f"{path} has no {ckpt.relative_to(path)}: is it a dogcat run folder that finished an "
+                              "epoch?")
         return ckpt, path
     if not path.is_file():
         raise ConfigError(f"no run folder or checkpoint file at {path}")
-    run = path.parent.parent if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").exists() \
-        else None
-    return path, run
+    run = RunFolder(path.parent.parent)  # RUN/checkpoints/NAME.pt: the run it belongs to, when it is one
+    return path, run.path if path.parent == run.checkpoints and run.config.exists() else None
 
 
 def load_model(target: str | Path | None, overrides: dict[str, Any] | None = None) -> Loaded:

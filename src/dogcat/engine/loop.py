@@ -13,6 +13,7 @@ from ..config import Config
 from ..data import BadFiles, Batch
 from ..tracking.collect import Collector
 from ..tracking.progress import Progress
+from ..tracking.records import step_record
 from . import distributed
 from .distributed import unwrap
 from .meters import EvalMeter
@@ -61,8 +62,7 @@ def usable(batch: Batch, batch_size: int | None) -> bool:
 def _log_window(p: Parts, state: TrainState, progress: Progress) -> None:
     """The training loss since the last log step, to metrics.jsonl (and TensorBoard) and the progress display."""
     window_loss, lr = p.step.meter.window(), p.step.optimizer.param_groups[0]["lr"]
-    p.run.log({"kind": "step", "step": state.global_step, "epoch": state.epoch + 1, "train_loss": window_loss,
-               "lr": lr, "images_per_s": progress.throughput})
+    p.run.log(step_record(state.global_step, state.epoch + 1, window_loss, lr, progress.throughput))
     progress.note(loss=window_loss, lr=lr)
 
 

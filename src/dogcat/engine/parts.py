@@ -15,6 +15,7 @@ from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSa
                     make_loader, train_sampler, write_splits)
 from ..models import build_model
 from ..models.weights import load_weights
+from ..tracking.records import event_record
 from ..tracking.run import Run
 from . import distributed
 from .distributed import Dist
@@ -46,7 +47,7 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
     """Seed, loaders, model (DDP-wrapped under torchrun), optimizer, schedule, loss scaler, EMA, criterion."""
     seed_everything(cfg.train.seed + d.rank, cfg.train.deterministic)  # per-rank dropout; DDP syncs the init
     if d.main:
-        write_splits(data, run.path)
+        write_splits(data, run.folder.splits)
     loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
                        pin_memory=device.type == "cuda")
     sampler = train_sampler(cfg.data.sampler, data.train, cfg.train.seed, d.rank, d.world)
@@ -73,14 +74,14 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
         g["lr_mult"] *= lr_factor  # lr of the group = cfg lr x lr_mult (what `ctl set lr` keeps)
         g["lr"] *= lr_factor
     model = distributed.wrap(model, d, device, cfg.train.sync_bn)
-    run.log({"kind": "event", "event": "setup", "world_size": d.world, "global_batch": global_batch,
-             "lr_scaling": cfg.train.lr_scaling, "lr": cfg.optim.lr * lr_factor})
+    run.log(event_record("setup", world_size=d.world, global_batch=global_batch, lr_scaling=cfg.train.lr_scaling,
+                         lr=cfg.optim.lr * lr_factor))
     batches = math.ceil(sampler.per_rank / cfg.data.batch_size)
     scheduler = Schedule(optimizer, cfg.optim, math.ceil(batches / cfg.optim.accum_steps), cfg.train.max_epoch)
     step = Step(cfg, model, optimizer, scheduler, grad_scaler(device, rt.precision),
                 build_criterion(cfg, len(pre.classes), _class_weights(cfg, data, run)), ema, rt, run.log)
     return Parts(data, sampler, train_loader, val_loader, step, rt, run,
-                 BadFiles(run.path / "bad_files.txt" if d.main else None), batches,
+                 BadFiles(run.folder.bad_files if d.main else None), batches,
                  cfg.train.progress if d.main else "none")
 
 
@@ -94,7 +95,7 @@ def _precision(cfg: Config, model: nn.Module, data: DataBundle, run: Run, d: Dis
     choice = distributed.broadcast(choice, d)
     timed = ", ".join(f"{k} {v * 1000:.0f} ms/step" for k, v in info["seconds"].items()) or info.get("reason", "")
     log.info(f"--precision=auto chose {choice} ({timed}{', cached' if info['cached'] else ''})")
-    run.log({"kind": "event", "event": "precision", "chosen": choice, **info})
+    run.log(event_record("precision", chosen=choice, **info))
     return choice
 
 
@@ -104,8 +105,8 @@ def _class_weights(cfg: Config, data: DataBundle, run: Run) -> list[float] | Non
     names = list(data.pre.classes)
     counts = class_counts(data.train, len(names))
     weights = class_weights(cfg.optim.class_weights, counts, names)
-    run.log({"kind": "event", "event": "classes", "train_counts": dict(zip(names, counts)) if counts else None,
-             "class_weights": dict(zip(names, weights)) if weights else None, "sampler": cfg.data.sampler})
+    run.log(event_record("classes", train_counts=dict(zip(names, counts)) if counts else None,
+                         class_weights=dict(zip(names, weights)) if weights else None, sampler=cfg.data.sampler))
     if weights is not None:
         log.info(f"class weights ({cfg.optim.class_weights}): "
                  + ", ".join(f"{n} {w:.4g}" + (f" ({c} images)" if counts else "")

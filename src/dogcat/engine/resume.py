@@ -1,4 +1,5 @@
-"""What exact resume needs besides state_dicts: every RNG's state, and which options may change."""
+"""What exact resume needs besides state_dicts: every RNG's state, and which options may change (:data:`RESUMABLE`,
+derived from each option's facts in config/options.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import OPTIONS, Config, ConfigError, to_dict
-
-# Options a resumed run may change; the rest would make it another experiment and are refused.
-RESUMABLE = {
-    "max_epoch", "max_steps", "lr", "weight_decay", "clip_grad_norm", "print_freq", "progress", "num_workers",
-    "nonfinite", "nonfinite_max_skips", "nproc", "sync_bn", "patience", "min_delta",
-    "debug_file", "save_every_steps", "save_every_epochs", "keep_top_k", "device", "use_gpu", "resume",
-    "embeddings_every",
-    "run_dir", "env", "runs_root", "load_model_path", "pretrained", "train_data_root", "val_data_root",
-    "test_data_root", "fashion_mnist_root", "train_list", "val_list", "test_list",
-    "cache_dir", "in_memory_mb",  # where the same pixels are read from; --cache itself changes the crops
-    "logger", "mlflow_uri", "mlflow_experiment", "wandb_project", "wandb_mode",  # where the records also go
-} | {leaf for leaf, (sec, _) in OPTIONS.items() if sec == "eval"}
+from ..config import OPTIONS, RESUMABLE, Config, ConfigError, flag, to_dict
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,7 +44,7 @@ def resume_changes(saved: dict[str, Any], cfg: Config) -> dict[str, list]:
     changed = {leaf: [was[leaf], new[sec][leaf]] for leaf, (sec, _) in OPTIONS.items() if was[leaf] != new[sec][leaf]}
     refused = {k: v for k, v in changed.items() if k not in RESUMABLE}
     if refused:
-        what = ", ".join(f"--{k.replace('_', '-')} ({v[0]!r} -> {v[1]!r})" for k, v in refused.items())
+        what = ", ".join(f"{flag(k)} ({v[0]!r} -> {v[1]!r})" for k, v in refused.items())
         raise ConfigError(f"cannot change on resume: {what}. Options that may change: "
                           f"{', '.join(sorted(RESUMABLE - {k for k, (s, _) in OPTIONS.items() if s == 'eval'}))}; "
                           "start a new run (--load-model-path=RUN/checkpoints/last.pt) to change the others")

@@ -14,19 +14,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import OPTIONS, Config, ConfigError, load_config, parse_overrides, resolve_key, to_yaml
+from ..config import LIVE, OPTIONS, Config, ConfigError, flag, load_config, parse_overrides, resolve_key, to_yaml
 from ..control import Inbox
 from ..io import atomic_write_bytes, atomic_write_text
 from ..metrics import summary
+from ..tracking.records import event_record
 from .distributed import broadcast, unwrap
 from .state import TrainState
 from .step import Step
 
 log = logging.getLogger("dogcat")
-
-# Options a running job may change; anything else would need another setup (refused with this list).
-LIVE = ("lr", "weight_decay", "clip_grad_norm", "print_freq", "max_epoch", "max_steps", "save_every_steps",
-        "nonfinite", "nonfinite_max_skips", "patience", "min_delta")
 
 
 def layer_stats(model: nn.Module, grads: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
@@ -97,7 +94,7 @@ class Steering:
         self.cfg, self.step, self.state, self.run = cfg, step, state, run
         self.save, self.validate_now, self.request_stop = save, validate_now, request_stop
         self.dist = step.rt.dist
-        self.inbox = Inbox(run.path) if self.dist.main else None
+        self.inbox = Inbox(run.folder.control) if self.dist.main else None
 
     def __call__(self) -> None:
         commands = self.inbox.poll() if self.inbox is not None else []
@@ -113,7 +110,7 @@ class Steering:
                 result = {"ok": False, "message": f"failed: {type(e).__name__}: {e}"}
             result.update(step=self.state.global_step, epoch=self.state.epoch + 1)
             if self.inbox is not None:  # logged first: when `dogcat ctl` has its answer, the record is there
-                self.run.log({"kind": "event", "event": "control", "command": command, **result})
+                self.run.log(event_record("control", command=command, **result))
                 self.inbox.ack(name, result)
                 log.info(f"ctl {command}: {result['message']}")
 
@@ -145,7 +142,7 @@ class Steering:
             raise ValueError(f"set needs KEY=VALUE, got {arg!r}; live options: {', '.join(LIVE)}")
         leaf = resolve_key(key).split(".")[1]
         if leaf not in LIVE:
-            raise ValueError(f"--{leaf.replace('_', '-')} cannot change while training; live options: "
+            raise ValueError(f"{flag(leaf)} cannot change while training; live options: "
                              f"{', '.join(LIVE)} (others: stop, then --resume)")
         sec = OPTIONS[leaf][0]
         new_cfg = load_config(parse_overrides([f"--{leaf}={raw}"]), base=self.cfg)  # validated like the CLI
@@ -159,7 +156,7 @@ class Steering:
                 g["weight_decay"] = new
         elif leaf == "max_epoch":
             scheduler.total_steps = max(1, scheduler.steps_per_epoch * new)
-        atomic_write_text(self.run.path / "config.yaml", to_yaml(self.cfg))
+        atomic_write_text(self.run.folder.config, to_yaml(self.cfg))
         return {"message": f"{leaf}: {old} -> {new}", "key": leaf, "old": old, "new": new}
 
     def debug(self) -> str:

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, DogcatError
+from ..tracking.records import event_record
 from .distributed import any_true, unwrap
 from .meters import LossMeter
 from .optim import Schedule
@@ -123,8 +124,8 @@ class Step:
         state.nonfinite_in_a_row += 1
         t = self.cfg.train
         if t.nonfinite == "skip" and state.nonfinite_in_a_row < t.nonfinite_max_skips:
-            self.log_event({"kind": "event", "event": "nonfinite_skip", "step": state.global_step,
-                            "epoch": state.epoch + 1, "batch": state.batch, "first_layer": first})
+            self.log_event(event_record("nonfinite_skip", step=state.global_step, epoch=state.epoch + 1,
+                                        batch=state.batch, first_layer=first))
             log.warning(f"non-finite {where}; batch skipped ({state.nonfinite_in_a_row} in a row)")
             return False, None
         if t.nonfinite == "skip":

@@ -17,13 +17,14 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from ..config import Config, ConfigError, as_config, from_dict, to_dict, to_yaml
+from ..config import Config, ConfigError, as_config, from_dict, parse_class_weights, to_dict, to_yaml
 from ..control import StopFlag, TrainingStopped
 from ..data import DataBundle, build_train_val, class_weights
 from ..io import atomic_write_text, one_line
 from ..metrics import check_monitor, format_confusion, metric, summary
 from ..models import check_input
-from ..tracking.run import Run, find_run
+from ..tracking.records import epoch_record, event_record
+from ..tracking.run import Run, RunFolder, find_run
 from ..tracking.tracker import Tracker, check_loggers
 from . import distributed
 from .checkpoint import CheckpointError, Checkpoints
@@ -72,7 +73,7 @@ def train(cfg: Config | str | Path | dict | None = None, /, *, on_epoch: OnEpoch
     ``resume=RUN`` continues a run in its own folder where it stopped, from its own recorded config.
     ``on_epoch(record)`` may end the run after any epoch by returning a reason (see :data:`OnEpoch`)."""
     if cfg is None and overrides.get("resume"):
-        cfg = find_run(str(overrides["resume"]), str(overrides.get("runs_root", "runs"))) / "config.yaml"
+        cfg = RunFolder(find_run(str(overrides["resume"]), str(overrides.get("runs_root", "runs")))).config
     cfg = as_config(cfg, overrides)
     d, device = distributed.setup(pick_device(cfg.train))
     try:
@@ -111,7 +112,7 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
             log.info(f"--max-steps={cfg.train.max_steps} was reached before this resume; training on to max_epoch")
             cfg.train.max_steps = None
         if d.main:
-            atomic_write_text(run.path / "config.yaml", to_yaml(cfg))
+            atomic_write_text(run.folder.config, to_yaml(cfg))
         data = build_train_val(cfg.data, processes=d.world)
         check_options(cfg, data)
         return run, resume, data
@@ -127,19 +128,21 @@ def check_options(cfg: Config, data: DataBundle) -> None:
     why = check_monitor(cfg.train.monitor, len(names))
     if why is not None:
         raise ConfigError(why)
-    if cfg.optim.class_weights.strip().lower() not in ("auto", "none"):
-        class_weights(cfg.optim.class_weights, None, names)  # raises naming the count it needs
+    weights = parse_class_weights(cfg.optim.class_weights)
+    if isinstance(weights, tuple):
+        class_weights(weights, None, names)  # raises naming the count it needs
 
 
 def _tracked(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device,
              resume: Resume | None, on_epoch: OnEpoch | None = None) -> Result:
     """Train in the (locked) run folder, keeping its status and manifest up to date."""
-    if d.main:  # manifest.json, TensorBoard
-        run.tracker = Tracker.start(run, cfg, resume.ckpt["global_step"] if resume else None)
+    tracker = Tracker.start(run.folder, cfg, d, resume.ckpt["global_step"] if resume else None)  # rank 0's
+    if tracker is not None:  # manifest.json, TensorBoard: every record and the final status reach it via the run
+        run.sinks.append(tracker)
     run.set_status("running")
     try:
         with StopFlag() as signals:
-            result = fit(cfg, run, data, d, device, signals, resume, on_epoch)
+            result = fit(cfg, run, data, d, device, signals, resume, on_epoch, tracker)
     except (KeyboardInterrupt, TrainingStopped) as e:
         _final_status(run, "stopped", e)
         raise
@@ -160,15 +163,15 @@ def _final_status(run: Run, status: str, error: BaseException) -> None:
 
 
 def fit(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, signals: StopFlag,
-        resume: Resume | None = None, on_epoch: OnEpoch | None = None) -> Result:
+        resume: Resume | None = None, on_epoch: OnEpoch | None = None, tracker: Tracker | None = None) -> Result:
     """Build the parts, put a resumed run back where it was, and run the epochs."""
     p = build_parts(cfg, run, data, d, device, resuming=resume is not None)
     state = TrainState()
     if resume is not None:
         restore(p, state, resume, cfg)
-    if run.tracker is not None:  # data fingerprint; TensorBoard, purged after the checkpoint's step
-        run.tracker.setup(p.data, str(device))
-        run.tracker.model_graph(unwrap(p.step.model), device)
+    if tracker is not None:  # data fingerprint; TensorBoard, purged after the checkpoint's step
+        tracker.setup(p.data, str(device))
+        tracker.model_graph(unwrap(p.step.model), device)
     ckpts = Checkpoints(run.ckpt_dir, cfg.train.monitor, cfg.train.keep_top_k, cfg.train.save_every_epochs)
 
     def save() -> None:  # a step checkpoint (last.pt): every rank gathers, rank 0 writes
@@ -177,15 +180,15 @@ def fit(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, 
             ckpts.save(state_now)
 
     step_end = StepEnd(cfg, p, state, signals, save, lambda: validate_now(p, cfg),
-                       cfg.train.debug_file or str(run.path / "control" / "debug"))
+                       cfg.train.debug_file or str(run.folder.debug_trigger))
     try:
-        return run_epochs(cfg, p, state, step_end, ckpts, on_epoch)
+        return run_epochs(cfg, p, state, step_end, ckpts, on_epoch, tracker)
     finally:
         step_end.close()
 
 
 def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpts: Checkpoints,
-               on_epoch: OnEpoch | None = None) -> Result:
+               on_epoch: OnEpoch | None = None, tracker: Tracker | None = None) -> Result:
     """The epoch loop: train, validate, log, checkpoint; leaves early when asked to stop."""
     run, monitor, names = p.run, cfg.train.monitor, list(p.data.pre.classes)
     log.info(f"run folder: {run.path}")
@@ -202,7 +205,7 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
         train_stats = train_one_epoch(p, state, step_end, cfg)
         if step_end.stopping:  # last.pt was written at the step boundary
             return _stopped(p, state, step_end, ckpts, history)
-        record = _validate_and_log(cfg, p, state, train_stats, t0)
+        record = _validate_and_log(cfg, p, state, train_stats, t0, tracker)
         history.append(record)
 
         value = record.get(monitor)
@@ -222,25 +225,23 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
 
 
 def _validate_and_log(cfg: Config, p: Parts, state: TrainState, train_stats: dict[str, float],
-                      t0: float) -> dict[str, Any]:
+                      t0: float, tracker: Tracker | None = None) -> dict[str, Any]:
     """The end of an epoch's training: validate, step the epoch scheduler, log the epoch record (metrics.jsonl,
     trackers, the console) and, when due, the projector's embeddings. Returns the record."""
     run, names = p.run, list(p.data.pre.classes)
-    collect = run.tracker.collector() if run.tracker is not None else None  # mistakes, PR curve
+    collect = tracker.collector() if tracker is not None else None  # mistakes, PR curve
     val = validate(p.step.eval_model, p.val_loader, p.runtime, len(names), p.bad, p.progress,
                    cfg.train.print_freq, collect) if p.val_loader else {}
     p.step.scheduler.epoch_end(train_stats["loss"])
-    record = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.global_step,
-              "train_loss": train_stats["loss"], "train_images_per_s": train_stats["images_per_s"],
-              "lr": p.step.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
-              **{f"val_{k}": v for k, v in val.items() if k != "confusion"}}
+    record = epoch_record(state.epoch + 1, state.global_step, train_stats["loss"], train_stats["images_per_s"],
+                          p.step.optimizer.param_groups[0]["lr"], time.perf_counter() - t0, val)
     run.log(record)
-    if run.tracker is not None:
-        run.tracker.epoch_end(state.global_step, val, collect)
+    if tracker is not None:
+        tracker.epoch_end(state.global_step, val, collect)
     _print_epoch(record, val, names, cfg.train.max_epoch)
     every, epoch = cfg.train.embeddings_every, state.epoch + 1
-    if run.tracker is not None and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
-        run.tracker.embeddings(state.global_step, unwrap(p.step.eval_model), p.data.val, p.runtime.device,
+    if tracker is not None and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
+        tracker.embeddings(state.global_step, unwrap(p.step.eval_model), p.data.val, p.runtime.device,
                                cfg.data.batch_size)
     return record
 
@@ -263,8 +264,7 @@ def _early_stop(cfg: Config, state: TrainState, run: Run) -> str:
     reason = (f"early stop after epoch {state.epoch}: {t.monitor} did not improve by more than {t.min_delta:g} "
               f"in {state.plateau_epochs} epochs (--patience={t.patience}); best {best} at epoch {state.best_epoch}")
     log.info(reason)
-    run.log({"kind": "event", "event": "early_stop", "epoch": state.epoch, "step": state.global_step,
-             "reason": reason})
+    run.log(event_record("early_stop", epoch=state.epoch, step=state.global_step, reason=reason))
     return reason
 
 
@@ -284,8 +284,7 @@ def _epoch_verdict(on_epoch: OnEpoch, record: dict[str, Any], p: Parts) -> str |
 
 def _pruned(p: Parts, state: TrainState, reason: str, history: list[dict]) -> Result:
     _report_bad_files(p)
-    p.run.log({"kind": "event", "event": "pruned", "epoch": state.epoch, "step": state.global_step,
-               "reason": reason})
+    p.run.log(event_record("pruned", epoch=state.epoch, step=state.global_step, reason=reason))
     log.info(f"pruned after epoch {state.epoch}: {reason}")
     return Result(p.run.path, state.best, state.best_epoch, history, pruned=reason)
 
@@ -294,7 +293,7 @@ def _report_bad_files(p: Parts) -> None:
     for files in distributed.gather(p.bad.files, p.runtime.dist)[1:]:  # other ranks' bad files, to rank 0
         p.bad.add(list(files.items()))
     if p.bad.count:
-        log.warning(f"{p.bad.count} unreadable image(s) were skipped; list in {p.run.path / 'bad_files.txt'}")
+        log.warning(f"{p.bad.count} unreadable image(s) were skipped; list in {p.run.folder.bad_files}")
 
 
 def validate_now(p: Parts, cfg: Config) -> dict[str, Any]:
@@ -325,8 +324,8 @@ def restore(p: Parts, state: TrainState, resume: Resume, cfg: Config) -> None:
         raise CheckpointError(f"cannot resume {p.run.path} from its checkpoint: {type(e).__name__}: "
                               f"{one_line(e, 300)}") from e
     dropped = p.run.rewind_log(ckpt["global_step"], ckpt["epoch"])  # what a killed session logged after it
-    p.run.log({"kind": "event", "event": "resume", "epoch": ckpt["epoch"], "batch_in_epoch": ckpt["batch_in_epoch"],
-               "step": ckpt["global_step"], "changed": changes, "dropped_log_records": dropped})
+    p.run.log(event_record("resume", epoch=ckpt["epoch"], batch_in_epoch=ckpt["batch_in_epoch"],
+                           step=ckpt["global_step"], changed=changes, dropped_log_records=dropped))
     log.info(f"resuming {p.run.path} at epoch {ckpt['epoch'] + 1}, batch {ckpt['batch_in_epoch']} "
              f"(step {ckpt['global_step']})" + (f"; changed: {changes}" if changes else ""))
 

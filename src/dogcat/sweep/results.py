@@ -13,6 +13,7 @@ import yaml
 
 from ..config import OPTIONS, ConfigError, flat_config
 from ..io import atomic_write_text, read_json
+from ..tracking.folder import RunFolder
 from .storage import DEFAULT_STORAGE, INFO, _optuna, open_storage, trial_dir
 
 log = logging.getLogger("dogcat")
@@ -108,11 +109,12 @@ def write_best(study: Any, folder: Path) -> tuple[int, float] | None:
         best = study.best_trial
     except ValueError:
         return None
-    run_dir = Path(best.user_attrs.get("run_dir") or folder / trial_dir(best.number))
-    if not (run_dir / "config.yaml").is_file():
-        log.warning(f"best trial {best.number}: no {run_dir}/config.yaml here (another machine's?): no {BEST}")
+    run = RunFolder(best.user_attrs.get("run_dir") or folder / trial_dir(best.number))
+    run_dir = run.path
+    if not run.is_run():
+        log.warning(f"best trial {best.number}: no {run.config} here (another machine's?): no {BEST}")
         return best.number, float(best.value)
-    tree = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    tree = run.config_tree()
     tree = {sec: {k: v for k, v in opts.items() if k not in PLACES} for sec, opts in tree.items()
             if isinstance(opts, dict)}
     monitor = next((v for k, v in flat_config(tree).items() if k == "monitor"), "objective")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import OPTIONS, Config, ConfigError, DogcatError, load_config, read_recipe, resolve_key
+from ..config import OPTIONS, Config, ConfigError, DogcatError, flag, load_config, read_recipe, resolve_key
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 PRUNERS = ("median", "hyperband", "none")  # what --pruner may name (study.make_pruner builds them)
@@ -71,9 +71,9 @@ def _number(key: str, kind: str, v: Any, integer: bool) -> float:
 def parse_param(key: Any, spec: Any) -> Param:
     """``key: {kind: values}`` -> :class:`Param`; a malformed entry is one ConfigError naming the key."""
     leaf = resolve_key(str(key)).split(".")[1]  # an unknown option names itself and the closest names
-    flag = f"--{leaf.replace('_', '-')}"
+    name = flag(leaf)
     if leaf in NOT_SEARCHABLE:
-        raise ConfigError(f"search: {flag} cannot be searched (the sweep sets it, or it would change what is "
+        raise ConfigError(f"search: {name} cannot be searched (the sweep sets it, or it would change what is "
                           "measured); set it in the recipe or on the command line")
     if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in KINDS):
         raise ConfigError(f"search: {key}: expected one of {', '.join(k + ': [...]' for k in KINDS)}, got {spec!r}")
@@ -95,7 +95,7 @@ def parse_param(key: Any, spec: Any) -> Param:
         raise ConfigError(f"search: {key}: loguniform needs lo > 0 (a log scale), got [{lo}, {hi}]")
     opt_type = str(OPTIONS[leaf][1].type)
     if kind == "int" and "int" not in opt_type or kind != "int" and "float" not in opt_type:
-        raise ConfigError(f"search: {key}: {flag} is {opt_type}: use "
+        raise ConfigError(f"search: {key}: {name} is {opt_type}: use "
                           + ("int: [lo, hi] or choice" if "int" in opt_type else
                              "uniform / loguniform: [lo, hi] or choice" if "float" in opt_type else "choice"))
     return Param(leaf, kind, (lo, hi))
@@ -113,7 +113,7 @@ def read_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
     overrides = dict(overrides or {})
     for key in overrides:
         if resolve_key(key).split(".")[1] in PER_TRIAL:
-            raise ConfigError(f"--{key.replace('_', '-')} is set by the sweep for each trial")
+            raise ConfigError(f"{flag(resolve_key(key).split('.')[1])} is set by the sweep for each trial")
     params = [parse_param(k, v) for k, v in search.items()]
     names = [p.name for p in params]
     if len(set(names)) != len(names):
@@ -121,7 +121,7 @@ def read_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
     given = {resolve_key(k).split(".")[1] for k in overrides}
     for p in params:
         if p.name in given:
-            raise ConfigError(f"--{p.name.replace('_', '-')} is given on the command line and searched in {path}")
+            raise ConfigError(f"{flag(p.name)} is given on the command line and searched in {path}")
     space = Space(path, tree, overrides, params, load_config(overrides, config_file=path, recipe=tree))
     for p in params:
         for v in p.values:

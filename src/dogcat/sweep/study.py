@@ -24,10 +24,11 @@ from typing import Any, Iterator
 
 from ..config import RUN_NAME, ConfigError, DogcatError
 from ..control import TrainingStopped
-from ..io import atomic_write_text
+from ..io import MalformedFile, atomic_write_text
 from ..locks import FileLock, process_alive, this_process
 from ..metrics import metric
 from ..tracking.manifest import read_manifest, write_manifest
+from ..tracking.records import EPOCH, event_record
 from ..tracking.run import Run, RunLocked
 from .space import PRUNERS, Space, check_names, read_space
 from .storage import INFO, _optuna, open_storage, trial_dir
@@ -192,17 +193,22 @@ def reap(study: Any) -> list[int]:
 
 def _mark_run_failed(path: Path, why: str) -> None:
     """The dead trial's run folder says failed too (status, manifest, an event), unless a process holds it."""
-    if not (path / "config.yaml").is_file():
-        return
     run = Run(path)
+    if not run.folder.is_run():
+        return
     try:
         run.lock()
     except RunLocked:
         return
     try:
-        if run.status() == "running":
+        try:
+            status = run.status()
+        except MalformedFile as e:  # the trial is failed in the study all the same; its folder stays as it is
+            log.warning(f"{e}; not marking the run failed")
+            return
+        if status == "running":
             run.set_status("failed")
-            run.log({"kind": "event", "event": "sweep", "status": "failed", "reason": why})
+            run.log(event_record("sweep", status="failed", reason=why))
             m = read_manifest(path)
             if m:
                 m.update(status="failed", exit={"status": "failed", "code": None, "error": why})
@@ -218,7 +224,7 @@ class Reporter:
         self.study, self.trial, self.monitor = study, trial, monitor
 
     def __call__(self, record: dict[str, Any]) -> str | None:
-        value, epoch = record.get(self.monitor), int(record["epoch"])
+        value, epoch = record.get(self.monitor), int(record[EPOCH])
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             return None
         self.trial.report(float(value), epoch)

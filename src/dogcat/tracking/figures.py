@@ -15,8 +15,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..console import printable
-from ..metrics import METRICS
+from ..metrics import METRICS, VAL
 from .collect import Mistake
+from .records import EPOCH, LR, STEP, TRAIN_LOSS, VAL_LOSS, is_kind
 
 
 def denormalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -151,22 +152,22 @@ def labelled_grid(mistakes: list[Mistake], class_names: list[str], mean: Sequenc
 
 
 def _line(ax: Any, records: list[dict], kind: str, key: str, label: str) -> bool:
-    pts = [(r["step"], r[key]) for r in records if r.get("kind") == kind and isinstance(r.get(key), (int, float))]
+    pts = [(r[STEP], r[key]) for r in records if is_kind(r, kind) and isinstance(r.get(key), (int, float))]
     if pts:
         # the lr an epoch ends with is a sample of the step curve, not a curve of its own
-        style = "none" if kind == "epoch" and key == "lr" else "-"
-        ax.plot(*zip(*pts), marker="o" if kind == "epoch" else None, markersize=3, linestyle=style, label=label)
+        style = "none" if kind == EPOCH and key == LR else "-"
+        ax.plot(*zip(*pts), marker="o" if kind == EPOCH else None, markersize=3, linestyle=style, label=label)
     return bool(pts)
 
 
 def curves(records: list[dict]) -> dict[str, Figure]:
     """Loss, the scores (every higher-is-better metric of the table) and lr against the optimizer step, from
     metrics.jsonl records."""
-    scores = [("epoch", f"val_{n}", f"val {n.replace('_', ' ')}") for n, m in METRICS.items() if m.higher_is_better]
-    specs = {"loss": [("step", "train_loss", "train loss (window)"), ("epoch", "train_loss", "train loss (epoch)"),
-                      ("epoch", "val_loss", "val loss")],
+    scores = [(EPOCH, VAL + n, f"val {n.replace('_', ' ')}") for n, m in METRICS.items() if m.higher_is_better]
+    specs = {"loss": [(STEP, TRAIN_LOSS, "train loss (window)"), (EPOCH, TRAIN_LOSS, "train loss (epoch)"),
+                      (EPOCH, VAL_LOSS, "val loss")],
              "accuracy": scores,
-             "lr": [("step", "lr", "lr (step)"), ("epoch", "lr", "lr (epoch end)")]}
+             "lr": [(STEP, LR, "lr (step)"), (EPOCH, LR, "lr (epoch end)")]}
     out = {}
     for name, lines in specs.items():
         fig = Figure(figsize=(6, 3.6))

@@ -18,32 +18,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import LOGGERS, Config, ConfigError
+from .records import EPOCH, KIND, LR, STEP, TIME, TRAIN_LOSS, val_name
 
 if TYPE_CHECKING:
     from ..data import DataBundle
     from ..preprocess import Preprocess
     from .collect import Collector
 
-# metrics.jsonl keys -> tracker tags; other numeric keys go under train/ (steps) or epoch/ (epochs)
-STEP_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "images_per_s": "train/throughput"}
-EPOCH_TAGS = {"train_loss": "epoch/train_loss", "lr": "epoch/lr", "train_images_per_s": "epoch/throughput",
+# metrics.jsonl keys (records.py) -> tracker tags; other numeric keys go under train/ (steps) or epoch/ (epochs)
+STEP_TAGS = {TRAIN_LOSS: "train/loss", LR: "train/lr", "images_per_s": "train/throughput"}
+EPOCH_TAGS = {TRAIN_LOSS: "epoch/train_loss", LR: "epoch/lr", "train_images_per_s": "epoch/throughput",
               "epoch_seconds": "epoch/seconds"}
-SKIP = {"kind", "step", "epoch", "time"}
+SKIP = {KIND, STEP, EPOCH, TIME}
 
 
 def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
     """The scalars of one metrics.jsonl record, by tracker tag (events and other kinds: none)."""
-    kind = record.get("kind")
-    if kind not in ("step", "epoch"):
+    kind = record.get(KIND)
+    if kind not in (STEP, EPOCH):
         return {}
     out = {}
     for k, v in record.items():
         if k in SKIP or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
-        if kind == "step":
+        if kind == STEP:
             out[STEP_TAGS.get(k, f"train/{k}")] = float(v)
-        elif k.startswith("val_"):
-            out[f"val/{k[4:]}"] = float(v)
+        elif (name := val_name(k)) is not None:
+            out[f"val/{name}"] = float(v)
         else:
             out[EPOCH_TAGS.get(k, f"epoch/{k}")] = float(v)
     return out

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..io import MalformedFile, atomic_write_text, read_json
 from ..locks import process_alive, process_start
+from .folder import RunFolder
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..data import DataBundle
 
-MANIFEST, PATCH = "manifest.json", "manifest.patch"
+PATCH = "manifest.patch"  # the uncommitted changes of the code that ran, beside the manifest (git_info)
 FORMAT = 1
 
 
@@ -40,13 +41,13 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest, or ``{}`` when there is none (a run from before manifests); a damaged one (not JSON, not
     an object) is a :class:`~dogcat.io.MalformedFile` naming it."""
     try:
-        return read_json(Path(run_dir) / MANIFEST, "manifest")
+        return read_json(RunFolder(run_dir).manifest, "manifest")
     except FileNotFoundError:
         return {}
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_text(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+    atomic_write_text(RunFolder(run_dir).manifest, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 # Settings that make git run programs: a repository's config can set them. dogcat asks git only about its

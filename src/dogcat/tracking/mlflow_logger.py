@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .loggers import Backend, Ending, Session, register_logger, scalar_tags
+from .records import STEP
 
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # file:, http:, https:, sqlite:, databricks: ...
 log = logging.getLogger("dogcat")
@@ -94,7 +95,7 @@ class MlflowBackend(Backend):
         if not tags:
             return
         ms = int(1000 * float(record.get("time", time.time())))
-        step = int(record.get("step", 0))
+        step = int(record.get(STEP, 0))
         metrics = [Metric(k, v, ms, step) for k, v in tags.items()]
         for i in range(0, len(metrics), BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + BATCH])

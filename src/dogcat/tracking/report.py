@@ -21,6 +21,7 @@ from ..metrics import METRICS, per_class
 from ..models.gradcam import Explain
 from .collect import Collector, Mistake
 from .figures import confusion_figure, curves, mistakes_figure
+from .folder import RunFolder
 from .manifest import read_manifest
 from .runs import fmt_duration, load_run, manifest_summary
 
@@ -60,7 +61,7 @@ def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | 
     predicted class (``models.gradcam.explainer(model)``); when it fails, the report says why and goes on.
     ``train_counts``: images per class of the training split, for the class-count table. Returns the
     index.html path."""
-    rep = Path(out_dir) / "report"
+    rep = RunFolder(out_dir).report
     rep.mkdir(parents=True, exist_ok=True)
     info = load_run(run_dir) if run_dir is not None else None
     title = info.name if info else Path(out_dir).name
@@ -70,7 +71,7 @@ def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | 
         parts.append(_table(["status", "model", "data", "epochs", "best", "duration"], [[
             info.status, info.config.get("model", "?"), info.data(), len(info.epochs),
             f"{best[0]} {best[1]:.4f} (epoch {best[2]})" if best else "-", fmt_duration(info.duration())]]))
-        imgs = [_save(fig, rep / f"{name}.png") for name, fig in curves(_records(info.path)).items()]
+        imgs = [_save(fig, rep / f"{name}.png") for name, fig in curves(RunFolder(info.path).records()).items()]
         parts.append("<h2>Training curves</h2><div class=row>"
                      + "".join(f'<img src="{_e(n)}" alt="{_e(n[:-4])} curve">' for n in imgs) + "</div>")
     if metrics and class_names:
@@ -79,21 +80,15 @@ def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | 
         parts.append("<h2>Validation</h2><p class=note>no validation pass (no validation set or no checkpoint): "
                      "curves only</p>")
     if run_dir is not None:
-        cfg = Path(run_dir) / "config.yaml"
+        config = RunFolder(run_dir).config_text()
         parts.append("<h2>Manifest</h2>" + _table(["", "value"], manifest_summary(read_manifest(Path(run_dir)))))
-        if cfg.exists():
-            parts.append(f"<h2>Config</h2><pre>{_e(cfg.read_text(errors='replace'))}</pre>")
+        if config is not None:
+            parts.append(f"<h2>Config</h2><pre>{_e(config)}</pre>")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)} - dogcat report</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     index = rep / "index.html"
     atomic_write_text(index, page)  # UTF-8; a file name that is not stays the bytes it is
     return index
-
-
-def _records(run_dir: Path) -> list[dict[str, Any]]:
-    from .run import Run
-
-    return Run(run_dir).records()
 
 
 def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, class_names: list[str],

@@ -13,16 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import NOT_EXPERIMENT, flat_config
-from ..metrics import best_of
-from ..io import MalformedFile, one_line, read_small
+from ..io import MalformedFile, one_line
 from ..locks import process_alive
+from ..metrics import DEFAULT_MONITOR, best_of
+from .folder import RunFolder
 from .manifest import read_manifest
-
-# epoch-record keys that are timings, not results: left out of "final metrics"
-VOLATILE = {"time", "kind", "step", "epoch_seconds", "train_images_per_s"}
+from .records import EPOCH, TIME, VOLATILE, is_event, is_kind
 
 
 @dataclass
@@ -43,8 +40,8 @@ class RunInfo:
 
     def best(self) -> tuple[str, float, int] | None:
         """``(monitor, best value, its epoch)`` from the epoch records."""
-        monitor = str(self.config.get("monitor", "val_accuracy"))
-        pts = [(r[monitor], r["epoch"]) for r in self.epochs if isinstance(r.get(monitor), (int, float))]
+        monitor = str(self.config.get("monitor", DEFAULT_MONITOR))
+        pts = [(r[monitor], r[EPOCH]) for r in self.epochs if isinstance(r.get(monitor), (int, float))]
         if not pts:
             return None
         try:
@@ -74,19 +71,9 @@ class RunInfo:
         return label + (f" ({d['sha256'][:8]})" if d.get("sha256") else "")
 
 
-def read_status(path: Path) -> str:
-    """The word in a run's ``status`` file ("unknown" when there is none; a damaged one reads as itself)."""
-    try:
-        return read_small(Path(path) / "status", 4096).decode("utf-8", "replace").strip() or "unknown"
-    except FileNotFoundError:
-        return "unknown"
-    except (OSError, ValueError) as e:
-        raise MalformedFile(f"status file {Path(path) / 'status'} is unreadable ({one_line(e)})") from None
-
-
 def effective_status(path: Path, manifest: dict[str, Any]) -> str:
     """The status file's word, except that "running" with a dead or unknown process reads "dead"."""
-    status = read_status(path)
+    status = RunFolder(path).status()
     if status == "running":
         alive = process_alive(manifest.get("pid"), manifest.get("pid_start"), manifest.get("host"))
         if alive is False:
@@ -98,35 +85,19 @@ def effective_status(path: Path, manifest: dict[str, Any]) -> str:
 
 def load_run(path: Path) -> RunInfo:
     """What ``dogcat runs`` shows about one run folder; a damaged file of it is a MalformedFile naming it."""
-    path = Path(path)
-    try:
-        tree = yaml.safe_load(read_small(path / "config.yaml").decode("utf-8")) or {}
-    except FileNotFoundError:
-        tree = {}
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise MalformedFile(f"{path / 'config.yaml'} is not readable YAML ({one_line(e, 200)})") from None
-    if not isinstance(tree, dict):
-        raise MalformedFile(f"{path / 'config.yaml'} is not a YAML mapping")
-    config = {str(k): v for k, v in flat_config(tree).items()}
-    manifest = read_manifest(path)
+    folder = RunFolder(path)
+    config = {str(k): v for k, v in flat_config(folder.config_tree()).items()}
+    manifest = read_manifest(folder.path)
     epochs, last_time, early = [], None, None
-    metrics = path / "metrics.jsonl"
-    text = metrics.read_bytes().decode("utf-8", "replace") if metrics.is_file() else ""
-    for line in text.splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if not isinstance(r, dict):
-            continue
-        if isinstance(r.get("time"), (int, float)):
-            last_time = r["time"]
-        if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int):
+    for r in folder.iter_records():  # a line cut short by a kill is skipped there
+        if isinstance(r.get(TIME), (int, float)):
+            last_time = r[TIME]
+        if is_kind(r, EPOCH) and isinstance(r.get(EPOCH), int):
             epochs.append(r)
             early = None  # an epoch after an early stop: a resume trained on (with more patience)
-        elif r.get("kind") == "event" and r.get("event") == "early_stop":
+        elif is_event(r, "early_stop"):
             early = str(r.get("reason") or "early stop")
-    return RunInfo(path, effective_status(path, manifest), config, manifest, epochs, last_time, early)
+    return RunInfo(folder.path, effective_status(folder.path, manifest), config, manifest, epochs, last_time, early)
 
 
 def find_runs(root: Path | str = "runs") -> list[RunInfo]:
@@ -135,7 +106,7 @@ def find_runs(root: Path | str = "runs") -> list[RunInfo]:
     root = Path(root)
     runs = []
     for p in sorted(root.iterdir()) if root.is_dir() else []:
-        if not (p / "config.yaml").is_file():
+        if not RunFolder(p).is_run():
             continue
         try:
             info = load_run(p)
@@ -173,7 +144,7 @@ def table(rows: list[list[str]]) -> str:
 
 def _row(r: RunInfo, extra: list[str]) -> list[str]:
     best = r.best()
-    done = r.epochs[-1]["epoch"] if r.epochs else 0
+    done = r.epochs[-1][EPOCH] if r.epochs else 0
     status = f"{r.status} (early stop)" if r.early_stop and r.status == "finished" else r.status
     return [r.name, status, _fmt(r.config.get("model", "?")), r.data(), f"{done}/{r.config.get('max_epoch', '?')}",
             f"{best[0]} {best[1]:.4f} @{best[2]}" if best else "-", fmt_duration(r.duration()),
@@ -194,7 +165,7 @@ def summary(r: RunInfo) -> dict[str, Any]:
     """One run as plain data (``dogcat runs --json``): what the table shows, unformatted, and every option."""
     best = r.best()
     return {"name": r.name, "path": str(r.path), "status": r.status, "model": r.config.get("model"),
-            "data": r.data(), "epochs": r.epochs[-1]["epoch"] if r.epochs else 0,
+            "data": r.data(), "epochs": r.epochs[-1][EPOCH] if r.epochs else 0,
             "max_epoch": r.config.get("max_epoch"),
             "best": {"metric": best[0], "value": best[1], "epoch": best[2]} if best else None,
             "duration_s": r.duration(), "early_stop": r.early_stop, "options": r.config}
@@ -267,8 +238,7 @@ def _show(path: Path) -> str:
     lines = [f"run {r.path}: {r.status}, {len(r.epochs)} epoch(s), {fmt_duration(r.duration())}"]
     lines += [r.early_stop] if r.early_stop else []
     lines += ["", "config:"]
-    config_file = r.path / "config.yaml"
-    lines += ["  " + x for x in (config_file.read_text(errors="replace").splitlines() if config_file.exists() else [])]
+    lines += ["  " + x for x in (RunFolder(r.path).config_text() or "").splitlines()]
     lines += ["", "manifest:"] + [f"  {k + ':':<12} {v}" for k, v in manifest_summary(r.manifest)]
     lines += ["", "last metrics:"] + [f"  {k + ':':<22} {_fmt(v, 60)}" for k, v in final_metrics(r).items()]
     return "\n".join(lines)

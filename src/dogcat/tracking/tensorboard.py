@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from ..config import NOT_EXPERIMENT, flat_config, to_dict
+from ..config import NOT_EXPERIMENT, flat_config, to_dict, to_yaml
 from ..console import printable
 from ..data import SeededItems
 from ..metrics import per_class
 from .collect import Collector, positive_class
 from .figures import confusion_figure, denormalise, labelled_grid, to_array
 from .loggers import Backend, Ending, Session, register_logger, scalar_tags
+from .records import EVENT, KIND, STEP, TIME, is_kind
 
 if TYPE_CHECKING:
     from ..preprocess import Preprocess
@@ -51,10 +52,10 @@ class TBLogger:
             self.writer._projector_config = text_format.Parse(path.read_text(encoding="utf-8"), ProjectorConfig())
 
     def log_record(self, record: dict[str, Any]) -> None:
-        step = int(record.get("step", 0))
-        if record.get("kind") == "event":  # ctl commands, resumes, skipped batches: where a run was steered
-            detail = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("kind", "event", "time"))
-            self.writer.add_text(f"events/{record.get('event')}", printable(detail), step)
+        step = int(record.get(STEP, 0))
+        if is_kind(record, EVENT):  # ctl commands, resumes, skipped batches: where a run was steered
+            detail = ", ".join(f"{k}={v}" for k, v in record.items() if k not in (KIND, EVENT, TIME))
+            self.writer.add_text(f"events/{record.get(EVENT)}", printable(detail), step)
             return
         for tag, value in scalar_tags(record).items():
             self.writer.add_scalar(tag, value, step)
@@ -169,7 +170,7 @@ class TensorBoardBackend(Backend):
         tree = {sec: v for sec, v in to_dict(s.cfg).items() if sec != "eval"}  # eval options: not training's
         self.params = hparam_values({k: v for k, v in flat_config(tree).items() if k not in NOT_EXPERIMENT})
         if s.resume_step is None:
-            self.tb.text("config", "```\n" + (s.run_dir / "config.yaml").read_text() + "\n```")
+            self.tb.text("config", "```\n" + to_yaml(s.cfg) + "\n```")  # what config.yaml holds
             if s.bundle.train is not None:
                 images = sample_inputs(s.bundle.train, s.cfg.train.seed)
                 if images and images[0].dtype == torch.uint8 and s.bundle.batch_transform is not None:

@@ -2,47 +2,36 @@
 MLflow, W&B; see loggers.py), driven by a few trainer hooks.
 
 The trainer calls ``Tracker.start`` (before anything runs), ``setup`` (data and model built),
-``collector`` / ``epoch_end`` (each validation) and, through ``Run.set_status``, ``finish``; every
-metrics.jsonl record reaches the trackers through ``Run.log``. Only rank 0 tracks.
+``collector`` / ``epoch_end`` (each validation), and adds the tracker to the run's sinks: every metrics.jsonl
+record then reaches it through ``Run.log`` and the final status through ``Run.set_status`` (``finish``).
+Only rank 0 tracks: whoever starts the tracker says which process this is (:class:`~dogcat.processes.Dist`).
+The tracker knows the run folder (:class:`~dogcat.tracking.folder.RunFolder`), not its writer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
 from ..config import Config, flat_config, to_dict
 from ..data import DataBundle
-from ..io import atomic_write_text, one_line
+from ..io import atomic_write_text, one_line, read_json
 from ..metrics import best_of, monitors
 from ..preprocess import Preprocess
+from ..processes import Dist
 from . import mlflow_logger, tensorboard, wandb_logger  # noqa: F401  (each registers its backend)
 from .collect import Collector
+from .folder import RunFolder
 from .loggers import BACKENDS, Backend, Ending, Session, check_installed, requested
 from .manifest import Manifest, data_fingerprint
+from .records import EPOCH, STEP, TRAIN_LOSS, is_kind
 from .tensorboard import GRID_IMAGES, TensorBoardBackend
 
-if TYPE_CHECKING:
-    from .run import Run
-
 log = logging.getLogger("dogcat")
-
-SAVED = "trackers.json"  # each tracker's own run id, so that a resumed run continues it
-ARTIFACTS = ("config.yaml", "metrics.jsonl", "manifest.json", "result.json", "report")
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a distributed job, or a plain process."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def check_loggers(spec: str) -> None:
@@ -51,28 +40,29 @@ def check_loggers(spec: str) -> None:
 
 
 class Tracker:
-    """manifest.json + the ``--logger`` backends for one run; a backend that fails warns once and is switched off."""
+    """manifest.json + the ``--logger`` backends for one run; a backend that fails warns once and is switched off.
+    A :class:`~dogcat.tracking.records.RecordSink` of the run (``log_record``, ``finish``)."""
 
-    def __init__(self, run: Run, cfg: Config, resume_step: int | None) -> None:
-        self.run, self.cfg, self.resume_step = run, cfg, resume_step
-        self.manifest = Manifest(run.path)
+    def __init__(self, folder: RunFolder, cfg: Config, resume_step: int | None) -> None:
+        self.folder, self.cfg, self.resume_step = folder, cfg, resume_step
+        self.manifest = Manifest(folder.path)
         self.backends: list[Backend] = []
         self.pre: Preprocess | None = None
         self.done = False
 
     @classmethod
-    def start(cls, run: Run, cfg: Config, resume_step: int | None = None) -> "Tracker | None":
-        """Write the manifest's start (atomically); None on ranks other than 0."""
-        if not is_main_process():
+    def start(cls, folder: RunFolder, cfg: Config, dist: Dist, resume_step: int | None = None) -> "Tracker | None":
+        """Write the manifest's start (atomically); None on ranks other than 0 (``dist``: this process)."""
+        if not dist.main:
             return None
-        tracker = cls(run, cfg, resume_step)
+        tracker = cls(folder, cfg, resume_step)
         tracker.manifest.start(cfg)
         return tracker
 
     def setup(self, bundle: DataBundle, device: str) -> None:
         """Data and model are built: fingerprint the data, open the trackers (TensorBoard shows augmented inputs)."""
         self.pre = bundle.pre
-        splits = sorted(str(x.relative_to(self.run.path)) for x in (self.run.path / "splits").glob("*.csv"))
+        splits = self.folder.split_files()
         try:
             data = data_fingerprint(bundle, self.cfg)
         except Exception as e:  # noqa: BLE001  # a record of the data must not stop the training on it
@@ -81,17 +71,16 @@ class Tracker:
         saved = self._saved() if self.resume_step is not None else {}
         params = flat_config(to_dict(self.cfg))
         for name in requested(self.cfg.train.logger):
-            session = Session(self.run.path, self.cfg, self.resume_step, bundle, params, saved.get(name, {}))
+            session = Session(self.folder.path, self.cfg, self.resume_step, bundle, params, saved.get(name, {}))
             opened: list[Backend] = []
             self._guard(name, lambda: opened.append(BACKENDS[name].open(session)))
             self.backends += opened
         self._save()
 
     def _saved(self) -> dict[str, Any]:
-        try:
-            out = json.loads((self.run.path / SAVED).read_text())
-            return out if isinstance(out, dict) else {}
-        except (OSError, ValueError):
+        try:  # bounded, regular files only: a run folder may come from elsewhere
+            return read_json(self.folder.trackers, "tracker record", limit=1 << 20)
+        except (OSError, ValueError):  # none yet, or damaged (MalformedFile): each tracker starts a new run
             return {}
 
     def _save(self) -> None:
@@ -99,9 +88,9 @@ class Tracker:
         keep = {**self._saved(), **{b.name: b.saved() for b in self.backends if b.saved()}}
         if keep:
             try:
-                atomic_write_text(self.run.path / SAVED, json.dumps(keep, indent=2) + "\n")
+                atomic_write_text(self.folder.trackers, json.dumps(keep, indent=2) + "\n")
             except OSError as e:
-                log.warning(f"could not write {self.run.path / SAVED}: {one_line(e)}")
+                log.warning(f"could not write {self.folder.trackers}: {one_line(e)}")
 
     def _guard(self, name: str, fn: Callable[[], None], backend: Backend | None = None) -> None:
         """Run a tracker call; a failure (disk full, server down, a plugin error) must not end the training:
@@ -174,19 +163,20 @@ class Tracker:
 
     def final_metrics(self) -> tuple[dict[str, float], int]:
         """``({"hparam/...": value}, step)`` from metrics.jsonl: the last epoch's metrics and the best one."""
-        epochs = [r for r in self.run.records() if r.get("kind") == "epoch"]
-        steps = [r["step"] for r in self.run.records() if isinstance(r.get("step"), int)]
+        records = self.folder.records()
+        epochs = [r for r in records if is_kind(r, EPOCH)]
+        steps = [r[STEP] for r in records if isinstance(r.get(STEP), int)]
         out: dict[str, float] = {}
         if epochs:
             last = epochs[-1]
-            for k in (*monitors(), "train_loss"):  # every metric of the table, as logged
+            for k in (*monitors(), TRAIN_LOSS):  # every metric of the table, as logged
                 if isinstance(last.get(k), (int, float)):
                     out[f"hparam/{k}"] = float(last[k])
             monitor = self.cfg.train.monitor
             values = [r[monitor] for r in epochs if isinstance(r.get(monitor), (int, float))]
             if values:
                 out[f"hparam/best_{monitor}"] = float(values[best_of(monitor, values)])
-            out["hparam/epochs"] = float(last.get("epoch", len(epochs)))
+            out["hparam/epochs"] = float(last.get(EPOCH, len(epochs)))
         return out, max(steps, default=0)
 
     def finish(self, status: str, error: BaseException | None = None) -> None:
@@ -198,11 +188,11 @@ class Tracker:
         try:
             self.manifest.finish(status, error)
         except Exception as e:  # noqa: BLE001  # never hide the error that ended the run
-            log.warning(f"could not complete {self.run.path / 'manifest.json'}: {e}")
+            log.warning(f"could not complete {self.folder.manifest}: {e}")
         if not self.backends:
             return
         metrics, step = self.final_metrics()
-        end = Ending(status, metrics, step, [p for p in (self.run.path / a for a in ARTIFACTS) if p.exists()])
+        end = Ending(status, metrics, step, self.folder.artifacts())
         self._each(lambda b: b.finish(end))
         self._each(lambda b: b.close())
         self.backends = []

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .loggers import Backend, Ending, Session, register_logger, scalar_tags
+from .records import STEP
 
 EXIT_CODE = {"finished": 0, "pruned": 0, "stopped": 0, "failed": 1}
 
@@ -38,7 +39,7 @@ class WandbBackend(Backend):
 
     def log(self, record: dict[str, Any]) -> None:
         tags = scalar_tags(record)
-        step = int(record.get("step", 0))
+        step = int(record.get(STEP, 0))
         if tags and step >= self.last_step:  # W&B takes steps in order only; a resume's repeated ones: dropped
             self.run.log(tags, step=step)
             self.last_step = step
