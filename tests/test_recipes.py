@@ -11,6 +11,7 @@ import torch
 
 from dogcat import evaluate, load_config, train
 from dogcat.cli import main
+from dogcat.config import builtin
 from dogcat.engine.checkpoint import load_checkpoint
 from dogcat.engine.optim import Schedule
 from dogcat.engine.recipes import Criterion, candidates, choose_precision
@@ -122,11 +123,10 @@ def test_onecycle_shape():
 
 
 # sweep-*.yaml are search spaces (a recipe + a search: block), checked by tests/test_sweep.py
-RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
-                 if not p.name.startswith("sweep-"))
+RECIPES = [name for name in builtin.names() if not name.startswith("sweep-")]  # the package's, by name
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_loads_and_builds_its_model(recipe):
     cfg = load_config(config_file=recipe)
     model = build_model(cfg.model.model, 2 if cfg.data.dataset == "kaggle" else 10,
@@ -134,15 +134,14 @@ def test_every_recipe_loads_and_builds_its_model(recipe):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
-@pytest.mark.parametrize("recipe", ["fashion-mnist.yaml", "fashion-mnist-94.yaml"])
+@pytest.mark.parametrize("recipe", ["fashion-mnist", "fashion-mnist-94"])
 def test_fashion_mnist_recipes_fall_back_to_fp32_without_native_bf16(fmnist_dir, tmp_path, monkeypatch, recipe):
     """On a CPU without AVX-512 BF16 / AMX (Zen 3 here) `precision: auto` is fp32 without a probe."""
     from dogcat.engine import recipes
 
     monkeypatch.setattr(recipes, "candidates", lambda device: ("fp32",))
-    path = next(p for p in RECIPES if p.name == recipe)
     res = train(load_config({"fashion_mnist_root": str(fmnist_dir), "runs_root": str(tmp_path), "max_epoch": 1,
-                             "progress": "none", "debug_file": None}, config_file=path))
+                             "progress": "none", "debug_file": None}, config_file=recipe))
     (ev,) = events(res.run_dir, "precision")
     assert ev["chosen"] == "fp32" and ev["seconds"] == {} and "no native half precision" in ev["reason"]
     assert load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["precision"] == "fp32"
