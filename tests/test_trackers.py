@@ -343,3 +343,23 @@ def test_mlflow_ui_serves_the_runs_of_the_default_store(logged):
     finally:
         os.killpg(server.pid, 15)  # the server and its workers: a session of their own
         server.wait(timeout=60)
+
+
+def test_default_store_without_sqlalchemy_warns_once_naming_the_extra(tmp_path, monkeypatch):
+    """mlflow-skinny alone (no SQLAlchemy): the default SQLite store cannot open; one warning says what to install,
+    and the training finishes with its own records."""
+    import importlib.util
+
+    from dogcat import train
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlalchemy" else real(name, *a))
+    root = tiny_data(tmp_path)
+    with pytest.warns(UserWarning, match="mlflow logging switched off") as caught:
+        result = train(train_data_root=str(root / "train"), val_data_root=str(root / "val"), max_epoch=1,
+                       runs_root=str(tmp_path / "runs"), image_size=32, batch_size=4, num_workers=0,
+                       model="smallcnn", progress="none", logger="mlflow")
+    (warning,) = [str(w.message) for w in caught if "mlflow" in str(w.message)]
+    assert "needs sqlalchemy" in warning and "dogcat-vision[mlflow]" in warning and "--mlflow-uri" in warning
+    assert (result.run_dir / "status").read_text().strip() == "finished"
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
