@@ -173,11 +173,9 @@ def fake_env(path: Path, dists: dict[str, tuple[str, list[str]]]) -> Path:
     return path / "bin" / "python"
 
 
-def wheel_of(tmp: Path, pin_torch: str | None = None) -> Path:
-    """Our wheel, built without its dependencies by pip; ``pin_torch``: as the package once declared torch."""
-    text = (ROOT / "pyproject.toml").read_text()
-    if pin_torch:
-        text = text.replace('"torch>=2.6,<3"', f'"torch=={pin_torch}"')
+def wheel_of(tmp: Path, pin_torch: str) -> Path:
+    """Our wheel with torch pinned as the package once declared it, built without its dependencies by pip."""
+    text = (ROOT / "pyproject.toml").read_text().replace('"torch>=2.6,<3"', f'"torch=={pin_torch}"')
     tree = source_copy(tmp / "tree", text)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp / "wheel"), str(tree)], check=True, capture_output=True)
@@ -194,7 +192,7 @@ def plan(python: Path, wheel: Path, report: Path, *pip_args: str) -> tuple[subpr
 
 
 @pytest.mark.parametrize("pin", [None, "2.14.1"], ids=["ranges", "old-pin"])
-def test_installing_the_wheel_keeps_the_users_torch(tmp_path, pin):
+def test_installing_the_wheel_keeps_the_users_torch(tmp_path, pin, dist):
     """pip, asked to install our wheel into an environment with another torch 2.x (and a matching torchvision),
     installs our package alone; a pinned torch, as the package once declared it, would replace theirs."""
     import importlib.metadata as md
@@ -202,7 +200,8 @@ def test_installing_the_wheel_keeps_the_users_torch(tmp_path, pin):
     have = {d.metadata["Name"].lower(): (d.version, []) for d in md.distributions() if d.metadata["Name"]}
     have = {n: v for n, v in have.items() if not n.startswith("dogcat")}
     python = fake_env(tmp_path / "env", {**have, "torch": ("2.7.1", []), "torchvision": ("0.22.1", [])})
-    r, installs = plan(python, wheel_of(tmp_path, pin), tmp_path / "report.json", "--no-index")
+    r, installs = plan(python, wheel_of(tmp_path, pin) if pin else dist["wheel"], tmp_path / "report.json",
+                       "--no-index")
     if pin is None:
         assert r.returncode == 0, r.stderr[-2000:]
         assert installs == ["dogcat-vision"]
@@ -217,11 +216,6 @@ CPU_TORCH = {"torch": ("2.14.1+cpu", ["filelock", "typing-extensions>=4.10.0", "
 CUDA = re.compile(r"(nvidia-.*|triton|cuda-.*|torch|torchvision)$")
 
 
-@pytest.fixture(scope="module")
-def plain_wheel(tmp_path_factory) -> Path:
-    return wheel_of(tmp_path_factory.mktemp("plain"))
-
-
 def index_plan(python: Path, wheel: Path, report: Path) -> list[str]:
     """:func:`plan` with pip's configured package index; skips when no index answers."""
     r, installs = plan(python, wheel, report)
@@ -232,19 +226,19 @@ def index_plan(python: Path, wheel: Path, report: Path) -> list[str]:
     return installs
 
 
-def test_a_cpu_torch_installed_first_keeps_cuda_out(tmp_path, plain_wheel):
+def test_a_cpu_torch_installed_first_keeps_cuda_out(tmp_path, dist):
     """The README's CPU path: torch and torchvision from PyTorch's CPU index first, then our wheel. pip (with its
     package index) plans every other dependency (timm's included), and nothing of torch, CUDA or OpenCV."""
-    installs = index_plan(fake_env(tmp_path / "cpu", CPU_TORCH), plain_wheel, tmp_path / "cpu.json")
+    installs = index_plan(fake_env(tmp_path / "cpu", CPU_TORCH), dist["wheel"], tmp_path / "cpu.json")
     assert {"dogcat-vision", "timm", "numpy", "simplejpeg"} <= set(installs)
     assert [n for n in installs if CUDA.match(n) or n.startswith("opencv")] == []
 
 
 @pytest.mark.slow  # 30-40 s: pip reads the metadata of torch and its CUDA wheels
-def test_without_a_torch_pip_plans_the_cuda_build(tmp_path, plain_wheel):
+def test_without_a_torch_pip_plans_the_cuda_build(tmp_path, dist):
     """The control of the test above: into an empty environment, pip plans torch and torchvision, and on Linux
     x86_64 (where PyPI's torch is the CUDA build) the nvidia-* wheels with them."""
-    control = index_plan(fake_env(tmp_path / "empty", {}), plain_wheel, tmp_path / "empty.json")
+    control = index_plan(fake_env(tmp_path / "empty", {}), dist["wheel"], tmp_path / "empty.json")
     assert {"torch", "torchvision"} <= set(control)
     if sys.platform == "linux" and platform.machine() == "x86_64":
         assert len([n for n in control if n.startswith("nvidia-")]) >= 10, control
