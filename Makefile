@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-all bench fashion-mnist test-tools clean
+.PHONY: setup demo test test-all bench dist fashion-mnist test-tools clean
 
 setup: $(STAMP)
 
@@ -42,7 +42,7 @@ test-tools:
 	else echo "apt-get not usable here; tests that need$$missing will be skipped"; fi
 
 demo: setup fashion-mnist
-	$(BIN)/python -m dogcat.demo
+	$(BIN)/python -m dogcat demo
 
 test: setup test-tools
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -54,5 +54,11 @@ bench: setup
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks in bench/ yet"; exit 0; }; \
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# The sdist and wheel PyPI gets (.github/workflows/release.yml does the same on a v* tag), checked by twine.
+dist: setup
+	rm -rf dist
+	$(BIN)/python -m build
+	$(BIN)/python -m twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -11,17 +11,21 @@ measures images per second per core, each through a DataLoader made with the sam
      processes, then ``batch_transform`` (normalise) in the main process, as the trainer runs it
   c  dogcat from the packed cache (built once per run, timed separately, memory-mapped as a big set would be):
      the trainer's loader, which cuts the crops on threads in the main process, then ``batch_transform``
+  d  c without OpenCV (what an install without the ``[fast]`` extra runs): torch's antialiased resize, on one
+     thread (torch's resize on the loader's threads would nest OpenMP teams); c/d is OpenCV's gain
 
 Two figures per pipeline: images per second per core (wall clock, divided by the cores this process may use)
 and images per CPU-second (main process + workers, from /proc): the same thing on an idle machine, and the
 steadier one when other processes share the cores. The main process runs one torch thread (``--threads``):
 an OpenMP team in it would spin against the busy workers.
-Rounds alternate a, b, c so that a noisy neighbour hits all three alike; the medians are reported.
+Rounds alternate a, b, c, d so that a noisy neighbour hits all four alike; the medians are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import os
 import shutil
 import statistics
@@ -135,14 +139,17 @@ def main() -> int:
         sampler = D.ResumableSampler(len(bundle.train), seed=0)
         return D.make_loader(D.SeededItems(bundle.train), args.batch_size, workers, False, 0, sampler=sampler)
 
+    no_cv = copy.copy(cached.train)  # the same cache and samples, cropped without OpenCV
+    no_cv.prepare = D.CropFlipBatch(224, "default", threads=max(1, workers), opencv=False)
     loaders = {
         "a": (DataLoader(SeedPipeline(files), batch_size=args.batch_size, shuffle=True, num_workers=workers,
                          persistent_workers=workers > 0), None),
         "b": (dogcat_loader(plain), plain.batch_transform),
         "c": (dogcat_loader(cached), cached.batch_transform),
+        "d": (dogcat_loader(dataclasses.replace(cached, train=no_cv)), cached.batch_transform),
     }
     names = {"a": "seed: PIL + transforms v1, per sample", "b": "dogcat, first pass (no cache)",
-             "c": "dogcat, from the packed cache"}
+             "c": "dogcat, from the packed cache", "d": "c without OpenCV (torch's resize)"}
     wall: dict[str, list[float]] = {k: [] for k in loaders}
     cpu: dict[str, list[float]] = {k: [] for k in loaders}
     for r in range(args.rounds):
@@ -162,6 +169,7 @@ def main() -> int:
     print(f"\n{'':<42} {'wall':>10} {'CPU':>10}")
     print(f"{'b/a  (target >= 1.3)':<42} {w['b'] / w['a']:>10.2f} {c['b'] / c['a']:>10.2f}")
     print(f"{'c/a  (target >= 10)':<42} {w['c'] / w['a']:>10.2f} {c['c'] / c['a']:>10.2f}")
+    print(f"{'c/d  (OpenCV: the [fast] extra)':<42} {w['c'] / w['d']:>10.2f} {c['c'] / c['d']:>10.2f}")
     if load > cores:  # other processes took cores: the CPU-time column is the one to trust
         print(f"note: load {load:.1f} on {cores} cores: other processes shared the machine; img/s/core (wall) "
               f"is lower than on an idle machine, img per CPU-second much less so")

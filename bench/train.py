@@ -4,9 +4,9 @@
 (b) the seed's way (ResNet-34 fp32, per-sample PIL pipeline, Adam, DataLoader) vs dogcat's default for
     ResNet-34 (--precision=auto, channels_last, packed-cache data path) on the same generated JPEGs;
     ``--b-variants`` also times dogcat at larger batches and with --compile (what would move the figure).
-(c) configs/fashion-mnist.yaml (the demo): test accuracy after each epoch against training time, and when
+(c) the built-in recipe fashion-mnist (the demo): test accuracy after each epoch against training time, and when
     it first reaches 93 %.
-(d) configs/fashion-mnist-94.yaml: the same, and when it first reaches 94 %.
+(d) the built-in recipe fashion-mnist-94: the same, and when it first reaches 94 %.
 Baseline and candidate runs alternate (A B A B) and each figure is the median ratio. The first line names
 the CPU (model, AMD core generation, whether bf16 is native: that decides --precision=auto).
 
@@ -36,7 +36,6 @@ from dogcat.data import fashion_mnist
 from dogcat.engine.recipes import cpu_kind
 from dogcat.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"progress": "none", "debug_file": None, "keep_top_k": 0}
 
 
@@ -226,7 +225,7 @@ def part_c(tmp: Path, quick: bool, recipe: str, tag: str, precision: str | None 
     if quick:
         over.update(fashion_mnist_root=str(_fmnist_subset(tmp / "fm-c", 4096)), max_epoch=2)
     t0 = time.perf_counter()
-    res = train(load_config(over, config_file=ROOT / "configs" / recipe))
+    res = train(load_config(over, config_file=recipe))
     whole = time.perf_counter() - t0
     rows, wall = [], 0.0
     for h in res.history:
@@ -241,7 +240,7 @@ def part_c(tmp: Path, quick: bool, recipe: str, tag: str, precision: str | None 
 
 def report_c(tag: str, recipe: str, rows: list[tuple[int, float, float, float]], whole: float, target: float) -> None:
     hit = next((r for r in rows if r[3] >= target), None)
-    print(f"({tag}) configs/{recipe}: {len(rows)} epochs, {rows[-1][2]:.0f} s of training ({whole:.0f} s for the "
+    print(f"({tag}) recipe {recipe}: {len(rows)} epochs, {rows[-1][2]:.0f} s of training ({whole:.0f} s for the "
           f"whole train() call), test accuracy {rows[-1][3]:.4f}")
     print(f"({tag}) {target:.0%} test accuracy " + (f"after {hit[2]:.0f} s (epoch {hit[0]})" if hit else "not reached"))
 
@@ -264,7 +263,7 @@ def main() -> int:
         if "b" in args.only:
             print(f"(b) dogcat default / seed's way, ResNet-34 img/s (target >= 2.5x): "
                   f"{part_b(tmp, args.quick, args.b_variants):.2f}x")
-        for tag, recipe, target in (("c", "fashion-mnist.yaml", 0.93), ("d", "fashion-mnist-94.yaml", 0.94)):
+        for tag, recipe, target in (("c", "fashion-mnist", 0.93), ("d", "fashion-mnist-94", 0.94)):
             if tag in args.only:
                 rows, whole = part_c(tmp, args.quick, recipe, tag, args.fmnist_precision)
                 report_c(tag, recipe, rows, whole, target)

@@ -200,6 +200,28 @@ def test_train_batches_are_a_function_of_seed_and_position(kaggle):
     assert torch.allclose(crops, evals, atol=1e-6)
 
 
+def test_cached_crops_without_opencv_are_the_same_crops(monkeypatch, caplog):
+    """OpenCV is optional (the [fast] extra): without it the same boxes and flips are cut with torch's resize."""
+    import logging
+
+    import dogcat.data.transforms as T
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    images = [np.stack([yy * 3 + k, xx * 3 + k, (yy + xx) + 10 * k], -1).clip(0, 255).astype(np.uint8)
+              for k in range(8)]  # smooth pictures: resampling differences stay small
+    fast, slow = (D.CropFlipBatch(48, "default", threads=2, opencv=o)(images, 5).float() for o in (True, False))
+    assert fast.shape == slow.shape == (8, 3, 48, 48) and (fast - slow).abs().mean() < 2.0  # levels of 255
+    flip_fast, flip_slow = (D.CropFlipBatch(48, "flip", opencv=o)(images, 5) for o in (True, False))
+    assert torch.equal(flip_fast, flip_slow)  # a centre crop, flipped: no resampling at all
+    monkeypatch.setattr(T, "cv2", None)  # an install without OpenCV
+    T._note_no_opencv.cache_clear()
+    with caplog.at_level(logging.INFO, logger="dogcat"):
+        assert not D.CropFlipBatch(48).opencv and not D.CropFlipBatch(48).opencv
+    assert [r.message for r in caplog.records if "OpenCV" in r.message] == [
+        "OpenCV is not installed: cached training crops use torch's resize, about 2x slower "
+        "(pip install 'dogcat-vision[fast]')"]
+
+
 def test_training_from_cache_matches_training_from_files(tmp_path):
     info = make_kaggle(tmp_path / "k", n_per_class=16, n_test=2, sizes=(40, 120))
     common = {"train_data_root": str(info["train"]), "image_size": 32, "batch_size": 4, "num_workers": 0,

@@ -63,7 +63,7 @@ def test_round_trip():
     ("--max-epoch=2.5", ["--max-epoch", "int", "2.5"]),
     ("--precision=fp8", ["--precision", "fp32", "bf16", "fp16"]),
     ("--optimizer=adamm", ["--optimizer", "adamw", "sgd"]),
-    ("--train-data-root=/no/such/dir", ["/no/such/dir", "fashion-mnist.yaml"]),
+    ("--train-data-root=/no/such/dir", ["/no/such/dir", "dogcat demo"]),
     ("--max-epoch=0", ["--max-epoch=0", "[1, 1000000]"]),
 ])
 def test_cli_errors_exit_2_naming_the_key(arg, words, capsys, tmp_path):

@@ -45,7 +45,7 @@ def test_detect_kind(kaggle_dir, folder_dir, fmnist_dir, tmp_path):
 def test_detect_errors(tmp_path, kaggle_dir):
     with pytest.raises(D.DataError, match="Kaggle download folder"):  # data/ instead of data/train
         D.detect(DataConfig(train_data_root=str(kaggle_dir)))
-    with pytest.raises(D.DataError, match="configs/fashion-mnist.yaml") as e:
+    with pytest.raises(D.DataError, match="--config=fashion-mnist") as e:
         D.detect(DataConfig(train_data_root=str(tmp_path / "nope")))
     assert str(tmp_path / "nope") in str(e.value) and "kaggle" in str(e.value).lower()
     with pytest.raises(D.DataError, match="kaggle.com"):  # the same advice with an explicit kind

@@ -11,6 +11,7 @@ import torch
 
 from dogcat import evaluate, load_config, train
 from dogcat.cli import main
+from dogcat.config import builtin
 from dogcat.engine.checkpoint import load_checkpoint
 from dogcat.engine.optim import Schedule
 from dogcat.engine.recipes import Criterion, candidates, choose_precision
@@ -122,11 +123,10 @@ def test_onecycle_shape():
 
 
 # sweep-*.yaml are search spaces (a recipe + a search: block), checked by tests/test_sweep.py
-RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
-                 if not p.name.startswith("sweep-"))
+RECIPES = [name for name in builtin.names() if not name.startswith("sweep-")]  # the package's, by name
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_loads_and_builds_its_model(recipe):
     cfg = load_config(config_file=recipe)
     model = build_model(cfg.model.model, 2 if cfg.data.dataset == "kaggle" else 10,
@@ -134,15 +134,61 @@ def test_every_recipe_loads_and_builds_its_model(recipe):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
-@pytest.mark.parametrize("recipe", ["fashion-mnist.yaml", "fashion-mnist-94.yaml"])
+@pytest.mark.parametrize("recipe", ["fashion-mnist", "fashion-mnist-94"])
 def test_fashion_mnist_recipes_fall_back_to_fp32_without_native_bf16(fmnist_dir, tmp_path, monkeypatch, recipe):
     """On a CPU without AVX-512 BF16 / AMX (Zen 3 here) `precision: auto` is fp32 without a probe."""
     from dogcat.engine import recipes
 
     monkeypatch.setattr(recipes, "candidates", lambda device: ("fp32",))
-    path = next(p for p in RECIPES if p.name == recipe)
     res = train(load_config({"fashion_mnist_root": str(fmnist_dir), "runs_root": str(tmp_path), "max_epoch": 1,
-                             "progress": "none", "debug_file": None}, config_file=path))
+                             "progress": "none", "debug_file": None}, config_file=recipe))
     (ev,) = events(res.run_dir, "precision")
     assert ev["chosen"] == "fp32" and ev["seconds"] == {} and "no native half precision" in ev["reason"]
     assert load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["precision"] == "fp32"
+
+
+# --- built-in recipes (package data) and `dogcat demo` ---------------------------------------------------------
+
+def test_config_name_is_a_built_in_recipe_unless_a_file_of_that_name_exists(tmp_path, monkeypatch):
+    from dogcat.config import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config(config_file="fashion-mnist").model.model == "fastcnn"
+    assert load_config(config_file="fashion-mnist.yaml").model.model == "fastcnn"
+    Path("fashion-mnist").write_text("model: {model: smallcnn}\n")
+    assert load_config(config_file="fashion-mnist").model.model == "smallcnn"  # a file always wins
+    with pytest.raises(ConfigError, match=r"no such file 'fashoin-mnist', nor a built-in .*fashion-mnist-94"):
+        load_config(config_file="fashoin-mnist")
+    with pytest.raises(ConfigError, match="no such file 'sub/fashion-mnist.yaml'"):
+        load_config(config_file="sub/fashion-mnist.yaml")  # a path is never a built-in name
+
+
+def test_recipes_command_lists_describes_and_prints_them(tmp_path, capsys):
+    assert main(["recipes"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(rows) == set(builtin.names()) >= {"fashion-mnist", "fashion-mnist-94", "dogs-vs-cats",
+                                                 "sweep-fashion-mnist"}
+    assert "fastcnn on Fashion-MNIST" in rows["fashion-mnist"]  # the first line of its comment
+    assert all(len(line.split()) > 3 for line in rows.values()), rows  # every recipe has a description
+    assert main(["recipes", "fashion-mnist"]) == 0
+    text = capsys.readouterr().out
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(text.replace("max_epoch: 8", "max_epoch: 3"))  # copy, edit, use
+    assert load_config(config_file=mine).train.max_epoch == 3
+    assert load_config(config_file=mine).optim == load_config(config_file="fashion-mnist").optim
+    assert main(["recipes", "nope"]) == 2 and "no built-in recipe 'nope'" in capsys.readouterr().err
+
+
+def test_demo_command_runs_in_any_folder(fmnist_dir, tmp_path, monkeypatch, capsys):
+    """`dogcat demo` needs no clone: the recipe is the package's, the run folder goes to ./runs of the current
+    folder; options as for train (here a tiny Fashion-MNIST and one epoch)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["demo", f"--fashion-mnist-root={fmnist_dir}", "--max-epoch=1", "--progress=none",
+                 "--precision=fp32"]) == 0  # fp32: no precision probe, a few seconds less
+    out = capsys.readouterr().out
+    assert "Fashion-MNIST test accuracy" in out and out.count("(true: ") == 8
+    (run,) = (elsewhere / "runs").glob("demo-fashion-mnist*")
+    assert len(list((run / "samples").glob("*.png"))) == 8 and (run / "submission.csv").is_file()
+    assert load_config(config_file=run / "config.yaml").model.model == "fastcnn"  # the built-in recipe's

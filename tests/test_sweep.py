@@ -20,7 +20,7 @@ from datagen import make_fmnist_idx  # noqa: E402
 
 import dogcat  # noqa: E402
 from dogcat.cli import main  # noqa: E402
-from dogcat.config import ConfigError  # noqa: E402
+from dogcat.config import ConfigError, builtin  # noqa: E402
 from dogcat.sweep import show, sweep  # noqa: E402
 from dogcat.sweep.space import read_space  # noqa: E402
 
@@ -71,8 +71,7 @@ def test_bad_space_fails_before_any_folder_naming_the_key(search, words, data, t
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("space", sorted((Path(__file__).parents[1] / "configs").glob("sweep-*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("space", [n for n in builtin.names() if n.startswith("sweep-")])
 def test_every_shipped_space_is_valid(space):
     parsed = read_space(space)
     assert parsed.params and parsed.base.train.monitor == "val_accuracy"

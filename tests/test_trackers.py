@@ -1,14 +1,18 @@
-"""Trackers (``--logger``): MLflow's real file store read back with MLflow's own client, W&B's offline run files,
-the one-line error for a missing package, and a broken tracking server that must not stop a training."""
+"""Trackers (``--logger``): MLflow's real stores (the default SQLite database, a file store) read back with MLflow's
+own client and `mlflow ui`, W&B's offline run files, the one-line error for a missing package, and a broken
+tracking server that must not stop a training."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,7 @@ from dogcat.config import LOGGERS, ConfigError, load_config
 from dogcat.tracking.loggers import BACKENDS, register_logger
 from dogcat.tracking.tracker import check_loggers
 
-mlflow = pytest.importorskip("mlflow", reason="the [dev] extra installs mlflow-skinny")
+mlflow = pytest.importorskip("mlflow", reason="the [dev] extra installs mlflow")
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks file-store readers to opt in too
 HAS_WANDB = bool(__import__("importlib").util.find_spec("wandb"))
 
@@ -52,7 +56,7 @@ def client(run: Path):
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory, monkeypatch_module):
-    """One finished 2-epoch run logged to TensorBoard, MLflow (the default file store) and, where installed, W&B
+    """One finished 2-epoch run logged to TensorBoard, MLflow (the default SQLite store) and, where installed, W&B
     (offline); W&B's own folders point into tmp."""
     root = tiny_data(tmp_path_factory.mktemp("trackers"))
     for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
@@ -70,10 +74,15 @@ def monkeypatch_module():
     mp.undo()
 
 
-def test_mlflow_file_store_holds_the_runs_records(logged):
+def test_mlflow_default_sqlite_store_holds_the_runs_records(logged):
     c, run_id = client(logged)
-    assert c.tracking_uri == (logged.parent / "mlruns").resolve().as_uri()  # default: beside the run folder
+    db = (logged.parent / "mlflow.db").resolve()
+    assert c.tracking_uri == f"sqlite:///{db}"  # default: a database beside the run folder, by absolute path
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert sorted(p.name for p in logged.parent.iterdir()) == ["a", "mlartifacts", "mlflow.db"]  # no lock, no temp
     run = c.get_run(run_id)
+    assert run.info.artifact_uri.startswith((logged.parent / "mlartifacts").resolve().as_uri() + "/")
     assert run.info.status == "FINISHED" and run.info.run_name == "a"
     assert run.data.tags["dogcat.status"] == "finished"
     assert c.get_experiment(run.info.experiment_id).name == "dogcat"
@@ -248,3 +257,109 @@ def test_mlflow_status_of_each_ending(status, expected, tmp_path):
     assert run.data.params == {"lr": "0.1", "milestones": "[3, 6]"}
     assert run.data.metrics == {"train/loss": 0.5, "final/val_accuracy": 0.75}
     assert [a.path for a in c.list_artifacts(run_id)] == ["config.yaml"]
+
+
+RACER = """
+import sys, time
+from mlflow.tracking import MlflowClient
+from dogcat.tracking.mlflow_logger import open_store
+uri, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:  # every process imported MLflow: now all at once
+    time.sleep(0.01)
+open_store(uri)
+c = MlflowClient(tracking_uri=uri)
+exp = c.get_experiment_by_name("dogcat")
+exp_id = exp.experiment_id if exp else c.create_experiment("dogcat")
+run = c.create_run(exp_id)
+c.log_metric(run.info.run_id, "x", 1.0)
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_get_one_whole_database(tmp_path):
+    """MLflow makes a new database by running its schema migrations; four processes doing that at once on one file
+    broke it for good in 11 of 12 tries (duplicate column, alembic_version races). open_store builds it once."""
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    start = time.time() + 8
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, uri, str(start + i * 0.02)], stderr=subprocess.PIPE,
+                              text=True) for i in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(e[-1500:] for e in errors)
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    (exp,) = [e for e in c.search_experiments() if e.name == "dogcat"]
+    assert len(c.search_runs([exp.experiment_id])) == 4
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mlflow.db"]  # no lock or temp file left
+
+
+def test_a_folder_or_file_uri_is_still_a_file_store(tmp_path):
+    from dogcat.tracking.mlflow_logger import sqlite_file, tracking_uri
+
+    def uri(value):
+        return tracking_uri(type("S", (), {"cfg": load_config({"mlflow_uri": value}), "run_dir": tmp_path / "r"})())
+
+    assert uri(str(tmp_path / "store")) == (tmp_path / "store").as_uri()
+    assert uri("file:///x/mlruns") == "file:///x/mlruns" and sqlite_file("file:///x/mlruns") is None
+    assert uri(None) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert sqlite_file("sqlite:///runs/mlflow.db") == Path("runs/mlflow.db")
+    assert sqlite_file("sqlite:////abs/m.db?timeout=30") == Path("/abs/m.db") and sqlite_file("sqlite://") is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("flask"),
+                    reason="`mlflow ui` needs the full mlflow (pip install 'dogcat-vision[mlflow]'), not mlflow-skinny")
+def test_mlflow_ui_serves_the_runs_of_the_default_store(logged):
+    """The README's command, from the folder that holds runs/, with no MLflow variable set: `mlflow ui` lists the
+    run with its metrics and serves its artifacts."""
+    port = closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    ui = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen([str(ui), "ui", "--backend-store-uri", "sqlite:///runs/mlflow.db", "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=logged.parent.parent, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, body: dict | None = None) -> bytes:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(base + path, data, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.read()
+
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                exp = json.loads(get("/api/2.0/mlflow/experiments/get-by-name?experiment_name=dogcat"))["experiment"]
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, server.stderr.read()[-3000:]
+                time.sleep(1)
+        (run,) = json.loads(get("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]}))["runs"]
+        assert run["info"]["run_name"] == "a" and run["info"]["status"] == "FINISHED"
+        assert "val/accuracy" in {m["key"] for m in run["data"]["metrics"]}
+        config = get(f"/get-artifact?path=config.yaml&run_uuid={run['info']['run_id']}")
+        assert config == (logged / "config.yaml").read_bytes()
+        assert b"<html" in get("/")  # the UI itself
+    finally:
+        os.killpg(server.pid, 15)  # the server and its workers: a session of their own
+        server.wait(timeout=60)
+
+
+def test_default_store_without_sqlalchemy_warns_once_naming_the_extra(tmp_path, monkeypatch):
+    """mlflow-skinny alone (no SQLAlchemy): the default SQLite store cannot open; one warning says what to install,
+    and the training finishes with its own records."""
+    import importlib.util
+
+    from dogcat import train
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlalchemy" else real(name, *a))
+    root = tiny_data(tmp_path)
+    with pytest.warns(UserWarning, match="mlflow logging switched off") as caught:
+        result = train(train_data_root=str(root / "train"), val_data_root=str(root / "val"), max_epoch=1,
+                       runs_root=str(tmp_path / "runs"), image_size=32, batch_size=4, num_workers=0,
+                       model="smallcnn", progress="none", logger="mlflow")
+    (warning,) = [str(w.message) for w in caught if "mlflow" in str(w.message)]
+    assert "needs sqlalchemy" in warning and "dogcat-vision[mlflow]" in warning and "--mlflow-uri" in warning
+    assert (result.run_dir / "status").read_text().strip() == "finished"
+    assert not (tmp_path / "runs" / "mlflow.db").exists()

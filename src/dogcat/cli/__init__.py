@@ -59,7 +59,7 @@ def _completion(a: Any, ov: dict[str, Any]) -> int:
 _LIST = [
     Command("train", "train a model: validation every epoch, checkpoints, run folder runs/NAME", c.train,
             options=ALL, own=[Own("config", "YAML recipe (flat or nested by section); the command line wins")],
-            epilog="examples:\n  dogcat train --config=configs/fashion-mnist.yaml\n"
+            epilog="examples:\n  dogcat train --config=fashion-mnist   (a built-in recipe: `dogcat recipes`)\n"
                    "  dogcat train --train-data-root data/train --model resnet34 --max-epoch 20 --lr 0.005\n"
                    "  dogcat train --resume runs/NAME --max-epoch 30"),
     Command("val", "validation metrics + confusion matrix of a trained model -> RUN/result.json", c.val,
@@ -115,7 +115,7 @@ _LIST = [
                             "(default: RUNS/NAME/study.db)"),
              Own("pruner", "stop poor trials early, judged each epoch", default="median", choices=PRUNERS),
              Own("seed", "seed of the sampler (the training seed is the recipe's --seed)", finite(int), 0), JSON],
-            epilog="examples:\n  dogcat sweep configs/sweep-fashion-mnist.yaml --trials=12 --timeout=1080\n"
+            epilog="examples:\n  dogcat sweep sweep-fashion-mnist --trials=12 --timeout=1080   (a built-in space)\n"
                    "  dogcat sweep show sweep-fashion-mnist\n"
                    "  dogcat train --config=runs/sweep-fashion-mnist/best.yaml\n"
                    "needs optuna: pip install 'dogcat-vision[sweep]'"),
@@ -128,6 +128,15 @@ _LIST = [
             epilog="mean/std are per channel, pixel values 0-1, over every pixel of every readable image;\n"
                    "--normalize=dataset trains with the same statistics of the training split"),
     Command("models", "list model names", c.models),
+    Command("recipes", "the built-in recipes (--config=NAME); `dogcat recipes NAME` prints one to copy and edit",
+            c.recipes, [("name", "?", "a built-in recipe's name")],
+            epilog="examples:\n  dogcat recipes\n  dogcat train --config=fashion-mnist --max-epoch=3\n"
+                   "  dogcat recipes fashion-mnist > my.yaml   # then edit it: dogcat train --config=my.yaml\n"
+                   "a --config that is an existing file is read as that file; a bare name is a built-in recipe"),
+    Command("demo", "train the Fashion-MNIST recipe on the CPU, test it, predict a few images (1.5-3 minutes)",
+            c.demo, options=ALL,
+            epilog="runs in any folder: the run folder goes to ./runs/demo-fashion-mnist*; options as for train,\n"
+                   "e.g. dogcat demo --max-epoch=2 --runs-root=/tmp/runs"),
     Command("completion", "print a shell completion script: eval \"$(dogcat completion bash)\"", _completion,
             [("shell", None, "bash or zsh")]),
     Command("help", "usage and every option with its default (`dogcat help COMMAND`: one command's)", _help,

@@ -314,3 +314,26 @@ def models(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     print("  timm:<name>        any timm model, e.g. timm:resnet50 (`python -c 'import timm; print(timm.list_models())'`)")
     print("  torchvision:<name> any torchvision classification model, e.g. torchvision:efficientnet_b0")
     return 0
+
+
+def demo(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    from ..demo import run
+
+    return run(ov)
+
+
+def recipes(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """The built-in recipes with their one-line descriptions, or one recipe's YAML (to copy and edit)."""
+    from ..config import builtin
+
+    if a.name is None:
+        listing = builtin.listing()
+        width = max(len(n) for n, _ in listing)
+        for name, doc in listing:
+            print(f"  {name:<{width}}  {doc}")
+        return 0
+    recipe = builtin.builtin(a.name)
+    if recipe is None:
+        raise ConfigError(f"no built-in recipe {a.name!r}; built in: {', '.join(builtin.names())}")
+    sys.stdout.write(recipe.read_text(encoding="utf-8"))
+    return 0

@@ -20,6 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import builtin
 from .options import ALIASES, LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range, flag, parse_class_weights
 
 
@@ -181,12 +182,14 @@ def _drop_local(tree: dict[str, Any], source: str, warn: bool) -> dict[str, Any]
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML recipe; a missing, unreadable or non-mapping file is one ConfigError line."""
+    """The mapping in a YAML recipe: a file, or a built-in recipe by name (``config/builtin.py``); a missing,
+    unreadable or non-mapping file is one ConfigError line."""
     if not isinstance(path, (str, Path)):
         raise ConfigError(f"--config expects a YAML file name, got {path!r}")
-    path = Path(path)
+    path = builtin.resolve(path)  # a file, or a built-in recipe's name
     if not path.is_file():
-        raise ConfigError(f"--config: no such file {str(path)!r}")
+        raise ConfigError(f"--config: no such file {str(path)!r}, nor a built-in recipe of that name (built in: "
+                          f"{', '.join(builtin.names())}; `dogcat recipes` describes them)")
     try:
         tree = yaml.safe_load(path.read_bytes()[: 16 << 20].decode("utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:

@@ -241,7 +241,8 @@ class TrainConfig:
                       "the same records as metrics.jsonl. mlflow / wandb need pip install "
                       "'dogcat-vision[mlflow]' / '[wandb]'", changes="resume", experiment=False)
     mlflow_uri: Optional[str] = opt(None, "MLflow tracking URI: a server (http://host:5000), sqlite:///FILE, or a "
-                                    "file: store; default: file store <runs_root>/mlruns (beside the run folder)",
+                                    "file: store (file:DIR or a folder); default: the SQLite store "
+                                    "<runs_root>/mlflow.db (beside the run folder)",
                                     local=True)
     mlflow_experiment: str = opt("dogcat", "MLflow experiment the run is logged under", changes="resume",
                                  experiment=False)

@@ -131,7 +131,7 @@ def get_layout(name: str) -> Layout:
 def missing_root(root: Path) -> DataError:
     return DataError(
         f"training data folder {root} does not exist. For a quick demo run "
-        f"`dogcat train --config=configs/fashion-mnist.yaml`; for Dogs vs. Cats download train.zip and "
+        f"`dogcat demo` (or `dogcat train --config=fashion-mnist`); for Dogs vs. Cats download train.zip and "
         f"test1.zip from https://www.kaggle.com/c/dogs-vs-cats/data, unzip them and pass "
         f"--train-data-root=DIR/train --test-data-root=DIR/test1")
 

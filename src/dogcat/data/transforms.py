@@ -8,6 +8,8 @@ is more than the whole Fashion-MNIST augmentation itself.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +23,19 @@ from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, stored_side
 from .augment import BatchPolicy, geometry, policy_steps
 from .images import shared_empty
 
-try:  # optional: the fastest resize for cached crops (see CropFlipBatch); torch's otherwise
+try:  # optional (the [fast] extra): the fastest resize for cached crops (see CropFlipBatch); torch's otherwise
     import cv2
 except ImportError:  # pragma: no cover
     cv2 = None
+
+log = logging.getLogger("dogcat")
+
+
+@functools.cache
+def _note_no_opencv() -> None:
+    """Once per process: where a pip install without the [fast] extra is slower, and what to do about it."""
+    log.info("OpenCV is not installed: cached training crops use torch's resize, about 2x slower "
+             "(pip install 'dogcat-vision[fast]')")
 
 
 def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list:
@@ -240,13 +251,19 @@ class CropFlipBatch:
     224 px image, OpenCV's bilinear resize took 0.11 ms against 0.27 for torch's antialiased one, and
     ``grid_sample`` on a batch 2.6 ms. OpenCV does not antialias, which only matters when shrinking: here at
     most 1.14x (a whole S x S square to ``size`` = 0.875 S); upscaled crops agree with torch's within 1 level.
+    OpenCV is optional (the ``[fast]`` extra; ``opencv=False`` forces the fallback): without it, torch's resize
+    on one thread (a resize on each of the pool's threads would nest OpenMP teams); the whole cached pipeline
+    then runs at 0.40-0.48x (bench/data.py, c/d).
     """
 
     per_image = True  # takes a list of HWC views into the cache: no batch gathered just to be cropped
 
     def __init__(self, size: int, augment: str = "default", scale: tuple[float, float] = (0.35, 1.0),
-                 threads: int = 1) -> None:
+                 threads: int = 1, opencv: bool | None = None) -> None:
         self.size, self.augment, self.scale, self.threads = size, geometry(augment), scale, threads
+        self.opencv = cv2 is not None if opencv is None else opencv and cv2 is not None  # False: torch's resize
+        if cv2 is None and opencv is None:
+            _note_no_opencv()
 
     def _boxes(self, b: int, h: int, w: int, g: torch.Generator) -> list[tuple[int, int, int, int]]:
         """(top, left, height, width) of each image's crop."""
@@ -267,13 +284,13 @@ class CropFlipBatch:
         crop = img[top:top + ch, left:left + cw]
         if (ch, cw) == (self.size, self.size):
             np.copyto(out, crop)
-        elif cv2 is not None:
+        elif self.opencv:
             cv2.resize(crop, (self.size, self.size), dst=out, interpolation=cv2.INTER_LINEAR)
         else:
             t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None]
             out[:] = torch.nn.functional.interpolate(t, size=(self.size, self.size), mode="bilinear",
                                                      antialias=True)[0].permute(1, 2, 0).numpy()
-        if flip and cv2 is not None:
+        if flip and self.opencv:
             cv2.flip(out, 1, dst=out)  # in place
         elif flip:
             out[:] = out[:, ::-1]  # numpy copies through a buffer when source and target overlap
@@ -284,7 +301,7 @@ class CropFlipBatch:
         g = torch.Generator().manual_seed(seed)
         flips = (torch.rand(b, generator=g) < 0.5).tolist() if self.augment != "none" else [False] * b
         jobs = list(zip(x, self._boxes(b, h, w, g), flips, out.numpy()))
-        threads = min(self.threads, b) if cv2 is not None else 1  # torch's resize would nest OpenMP teams
+        threads = min(self.threads, b) if self.opencv else 1  # torch's resize would nest OpenMP teams
         if threads > 1:  # one slice of the batch per thread: a task per image cost more than its crop
             list(thread_pool(threads).map(self._crops, [jobs[t::threads] for t in range(threads)]))
         else:

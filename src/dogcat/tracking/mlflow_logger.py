@@ -1,9 +1,15 @@
 """The ``mlflow`` backend of ``--logger``: one MLflow run per dogcat run, through MLflow's own client.
 
-Where: ``--mlflow-uri`` (a tracking server, ``sqlite:///FILE``, or a ``file:`` store); by default the file store
-``mlruns`` beside the run folder, i.e. ``<runs_root>/mlruns``, so that every run under one runs root is in one
-store (``mlflow ui --backend-store-uri runs/mlruns``). MLflow 3 keeps file stores in maintenance mode and asks
-for an opt-in (``MLFLOW_ALLOW_FILE_STORE``); dogcat gives it for ``file:`` stores, which need no database.
+Where: ``--mlflow-uri`` (a tracking server, ``sqlite:///FILE``, or a ``file:`` store / a plain folder); by default
+the SQLite store ``mlflow.db`` beside the run folder, i.e. ``sqlite:///<runs_root>/mlflow.db`` (an absolute path),
+so that every run under one runs root is in one store (``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``).
+SQLite because MLflow 3 keeps file stores in maintenance mode behind an opt-in (``MLFLOW_ALLOW_FILE_STORE``, which
+dogcat gives for ``file:`` stores it writes, and ``mlflow ui`` on one needs too); a database needs no opt-in.
+Artifacts of a SQLite store's runs go to ``mlartifacts/`` beside the database file.
+
+A new SQLite store is made whole before anyone uses it (:func:`open_store`): MLflow creates one by running its
+schema migrations, and processes doing that at once on one file (a sweep's, or runs started together) broke it
+for good in 11 of 12 tries here.
 
 What: params = the flat config; metrics = every metrics.jsonl record under the trackers' tags (loggers.py),
 on its step; tags = the run folder and its status; at the end the MLflow status (FINISHED / FAILED / KILLED)
@@ -15,6 +21,7 @@ needs nothing).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -22,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..io import fsync_dir, temp_file
+from ..locks import FileLock
 from .loggers import Backend, Ending, Session, register_logger, scalar_tags
 from .records import STEP
 
@@ -33,8 +42,9 @@ BATCH = 1000  # metrics per log_batch call (MLflow's limit)
 
 
 def default_uri(run_dir: Path) -> str:
-    """The file store beside the run folder: ``<runs_root>/mlruns`` for a run made under --runs-root."""
-    return (run_dir.resolve().parent / "mlruns").as_uri()
+    """The SQLite store beside the run folder: ``sqlite:///<runs_root>/mlflow.db`` for a run made under
+    --runs-root (an absolute path: the same store whatever the current folder)."""
+    return f"sqlite:///{run_dir.resolve().parent / 'mlflow.db'}"
 
 
 def tracking_uri(s: Session) -> str:
@@ -45,16 +55,66 @@ def tracking_uri(s: Session) -> str:
     return Path(uri).expanduser().resolve().as_uri()
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URI (relative to the current folder unless absolute:
+    ``sqlite:////abs/path``); None for other stores and in-memory databases."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    name = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if name in ("", ":memory:") else Path(name)
+
+
+def open_store(uri: str) -> None:
+    """Make sure a SQLite store exists whole before MLflow's client opens it (other stores: nothing to do).
+
+    The first process builds a new database in a temp file beside it, under an OS lock, and renames it into
+    place; the others wait for the lock, then find the whole file. A kill during the build leaves only the temp
+    file. An existing database is opened as it is (MLflow refuses one of an older schema, saying how to upgrade).
+    """
+    db = sqlite_file(uri)
+    if db is None or db.exists():
+        return
+    missing = [p for p in ("sqlalchemy", "alembic") if importlib.util.find_spec(p) is None]
+    if missing:  # mlflow-skinny alone: it logs to servers and file stores only
+        raise ImportError(f"the SQLite store {uri} needs {' and '.join(missing)}: pip install 'dogcat-vision[mlflow]' "
+                          "(or pass --mlflow-uri=FOLDER for a file store)")
+    from mlflow.tracking import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(db.parent / f".{db.name}.lock").acquire(blocking=True)
+    try:
+        if db.exists():  # another process made it while we waited
+            return
+        fd, tmp = temp_file(db.parent, db.name)
+        os.close(fd)
+        try:
+            MlflowClient(tracking_uri=f"sqlite:///{tmp.resolve()}").search_experiments(max_results=1)  # creates it
+            os.replace(tmp, db)
+            fsync_dir(db.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        lock.release(remove=True)
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its runs' files: ``mlartifacts/`` beside the database (MLflow
+    would pick ``./mlruns`` of the current folder); None lets the store decide (servers, file stores)."""
+    db = sqlite_file(uri)
+    return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
+
+
 class MlflowBackend(Backend):
     name = "mlflow"
 
     def __init__(self, s: Session) -> None:
-        if tracking_uri(s).startswith("file:"):
+        self.uri = tracking_uri(s)
+        if self.uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module's doc
         from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
 
-        self.uri = tracking_uri(s)
+        open_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_dir = s.run_dir
         run_id = s.saved.get("run_id") if s.saved.get("uri") == self.uri else None
@@ -66,9 +126,7 @@ class MlflowBackend(Backend):
             self.client.update_run(run_id, status="RUNNING")
             logged = self.client.get_run(run_id).data.params
         else:
-            exp = self.client.get_experiment_by_name(s.cfg.train.mlflow_experiment)
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
-                s.cfg.train.mlflow_experiment)
+            exp_id = self._experiment(s.cfg.train.mlflow_experiment)
             run = self.client.create_run(exp_id, run_name=s.run_dir.name,
                                          tags={"dogcat.run_dir": str(s.run_dir.resolve()), "dogcat.status": "running"})
             self.run_id, logged = run.info.run_id, {}
@@ -78,6 +136,21 @@ class MlflowBackend(Backend):
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
         self.client.log_batch(self.run_id, tags=[RunTag("dogcat.status", "running")])
+
+    def _experiment(self, name: str) -> str:
+        """The id of experiment ``name``, created when missing (by another process at the same time: its)."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri))
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def _exists(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException
