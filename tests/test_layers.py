@@ -16,7 +16,8 @@ SRC = Path(os.environ.get("DOGCAT_SRC") or Path(__file__).parents[1] / "src")
 
 # bottom first; a module may import from its own layer or any layer below, never above
 LAYERS = [
-    {"dogcat", "config", "metrics", "console"},  # the package root, the typed config and its tables, logging
+    {"dogcat", "config", "metrics", "console", "reading"},  # the package root, the typed config and its tables,
+    # logging, bounded reads and parsing
     {"io", "locks", "preprocess", "control"},    # safe files, locks, the preprocessing value, the ctl inbox
     {"data", "models"},                          # one file per data layout / per architecture
     {"tracking"},                                # run folders, manifest, TensorBoard, runs table, report pages

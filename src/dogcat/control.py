@@ -17,6 +17,7 @@ from types import FrameType
 from .config import ConfigError, DogcatError
 from .io import atomic_write_text, read_small
 from .locks import process_alive, this_process
+from .reading import loads_json
 
 log = logging.getLogger("dogcat")
 
@@ -127,7 +128,7 @@ class Inbox:
     def _read(self, f: Path) -> tuple[str | None, str | None]:
         """``(command, None)``, ``(None, error)`` or ``(None, None)`` for a file that may still be written."""
         try:
-            msg = json.loads(read_small(f, COMMAND_BYTES, follow=False).decode("utf-8"))
+            msg = loads_json(read_small(f, COMMAND_BYTES, follow=False).decode("utf-8"))  # nesting capped
         except FileNotFoundError:
             return None, None
         except (OSError, ValueError) as e:
@@ -160,7 +161,7 @@ def running_pid(run_dir: Path) -> int | None:
     process's start time too, so a pid reused after a kill -9 is not taken for the training."""
     _, _, pidfile = _dirs(run_dir)
     try:
-        info = json.loads(read_small(pidfile, 4096).decode("utf-8"))
+        info = loads_json(read_small(pidfile, 4096).decode("utf-8"))
         pid = int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -185,7 +186,7 @@ def send(run_dir: Path, command: str, timeout: float = 60.0) -> dict:
         answer = done / name
         if answer.exists():
             try:
-                result = json.loads(read_small(answer, COMMAND_BYTES).decode("utf-8"))
+                result = loads_json(read_small(answer, COMMAND_BYTES).decode("utf-8"))
             except (OSError, ValueError):
                 result = None
             answer.unlink(missing_ok=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from .config import DogcatError
+from .reading import file_kind, loads_json, read_regular
 
 TEXT: dict[str, str] = {"encoding": "utf-8", "errors": "surrogateescape"}  # open(path, "w", **TEXT)
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -243,31 +243,17 @@ def sha256_file(path: Path) -> str:
 
 
 def read_small(path: Path | str, limit: int = 16 << 20, follow: bool = True) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes, opened without blocking (a FIFO or a device
-    planted where a file should be must not hang us or fill the memory); ``follow=False`` also refuses a
+    """The bytes of a regular file of at most ``limit`` bytes (:func:`dogcat.reading.read_regular`: a FIFO or a
+    device planted where a file should be must not hang us or fill the memory); ``follow=False`` also refuses a
     final symlink. Raises OSError or ValueError."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_size > limit:
-            raise ValueError(f"{st.st_size} bytes, more than the {limit} expected")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:  # grew while we read it
-        raise ValueError(f"more than the {limit} bytes expected")
-    return data
+    return read_regular(path, limit, follow)
 
 
 def read_json(path: Path | str, what: str, kind: type = dict, limit: int = 64 << 20) -> Any:
     """Parse one of our JSON files; anything else (unreadable, not JSON, not a ``kind``) is a
     :class:`MalformedFile` naming the file. A missing file raises FileNotFoundError."""
     try:
-        data = json.loads(read_small(path, limit).decode("utf-8"))
+        data = loads_json(read_small(path, limit).decode("utf-8"))  # nesting and size capped
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as e:
@@ -277,6 +263,47 @@ def read_json(path: Path | str, what: str, kind: type = dict, limit: int = 64 <<
         raise MalformedFile(f"{what} {path} holds a JSON {type(data).__name__}, not a {kind.__name__}; "
                             "it is damaged or not one of dogcat's files")
     return data
+
+
+JSONL_BYTES = 1 << 30  # metrics.jsonl: a million steps logged at ~300 bytes each fit many times over
+JSONL_LINE = 1 << 20   # one record is a few hundred bytes; a longer line is no record of ours
+
+
+def read_jsonl(path: Path | str, what: str, limit: int = JSONL_BYTES, line_limit: int = JSONL_LINE) -> list[dict]:
+    """The JSON objects of a JSON-lines file we append to (``metrics.jsonl``), read line by line: a line cut
+    short by a kill, one that is no JSON object, too long or nested too deep is skipped. A missing file is
+    ``[]``; anything but a regular file of at most ``limit`` bytes (``/dev/zero``, a FIFO, a folder) is a
+    :class:`MalformedFile` naming it, before a byte is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise MalformedFile(f"{what} {path} is unreadable ({one_line(e)})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            why = f"not a regular file ({file_kind(st.st_mode)})" if not stat.S_ISREG(st.st_mode) else \
+                f"{st.st_size:,} bytes, more than the {limit:,} allowed"
+            raise MalformedFile(f"{what} {path} is unreadable: {why}")
+        out, total = [], 0
+        while total <= limit:
+            line = f.readline(line_limit + 1)
+            if not line:
+                break
+            total += len(line)
+            if len(line) > line_limit:
+                while line and not line.endswith(b"\n"):  # the rest of an overlong line
+                    line = f.readline(line_limit)
+                    total += len(line)
+                continue
+            try:
+                r = loads_json(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if isinstance(r, dict):
+                out.append(r)
+    return out
 
 
 def one_line(e: BaseException | str, width: int = 300) -> str:

@@ -137,7 +137,7 @@ def open_packed(folder: Path, warn: bool = True) -> Packed | None:
         n, s, crop, files, bad, base = index
         if (folder / "pixels.u8").stat().st_size != n * s * s * 3:
             raise ValueError("pixels.u8 is not the size its index says")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep for the parser
         if warn:
             warnings.warn(f"packed cache {folder} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
                           "it will be rebuilt")

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..config import DogcatError
+from ..reading import TooComplex, check_tree
 
 log = logging.getLogger("dogcat")
 
@@ -53,7 +54,11 @@ def torch_load(path: str | Path) -> Any:
     """``torch.load`` on the CPU with ``weights_only=True``; a refusal or any failure to read is one
     :class:`WeightsError` line (random bytes make torch raise IndexError, ValueError, ...)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        check_tree(obj)  # a pickle's memo shares values: a small file may expand hugely once walked
+        return obj
+    except TooComplex as e:
+        raise WeightsError(f"refused to load {path}: its stored values are {e}; not a dogcat checkpoint") from None
     except FileNotFoundError as e:
         raise WeightsError(f"no weight file at {path}") from e
     except pickle.UnpicklingError as e:

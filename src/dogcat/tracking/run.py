@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, ConfigError, to_yaml
-from ..io import atomic_write_text, disk_full_as, is_disk_full, reserve_space
+from ..io import atomic_write_text, disk_full_as, is_disk_full, read_jsonl, reserve_space
 from ..locks import FileLock, LockHeld, describe_holder
 
 if TYPE_CHECKING:
@@ -170,16 +170,7 @@ class Run:
 
     def records(self) -> list[dict[str, Any]]:
         """The logged records; a line cut short by a kill, or anything but a JSON object, is skipped."""
-        p = self.path / "metrics.jsonl"
-        out = []
-        for line in p.read_bytes().decode("utf-8", "replace").splitlines() if p.exists() else []:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict):
-                out.append(r)
-        return out
+        return read_jsonl(self.path / "metrics.jsonl", "metrics file")  # bounded: a regular file, capped
 
     def rewind_log(self, step: int, epoch: int) -> int:
         """Drop records logged after the checkpoint a resume starts from (a killed run may have logged

@@ -17,7 +17,8 @@ import yaml
 
 from ..config import NOT_EXPERIMENT, flat_config
 from ..metrics import best_of
-from ..io import MalformedFile, one_line, read_small
+from ..io import MalformedFile, one_line, read_jsonl, read_small
+from ..reading import load_yaml
 from ..locks import process_alive
 from .manifest import read_manifest
 
@@ -100,7 +101,7 @@ def load_run(path: Path) -> RunInfo:
     """What ``dogcat runs`` shows about one run folder; a damaged file of it is a MalformedFile naming it."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(read_small(path / "config.yaml").decode("utf-8")) or {}
+        tree = load_yaml(read_small(path / "config.yaml").decode("utf-8")) or {}
     except FileNotFoundError:
         tree = {}
     except (OSError, ValueError, yaml.YAMLError) as e:
@@ -110,15 +111,7 @@ def load_run(path: Path) -> RunInfo:
     config = {str(k): v for k, v in flat_config(tree).items()}
     manifest = read_manifest(path)
     epochs, last_time, early = [], None, None
-    metrics = path / "metrics.jsonl"
-    text = metrics.read_bytes().decode("utf-8", "replace") if metrics.is_file() else ""
-    for line in text.splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if not isinstance(r, dict):
-            continue
+    for r in read_jsonl(path / "metrics.jsonl", "metrics file"):  # bounded; cut or foreign lines skipped
         if isinstance(r.get("time"), (int, float)):
             last_time = r["time"]
         if r.get("kind") == "epoch" and isinstance(r.get("epoch"), int):

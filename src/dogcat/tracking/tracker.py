@@ -18,7 +18,8 @@ import torch
 
 from ..config import Config, flat_config, to_dict
 from ..data import DataBundle
-from ..io import atomic_write_text, one_line
+from ..io import atomic_write_text, one_line, read_small
+from ..reading import loads_json
 from ..metrics import best_of, monitors
 from ..preprocess import Preprocess
 from . import mlflow_logger, tensorboard, wandb_logger  # noqa: F401  (each registers its backend)
@@ -89,7 +90,7 @@ class Tracker:
 
     def _saved(self) -> dict[str, Any]:
         try:
-            out = json.loads((self.run.path / SAVED).read_text())
+            out = loads_json(read_small(self.run.path / SAVED, 1 << 20))  # a regular file; nesting capped
             return out if isinstance(out, dict) else {}
         except (OSError, ValueError):
             return {}
