@@ -123,3 +123,96 @@ def test_stored_configs_nested_deep_or_expanding_are_refused(tmp_path, tiny, cap
         assert time.monotonic() - t0 < 20
         with pytest.raises(ConfigError, match="not a config"):  # the same rule for any stored config
             from_dict(ckpt["config"], "the test's config")
+
+
+# ---- 9. unbounded reads --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def odd_files(tmp_path):
+    """A two-class image folder whose ``cat/`` also holds a FIFO named x.jpg, ``dog/`` a 1 GiB sparse big.jpg and
+    a link zero.jpg -> /dev/zero."""
+    from datagen import make_folder
+
+    root = make_folder(tmp_path / "odd", classes=("cat", "dog"), n_per_class=4)
+    os.mkfifo(root / "cat" / "x.jpg")
+    with open(root / "dog" / "big.jpg", "wb") as f:
+        f.truncate(1 << 30)  # sparse: no disk
+    os.symlink("/dev/zero", root / "dog" / "zero.jpg")
+    return root
+
+
+def _unblock(fifo: Path) -> None:
+    """Release a reader blocked opening ``fifo`` (on main, PIL was): open the other end, then close it."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    os.close(fd)
+
+
+def test_stats_and_decoding_refuse_fifos_devices_and_huge_files_without_reading(odd_files):
+    import threading
+
+    from dogcat.data import decode_image
+    from dogcat.data.stats import dataset_stats
+
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(s=dataset_stats(odd_files)), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():
+        _unblock(odd_files / "cat" / "x.jpg")
+        pytest.fail("dogcat stats hung on a FIFO named x.jpg")
+    bad = dict(result["s"].bad)
+    assert bad[str(odd_files / "cat" / "x.jpg")] == "not a regular file (a FIFO)"
+    assert bad[str(odd_files / "dog" / "zero.jpg")] == "not a regular file (a character device)"
+    assert bad[str(odd_files / "dog" / "big.jpg")].startswith("too large: 1,073,741,824 bytes")
+    assert result["s"].images == 8
+    t0 = time.monotonic()
+    assert decode_image(odd_files / "dog" / "big.jpg") == (None, bad[str(odd_files / "dog" / "big.jpg")])
+    assert time.monotonic() - t0 < 1  # refused by its size, not read
+
+
+def test_predict_reports_odd_files_as_rows(tiny, odd_files, tmp_path):
+    import resource
+
+    _, run = tiny
+    os.unlink(odd_files / "cat" / "x.jpg")  # (predict's FIFO case is the same decode_image as above)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = tmp_path / "p.json"
+    assert main(["predict", str(run), str(odd_files), f"--output={out}"]) == 0
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    assert rows["big.jpg"]["error"].startswith("too large") and "class" in rows["cat_0.jpg"]
+    assert rows["zero.jpg"]["error"] == "not a regular file (a character device)"
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB: the 1 GiB file was never read
+    assert grew < 512 << 10, grew
+
+
+def test_a_metrics_file_linked_to_dev_zero_is_one_warning(tiny, tmp_path, capsys):
+    import shutil
+
+    from dogcat.tracking.run import Run
+
+    _, run = tiny
+    runs = tmp_path / "runs"
+    bad = runs / "zero"
+    bad.mkdir(parents=True)
+    shutil.copy(run / "config.yaml", bad / "config.yaml")
+    os.symlink("/dev/zero", bad / "metrics.jsonl")
+    shutil.copytree(run, runs / "good", ignore=shutil.ignore_patterns("lock", "checkpoints"))
+    t0 = time.monotonic()
+    assert main(["runs", str(runs)]) == 0
+    cap = capsys.readouterr()
+    assert "good" in cap.out and "zero" not in cap.out
+    assert "metrics.jsonl is unreadable: not a regular file (a character device)" in cap.err
+    with pytest.raises(MalformedFile, match="not a regular file"):
+        Run(bad).records()
+    assert time.monotonic() - t0 < 20
+
+
+def test_a_sample_submission_that_is_no_file_is_one_line(tiny, tmp_path, capsys):
+    root, run = tiny
+    fifo = tmp_path / "sample.csv"
+    os.mkfifo(fifo)
+    for sample in ("/dev/zero", str(fifo)):
+        assert main(["test", str(run), f"--test-data-root={root / 'test'}", f"--sample-submission={sample}",
+                     f"--result-file={tmp_path / 's.csv'}"]) == 2
+        assert "not a regular file" in one_error(capsys.readouterr().err)
+

@@ -18,13 +18,12 @@ import hashlib
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from .config import DogcatError
-from .reading import file_kind, loads_json, read_regular
+from .reading import loads_json, open_regular, read_regular
 
 TEXT: dict[str, str] = {"encoding": "utf-8", "errors": "surrogateescape"}  # open(path, "w", **TEXT)
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -275,17 +274,15 @@ def read_jsonl(path: Path | str, what: str, limit: int = JSONL_BYTES, line_limit
     ``[]``; anything but a regular file of at most ``limit`` bytes (``/dev/zero``, a FIFO, a folder) is a
     :class:`MalformedFile` naming it, before a byte is read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        f = open_regular(path)
     except FileNotFoundError:
         return []
-    except OSError as e:
-        raise MalformedFile(f"{what} {path} is unreadable ({one_line(e)})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            why = f"not a regular file ({file_kind(st.st_mode)})" if not stat.S_ISREG(st.st_mode) else \
-                f"{st.st_size:,} bytes, more than the {limit:,} allowed"
-            raise MalformedFile(f"{what} {path} is unreadable: {why}")
+    except (OSError, ValueError) as e:
+        raise MalformedFile(f"{what} {path} is unreadable: {one_line(e)}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise MalformedFile(f"{what} {path} is unreadable: {size:,} bytes, more than the {limit:,} allowed")
         out, total = [], 0
         while total <= limit:
             line = f.readline(line_limit + 1)

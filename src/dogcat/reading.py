@@ -22,7 +22,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -34,23 +34,34 @@ class TooComplex(ValueError):
     """Nested deeper than allowed, or more values than allowed (counting shared ones each time)."""
 
 
+class NotRegular(ValueError):
+    """A FIFO, a device, a folder or a socket where a file was expected."""
+
+
+def open_regular(path: Path | str, follow: bool = True) -> BinaryIO:
+    """``open(path, "rb")`` for a regular file only: opened without blocking (a FIFO must not hang us), then
+    ``fstat`` must say a regular file, else :class:`NotRegular` (the descriptor is closed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegular(f"not a regular file ({file_kind(mode)})")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_regular(path: Path | str, limit: int, follow: bool = True) -> bytes:
     """The bytes of the regular file ``path``, of at most ``limit`` bytes. The file is opened without blocking
     (a FIFO planted where a file should be must not hang us) and checked with ``fstat`` before a byte is read:
     a FIFO, a device (``/dev/zero``), a folder or a larger file is a ValueError saying which; ``follow=False``
     also refuses a final symlink (OSError ELOOP). A missing file raises FileNotFoundError."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"not a regular file ({file_kind(st.st_mode)})")
-        if st.st_size > limit:
-            raise ValueError(f"too large: {st.st_size:,} bytes, more than the {limit:,} allowed")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    finally:
-        os.close(fd)
+    with open_regular(path, follow) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ValueError(f"too large: {size:,} bytes, more than the {limit:,} allowed")
+        data = f.read(limit + 1)
     if len(data) > limit:  # grew while we read it
         raise ValueError(f"too large: more than the {limit:,} bytes allowed")
     return data

@@ -7,6 +7,7 @@ pixels); array layouts (Fashion-MNIST, ``.npz``) are read from their training se
 
 from __future__ import annotations
 
+import io
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ from PIL import Image
 
 from ..config import DataConfig
 from .arrays import ArrayImages
-from .images import DataError, decode_image
+from .images import DataError, decode_bytes, decode_image, read_image_file
 from .layout import detect, get_layout
 from .pipeline import ImageLayout
 
@@ -120,10 +121,10 @@ class DataStats:
         return "\n".join(lines)
 
 
-def _header(path: str) -> tuple[tuple[int, int] | None, str | None, str | None]:
+def _header(data: bytes) -> tuple[tuple[int, int] | None, str | None, str | None]:
     """``(size, mode, error)`` from a file's header, without decoding it."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             return im.size, im.mode, None
     except Exception as e:  # noqa: BLE001  # any unreadable file is a row of the report, not a crash
         return None, None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
@@ -151,8 +152,9 @@ def dataset_stats(data: str | Path, cfg: DataConfig | None = None) -> DataStats:
         out = DataStats(str(data), layout.name, names, dict.fromkeys(names, 0), channels=pre.mode)
         m = Moments()
         for path, label in files.samples:
-            size, mode, error = _header(path)
-            img, why = (decode_image(path, pre.mode) if error is None else (None, error))
+            data, error = read_image_file(path)  # a regular file of a bounded size (a FIFO would hang PIL)
+            size, mode, error = _header(data) if data is not None else (None, None, error)
+            img, why = (decode_bytes(data, pre.mode) if data is not None and error is None else (None, error))
             if img is None:
                 out.bad.append((path, why or "unreadable"))
                 continue
