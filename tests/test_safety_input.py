@@ -216,3 +216,69 @@ def test_a_sample_submission_that_is_no_file_is_one_line(tiny, tmp_path, capsys)
                      f"--result-file={tmp_path / 's.csv'}"]) == 2
         assert "not a regular file" in one_error(capsys.readouterr().err)
 
+
+
+# ---- 11. crafted export sidecars -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exports(tiny, tmp_path_factory):
+    """``{format: (export file, its sidecar as a dict)}`` of the tiny run: ONNX and safetensors."""
+    from dogcat.export import export
+
+    _, run = tiny
+    out = tmp_path_factory.mktemp("exports")
+    done = {}
+    for fmt, ext in (("onnx", ".onnx"), ("safetensors", ".safetensors")):
+        r = export(str(run), fmt, out / f"model{ext}")
+        done[fmt] = (r.path, json.loads(r.sidecar.read_text()))
+    return done
+
+
+SIDECAR_CASES = {  # change -> what the one line says (ONNX, safetensors); None: it loads (a size-agnostic CNN)
+    "three classes": ({"class_names": ["a", "b", "c"]}, "sidecar names 3 classes", "do not fit the model"),
+    "grayscale": ({"in_chans": 1, "mean": [0.5], "std": [0.5]}, "takes inputs of shape", "do not fit the model"),
+    "64 px": ({"image_size": 64}, "takes inputs of shape", None),
+    "std 1e-45": ({"std": [1e-45] * 3}, "std holds a value below 1e-06", "std holds a value below 1e-06"),
+    "negative std": ({"std": [-0.2] * 3}, "std holds a value below", "std holds a value below"),
+}
+
+
+@pytest.mark.parametrize("case", list(SIDECAR_CASES))
+@pytest.mark.parametrize("fmt", ["onnx", "safetensors"])
+def test_a_sidecar_that_does_not_fit_its_model_is_one_line(exports, tiny, tmp_path, capsys, fmt, case):
+    import shutil
+
+    root, _ = tiny
+    path, meta = exports[fmt]
+    change, onnx_says, st_says = SIDECAR_CASES[case]
+    says = onnx_says if fmt == "onnx" else st_says
+    shutil.copy(path, tmp_path / path.name)
+    (tmp_path / f"{path.name}.json").write_text(json.dumps({**meta, **change}))
+    code = main(["predict", str(tmp_path / path.name), str(root / "test" / "1.jpg"), "--output=-"])
+    cap = capsys.readouterr()
+    if says is None:
+        assert code == 0 and "nan" not in cap.out
+    else:
+        assert code == 2 and says in one_error(cap.err), cap.err
+
+
+def test_onnx_external_data_is_covered_by_the_sha256(tiny, tmp_path, monkeypatch, capsys):
+    import dogcat
+    from dogcat import export as E
+
+    root, run = tiny
+    monkeypatch.setattr(E, "EXTERNAL_DATA_BYTES", 0)  # every weight into model.onnx.data, as a >1.5 GB model's
+    r = E.export(str(run), "onnx", tmp_path / "model.onnx")
+    data = tmp_path / "model.onnx.data"
+    meta = json.loads(r.sidecar.read_text())
+    assert meta["external_data"] == {"model.onnx.data": dogcat.io.sha256_file(data)}
+    img = str(root / "test" / "1.jpg")
+    assert "class" in dogcat.load(r.path).predict([img])[0]
+    good = data.read_bytes()
+    data.write_bytes(good[:-4] + b"\0\0\0\0")  # other weights, same size: on main it loaded them
+    assert main(["predict", str(r.path), img]) == 2
+    assert "tensor data 'model.onnx.data' does not match its sidecar" in one_error(capsys.readouterr().err)
+    data.write_bytes(good)
+    r.sidecar.write_text(json.dumps({k: v for k, v in meta.items() if k != "external_data"}))
+    assert main(["predict", str(r.path), img]) == 2
+    assert "which its sidecar does not vouch for" in one_error(capsys.readouterr().err)

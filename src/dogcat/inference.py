@@ -25,7 +25,8 @@ from .config import Config, load_config
 from .data import DataError, decode_image, expand_paths
 from .data.transforms import eval_transform_for
 from .engine.loading import Loaded, load_model
-from .exported import check_file, module_runner, preprocess_of, read_sidecar, runner, safetensors_module, sidecar_path
+from .exported import (check_file, check_io, module_runner, preprocess_of, read_sidecar, runner, safetensors_module,
+                       sidecar_path)
 from .models.tta import FlipTTA
 from .preprocess import Preprocess
 
@@ -155,6 +156,7 @@ def from_export(path: str | Path, overrides: dict[str, Any] | None = None, trust
     check_file(path, meta, trust)
     model = safetensors_module(path, meta) if meta["format"] == "safetensors" else None  # weights: a torch module
     run = module_runner(model) if model is not None else runner(path, meta, trust)
+    check_io(run, meta, path)  # takes the sidecar's input shape, gives one value per named class
     return Classifier(run, preprocess_of(meta), path, meta["format"], load_config(overrides), model)
 
 

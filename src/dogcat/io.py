@@ -233,9 +233,9 @@ def atomic_link_or_copy(src: Path, dst: Path) -> None:
 # ---- bounded reads of our own small files -----------------------------------------------------------------
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+    """Hex sha256 of a regular file, read in 1 MiB chunks (a FIFO is a ValueError, not a hang)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..config import DataConfig
+from ..preprocess import STD_MIN
 from .arrays import ArrayImages
 from .images import DataError, decode_bytes, decode_image, read_image_file
 from .layout import detect, get_layout
@@ -49,7 +50,8 @@ class Moments:
             raise ValueError("no readable image to compute a mean and std from")
         mean = self.s / self.n
         var = (self.ss / self.n - mean * mean).clamp_min(0)
-        return tuple(round(float(m), 6) for m in mean), tuple(round(max(float(v), 1e-12) ** 0.5, 6) for v in var)
+        return (tuple(round(float(m), 6) for m in mean),
+                tuple(max(round(float(v) ** 0.5, 6), STD_MIN) for v in var))  # a constant channel: the least std
 
 
 def file_moments(paths: Iterable[str], mode: str, min_short: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
