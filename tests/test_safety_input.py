@@ -282,3 +282,25 @@ def test_onnx_external_data_is_covered_by_the_sha256(tiny, tmp_path, monkeypatch
     r.sidecar.write_text(json.dumps({k: v for k, v in meta.items() if k != "external_data"}))
     assert main(["predict", str(r.path), img]) == 2
     assert "which its sidecar does not vouch for" in one_error(capsys.readouterr().err)
+
+
+# ---- 7. the --normalize=dataset cache ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stored", [{"mean": [0.5] * 3, "std": [1e-45] * 3}, {"mean": [0.5], "std": [0.2]},
+                                    {"mean": [0.5] * 3, "std": [0.2, float("nan"), 0.2]},
+                                    {"mean": [0.5] * 3, "std": [-0.2] * 3}, {"mean": "x"}, deep_json()])
+def test_a_bad_statistics_cache_is_rebuilt(tmp_path, caplog, stored):
+    from datagen import make_folder
+
+    from dogcat.data.normalize import file_statistics
+
+    root = make_folder(tmp_path / "imgs", classes=("cat", "dog"), n_per_class=3)
+    samples = [(str(p), int(p.parent.name == "dog")) for p in sorted(root.rglob("*.jpg"))]
+    cache = tmp_path / "cache"
+    first = file_statistics(samples, str(root), "RGB", 37, str(cache))
+    [path] = list(cache.rglob("norm-*.json"))
+    path.write_text(stored if isinstance(stored, str) else json.dumps(stored))
+    with caplog.at_level("WARNING", logger="dogcat"):
+        assert file_statistics(samples, str(root), "RGB", 37, str(cache)) == first
+    assert "statistics cache" in caplog.text and "computing the statistics again" in caplog.text
+    assert json.loads(path.read_text())["std"] == list(first[1])  # rebuilt
