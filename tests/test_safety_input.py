@@ -304,3 +304,62 @@ def test_a_bad_statistics_cache_is_rebuilt(tmp_path, caplog, stored):
         assert file_statistics(samples, str(root), "RGB", 37, str(cache)) == first
     assert "statistics cache" in caplog.text and "computing the statistics again" in caplog.text
     assert json.loads(path.read_text())["std"] == list(first[1])  # rebuilt
+
+
+# ---- 6. `$...$` in class and file names ----------------------------------------------------------------------
+
+def _named_run(tmp_path: Path, classes: tuple[str, str], env: str, **kw) -> tuple[Path, Path]:
+    """A 1-epoch smallcnn on a two-class folder with these class names; returns (data root, run folder)."""
+    from datagen import make_folder, tiny_options
+
+    data = make_folder(tmp_path / "data", classes=classes, n_per_class=6)
+    opts = tiny_options(data, tmp_path / "runs", env=env, **kw)
+    assert main(["train", *[f"--{k}={v}" for k, v in opts.items() if v is not None]]) == 0
+    return data, tmp_path / "runs" / env
+
+
+def test_math_text_in_names_neither_stops_tensorboard_nor_report_nor_explain(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data, run = _named_run(tmp_path, ("c$^$t", "d$\\foo$g"), "dollars")
+    err = capsys.readouterr().err
+    assert "switched off" not in err, err  # on main: the confusion matrix failed to draw, TensorBoard was dropped
+    [events] = run.glob("**/events.out.tfevents.*")
+    acc = EventAccumulator(str(events.parent), size_guidance={"images": 0})
+    acc.Reload()
+    assert "val/confusion_matrix" in acc.Tags()["images"]
+    assert main(["report", str(run)]) == 0
+    img = data / "c$^$t" / "c$^$t_0.jpg"
+    named = img.with_name("x$\\alpha^$.jpg")
+    named.write_bytes(img.read_bytes())
+    assert main(["explain", str(run), str(named), f"--output={tmp_path / 'explain'}"]) == 0
+    assert list((tmp_path / "explain").glob("*.png"))
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# ---- 12. control characters in names -----------------------------------------------------------------------
+
+def test_control_characters_in_names_are_escaped_everywhere_shown(tmp_path, capsys):
+    from datagen import make_folder
+
+    evil_class = "dog\nINFO forged line\x1b]0;title\x07"
+    data = make_folder(tmp_path / "data", classes=("cat\x1b[2J", evil_class), n_per_class=6)
+    (data / "cat\x1b[2J" / "bad\nfile\x1b[H.jpg").write_bytes(b"not an image")
+    (data / "cat\x1b[2J" / "tab\tbad.jpg").write_bytes(b"")
+    from datagen import tiny_options
+
+    opts = tiny_options(data, tmp_path / "runs", env="ctl", logger="none")
+    assert main(["train", *[f"--{k}={v}" for k, v in opts.items() if v is not None]]) == 0
+    run = tmp_path / "runs" / "ctl"
+    for args in (["stats", str(data)], ["predict", str(run), str(data)], ["val", str(run)], ["runs", str(run.parent)]):
+        assert main(args) == 0
+    cap = capsys.readouterr()
+    for stream in (cap.out, cap.err):
+        assert not any(c in stream for c in "\x1b\x07\r"), repr(stream[:2000])
+        assert not any(line.startswith("INFO forged") for line in stream.splitlines())
+    assert "bad\\nfile\\x1b[H.jpg" in cap.err and "cat\\x1b[2J" in cap.out
+    lines = (run / "bad_files.txt").read_text().splitlines()  # one line a file, tab-separated, names escaped
+    assert len(lines) == 2 and all(line.count("\t") == 1 for line in lines), lines
+    assert any(line.startswith(f"{data}/cat\\x1b[2J/bad\\nfile\\x1b[H.jpg\t") for line in lines)
+    # the split files are CSV: they keep the exact names (quoted), so a list-file run reads them back
+    assert evil_class in (run / "splits" / "train.csv").read_text() + (run / "splits" / "val.csv").read_text()

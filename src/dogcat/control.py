@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from .config import ConfigError, DogcatError
+from .console import escape
 from .io import atomic_write_text, read_small
 from .locks import process_alive, this_process
 from .reading import loads_json
@@ -119,7 +120,7 @@ class Inbox:
             except OSError:
                 continue  # cannot remove it (not ours): leave it, and do not answer it again and again
             if error is not None:
-                log.warning(f"ctl: {f.name}: {error}")
+                log.warning(f"ctl: {escape(f.name)}: {error}")  # anyone may name a file in the inbox
                 self.ack(f.name, {"ok": False, "message": error})
             else:
                 out.append((f.name, command))

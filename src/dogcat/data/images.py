@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import DogcatError
+from ..console import escape
 from ..io import TEXT, disk_full_as
 from ..reading import read_regular
 from .jpeg import decode_jpeg_rgb, pil_draft, resize_like_full
@@ -200,7 +201,9 @@ def collate_items(items: list[Item] | Batch) -> Batch:
 class BadFiles:
     """Collects bad files in the main process: warns once per file and appends ``path<TAB>reason`` lines.
 
-    An existing file is read first, so a resumed run neither repeats lines nor warns again.
+    An existing file is read first, so a resumed run neither repeats lines nor warns again. Paths are written
+    byte for byte (a name that is not UTF-8 too), except that control characters are escaped (``\\n``,
+    ``\\t``, ``\\x1b``): a name holding a newline or a tab must not break the file's lines.
     """
 
     def __init__(self, path: Path | str | None) -> None:
@@ -224,12 +227,13 @@ class BadFiles:
     def add(self, bad: list[tuple[str, str]]) -> None:
         new: list[tuple[str, str]] = []
         for path, reason in bad:
-            if path in self._seen:
+            line = escape(path, keep_bytes=True)  # how the file writes it (a name with a newline stays one line)
+            if path in self._seen or line in self._seen:
                 continue
-            reason = " ".join(str(reason).split())  # one line per file, no tabs
+            reason = escape(" ".join(str(reason).split()), keep_bytes=True)  # one line per file, no tabs
             self._seen[path] = reason
-            new.append((path, reason))
-            warnings.warn(f"skipping unreadable image {path}: {reason}", BadImageWarning, stacklevel=2)
+            new.append((line, reason))
+            warnings.warn(f"skipping unreadable image {escape(path)}: {reason}", BadImageWarning, stacklevel=2)
         if new and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with disk_full_as(self.path.parent, what=f"appending to {self.path.name}"), open(self.path, "a", **TEXT) as f:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..config import DataConfig
+from ..console import escape
 from ..preprocess import STD_MIN
 from .arrays import ArrayImages
 from .images import DataError, decode_bytes, decode_image, read_image_file
@@ -101,12 +102,12 @@ class DataStats:
 
     def format(self, top: int = 8) -> str:
         """A plain-text report."""
-        width = max([len(c) for c in self.classes] + [5])
+        width = max([len(escape(c)) for c in self.classes] + [5])  # names shown escaped: one row each
         lines = [f"{self.source}: {self.images:,} images, {len(self.classes)} classes ({self.layout} layout)", ""]
         lines += [f"  {'class':<{width}}  {'images':>8}  share"]
         for name in self.classes:
             n = self.counts.get(name, 0)
-            lines.append(f"  {name:<{width}}  {n:>8,}  {n / max(self.images, 1):6.1%}")
+            lines.append(f"  {escape(name):<{width}}  {n:>8,}  {n / max(self.images, 1):6.1%}")
         if self.counts:
             lo, hi = min(self.counts.values()), max(self.counts.values())
             lines.append(f"  largest / smallest class: {hi / lo:.2f}" if lo else "  a class has no images")
@@ -116,7 +117,7 @@ class DataStats:
             lines[-1] += f" (+{len(self.sizes) - top} more sizes)"
         lines.append("modes: " + ", ".join(f"{k} {n:,}" for k, n in self.modes.most_common()))
         lines.append(f"unreadable files: {len(self.bad)}")
-        lines += [f"  {p}: {r}" for p, r in self.bad[:top]]
+        lines += [f"  {escape(p)}: {escape(r)}" for p, r in self.bad[:top]]
         if self.mean:
             fmt = lambda v: "(" + ", ".join(f"{x:.4f}" for x in v) + ")"  # noqa: E731
             lines.append(f"mean {fmt(self.mean)}, std {fmt(self.std)} ({self.channels}, pixel values 0-1)")
