@@ -42,10 +42,11 @@ def max_pixels() -> int:
 
 
 def max_image_bytes() -> int:
-    """The largest image file read: 4 bytes per allowed pixel (:func:`max_pixels`; 341 MiB by default), room for
-    an uncompressed RGBA picture of the largest size. A larger file (say a 4 GB sparse ``x.jpg``) is a bad file
-    "too large" before a byte of it is read; the limit follows ``PIL.Image.MAX_IMAGE_PIXELS``."""
-    return 4 * max_pixels()
+    """The largest image file read: 4 bytes per allowed pixel (:func:`max_pixels`) plus 1 MiB of headers and
+    metadata (342 MiB by default), room for an uncompressed RGBA picture of the largest size. A larger file (say
+    a 4 GB sparse ``x.jpg``) is a bad file "too large" before a byte of it is read; the limit follows
+    ``PIL.Image.MAX_IMAGE_PIXELS``."""
+    return 4 * max_pixels() + (1 << 20)
 
 
 def read_image_file(path: str | Path) -> tuple[bytes | None, str | None]:
