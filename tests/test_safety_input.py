@@ -363,3 +363,49 @@ def test_control_characters_in_names_are_escaped_everywhere_shown(tmp_path, caps
     assert any(line.startswith(f"{data}/cat\\x1b[2J/bad\\nfile\\x1b[H.jpg\t") for line in lines)
     # the split files are CSV: they keep the exact names (quoted), so a list-file run reads them back
     assert evil_class in (run / "splits" / "train.csv").read_text() + (run / "splits" / "val.csv").read_text()
+
+
+# ---- low: NaN in --json, Fashion-MNIST labels and empty files -------------------------------------------------
+
+def test_json_output_is_valid_json_and_nan_predictions_warn(tiny, tmp_path, capsys):
+    import math
+
+    root, run = tiny
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                     for k, v in ckpt["model"].items()}
+    torch.save(ckpt, tmp_path / "nan.pt")
+    out = tmp_path / "p.json"
+    assert main(["predict", str(tmp_path / "nan.pt"), str(root / "test"), f"--output={out}"]) == 0
+    assert "NaN or infinite probabilities for 4 of 4 images" in capsys.readouterr().err
+    rows = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert rows[0]["probability"] is None
+    assert main(["val", str(tmp_path / "nan.pt"), f"--train-data-root={root / 'train'}", "--val-split=0.25",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert result["loss"] is None or math.isfinite(result["loss"])
+
+
+@pytest.mark.parametrize("case", ["label 12", "no images"])
+def test_fashion_mnist_files_with_bad_labels_or_no_images_are_one_line(tmp_path, capsys, case):
+    import gzip
+    import struct
+
+    import numpy as np
+    from datagen import make_fmnist_idx, tiny_options
+
+    root = make_fmnist_idx(tmp_path / "f")
+    if case == "label 12":
+        labels = np.arange(200) % 10
+        labels[7] = 12
+        data = struct.pack(">I1I", 0x0801, 200) + labels.astype(np.uint8).tobytes()
+        (root / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(data))
+    else:
+        for name, head in (("train-images-idx3-ubyte.gz", struct.pack(">I3I", 0x0803, 0, 28, 28)),
+                           ("train-labels-idx1-ubyte.gz", struct.pack(">I1I", 0x0801, 0))):
+            (root / name).write_bytes(gzip.compress(head))
+    opts = tiny_options(root, tmp_path / "runs")
+    assert main(["train", *[f"--{k}={v}" for k, v in opts.items() if v is not None]]) == 2
+    line = one_error(capsys.readouterr().err)
+    assert ("outside 0-9 (the largest is 12)" if case == "label 12" else "holds no images") in line
+    assert not (tmp_path / "runs").exists()  # refused before a run folder was made

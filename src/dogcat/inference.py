@@ -9,6 +9,8 @@ notebook, the CLI and an exported model give the same numbers.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,7 @@ from .models.tta import FlipTTA
 from .preprocess import Preprocess
 
 Input = Union[str, Path, Image.Image, torch.Tensor]
+log = logging.getLogger("dogcat")
 
 
 @dataclass
@@ -82,6 +85,10 @@ class Classifier:
                 it = iter(probs)
                 for key, image, error in chunk:
                     rows.append(key | ({"error": error} if image is None else self._row(next(it))))
+        broken = sum(1 for r in rows if "probs" in r and not all(math.isfinite(p) for p in r["probs"].values()))
+        if broken:
+            log.warning(f"the model gave NaN or infinite probabilities for {broken} of {len(rows)} images: its weights "
+                        f"(or {self.source.name}'s mean and std) are broken; those predictions mean nothing")
         return rows
 
     def _row(self, p: list[float]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
+import math
 import os
 import secrets
 import shutil
@@ -301,6 +303,23 @@ def read_jsonl(path: Path | str, what: str, limit: int = JSONL_BYTES, line_limit
             if isinstance(r, dict):
                 out.append(r)
     return out
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity replaced by None (``null``), recursively: what :func:`to_json` writes."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, **kw: Any) -> str:
+    """JSON that every parser reads: Python's ``json.dumps`` writes ``NaN`` and ``Infinity``, which are not JSON;
+    here they become ``null`` (a NaN model's probabilities, an undefined metric)."""
+    return json.dumps(finite(obj), allow_nan=False, **kw)
 
 
 def one_line(e: BaseException | str, width: int = 300) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import re
 import sys
@@ -19,12 +18,12 @@ from typing import Any, TextIO
 
 from ..config import ConfigError, load_config
 from ..console import escape, printable
-from ..io import atomic_write_text
+from ..io import atomic_write_text, to_json
 from ..metrics import format_confusion, summary as metrics_line
 
 
 def _json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+    print(to_json(obj, indent=2, default=str))  # NaN / Infinity as null: valid JSON always
 
 
 def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
@@ -100,7 +99,7 @@ def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 def write_predictions(rows: list[dict], f: TextIO, fmt: str) -> None:
     """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class."""
     if fmt == "json":
-        f.write(json.dumps(rows, indent=2) + "\n")
+        f.write(to_json(rows, indent=2) + "\n")
         return
     names = list(next((r["probs"] for r in rows if "probs" in r), {}))
     w = csv.writer(f)

@@ -89,6 +89,12 @@ def load_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = read_idx(img_file), read_idx(lbl_file)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
+    if len(images) == 0 or 0 in images.shape[1:]:
+        raise DataError(f"{img_file}: holds no images (shape {images.shape}); not a Fashion-MNIST file")
+    if int(labels.max()) >= len(CLASS_NAMES):
+        bad = int((labels >= len(CLASS_NAMES)).sum())
+        raise DataError(f"{lbl_file}: {bad} label(s) outside 0-{len(CLASS_NAMES) - 1} (the largest is "
+                        f"{int(labels.max())}): Fashion-MNIST has {len(CLASS_NAMES)} classes; the file is damaged")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
