@@ -409,3 +409,17 @@ def test_fashion_mnist_files_with_bad_labels_or_no_images_are_one_line(tmp_path,
     line = one_error(capsys.readouterr().err)
     assert ("outside 0-9 (the largest is 12)" if case == "label 12" else "holds no images") in line
     assert not (tmp_path / "runs").exists()  # refused before a run folder was made
+
+
+# ---- a new user's tries: optimizers, devices, the hub offline, a bad weight file, a closed pipe, ctl early -----
+
+@pytest.mark.parametrize("name", ["lbfgs", "LBFGS", "sparseadam", "muon"])
+def test_optimizers_torch_cannot_run_here_are_refused_before_a_run(tmp_path, capsys, name):
+    from datagen import make_folder, tiny_options
+
+    data = make_folder(tmp_path / "data", classes=("cat", "dog"), n_per_class=4)
+    opts = tiny_options(data, tmp_path / "runs", optimizer=name)
+    assert main(["train", *[f"--{k}={v}" for k, v in opts.items() if v is not None]]) == 2
+    line = one_error(capsys.readouterr().err)
+    assert f"--optimizer='{name}' is not supported" in line and "Choices: adadelta" in line
+    assert not (tmp_path / "runs").exists()

@@ -113,7 +113,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = opt("adam", "any torch.optim optimizer, case-insensitive (sgd, adam, adamw, ...)")
+    optimizer: str = opt("adam", "a torch.optim optimizer, case-insensitive (sgd, adam, adamw, ...; not lbfgs, "
+                                 "sparseadam or muon)")
     lr: float = opt(1e-3, "initial learning rate (the seed's default of 0.1 diverges with Adam)", range=Range(0))
     momentum: float = opt(0.9, "momentum, for optimizers that take one (sgd, rmsprop)", range=Range(0, 1))
     weight_decay: float = opt(1e-4, "weight decay", range=Range(0))
