@@ -423,3 +423,32 @@ def test_optimizers_torch_cannot_run_here_are_refused_before_a_run(tmp_path, cap
     line = one_error(capsys.readouterr().err)
     assert f"--optimizer='{name}' is not supported" in line and "Choices: adadelta" in line
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("device, says", [("mps", "asks for MPS, but no MPS device"), ("xpu", "asks for XPU"),
+                                          ("xpu:1", "asks for XPU"), ("meta", "is not a device")])
+def test_a_device_that_is_not_here_is_one_line_before_a_run(tmp_path, capsys, device, says):
+    from datagen import make_folder, tiny_options
+
+    data = make_folder(tmp_path / "data", classes=("cat", "dog"), n_per_class=4)
+    opts = tiny_options(data, tmp_path / "runs", device=device)
+    assert main(["train", *[f"--{k}={v}" for k, v in opts.items() if v is not None]]) == 2
+    assert says in one_error(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("have, use_gpu, picked", [({"cuda": 1, "mps": 1, "xpu": 1}, True, "cuda"),
+                                                   ({"mps": 1, "xpu": 2}, True, "mps"), ({"xpu": 2}, True, "xpu"),
+                                                   ({}, True, "cpu"), ({"cuda": 2}, False, "cpu")])
+def test_auto_picks_cuda_then_mps_then_xpu_then_cpu_and_says_so_once(monkeypatch, caplog, have, use_gpu, picked):
+    from dogcat.engine import runtime
+
+    monkeypatch.setattr(runtime, "accelerator_count", lambda kind: have.get(kind, 0))
+    monkeypatch.setattr(runtime, "_logged", set())
+    cfg = load_config({"device": "auto", "use_gpu": use_gpu}).train
+    with caplog.at_level("INFO", logger="dogcat"):
+        assert runtime.pick_device(cfg) == torch.device(picked)
+        runtime.pick_device(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device: ")]
+    why = "auto" if picked != "cpu" else ("--use-gpu=false" if not use_gpu else "no CUDA, MPS or XPU")
+    assert lines == [f"device: {picked} ({why})"]
