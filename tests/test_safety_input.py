@@ -452,3 +452,45 @@ def test_auto_picks_cuda_then_mps_then_xpu_then_cpu_and_says_so_once(monkeypatch
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device: ")]
     why = "auto" if picked != "cpu" else ("--use-gpu=false" if not use_gpu else "no CUDA, MPS or XPU")
     assert lines == [f"device: {picked} ({why})"]
+
+
+@pytest.mark.parametrize("option", ["pretrained", "load_model_path"])
+@pytest.mark.parametrize("file", ["missing", "junk", "other model"])
+def test_a_bad_weight_file_is_one_line_before_a_run_folder(tiny, tmp_path, capsys, option, file):
+    from datagen import make_folder, tiny_options
+
+    _, run = tiny
+    path = {"missing": tmp_path / "nope.pt", "junk": tmp_path / "junk.pt", "other model": run / "checkpoints" / "best.pt"}
+    (tmp_path / "junk.pt").write_bytes(b"not weights")
+    data = make_folder(tmp_path / "data", classes=("cat", "dog"), n_per_class=4)
+    opts = tiny_options(data, tmp_path / "runs", **{option: str(path[file])},
+                        **({"model": "fastcnn"} if file == "other model" else {}))
+    assert main(["train", *[f"--{k}={v}" for k, v in opts.items() if v is not None]]) == 2
+    line = one_error(capsys.readouterr().err)
+    assert str(path[file]) in line or "does not match" in line or "nothing in" in line, line
+    assert not (tmp_path / "runs").exists()  # on main: a failed run folder was left behind
+
+
+@pytest.mark.parametrize("model, url", [("torchvision:resnet18", "https://download.pytorch.org/models/resnet18-"),
+                                        ("resnet18", "https://download.pytorch.org/models/resnet18-"),
+                                        ("timm:resnet18", "https://huggingface.co/timm/resnet18")])
+def test_hub_weights_offline_say_what_to_download(tmp_path, capsys, monkeypatch, model, url):
+    import socket
+
+    import huggingface_hub.constants
+    from datagen import make_folder, tiny_options
+
+    def offline(*a, **k):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (no network in this test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty caches: nothing downloaded before
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1: no 50 s of retries
+    data = make_folder(tmp_path / "data", classes=("cat", "dog"), n_per_class=4)
+    opts = tiny_options(data, tmp_path / "runs", model=model, pretrained="hub")
+    assert main(["train", *[f"--{k}={v}" for k, v in opts.items() if v is not None]]) == 1  # an outside cause
+    line = one_error(capsys.readouterr().err)
+    assert "needs the internet" in line and url in line and "--pretrained=FILE" in line
+    assert not (tmp_path / "runs").exists()
