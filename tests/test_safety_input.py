@@ -494,3 +494,18 @@ def test_hub_weights_offline_say_what_to_download(tmp_path, capsys, monkeypatch,
     line = one_error(capsys.readouterr().err)
     assert "needs the internet" in line and url in line and "--pretrained=FILE" in line
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args", [["help"], ["runs", "{runs}"], ["--version"]])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, args):
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # `dogcat ... | head -1` once head has gone: every write fails with EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "dogcat", *[a.format(runs=tmp_path) for a in args]],
+                           stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert p.returncode == 141 and p.stderr == "", p.stderr  # as ls does; on main a traceback, exit 1 or 120
