@@ -509,3 +509,38 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path, args):
     finally:
         os.close(write)
     assert p.returncode == 141 and p.stderr == "", p.stderr  # as ls does; on main a traceback, exit 1 or 120
+
+
+def test_ctl_waits_for_a_run_that_is_starting(tmp_path, caplog):
+    import threading
+
+    from dogcat.control import Inbox, NotRunning, send
+    from dogcat.locks import FileLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    (run / "status").write_text("running\n")
+    with pytest.raises(NotRunning, match="no training process is running"):  # nobody holds the lock
+        send(run, "save", timeout=5)
+    lock = FileLock(run / "lock").acquire()  # what a starting trainer holds while it loads data and the model
+    try:
+        with pytest.raises(TimeoutError, match="still starting after 1s"):
+            send(run, "save", timeout=1)
+        answers: list = []
+        with caplog.at_level("INFO", logger="dogcat"):
+            sender = threading.Thread(target=lambda: answers.append(send(run, "save", timeout=30)))
+            sender.start()
+            time.sleep(1.0)  # ctl is waiting now; on main it had already said "no training process is running"
+            inbox = Inbox(run, min_interval=0)  # the training loop starts reading commands
+            for _ in range(200):
+                for name, command in inbox.poll():
+                    inbox.ack(name, {"ok": True, "message": f"did {command}"})
+                if answers:
+                    break
+                time.sleep(0.05)
+            sender.join(10)
+        assert answers == [{"ok": True, "message": "did save"}]
+        assert "is starting" in caplog.text
+    finally:
+        lock.release()

@@ -17,7 +17,7 @@ from types import FrameType
 from .config import ConfigError, DogcatError
 from .console import escape
 from .io import atomic_write_text, read_small
-from .locks import process_alive, this_process
+from .locks import RUN_LOCK, FileLock, describe_holder, process_alive, this_process
 from .reading import loads_json
 
 log = logging.getLogger("dogcat")
@@ -170,19 +170,46 @@ def running_pid(run_dir: Path) -> int | None:
     return pid if alive is not False else None  # None: another host on a shared filesystem; trust the file
 
 
-def send(run_dir: Path, command: str, timeout: float = 60.0) -> dict:
-    """Deliver ``command`` to the run in ``run_dir`` and wait for its answer (a dict with ``ok``, ``message``)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"no run folder at {run_dir} (it has no config.yaml)")
-    if running_pid(run_dir) is None:
+def _starting(run_dir: Path) -> dict | None:
+    """The process that holds the run's lock (``RUN/lock``) while it has not begun reading commands yet (it
+    loads data and builds the model first), or None when no live process holds it."""
+    holder = FileLock(run_dir / RUN_LOCK).holder()  # read, never taken: taking it would refuse the trainer
+    return holder if holder and process_alive(holder.get("pid"), holder.get("start"), holder.get("host")) else None
+
+
+def _wait_for_start(run_dir: Path, timeout: float) -> None:
+    """Wait (up to ``timeout`` seconds) for a starting run to begin reading commands; a run nobody is
+    training is :class:`NotRunning` at once."""
+    holder = _starting(run_dir)
+    if holder is None:
         status = (run_dir / "status").read_text(errors="replace").strip() if (run_dir / "status").exists() \
             else "unknown"
         raise NotRunning(f"no training process is running in {run_dir} (status: {status})")
+    log.info(f"the run in {run_dir} is starting ({describe_holder(holder)}); waiting up to {timeout:.0f}s for it "
+             "to read commands")
+    t0 = time.monotonic()
+    while running_pid(run_dir) is None:
+        if _starting(run_dir) is None:
+            raise NotRunning(f"the training process in {run_dir} ended before it read commands")
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"the run in {run_dir} is still starting after {timeout:.0f}s (loading data or "
+                               "building the model); send the command again later, or raise --timeout")
+        time.sleep(0.1)
+
+
+def send(run_dir: Path, command: str, timeout: float = 60.0) -> dict:
+    """Deliver ``command`` to the run in ``run_dir`` and wait for its answer (a dict with ``ok``, ``message``).
+    A run still starting (its process holds the run's lock but reads no commands yet) is waited for, within the
+    same ``timeout``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"no run folder at {run_dir} (it has no config.yaml)")
+    t0 = time.monotonic()
+    if running_pid(run_dir) is None:
+        _wait_for_start(run_dir, timeout)
     inbox, done, _ = _dirs(run_dir)
     name = f"{time.time_ns()}-{os.getpid()}.json"
     _write_json(inbox / name, {"command": command, "sent": time.time()})  # whole before the trainer can see it
-    t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         answer = done / name
         if answer.exists():

@@ -85,6 +85,8 @@ def describe_holder(holder: dict[str, Any]) -> str:
 
 # ---- the lock ---------------------------------------------------------------------------------------------
 
+RUN_LOCK = "lock"  # RUN/lock: held by the process that trains or resumes the run, for the whole run
+
 class FileLock:
     """An exclusive ``fcntl.flock`` on ``path``, held until :meth:`release` or the process ends (the kernel
     drops it on exit, kill -9 included, so a lock is never stale). The holder writes its pid, host and

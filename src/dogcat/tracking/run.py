@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config, ConfigError, to_yaml
 from ..io import atomic_write_text, disk_full_as, is_disk_full, read_jsonl, reserve_space
-from ..locks import FileLock, LockHeld, describe_holder
+from ..locks import RUN_LOCK, FileLock, LockHeld, describe_holder
 
 if TYPE_CHECKING:
     from .tracker import Tracker
@@ -57,7 +57,7 @@ class RunLocked(ConfigError):
     """Another process is writing the run folder (it holds the run's lock); the CLI exits 2."""
 
 
-LOCK_FILE = "lock"
+LOCK_FILE = RUN_LOCK
 # Space set aside while a run trains and given back when it ends: on a full disk, what is left to write (the
 # status, the manifest's end with the reason) still fits.
 RESERVE, RESERVE_BYTES = ".disk-reserve", 1 << 20
