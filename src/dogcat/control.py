@@ -17,7 +17,7 @@ from types import FrameType
 from .config import ConfigError, DogcatError
 from .console import escape
 from .io import atomic_write_text, read_small
-from .locks import RUN_LOCK, FileLock, describe_holder, process_alive, this_process
+from .locks import RUN_LOCK, FileLock, describe_holder, is_locked, process_alive, this_process
 from .reading import loads_json
 
 log = logging.getLogger("dogcat")
@@ -172,9 +172,16 @@ def running_pid(run_dir: Path) -> int | None:
 
 def _starting(run_dir: Path) -> dict | None:
     """The process that holds the run's lock (``RUN/lock``) while it has not begun reading commands yet (it
-    loads data and builds the model first), or None when no live process holds it."""
-    holder = FileLock(run_dir / RUN_LOCK).holder()  # read, never taken: taking it would refuse the trainer
-    return holder if holder and process_alive(holder.get("pid"), holder.get("start"), holder.get("host")) else None
+    loads data and builds the model first), or None when none does. The lock is looked up, never taken (that
+    could refuse the trainer); where the OS cannot say, a live writer of the lock file with status "running"."""
+    lock = FileLock(run_dir / RUN_LOCK)
+    held = is_locked(lock.path)
+    holder = lock.holder()
+    if held is None:
+        status = run_dir / "status"
+        held = status.is_file() and status.read_text(errors="replace").strip() == "running"
+    alive = bool(holder) and process_alive(holder.get("pid"), holder.get("start"), holder.get("host")) is not False
+    return holder if held and alive else None
 
 
 def _wait_for_start(run_dir: Path, timeout: float) -> None:

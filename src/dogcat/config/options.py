@@ -155,9 +155,8 @@ class TrainConfig:
     max_epoch: int = opt(10, "number of training epochs", range=Range(1, 10**6))
     seed: int = opt(0, "seed of python, numpy, torch and loader workers", range=SEED)
     deterministic: bool = opt(False, "use deterministic algorithms (slower)")
-    device: str = opt("auto", "auto (CUDA, else MPS, else XPU when available and use_gpu; else cpu), cpu, cuda, "
-                              "cuda:N, mps, xpu or xpu:N")
-    use_gpu: bool = opt(True, "allow a GPU (CUDA, MPS or XPU) when device=auto")
+    device: str = opt("auto", "auto (CUDA, MPS or XPU if use_gpu, else cpu), cpu, cuda[:N], mps, xpu[:N]")
+    use_gpu: bool = opt(True, "allow a GPU when device=auto")
     precision: str = opt("fp32", "fp32; bf16 autocast (CPU with AMX, recent GPUs); fp16 AMP with grad scaler (CUDA); "
                          "auto: a short timed probe of this model/size/batch picks fp32 or bf16/fp16 (cached in "
                          "~/.cache/dogcat/precision.json)", ("fp32", "bf16", "fp16", "auto"))
