@@ -178,10 +178,16 @@ def _starting(run_dir: Path) -> dict | None:
     held = is_locked(lock.path)
     holder = lock.holder()
     if held is None:
-        status = run_dir / "status"
-        held = status.is_file() and status.read_text(errors="replace").strip() == "running"
+        held = _status(run_dir) == "running"
     alive = bool(holder) and process_alive(holder.get("pid"), holder.get("start"), holder.get("host")) is not False
     return holder if held and alive else None
+
+
+def _status(run_dir: Path) -> str:
+    try:
+        return read_small(run_dir / "status", 4096).decode("utf-8", "replace").strip() or "unknown"
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def _wait_for_start(run_dir: Path, timeout: float) -> None:
@@ -189,15 +195,13 @@ def _wait_for_start(run_dir: Path, timeout: float) -> None:
     training is :class:`NotRunning` at once."""
     holder = _starting(run_dir)
     if holder is None:
-        status = (run_dir / "status").read_text(errors="replace").strip() if (run_dir / "status").exists() \
-            else "unknown"
-        raise NotRunning(f"no training process is running in {run_dir} (status: {status})")
+        raise NotRunning(f"no training process is running in {run_dir} (status: {_status(run_dir)})")
     log.info(f"the run in {run_dir} is starting ({describe_holder(holder)}); waiting up to {timeout:.0f}s for it "
              "to read commands")
     t0 = time.monotonic()
     while running_pid(run_dir) is None:
-        if _starting(run_dir) is None:
-            raise NotRunning(f"the training process in {run_dir} ended before it read commands")
+        if _starting(run_dir) is None:  # it failed while starting, or it was finishing, not starting
+            raise NotRunning(f"no training process is running in {run_dir} (status: {_status(run_dir)})")
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"the run in {run_dir} is still starting after {timeout:.0f}s (loading data or "
                                "building the model); send the command again later, or raise --timeout")
