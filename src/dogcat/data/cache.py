@@ -40,6 +40,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm  # a widget in a notebook, a bar on a terminal
 
+from ..console import escape
 from ..io import TEXT, disk_full_as, ensure_free, read_small
 from ..locks import FileLock, LockHeld, describe_holder
 from .arrays import ArrayImages, Prepare
@@ -260,7 +261,8 @@ def _build(jobs: list[tuple[str, int, int]], base: Path, folder: Path, size: int
         meta = {"version": VERSION, "size": size, "crop": crop, "fingerprint": fp, "base": str(base),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files, "bad": bad}
         (tmp / "index.json").write_text(json.dumps(meta))  # ASCII: json escapes non-UTF-8 names
-        (tmp / "bad_files.txt").write_text("".join(f"{base / p}\t{r}\n" for p, r in bad.items()), **TEXT)
+        lines = (f"{escape(base / p, keep_bytes=True)}\t{escape(r, keep_bytes=True)}\n" for p, r in bad.items())
+        (tmp / "bad_files.txt").write_text("".join(lines), **TEXT)  # one line a file: control characters escaped
         _fsync(tmp / "index.json")
         (tmp / "COMPLETE").write_text(f"{len(files)} images, {len(bad)} bad\n")
         _fsync(tmp)
