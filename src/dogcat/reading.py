@@ -61,7 +61,9 @@ def read_regular(path: Path | str, limit: int, follow: bool = True) -> bytes:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise ValueError(f"too large: {size:,} bytes, more than the {limit:,} allowed")
-        data = f.read(limit + 1)
+        data = f.read(size + 1)  # not read(limit + 1): CPython allocates that much up front, for every file
+        if len(data) > size:  # it grows while we read it: the rest, up to the cap
+            data += f.read(limit + 1 - len(data))
     if len(data) > limit:  # grew while we read it
         raise ValueError(f"too large: more than the {limit:,} bytes allowed")
     return data
