@@ -3,8 +3,9 @@ end in exit 0, or exit 2 with one error line, never a traceback; (b) random, tru
 through the decoders, a dataset and the packed-cache builder: every file is read or reported, nothing raises.
 
 They run in ``make test`` with a fixed set of cases (derandomized: 1000 argument lists, 300 recipes, 500 sets of
-image files); DOGCAT_FUZZ_EXAMPLES=5000 runs that many of each, at random. The arguments are generated as ``--key=value``,
-``--key`` and bare words, never through the parser's own functions, so the test holds for any parser."""
+image files; issue 21 added 60 nested or alias-bomb texts and 50 sets of names); DOGCAT_FUZZ_EXAMPLES=5000 runs
+that many of each, at random. The arguments are generated as ``--key=value``, ``--key`` and bare words, never
+through the parser's own functions, so the test holds for any parser."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from dogcat.config import OPTIONS, ConfigError, load_config
 
 EXAMPLES = int(os.environ.get("DOGCAT_FUZZ_EXAMPLES", "0"))
 FIXED = EXAMPLES == 0  # make test: the same cases every run
-ran = {"args": 0, "recipes": 0, "images": 0}
+ran = {"args": 0, "recipes": 0, "images": 0, "nesting": 0, "names": 0}
 
 
 def fuzz_settings(default: int):
@@ -142,6 +143,79 @@ def test_fuzz_yaml_recipes_exit_0_or_2_with_one_message(sealed, capsys, recipe, 
         pass
     code, err = run_main(["train", f"--config={path}"], capsys)
     check(code, err, ["train", f"--config={path} ({raw!r} / {recipe!r})"])
+
+
+@st.composite
+def nested_text(draw) -> str:
+    """JSON / YAML text nested up to 300 levels, or YAML whose aliases expand to up to 10 ** 9 values."""
+    kind = draw(st.sampled_from(["brackets", "braces", "mixed", "aliases", "recursive"]))
+    depth = draw(st.integers(0, 300))
+    if kind == "brackets":
+        return "[" * depth + "]" * depth
+    if kind == "braces":
+        return '{"a": ' * depth + "1" + "}" * depth
+    if kind == "mixed":
+        opens = draw(st.lists(st.sampled_from(["[", '{"k": ']), min_size=depth, max_size=depth))
+        return "".join(opens) + "0" + "".join("]" if o == "[" else "}" for o in reversed(opens))
+    if kind == "recursive":
+        return "&a [*a, 1]"
+    levels, width = draw(st.integers(1, 9)), draw(st.integers(1, 10))
+    lines = ["  - &a0 [" + ", ".join(["x"] * width) + "]"]
+    lines += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n" + "\n".join(lines)
+
+
+@fuzz_settings(60)
+@given(text=nested_text(), key=st.sampled_from(["lr", "model", "milestones", "env", "unknown_key"]))
+def test_fuzz_nesting_and_alias_bombs_are_values_or_one_line(sealed, capsys, text, key):
+    """Issue 21: nesting and expansion are capped while parsing (dogcat.reading); a recipe is read or refused
+    with one line, a JSON file of ours is read or one MalformedFile line, never a RecursionError or MemoryError."""
+    from dogcat import reading
+    from dogcat.io import MalformedFile, read_json
+
+    ran["nesting"] += 1
+    for parse in (reading.loads_json, reading.load_yaml):
+        try:
+            value = parse(text)
+        except (ValueError, yaml.YAMLError):
+            continue
+        reading.check_tree(value)  # what parsed stays within the caps
+    path = sealed / "x.json"
+    path.write_text('{"a": ' + text + "}")
+    try:
+        read_json(path, "sidecar")
+    except MalformedFile:
+        pass
+    path = sealed / "recipe.yaml"
+    path.write_text(f"{key}: {text}\n")
+    code, err = run_main(["train", f"--config={path}"], capsys)
+    check(code, err, ["train", f"--config={path} ({text[:200]!r})"])
+
+
+@fuzz_settings(50)
+@given(names=st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=3, unique=True))
+def test_fuzz_names_are_shown_on_one_line_and_drawn(tmp_path_factory, names):
+    """Issue 21: any class or file name (controls, $...$, backslashes, non-UTF-8 bytes) is shown escaped on one
+    line, draws in a figure, and stays one line of bad_files.txt."""
+    import warnings
+
+    from dogcat.console import escape, printable
+    from dogcat.data.images import BadFiles
+    from dogcat.tracking.figures import confusion_figure, to_array
+
+    ran["names"] += 1
+    names = [n.encode("utf-8", "surrogatepass").decode("utf-8", "surrogateescape") for n in names]
+    controls = {*map(chr, range(0x20)), "\x7f", *map(chr, range(0x80, 0xA0))}
+    for n in names:
+        assert not controls & set(escape(n)), repr(n)
+        assert not (controls - {"\n", "\t"}) & set(printable(n)), repr(n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # glyphs the font lacks
+        to_array(confusion_figure([[1] * len(names)] * len(names), names))
+        path = tmp_path_factory.mktemp("names") / "bad_files.txt"
+        BadFiles(path).add([(f"/data/{n}.jpg", f"reason {n}") for n in names])
+    lines = path.read_text(encoding="utf-8", errors="surrogateescape").split("\n")
+    assert lines[-1] == "" and len(lines) == len(names) + 1 and all(ln.count("\t") == 1 for ln in lines[:-1])
 
 
 # ---- (b) image bytes -------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ SRC = Path(os.environ.get("DOGCAT_SRC") or Path(__file__).parents[1] / "src")
 
 # bottom first; a module may import from its own layer or any layer below, never above
 LAYERS = [
-    {"dogcat", "config", "metrics", "console"},  # the package root, the typed config and its tables, logging
+    {"dogcat", "config", "metrics", "console",   # the package root, the typed config and its tables, logging,
+     "reading"},                                 # bounded reads and parsing
     {"io", "locks", "processes",                 # safe files, locks, which process of a job this is (Dist),
      "preprocess", "control"},                   # the preprocessing value, the ctl inbox
     {"data", "models"},                          # one file per data layout / per architecture

@@ -18,14 +18,42 @@ from typing import Any
 LOGGER = "dogcat"
 
 
-def printable(text: Any) -> str:
-    """``text`` for people (figures, HTML, TensorBoard, which want valid Unicode): the bytes of a file name that
-    is not UTF-8 (held as lone surrogates) are shown as ``\\xNN``."""
+# C0 controls, DEL and C1 controls, as Python writes them in a string literal: ESC (which retitles and clears a
+# terminal), CR (which overwrites a line), CSI (\x9b, ESC [ in one character)... The layout's \n and \t are kept
+# in whole texts (tables, multi-line messages) but escaped in names (:func:`escape`).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROLS.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+_LAYOUT = {c: e for c, e in _CONTROLS.items() if c not in (ord("\n"), ord("\t"))}
+
+
+def _unicode(text: Any) -> str:
     text = str(text)
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable(text: Any) -> str:
+    """``text`` for people (the terminal, logs, figures, HTML, TensorBoard): control characters other than the
+    layout's newlines and tabs are shown escaped (``\\x1b``, ``\\r``, ``\\x9b``), so a name cannot move the
+    cursor, clear the screen or overwrite a line; the bytes of a file name that is not UTF-8 (held as lone
+    surrogates) are shown as ``\\xNN``. Names put into a text go through :func:`escape` first."""
+    return _unicode(text).translate(_LAYOUT)
+
+
+def escape(name: Any, keep_bytes: bool = False) -> str:
+    """A name (a file, a class, a run folder) as one line: every control character escaped, newlines and tabs
+    too (``\\n``, ``\\t``), so it cannot forge a log line, a table row or a line of a line-based file.
+    ``keep_bytes``: for a file we write with ``surrogateescape`` (``bad_files.txt``): the bytes of a name that
+    is not UTF-8 stay those bytes; only control characters are escaped."""
+    return (str(name) if keep_bytes else _unicode(name)).translate(_CONTROLS)
+
+
+def figure_text(text: Any) -> str:
+    """:func:`printable` for matplotlib: ``$`` escaped as ``\\$``, so a name holding two dollars is shown as it
+    is, not parsed as math text (which fails on most names and took the figure down with it)."""
+    return printable(text).replace("$", r"\$")
 
 
 class StderrHandler(logging.Handler):

@@ -16,10 +16,13 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Callable
 
 from .config import DogcatError
+from .console import escape
 from .io import atomic_write_text, read_small
 from .locks import process_alive, this_process
+from .reading import loads_json
 
 log = logging.getLogger("dogcat")
 
@@ -121,7 +124,7 @@ class Inbox:
             except OSError:
                 continue  # cannot remove it (not ours): leave it, and do not answer it again and again
             if error is not None:
-                log.warning(f"ctl: {f.name}: {error}")
+                log.warning(f"ctl: {escape(f.name)}: {error}")  # anyone may name a file in the inbox
                 self.ack(f.name, {"ok": False, "message": error})
             else:
                 out.append((f.name, command))
@@ -130,7 +133,7 @@ class Inbox:
     def _read(self, f: Path) -> tuple[str | None, str | None]:
         """``(command, None)``, ``(None, error)`` or ``(None, None)`` for a file that may still be written."""
         try:
-            msg = json.loads(read_small(f, COMMAND_BYTES, follow=False).decode("utf-8"))
+            msg = loads_json(read_small(f, COMMAND_BYTES, follow=False).decode("utf-8"))  # nesting capped
         except FileNotFoundError:
             return None, None
         except (OSError, ValueError) as e:
@@ -164,7 +167,7 @@ def running_pid(control_dir: Path) -> int | None:
     for the training."""
     _, _, pidfile = _dirs(control_dir)
     try:
-        info = json.loads(read_small(pidfile, 4096).decode("utf-8"))
+        info = loads_json(read_small(pidfile, 4096).decode("utf-8"))
         pid = int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -172,22 +175,42 @@ def running_pid(control_dir: Path) -> int | None:
     return pid if alive is not False else None  # None: another host on a shared filesystem; trust the file
 
 
-def send(control_dir: Path, command: str, timeout: float = 60.0, run: str | None = None) -> dict:
+def _wait_for_start(control_dir: Path, what: str, timeout: float, starting: Callable[[], str | None] | None) -> None:
+    """Wait (up to ``timeout`` seconds) for a starting run to begin reading commands; a run nobody is training is
+    :class:`NotRunning` at once. ``starting()`` names the process starting it, or None (see :func:`send`)."""
+    holder = starting() if starting is not None else None
+    if holder is None:
+        raise NotRunning(f"no training process is running in {what}")
+    log.info(f"the run in {what} is starting ({holder}); waiting up to {timeout:.0f}s for it to read commands")
+    t0 = time.monotonic()
+    while running_pid(control_dir) is None:
+        if starting() is None:  # it failed while starting, or it was finishing, not starting
+            raise NotRunning(f"no training process is running in {what}")
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"the run in {what} is still starting after {timeout:.0f}s (loading data or "
+                               "building the model); send the command again later, or raise --timeout")
+        time.sleep(0.1)
+
+
+def send(control_dir: Path, command: str, timeout: float = 60.0, run: str | None = None,
+         starting: Callable[[], str | None] | None = None) -> dict:
     """Deliver ``command`` to the training process reading ``control_dir`` (a run's ``control/``) and wait for
-    its answer (a dict with ``ok``, ``message``). ``run`` names the run in messages (default: the folder)."""
+    its answer (a dict with ``ok``, ``message``). ``run`` names the run in messages (default: the folder).
+    ``starting()`` names the process that is starting the run (it holds the run's lock but reads no commands yet:
+    it loads data and builds the model first), or None; such a run is waited for, within the same ``timeout``."""
     control_dir = Path(control_dir)
     what = run or str(control_dir)
+    t0 = time.monotonic()
     if running_pid(control_dir) is None:
-        raise NotRunning(f"no training process is running in {what}")
+        _wait_for_start(control_dir, what, timeout, starting)
     inbox, done, _ = _dirs(control_dir)
     name = f"{time.time_ns()}-{os.getpid()}.json"
     _write_json(inbox / name, {"command": command, "sent": time.time()})  # whole before the trainer can see it
-    t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         answer = done / name
         if answer.exists():
             try:
-                result = json.loads(read_small(answer, COMMAND_BYTES).decode("utf-8"))
+                result = loads_json(read_small(answer, COMMAND_BYTES).decode("utf-8"))
             except (OSError, ValueError):
                 result = None
             answer.unlink(missing_ok=True)

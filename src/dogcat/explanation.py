@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .config import ConfigError
+from .console import escape
 from .engine.loading import resolve_checkpoint
 from .exported import ExportError, read_sidecar, sidecar_path
 from .inference import Classifier, Input, is_torchscript, load
@@ -151,8 +152,8 @@ def _explain_batch(clf: Classifier, good: list[tuple[dict[str, Any], torch.Tenso
     names = clf.class_names
     for (key, image), p, t, h, row in zip(good, preds, targets, heat, probs.tolist()):
         label = key.get("path", f"#{key.get('index')}")
-        title = f"{Path(label).name}: predicted {names[p]} ({row[p]:.2f})"
-        map_title = f"Grad-CAM of {names[t]} ({row[t]:.2f})" + ("" if h.any() else ": no evidence for it here")
+        title = f"{escape(Path(label).name)}: predicted {escape(names[p])} ({row[p]:.2f})"  # names: one line each
+        map_title = f"Grad-CAM of {escape(names[t])} ({row[t]:.2f})" + ("" if h.any() else ": no evidence for it here")
         fig = explanation_figure(denormalise(image, clf.pre.mean, clf.pre.std), h, title, map_title)
         e = Explanation(label, None, names[p], row[p], names[t], row[t], layer, h)
         out.append((e, fig))

@@ -20,10 +20,11 @@ import torch.nn as nn
 
 from . import __version__
 from .engine.loading import Loaded, load_model
-from .exported import FORMATS, ExportError, Runner, _quiet, _require, runner, sidecar_path
+from .exported import FORMATS, ExportError, Runner, _quiet, _require, external_data_files, runner, sidecar_path
 from .io import atomic_write_text, disk_full_as, ensure_free, sha256_file, temp_file
 
 CHECK_BATCHES = (1, 3, 3)  # odd sizes on purpose: the traced / exported batch is 2
+EXTERNAL_DATA_BYTES = 1.5e9  # weights above this go to an ONNX "external data" file beside it (protobuf's 2 GB cap)
 
 
 @dataclass
@@ -53,7 +54,7 @@ def make_sidecar(lm: Loaded, fmt: str, path: Path) -> dict[str, Any]:
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     for module in ("onnx", "onnxscript"):  # torch.onnx.export (dynamo) imports them lazily, with a vaguer error
         _require(module)
-    big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > 1.5e9  # protobuf's 2 GB cap
+    big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > EXTERNAL_DATA_BYTES
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         with _quiet():
@@ -123,7 +124,8 @@ def export(target: str | None, fmt: str = "onnx", output: str | Path | None = No
     size, chans = lm.pre.size, lm.pre.in_chans
     example = torch.randn(2, chans, size, size, generator=torch.Generator().manual_seed(1))
     need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (1 << 20)
-    big = fmt == "onnx" and need > 1.5e9  # ONNX's external data is named after the file: no temp name then
+    big = fmt == "onnx" and need - (1 << 20) > EXTERNAL_DATA_BYTES  # external data is named after the file: no
+    # temp name then
     with disk_full_as(path.parent, need, f"exporting {path.name}"):
         ensure_free(path.parent, need, f"exporting {path.name}")
         fd, tmp = temp_file(path.parent, path.name)  # written and checked under a temp name, renamed when good
@@ -137,6 +139,9 @@ def export(target: str | None, fmt: str = "onnx", output: str | Path | None = No
             else:
                 _export_safetensors(model, target_file)
             meta = make_sidecar(lm, fmt, path)
+            if fmt == "onnx":  # the tensor files it reads, vouched for like the file itself
+                meta["external_data"] = {loc: sha256_file(target_file.parent / loc)
+                                         for loc in external_data_files(target_file)}
             diff = verify(model, runner(target_file, meta, trust=True), chans, size, atol)  # our own file
             meta["check"] = {"max_abs_diff": diff, "atol": atol, "batch_sizes": list(CHECK_BATCHES)}
             meta["sha256"] = sha256_file(target_file)
@@ -145,6 +150,7 @@ def export(target: str | None, fmt: str = "onnx", output: str | Path | None = No
         except BaseException:
             if big:
                 path.unlink(missing_ok=True)
+                path.with_name(path.name + ".data").unlink(missing_ok=True)  # the exporter's external data
             raise
         finally:
             tmp.unlink(missing_ok=True)

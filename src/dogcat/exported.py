@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .config import DogcatError
-from .io import MalformedFile, read_json, sha256_file
+from .io import MalformedFile, one_line, read_json, sha256_file
 from .models import build_model
 from .preprocess import Preprocess, PreprocessError
 
@@ -78,9 +78,16 @@ def _sidecar_problem(meta: dict[str, Any]) -> str | None:
         preprocess_of(meta)
     except PreprocessError as e:
         return str(e)
-    if not (isinstance(meta["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])):
+    if not _is_sha256(meta["sha256"]):
         return "sha256 is not a sha256"
+    ext = meta.get("external_data", {})
+    if not (isinstance(ext, dict) and all(isinstance(k, str) and _is_sha256(v) for k, v in ext.items())):
+        return "external_data is not a mapping of file names to sha256s"
     return None
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
 
 
 def preprocess_of(meta: dict[str, Any]) -> Preprocess:
@@ -141,25 +148,58 @@ def runner(path: str | Path, meta: dict[str, Any], trust: bool = False) -> Runne
         raise ExportError(f"cannot load {path} as {fmt}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
 
 
-def _onnx_external_data_inside(path: Path) -> None:
-    """An ONNX file may point at tensor files by path: only ones beside it, never ``../`` or absolute paths."""
+def external_data_files(path: Path) -> list[str]:
+    """The files an ONNX model reads tensor data from (its "external data"), as written in it."""
     onnx = _require("onnx")
     model = onnx.load(str(path), load_external_data=False)
-    for t in model.graph.initializer:
-        for entry in t.external_data:
-            if entry.key == "location":
-                loc = Path(entry.value)
-                if loc.is_absolute() or ".." in loc.parts:
-                    raise ExportError(f"refused to load {path}: it reads tensor data from {entry.value!r}, "
-                                      "outside its own folder")
+    return list(dict.fromkeys(entry.value for t in model.graph.initializer for entry in t.external_data
+                              if entry.key == "location"))
+
+
+def check_external_data(path: Path, meta: dict[str, Any]) -> None:
+    """An ONNX file may point at tensor files by path: only ones beside it (never ``../`` or absolute paths),
+    and only ones its sidecar vouches for by sha256 (``external_data``), as it does for the file itself."""
+    vouched = meta.get("external_data", {})
+    for loc in external_data_files(path):
+        rel = Path(loc)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ExportError(f"refused to load {path}: it reads tensor data from {loc!r}, outside its own folder")
+        if loc not in vouched:
+            raise ExportError(f"refused to load {path}: it reads tensor data from {loc!r}, which its sidecar does "
+                              "not vouch for (no sha256 of it); export the model again")
+        try:
+            digest = sha256_file(path.parent / rel)
+        except (OSError, ValueError) as e:
+            raise ExportError(f"cannot load {path}: its tensor data {loc!r} is unreadable ({e})") from None
+        if digest != vouched[loc]:
+            raise ExportError(f"{path}'s tensor data {loc!r} does not match its sidecar (sha256 {digest[:16]}..., "
+                              f"the sidecar says {vouched[loc][:16]}...): copy the files of one export together")
+
+
+def check_io(run: Runner, meta: dict[str, Any], path: Path) -> None:
+    """Run the model once on a zero batch of the sidecar's input shape: it must take it, and give one value per
+    class the sidecar names (a sidecar of another export would otherwise label outputs wrongly)."""
+    chans, size, n = int(meta["in_chans"]), int(meta["image_size"]), len(meta["class_names"])
+    try:
+        out = run(torch.zeros(1, chans, size, size))
+    except Exception as e:  # noqa: BLE001 - onnxruntime / torch say "wrong shape" in their own words
+        raise ExportError(f"{path} does not take the input its sidecar describes (1 x {chans} x {size} x {size}): "
+                          f"{type(e).__name__}: {one_line(e, 200)}; the sidecar belongs to another export") from None
+    if tuple(out.shape) != (1, n):
+        raise ExportError(f"{path} gives outputs of shape {tuple(out.shape)} for one image, but its sidecar names "
+                          f"{n} classes: the sidecar belongs to another export")
 
 
 def _runner(path: Path, fmt: str, meta: dict[str, Any]) -> Runner:
     if fmt == "onnx":
         ort = _require("onnxruntime")
-        _onnx_external_data_inside(path)
+        check_external_data(path, meta)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
+        name, shape = sess.get_inputs()[0].name, sess.get_inputs()[0].shape
+        want = [int(meta["in_chans"]), int(meta["image_size"]), int(meta["image_size"])]
+        if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape[1:], want)):
+            raise ExportError(f"{path} takes inputs of shape {shape}, but its sidecar says [batch, "
+                              f"{', '.join(map(str, want))}]: the sidecar belongs to another export")
         return lambda x: torch.from_numpy(sess.run(None, {name: x.detach().cpu().float().numpy()})[0])
     if fmt == "torchscript":  # trusted by the caller (runner checked)
         with _quiet():
@@ -182,6 +222,12 @@ def safetensors_module(path: str | Path, meta: dict[str, Any]) -> torch.nn.Modul
     mode: the torch module that Grad-CAM needs. A file that does not load is one ExportError line."""
     try:
         return _safetensors_module(Path(path), meta)
+    except RuntimeError as e:  # load_model(strict=True): the weights are not of the model the sidecar describes
+        if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
+            raise ExportError(f"the weights in {path} do not fit the model its sidecar describes ({meta['model']}, "
+                              f"{len(meta['class_names'])} classes, {meta['in_chans']} channels): "
+                              f"{one_line(str(e).split(':', 1)[-1], 200)}; the sidecar belongs to another export") from e
+        raise ExportError(f"cannot load {path} as safetensors: {type(e).__name__}: {one_line(e)}") from e
     except Exception as e:  # noqa: BLE001 - a damaged file fails inside safetensors
         raise ExportError(f"cannot load {path} as safetensors: {type(e).__name__}: "
                           f"{' '.join(str(e).split())[:300]}") from e

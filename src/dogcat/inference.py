@@ -9,6 +9,8 @@ notebook, the CLI and an exported model give the same numbers.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +27,13 @@ from .config import Config, load_config
 from .data import DataError, decode_image, expand_paths
 from .data.transforms import eval_transform_for
 from .engine.loading import Loaded, load_model
-from .exported import check_file, module_runner, preprocess_of, read_sidecar, runner, safetensors_module, sidecar_path
+from .exported import (check_file, check_io, module_runner, preprocess_of, read_sidecar, runner, safetensors_module,
+                       sidecar_path)
 from .models.tta import FlipTTA
 from .preprocess import Preprocess
 
 Input = Union[str, Path, Image.Image, torch.Tensor]
+log = logging.getLogger("dogcat")
 
 
 @dataclass
@@ -81,6 +85,10 @@ class Classifier:
                 it = iter(probs)
                 for key, image, error in chunk:
                     rows.append(key | ({"error": error} if image is None else self._row(next(it))))
+        broken = sum(1 for r in rows if "probs" in r and not all(math.isfinite(p) for p in r["probs"].values()))
+        if broken:
+            log.warning(f"the model gave NaN or infinite probabilities for {broken} of {len(rows)} images: its weights "
+                        f"(or {self.source.name}'s mean and std) are broken; those predictions mean nothing")
         return rows
 
     def _row(self, p: list[float]) -> dict[str, Any]:
@@ -155,6 +163,7 @@ def from_export(path: str | Path, overrides: dict[str, Any] | None = None, trust
     check_file(path, meta, trust)
     model = safetensors_module(path, meta) if meta["format"] == "safetensors" else None  # weights: a torch module
     run = module_runner(model) if model is not None else runner(path, meta, trust)
+    check_io(run, meta, path)  # takes the sidecar's input shape, gives one value per named class
     return Classifier(run, preprocess_of(meta), path, meta["format"], load_config(overrides), model)
 
 

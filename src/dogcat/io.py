@@ -16,15 +16,16 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from .config import DogcatError
+from .reading import loads_json, open_regular, read_regular
 
 TEXT: dict[str, str] = {"encoding": "utf-8", "errors": "surrogateescape"}  # open(path, "w", **TEXT)
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -234,40 +235,26 @@ def atomic_link_or_copy(src: Path, dst: Path) -> None:
 # ---- bounded reads of our own small files -----------------------------------------------------------------
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+    """Hex sha256 of a regular file, read in 1 MiB chunks (a FIFO is a ValueError, not a hang)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
 def read_small(path: Path | str, limit: int = 16 << 20, follow: bool = True) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes, opened without blocking (a FIFO or a device
-    planted where a file should be must not hang us or fill the memory); ``follow=False`` also refuses a
+    """The bytes of a regular file of at most ``limit`` bytes (:func:`dogcat.reading.read_regular`: a FIFO or a
+    device planted where a file should be must not hang us or fill the memory); ``follow=False`` also refuses a
     final symlink. Raises OSError or ValueError."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_size > limit:
-            raise ValueError(f"{st.st_size} bytes, more than the {limit} expected")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:  # grew while we read it
-        raise ValueError(f"more than the {limit} bytes expected")
-    return data
+    return read_regular(path, limit, follow)
 
 
 def read_json(path: Path | str, what: str, kind: type = dict, limit: int = 64 << 20) -> Any:
     """Parse one of our JSON files; anything else (unreadable, not JSON, not a ``kind``) is a
     :class:`MalformedFile` naming the file. A missing file raises FileNotFoundError."""
     try:
-        data = json.loads(read_small(path, limit).decode("utf-8"))
+        data = loads_json(read_small(path, limit).decode("utf-8"))  # nesting and size capped
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as e:
@@ -277,6 +264,62 @@ def read_json(path: Path | str, what: str, kind: type = dict, limit: int = 64 <<
         raise MalformedFile(f"{what} {path} holds a JSON {type(data).__name__}, not a {kind.__name__}; "
                             "it is damaged or not one of dogcat's files")
     return data
+
+
+JSONL_BYTES = 1 << 30  # metrics.jsonl: a million steps logged at ~300 bytes each fit many times over
+JSONL_LINE = 1 << 20   # one record is a few hundred bytes; a longer line is no record of ours
+
+
+def read_jsonl(path: Path | str, what: str, limit: int = JSONL_BYTES, line_limit: int = JSONL_LINE) -> list[dict]:
+    """The JSON objects of a JSON-lines file we append to (``metrics.jsonl``), read line by line: a line cut
+    short by a kill, one that is no JSON object, too long or nested too deep is skipped. A missing file is
+    ``[]``; anything but a regular file of at most ``limit`` bytes (``/dev/zero``, a FIFO, a folder) is a
+    :class:`MalformedFile` naming it, before a byte is read."""
+    try:
+        f = open_regular(path)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise MalformedFile(f"{what} {path} is unreadable: {one_line(e)}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise MalformedFile(f"{what} {path} is unreadable: {size:,} bytes, more than the {limit:,} allowed")
+        out, total = [], 0
+        while total <= limit:
+            line = f.readline(line_limit + 1)
+            if not line:
+                break
+            total += len(line)
+            if len(line) > line_limit:
+                while line and not line.endswith(b"\n"):  # the rest of an overlong line
+                    line = f.readline(line_limit)
+                    total += len(line)
+                continue
+            try:
+                r = loads_json(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if isinstance(r, dict):
+                out.append(r)
+    return out
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity replaced by None (``null``), recursively: what :func:`to_json` writes."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, **kw: Any) -> str:
+    """JSON that every parser reads: Python's ``json.dumps`` writes ``NaN`` and ``Infinity``, which are not JSON;
+    here they become ``null`` (a NaN model's probabilities, an undefined metric)."""
+    return json.dumps(finite(obj), allow_nan=False, **kw)
 
 
 def one_line(e: BaseException | str, width: int = 300) -> str:

@@ -85,6 +85,32 @@ def describe_holder(holder: dict[str, Any]) -> str:
 
 # ---- the lock ---------------------------------------------------------------------------------------------
 
+RUN_LOCK = "lock"  # RUN/lock: held by the process that trains or resumes the run, for the whole run
+
+
+def is_locked(path: Path | str) -> bool | None:
+    """Whether some process holds an ``flock`` on the file ``path``, asked without touching the lock (taking it,
+    even for a moment, could make its real owner's start fail): Linux lists every lock in ``/proc/locks``.
+    None where that list is not there (another OS); False for a missing file."""
+    try:
+        st = os.stat(path)
+        text = Path("/proc/locks").read_text()
+    except FileNotFoundError:
+        return False if not Path(path).exists() else None
+    except OSError:
+        return None
+    for line in text.splitlines():  # "1: FLOCK  ADVISORY  WRITE 4242 00:2f:123456 0 EOF"
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "FLOCK":
+            try:
+                major, minor, inode = parts[5].split(":")
+                found = (int(inode), int(major, 16), int(minor, 16))
+            except ValueError:
+                continue
+            if found == (st.st_ino, os.major(st.st_dev), os.minor(st.st_dev)):
+                return True
+    return False
+
 class FileLock:
     """An exclusive ``fcntl.flock`` on ``path``, held until :meth:`release` or the process ends (the kernel
     drops it on exit, kill -9 included, so a lock is never stale). The holder writes its pid, host and

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from .console import escape
+
 
 TOP_K = 5             # top-k accuracy is top-5, reported when there are more than 5 classes
 AUC_BINS = 4096       # ROC-AUC: histogram bins of the positive class's log-odds, over [-AUC_RANGE, AUC_RANGE]
@@ -198,7 +200,7 @@ def summary(values: Mapping[str, Any], prefix: str = "") -> str:
 
 def format_confusion(cm: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
     """Rows: actual class; columns: predicted class."""
-    names = [n[:12] for n in class_names]
+    names = [escape(n)[:12] for n in class_names]  # a name with a newline or ESC: one cell, shown escaped
     w = max(8, max(len(n) for n in names) + 1, max(len(str(v)) for row in cm for v in row) + 1)
     head = "actual \\ predicted".ljust(max(19, w)) + "".join(n.rjust(w) for n in names)
     rows = [n.ljust(max(19, w)) + "".join(str(v).rjust(w) for v in row) for n, row in zip(names, cm)]

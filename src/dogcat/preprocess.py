@@ -24,6 +24,8 @@ FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
 EVAL_CROP_RATIO = 0.875  # resize to size/0.875 then centre-crop: the usual ImageNet eval protocol
 RESIZE_RULES = ("crop", "squash")
+STD_MIN = 1e-6  # the least std a channel may have: a constant channel's (data/stats.py floors it here); 1e-45 is
+# 0 in float32, and (x - mean) / std then infinite
 
 
 class PreprocessError(DogcatError, ValueError):
@@ -79,8 +81,9 @@ class Preprocess:
                     and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                             and abs(x) < 1e6 for x in v)):
                 problems.append(f"{key} is not {in_chans} finite numbers")
-            elif key == "std" and any(x == 0 for x in v):
-                problems.append("std holds a 0")
+            elif key == "std" and not all(x >= STD_MIN for x in v):
+                problems.append(f"std holds a value below {STD_MIN:g} (a channel's spread must be positive: dividing by "
+                                "less turns pixels into infinities)")
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 16384:
             problems.append(f"size is {size!r}, not a pixel count in [1, 16384]")
         if resize not in RESIZE_RULES:

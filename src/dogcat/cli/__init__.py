@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -167,7 +168,22 @@ def _setup_output(quiet: bool, verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dogcat`` console script; returns the exit status."""
+    """Entry point of the ``dogcat`` console script; returns the exit status. Output into a pipe its reader
+    closed (``dogcat runs | head -1``) ends quietly with 141, as ``ls`` does (128 + SIGPIPE)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe must surface where it is caught
+        return code
+    except BrokenPipeError:
+        for stream in (sys.stdout, sys.stderr):  # Python's advice: point them at devnull, so the flush at exit
+            try:                                 # does not fail again with "Exception ignored"
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+        return 141
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import re
 import sys
@@ -18,13 +17,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import ConfigError, load_config
-from ..console import printable
-from ..io import atomic_write_text
+from ..console import escape, printable
+from ..io import atomic_write_text, to_json
 from ..metrics import format_confusion, summary as metrics_line
 
 
 def _json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+    print(to_json(obj, indent=2, default=str))  # NaN / Infinity as null: valid JSON always
 
 
 def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
@@ -87,20 +86,20 @@ def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
         atomic_write_text(out, buf.getvalue())  # whole or not at all; non-UTF-8 file names kept as they are
         print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
     else:
-        width = max([len(r["path"]) for r in rows] + [4])
+        width = max([len(escape(r["path"])) for r in rows] + [4])  # names escaped: one row each, no ESC
         print(f"{'path':<{width}}  {'class':<14} probability")
         for r in rows:
             if "error" in r:
-                print(f"{r['path']:<{width}}  {'(unreadable)':<14} {r['error']}")
+                print(f"{escape(r['path']):<{width}}  {'(unreadable)':<14} {escape(r['error'])}")
             else:
-                print(f"{r['path']:<{width}}  {r['class']:<14} {r['probability']:.4f}")
+                print(f"{escape(r['path']):<{width}}  {escape(r['class']):<14} {r['probability']:.4f}")
     return 0
 
 
 def write_predictions(rows: list[dict], f: TextIO, fmt: str) -> None:
     """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class."""
     if fmt == "json":
-        f.write(json.dumps(rows, indent=2) + "\n")
+        f.write(to_json(rows, indent=2) + "\n")
         return
     names = list(next((r["probs"] for r in rows if "probs" in r), {}))
     w = csv.writer(f)
@@ -125,14 +124,14 @@ def explain(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..explanation import explain as run_explain
 
     done = run_explain(a.run, a.paths, a.output, a.target, a.layer, ov)
-    width = max([len(e.path) for e in done] + [4])
+    width = max([len(escape(e.path)) for e in done] + [4])  # names escaped: one row each, no ESC
     print(f"{'path':<{width}}  {'explained':<14} {'p':>6}  {'predicted':<14} {'p':>6}  picture")
     for e in done:
         if e.error is not None:
-            print(f"{e.path:<{width}}  {'(unreadable)':<14} {e.error}")
+            print(f"{escape(e.path):<{width}}  {'(unreadable)':<14} {escape(e.error)}")
         else:
-            print(f"{e.path:<{width}}  {e.target:<14} {e.target_probability:>6.4f}  {e.predicted:<14} "
-                  f"{e.probability:>6.4f}  {e.output}")
+            print(f"{escape(e.path):<{width}}  {escape(e.target):<14} {e.target_probability:>6.4f}  "
+                  f"{escape(e.predicted):<14} {e.probability:>6.4f}  {escape(e.output)}")
     return 0
 
 
@@ -177,7 +176,7 @@ def ctl(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     if not run.is_run():
         raise ConfigError(f"no run folder at {run.path} (it has no {run.config.name})")
     try:
-        result = send(run.control, " ".join(a.words), a.timeout, str(run.path))
+        result = send(run.control, " ".join(a.words), a.timeout, str(run.path), starting=run.starting)
     except NotRunning as e:
         try:
             status = run.status()
@@ -232,16 +231,16 @@ def runs(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     root, words = str(ov.get("runs_root", "runs")), a.words
     if words[:1] == ["show"] and len(words) == 2:
         path = find_run(words[1], root)
-        _json(table.show_data(path)) if a.json else print(table.show(path))
+        _json(table.show_data(path)) if a.json else print(printable(table.show(path)))
     elif words[:1] == ["diff"] and len(words) == 3:
         pa, pb = find_run(words[1], root), find_run(words[2], root)
-        _json(table.diff_data(pa, pb)) if a.json else print(table.diff(pa, pb))
+        _json(table.diff_data(pa, pb)) if a.json else print(printable(table.diff(pa, pb)))
     elif len(words) <= 1 and words[:1] not in (["show"], ["diff"]):
         folder = Path(words[0] if words else root)
         if not folder.is_dir():
             raise ConfigError(f"no folder {folder} ({RUNS_USAGE}; default folder: runs)")
         found = table.find_runs(folder)
-        _json([table.summary(r) for r in found]) if a.json else print(table.runs_table(found))
+        _json([table.summary(r) for r in found]) if a.json else print(printable(table.runs_table(found)))
     else:
         raise ConfigError(f"usage: {RUNS_USAGE}")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import reprlib
 import warnings
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..reading import TooComplex, check_tree, load_yaml, read_regular
 from . import builtin
 from .options import ALIASES, LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range, flag, parse_class_weights
 
@@ -80,14 +82,28 @@ def _apply(cfg: DictConfig, items: dict[str, Any], source: str) -> None:
             path = resolve_key(key)
         except ConfigError as e:
             raise ConfigError(f"{e} [{source}]") from None
+        f = OPTIONS[path.split(".")[1]][1]
+        if not _shape_fits(f, value):  # before anything converts (or prints) a structure given for a scalar
+            raise ConfigError(f"option {flag(f.name)} ({source}) expects {_type_name(f)}, got a "
+                              f"{type(value).__name__}: {reprlib.repr(value)}")
         value = _coerce(path, value)
         try:
             OmegaConf.update(cfg, path, value, merge=False)
         except OmegaConfBaseException as e:
-            f = OPTIONS[path.split(".")[1]][1]
             raise ConfigError(
                 f"option {flag(path.split('.')[1])} ({source}) expects {_type_name(f)}, "
-                f"got {value!r}") from e
+                f"got {reprlib.repr(value)}") from e
+
+
+def _shape_fits(f: Any, value: Any) -> bool:
+    """A scalar for a scalar option; a list of scalars for a list option, or for a text one (YAML's ``[1, 3]`` for
+    ``"1,3"``); a mapping never."""
+    if isinstance(value, dict):
+        return False
+    if isinstance(value, (list, tuple)):
+        return ("list" in str(f.type) or str(f.type) == "str") and not any(isinstance(v, (dict, list, tuple))
+                                                                           for v in value)
+    return True
 
 
 def _check_choices(cfg: DictConfig) -> None:
@@ -187,12 +203,12 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if not isinstance(path, (str, Path)):
         raise ConfigError(f"--config expects a YAML file name, got {path!r}")
     path = builtin.resolve(path)  # a file, or a built-in recipe's name
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"--config: no such file {str(path)!r}, nor a built-in recipe of that name (built in: "
                           f"{', '.join(builtin.names())}; `dogcat recipes` describes them)")
-    try:
-        tree = yaml.safe_load(path.read_bytes()[: 16 << 20].decode("utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    try:  # a regular file of at most 16 MiB; nesting and aliases capped (dogcat.reading)
+        tree = load_yaml(read_regular(path, 16 << 20).decode("utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError) as e:
         raise ConfigError(f"--config: {path} is not a readable YAML file ({' '.join(str(e).split())[:200]})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"--config: {path} is not a YAML mapping (it holds a {type(tree).__name__})")
@@ -242,6 +258,10 @@ def from_dict(tree: Any, source: str = "a stored config") -> Config:
     fail naming ``source``; ``local`` options (output places) are not taken from it."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: the stored config is a {type(tree).__name__}, not a mapping")
+    try:  # before anything walks it: shared references (a pickle's memo) may expand hugely
+        check_tree(tree)
+    except TooComplex as e:
+        raise ConfigError(f"{source} is not a config: {e}") from None
     try:
         return load_config(base=None, overrides=_drop_local(_flatten(tree), source, warn=False), source=f"in {source}")
     except ConfigError as e:

@@ -144,7 +144,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = opt("adam", "any torch.optim optimizer, case-insensitive (sgd, adam, adamw, ...)")
+    optimizer: str = opt("adam", "a torch.optim optimizer, case-insensitive (sgd, adam, adamw, ...; not lbfgs, "
+                                 "sparseadam or muon)")
     lr: float = opt(1e-3, "initial learning rate (the original pytorch-book project's 0.1 diverges with Adam)",
                       range=Range(0), changes="live")
     momentum: float = opt(0.9, "momentum, for optimizers that take one (sgd, rmsprop)", range=Range(0, 1))
@@ -187,8 +188,9 @@ class TrainConfig:
     max_epoch: int = opt(10, "number of training epochs", range=Range(1, 10**6), changes="live")
     seed: int = opt(0, "seed of python, numpy, torch and loader workers", range=SEED)
     deterministic: bool = opt(False, "use deterministic algorithms (slower)")
-    device: str = opt("auto", "auto (CUDA when available and use_gpu), cpu, cuda or cuda:N", changes="resume")
-    use_gpu: bool = opt(True, "allow the GPU when device=auto", changes="resume")
+    device: str = opt("auto", "auto (CUDA, MPS or XPU if use_gpu, else cpu), cpu, cuda[:N], mps, xpu[:N]",
+                      changes="resume")
+    use_gpu: bool = opt(True, "allow a GPU when device=auto", changes="resume")
     precision: str = opt("fp32", "fp32; bf16 autocast (CPU with AMX, recent GPUs); fp16 AMP with grad scaler (CUDA); "
                          "auto: a short timed probe of this model/size/batch picks fp32 or bf16/fp16 (cached in "
                          "~/.cache/dogcat/precision.json)", ("fp32", "bf16", "fp16", "auto"))

@@ -40,6 +40,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm  # a widget in a notebook, a bar on a terminal
 
+from ..console import escape
 from ..io import TEXT, disk_full_as, ensure_free, read_small
 from ..locks import FileLock, LockHeld, describe_holder
 from .arrays import ArrayImages, Prepare
@@ -137,7 +138,7 @@ def open_packed(folder: Path, warn: bool = True) -> Packed | None:
         n, s, crop, files, bad, base = index
         if (folder / "pixels.u8").stat().st_size != n * s * s * 3:
             raise ValueError("pixels.u8 is not the size its index says")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep for the parser
         if warn:
             warnings.warn(f"packed cache {folder} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
                           "it will be rebuilt")
@@ -260,7 +261,8 @@ def _build(jobs: list[tuple[str, int, int]], base: Path, folder: Path, size: int
         meta = {"version": VERSION, "size": size, "crop": crop, "fingerprint": fp, "base": str(base),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files, "bad": bad}
         (tmp / "index.json").write_text(json.dumps(meta))  # ASCII: json escapes non-UTF-8 names
-        (tmp / "bad_files.txt").write_text("".join(f"{base / p}\t{r}\n" for p, r in bad.items()), **TEXT)
+        lines = (f"{escape(base / p, keep_bytes=True)}\t{escape(r, keep_bytes=True)}\n" for p, r in bad.items())
+        (tmp / "bad_files.txt").write_text("".join(lines), **TEXT)  # one line a file: control characters escaped
         _fsync(tmp / "index.json")
         (tmp / "COMPLETE").write_text(f"{len(files)} images, {len(bad)} bad\n")
         _fsync(tmp)

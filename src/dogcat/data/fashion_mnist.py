@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..config import DataConfig
 from ..io import sha256_file
+from ..reading import NotRegular, open_regular
 from ..preprocess import FMNIST_MEAN, FMNIST_STD, Preprocess
 from .arrays import ArrayImages
 from .augment import BatchPolicy, geometry
@@ -59,9 +60,8 @@ MAX_IDX_BYTES = 1 << 30  # 1 GiB: Fashion-MNIST's largest file is 47 MB; a gzip 
 def read_idx(path: Path, limit: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file of unsigned bytes (gzip or raw): big-endian magic 0x0000080D, D = ndim. The header's
     size is checked against ``limit`` before the data is read, and no more than that is ever decompressed."""
-    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rb") as f:
+        with open_regular(path) as raw, (gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw) as f:
             head = f.read(4)
             if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
                 raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
@@ -74,7 +74,7 @@ def read_idx(path: Path, limit: int = MAX_IDX_BYTES) -> np.ndarray:
                 raise DataError(f"{path}: its header announces {size:,} bytes of data, more than the "
                                 f"{limit:,} allowed; not a Fashion-MNIST file")
             data = f.read(size + 1)
-    except (OSError, EOFError, zlib.error) as e:
+    except (OSError, EOFError, zlib.error, NotRegular) as e:
         raise DataError(f"{path}: cannot read ({e}); download it again") from e
     if len(data) != size:
         raise DataError(f"{path}: size does not match its header {shape}; the file is damaged")
@@ -89,6 +89,12 @@ def load_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = read_idx(img_file), read_idx(lbl_file)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
+    if len(images) == 0 or 0 in images.shape[1:]:
+        raise DataError(f"{img_file}: holds no images (shape {images.shape}); not a Fashion-MNIST file")
+    if int(labels.max()) >= len(CLASS_NAMES):
+        bad = int((labels >= len(CLASS_NAMES)).sum())
+        raise DataError(f"{lbl_file}: {bad} label(s) outside 0-{len(CLASS_NAMES) - 1} (the largest is "
+                        f"{int(labels.max())}): Fashion-MNIST has {len(CLASS_NAMES)} classes; the file is damaged")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 

@@ -7,6 +7,7 @@ through ``BadFiles``. Datasets stay silent because they run in workers and again
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -19,7 +20,9 @@ from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import DogcatError
+from ..console import escape
 from ..io import TEXT, disk_full_as
+from ..reading import read_regular
 from .jpeg import decode_jpeg_rgb, pil_draft, resize_like_full
 
 # Extensions PIL decodes that people keep photos in; matched case-insensitively.
@@ -36,6 +39,28 @@ def max_pixels() -> int:
     9459 x 9459). A larger file, whatever its format, is a bad file: a few KB of PNG or TIFF can ask for
     gigabytes ("decompression bomb"). Raise the limit by setting ``PIL.Image.MAX_IMAGE_PIXELS``."""
     return int(Image.MAX_IMAGE_PIXELS or 1 << 62)
+
+
+def max_image_bytes() -> int:
+    """The largest image file read: 4 bytes per allowed pixel (:func:`max_pixels`) plus 1 MiB of headers and
+    metadata (342 MiB by default), room for an uncompressed RGBA picture of the largest size. A larger file (say
+    a 4 GB sparse ``x.jpg``) is a bad file "too large" before a byte of it is read; the limit follows
+    ``PIL.Image.MAX_IMAGE_PIXELS``."""
+    return 4 * max_pixels() + (1 << 20)
+
+
+def read_image_file(path: str | Path) -> tuple[bytes | None, str | None]:
+    """The bytes of an image file, or ``(None, reason)``: missing, empty, not a regular file (a FIFO named
+    ``x.jpg`` must not hang us, nor ``/dev/zero`` fill the memory), or larger than :func:`max_image_bytes`."""
+    try:
+        data = read_regular(path, max_image_bytes())
+    except FileNotFoundError:
+        return None, "missing file"
+    except (OSError, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith("not a regular file (a folder)"):
+            return None, "is a folder, not a file"
+        return None, f"{e}" if isinstance(e, ValueError) else f"unreadable: {type(e).__name__}: {e.strerror or e}"
+    return (data, None) if data else (None, "empty file")
 
 
 class DataError(DogcatError, ValueError):
@@ -78,16 +103,23 @@ def decode_image(path: str | Path, mode: str = "RGB", min_short: int = 0) -> tup
     would make it from the full picture: pass what the transform resizes the short side to. RGB JPEGs go
     through simplejpeg; everything else, and any JPEG it refuses, through PIL. PIL sniffs the content, so a
     PNG named ``.jpg`` works. ``LOAD_TRUNCATED_IMAGES`` keeps its default (False) so that ``load()`` raises
-    on a truncated file instead of returning a half-grey picture.
+    on a truncated file instead of returning a half-grey picture. Only a regular file of at most
+    :func:`max_image_bytes` is read (:func:`read_image_file`).
     """
+    data, error = read_image_file(path)
+    if data is None:
+        return None, error
+    return decode_bytes(data, mode, min_short)
+
+
+def decode_bytes(data: bytes, mode: str = "RGB", min_short: int = 0) -> tuple[torch.Tensor | None, str | None]:
+    """:func:`decode_image` of a file's bytes."""
     try:
-        if os.path.getsize(path) == 0:
-            return None, "empty file"
         if mode == "RGB":  # "L" stays with PIL: its RGB->L weights differ from the JPEG's own Y channel
-            fast = decode_jpeg_rgb(path, min_short)
+            fast = decode_jpeg_rgb(data, min_short)
             if fast is not None:
                 return fast, None
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             if w * h > max_pixels():  # PIL itself only warns up to twice its limit
                 return None, f"too large: {w}x{h} pixels, more than the {max_pixels():,} allowed (a decompression bomb?)"
@@ -95,10 +127,6 @@ def decode_image(path: str | Path, mode: str = "RGB", min_short: int = 0) -> tup
             im.load()  # decode fully here, inside the try, so truncation surfaces now
             img = im.convert(mode)  # grayscale, CMYK, RGBA, palette -> RGB (or L)
             factor = 1 if im.size == (w, h) else factor  # PIL may decline a draft
-    except FileNotFoundError:
-        return None, "missing file"
-    except IsADirectoryError:
-        return None, "is a folder, not a file"
     except UnidentifiedImageError:
         return None, "not an image: PIL cannot identify the file format"
     except Image.DecompressionBombError as e:
@@ -174,7 +202,9 @@ def collate_items(items: list[Item] | Batch) -> Batch:
 class BadFiles:
     """Collects bad files in the main process: warns once per file and appends ``path<TAB>reason`` lines.
 
-    An existing file is read first, so a resumed run neither repeats lines nor warns again.
+    An existing file is read first, so a resumed run neither repeats lines nor warns again. Paths are written
+    byte for byte (a name that is not UTF-8 too), except that control characters are escaped (``\\n``,
+    ``\\t``, ``\\x1b``): a name holding a newline or a tab must not break the file's lines.
     """
 
     def __init__(self, path: Path | str | None) -> None:
@@ -198,12 +228,13 @@ class BadFiles:
     def add(self, bad: list[tuple[str, str]]) -> None:
         new: list[tuple[str, str]] = []
         for path, reason in bad:
-            if path in self._seen:
+            line = escape(path, keep_bytes=True)  # how the file writes it (a name with a newline stays one line)
+            if path in self._seen or line in self._seen:
                 continue
-            reason = " ".join(str(reason).split())  # one line per file, no tabs
+            reason = escape(" ".join(str(reason).split()), keep_bytes=True)  # one line per file, no tabs
             self._seen[path] = reason
-            new.append((path, reason))
-            warnings.warn(f"skipping unreadable image {path}: {reason}", BadImageWarning, stacklevel=2)
+            new.append((line, reason))
+            warnings.warn(f"skipping unreadable image {escape(path)}: {reason}", BadImageWarning, stacklevel=2)
         if new and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with disk_full_as(self.path.parent, what=f"appending to {self.path.name}"), open(self.path, "a", **TEXT) as f:

@@ -51,15 +51,16 @@ def resize_like_full(img: torch.Tensor, h: int, w: int, factor: int, short: int)
     return out if out.shape[-2:] == (oh, ow) else TF.resize(img, [oh, ow], antialias=True)
 
 
-def decode_jpeg_rgb(path: str | Path, min_short: int = 0) -> torch.Tensor | None:
-    """A plain JPEG as a uint8 CHW RGB tensor (an HWC buffer viewed CHW: torchvision's uint8 resize is
-    fastest on that layout); when its short side is at least twice ``min_short``, decoded at 1/2, 1/4 or 1/8
-    in the DCT domain and resized to short side ``min_short`` (:func:`resize_like_full`). None when the file
-    is no JPEG that simplejpeg decodes cleanly: the caller then asks PIL."""
+def decode_jpeg_rgb(data: bytes | str | Path, min_short: int = 0) -> torch.Tensor | None:
+    """A plain JPEG (its bytes, or a path) as a uint8 CHW RGB tensor (an HWC buffer viewed CHW: torchvision's
+    uint8 resize is fastest on that layout); when its short side is at least twice ``min_short``, decoded at
+    1/2, 1/4 or 1/8 in the DCT domain and resized to short side ``min_short`` (:func:`resize_like_full`). None
+    when the file is no JPEG that simplejpeg decodes cleanly: the caller then asks PIL."""
     if simplejpeg is None:
         return None
-    with open(path, "rb") as f:
-        data = f.read()
+    if not isinstance(data, bytes):
+        with open(data, "rb") as f:
+            data = f.read()
     if not data.startswith(JPEG_MAGIC):
         return None
     try:

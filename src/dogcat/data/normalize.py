@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import DataConfig
-from ..io import TEXT, atomic_write_text
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..io import TEXT, MalformedFile, atomic_write_text, read_json
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, PreprocessError
 from .arrays import ArrayImages
 from .cache import _writable, candidate_roots, fingerprint
 from .layout import DataBundle, Layout, Samples
@@ -58,10 +58,11 @@ def file_statistics(samples: Samples, source: str, mode: str, side: int, cache_d
     places = _cache_file(samples, source, mode, side, cache_dir)
     for path in places:
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            return tuple(d["mean"]), tuple(d["std"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return cached_statistics(path, mode)
+        except FileNotFoundError:
             continue
+        except (MalformedFile, PreprocessError) as e:  # a cache: say so, and compute it again
+            log.warning(f"{e}; computing the statistics again")
     log.info(f"computing the mean and std of {len(samples)} training images (--normalize=dataset; cached)")
     mean, std = file_moments([p for p, _ in samples], mode, side)
     path = next((p for p in places if _writable(p.parent)), None)
@@ -69,6 +70,16 @@ def file_statistics(samples: Samples, source: str, mode: str, side: int, cache_d
         atomic_write_text(path, json.dumps({"mean": mean, "std": std, "images": len(samples), "mode": mode,
                                             "side": side}) + "\n")
     return mean, std
+
+
+def cached_statistics(path: Path, mode: str) -> Stats:
+    """The mean and std a statistics cache file holds, checked as a checkpoint's preprocessing is (one finite
+    value per channel of ``mode``, every std at least ``STD_MIN``); anything else is a MalformedFile or a
+    PreprocessError naming the file. A missing file raises FileNotFoundError."""
+    d = read_json(path, "statistics cache", limit=1 << 20)
+    chans = 3 if mode == "RGB" else 1
+    pre = Preprocess.checked(["a", "b"], chans, d.get("mean"), d.get("std"), 1, "crop", f"statistics cache {path}")
+    return pre.mean, pre.std
 
 
 def training_statistics(bundle: DataBundle, cfg: DataConfig, source: str | None) -> Stats:

@@ -7,6 +7,7 @@ pixels); array layouts (Fashion-MNIST, ``.npz``) are read from their training se
 
 from __future__ import annotations
 
+import io
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -18,8 +19,10 @@ import torch
 from PIL import Image
 
 from ..config import DataConfig
+from ..console import escape
+from ..preprocess import STD_MIN
 from .arrays import ArrayImages
-from .images import DataError, decode_image
+from .images import DataError, decode_bytes, decode_image, read_image_file
 from .layout import detect, get_layout
 from .pipeline import ImageLayout
 
@@ -48,7 +51,8 @@ class Moments:
             raise ValueError("no readable image to compute a mean and std from")
         mean = self.s / self.n
         var = (self.ss / self.n - mean * mean).clamp_min(0)
-        return tuple(round(float(m), 6) for m in mean), tuple(round(max(float(v), 1e-12) ** 0.5, 6) for v in var)
+        return (tuple(round(float(m), 6) for m in mean),
+                tuple(max(round(float(v) ** 0.5, 6), STD_MIN) for v in var))  # a constant channel: the least std
 
 
 def file_moments(paths: Iterable[str], mode: str, min_short: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -98,12 +102,12 @@ class DataStats:
 
     def format(self, top: int = 8) -> str:
         """A plain-text report."""
-        width = max([len(c) for c in self.classes] + [5])
+        width = max([len(escape(c)) for c in self.classes] + [5])  # names shown escaped: one row each
         lines = [f"{self.source}: {self.images:,} images, {len(self.classes)} classes ({self.layout} layout)", ""]
         lines += [f"  {'class':<{width}}  {'images':>8}  share"]
         for name in self.classes:
             n = self.counts.get(name, 0)
-            lines.append(f"  {name:<{width}}  {n:>8,}  {n / max(self.images, 1):6.1%}")
+            lines.append(f"  {escape(name):<{width}}  {n:>8,}  {n / max(self.images, 1):6.1%}")
         if self.counts:
             lo, hi = min(self.counts.values()), max(self.counts.values())
             lines.append(f"  largest / smallest class: {hi / lo:.2f}" if lo else "  a class has no images")
@@ -113,17 +117,17 @@ class DataStats:
             lines[-1] += f" (+{len(self.sizes) - top} more sizes)"
         lines.append("modes: " + ", ".join(f"{k} {n:,}" for k, n in self.modes.most_common()))
         lines.append(f"unreadable files: {len(self.bad)}")
-        lines += [f"  {p}: {r}" for p, r in self.bad[:top]]
+        lines += [f"  {escape(p)}: {escape(r)}" for p, r in self.bad[:top]]
         if self.mean:
             fmt = lambda v: "(" + ", ".join(f"{x:.4f}" for x in v) + ")"  # noqa: E731
             lines.append(f"mean {fmt(self.mean)}, std {fmt(self.std)} ({self.channels}, pixel values 0-1)")
         return "\n".join(lines)
 
 
-def _header(path: str) -> tuple[tuple[int, int] | None, str | None, str | None]:
+def _header(data: bytes) -> tuple[tuple[int, int] | None, str | None, str | None]:
     """``(size, mode, error)`` from a file's header, without decoding it."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             return im.size, im.mode, None
     except Exception as e:  # noqa: BLE001  # any unreadable file is a row of the report, not a crash
         return None, None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
@@ -151,8 +155,9 @@ def dataset_stats(data: str | Path, cfg: DataConfig | None = None) -> DataStats:
         out = DataStats(str(data), layout.name, names, dict.fromkeys(names, 0), channels=pre.mode)
         m = Moments()
         for path, label in files.samples:
-            size, mode, error = _header(path)
-            img, why = (decode_image(path, pre.mode) if error is None else (None, error))
+            data, error = read_image_file(path)  # a regular file of a bounded size (a FIFO would hang PIL)
+            size, mode, error = _header(data) if data is not None else (None, None, error)
+            img, why = (decode_bytes(data, pre.mode) if data is not None and error is None else (None, error))
             if img is None:
                 out.bad.append((path, why or "unreadable"))
                 continue

@@ -15,15 +15,32 @@ from ..config import Config, ConfigError, OptimConfig
 from ..models import head_module
 
 
+# torch.optim classes dogcat's training step cannot drive, and why (each crashed inside torch on the first step)
+UNSUPPORTED = {
+    "lbfgs": "L-BFGS re-evaluates the loss several times per step (a closure) and takes one parameter group; dogcat's "
+             "step computes the loss once per mini-batch, with a group for the head and one for the backbone",
+    "sparseadam": "SparseAdam takes sparse gradients only (embeddings with sparse=True); image models have dense "
+                  "ones (use adam)",
+    "muon": "Muon updates 2-D weight matrices only, while every model here also has biases and norm weights (it is "
+            "meant to be paired with AdamW for those, which one --optimizer cannot express)",
+}
+
+
 def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
-    """Every optimizer class of ``torch.optim`` by lower-case name."""
+    """Every optimizer class of ``torch.optim`` that dogcat's step can drive, by lower-case name (not the ones in
+    :data:`UNSUPPORTED`)."""
     return {n.lower(): c for n, c in vars(torch.optim).items()
-            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer}
+            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer
+            and n.lower() not in UNSUPPORTED}
 
 
 def check_optimizer(name: str) -> None:
-    """``--optimizer`` names a torch.optim class (any case), else one ConfigError line with the choices."""
+    """``--optimizer`` names a torch.optim class (any case) dogcat can drive, else one ConfigError line with the
+    choices (and, for one torch has but dogcat cannot drive, why)."""
     optimizers = set(optimizer_classes())
+    if name.lower() in UNSUPPORTED:
+        raise ConfigError(f"option --optimizer={name!r} is not supported: {UNSUPPORTED[name.lower()]}. "
+                          f"Choices: {', '.join(sorted(optimizers))}")
     if name.lower() not in optimizers:
         close = difflib.get_close_matches(name.lower(), sorted(optimizers), n=3, cutoff=0.5)
         raise ConfigError(f"option --optimizer={name!r} is not a torch.optim optimizer"

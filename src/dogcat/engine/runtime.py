@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ import torch
 
 from ..config import ConfigError, TrainConfig
 from .distributed import Dist
+
+log = logging.getLogger("dogcat")
 
 
 @dataclass(frozen=True)
@@ -36,16 +39,47 @@ class Runtime:
         return autocast(self.device, self.precision)
 
 
+ACCELERATORS = ("cuda", "mps", "xpu")  # what --device=auto tries, in this order, before the CPU
+_logged: set[str] = set()
+
+
+def accelerator_count(kind: str) -> int:
+    """Devices of ``kind`` (cuda, mps, xpu) this process can use; 0 where torch has no such backend."""
+    if kind == "cuda":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return 1 if mps is not None and mps.is_available() else 0
+    xpu = getattr(torch, "xpu", None)
+    return xpu.device_count() if xpu is not None and xpu.is_available() else 0
+
+
 def pick_device(cfg: TrainConfig) -> torch.device:
-    """``auto``: CUDA when available and ``use_gpu``; else the CPU. An explicit CUDA device must exist."""
+    """``auto``: the first of CUDA, MPS (Apple) and XPU (Intel) that is available, when ``use_gpu``; else the CPU.
+    The choice is logged once a process. An explicit ``cuda[:N]``, ``mps`` or ``xpu[:N]`` must exist here."""
     if cfg.device == "auto":
-        return torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+        found = next((k for k in ACCELERATORS if cfg.use_gpu and accelerator_count(k)), None)
+        why = ("--use-gpu=false" if not cfg.use_gpu else "no CUDA, MPS or XPU") if found is None else "auto"
+        dev = torch.device(found or "cpu")
+        if f"{dev}:{why}" not in _logged:
+            _logged.add(f"{dev}:{why}")
+            log.info(f"device: {dev} ({why})")
+        return dev
     try:
         dev = torch.device(cfg.device)
-    except RuntimeError as e:
-        raise ConfigError(f"option --device={cfg.device!r} is not a device (auto, cpu, cuda, cuda:N)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"option --device={cfg.device} asks for CUDA, but no CUDA device is available here")
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", *ACCELERATORS):
+        raise ConfigError(f"option --device={cfg.device!r} is not a device: allowed are auto, cpu, cuda, cuda:N, mps, "
+                          "xpu, xpu:N")
+    if dev.type != "cpu":
+        have = accelerator_count(dev.type)
+        if have == 0:
+            raise ConfigError(f"option --device={cfg.device} asks for {dev.type.upper()}, but no {dev.type.upper()} "
+                              "device is available here (--device=auto picks what there is)")
+        if (dev.index or 0) >= have:
+            raise ConfigError(f"option --device={cfg.device}: there are {have} {dev.type.upper()} device(s) here, "
+                              f"numbered 0 to {have - 1}")
     return dev
 
 

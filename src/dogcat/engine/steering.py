@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import LIVE, OPTIONS, Config, ConfigError, flag, load_config, parse_overrides, resolve_key, to_yaml
+from ..console import escape
 from ..control import Inbox
 from ..io import atomic_write_bytes, atomic_write_text
 from ..metrics import summary
@@ -75,7 +76,7 @@ def debug_dump(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ids
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "layers.json", json.dumps({"loss": loss.item(), "activations": acts,
                                                        "parameters": layer_stats(model, grad_map)}, indent=1))
-    atomic_write_text(out / "batch_ids.txt", "\n".join(map(str, ids)) + "\n")
+    atomic_write_text(out / "batch_ids.txt", "".join(f"{escape(i, keep_bytes=True)}\n" for i in ids))  # one a line
     snapshot = {"model": model.state_dict(), "grads": grad_map, "images": images.cpu(), "labels": labels.cpu(),
                 "ids": list(map(str, ids))}
     atomic_write_bytes(out / "snapshot.pt", lambda f: torch.save(snapshot, f))

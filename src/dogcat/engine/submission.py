@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data import DataError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, one_line
+from ..reading import read_regular
 
 
 class SubmissionError(DataError):
@@ -24,13 +25,17 @@ def _few(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(ids[:n]) + (f", ... ({len(ids)} in all)" if len(ids) > n else f" ({len(ids)})")
 
 
+CSV_BYTES = 256 << 20  # Kaggle's sample submissions are a few MB; /dev/zero or a planted giant is not one
+
+
 def read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a CSV file (``utf-8-sig``: Excel-saved sample files start with a BOM)."""
+    """Header and rows of a CSV file (``utf-8-sig``: Excel-saved sample files start with a BOM): a regular
+    file of at most :data:`CSV_BYTES` (a FIFO or ``/dev/zero`` is refused before reading)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            rows = list(csv.reader(f))
-    except (OSError, csv.Error) as e:
-        raise SubmissionError(f"cannot read the CSV {path}: {type(e).__name__}: {e}") from None
+        text = read_regular(path, CSV_BYTES).decode("utf-8-sig", "surrogateescape")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except (OSError, ValueError, csv.Error) as e:
+        raise SubmissionError(f"cannot read the CSV {path}: {one_line(e)}") from None
     if not rows:
         raise SubmissionError(f"{path} is empty: expected a header line and one row per test image")
     return rows[0], [r for r in rows[1:] if r]

@@ -22,7 +22,7 @@ from ..control import StopFlag, TrainingStopped
 from ..data import DataBundle, build_train_val, class_weights
 from ..io import atomic_write_text, one_line
 from ..metrics import check_monitor, format_confusion, metric, summary
-from ..models import check_input
+from ..models import check_input, check_weights
 from ..tracking.records import epoch_record, event_record
 from ..tracking.run import Run, RunFolder, find_run
 from ..tracking.tracker import Tracker, check_loggers
@@ -95,6 +95,8 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
     if not cfg.train.resume:
         data = build_train_val(cfg.data, processes=d.world)
         check_input(cfg.model.model, data.pre.in_chans, cfg.data.image_size)
+        check_weights(cfg.model.model, len(data.pre.classes), data.pre.in_chans, cfg.model.pretrained,
+                      cfg.model.load_model_path, not cfg.model.load_not_strict)  # a bad file: no failed run folder
         check_options(cfg, data)
         created = Run.create(cfg) if d.main else None  # one run folder, made by rank 0, named to all
         run = created or Run(Path(distributed.broadcast(None, d)), writer=False)

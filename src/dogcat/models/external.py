@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from .registry import ModelError, register_library
 from .adapt import load_pretrained, set_in_chans
+from .weights import WeightsError, fetch_hub, is_hub
 
 
 @register_library("timm")
@@ -17,8 +18,14 @@ def build_timm(name: str, num_classes: int, in_chans: int = 3, pretrained: str |
         close = timm.list_models(f"*{name}*")[:5]
         raise ModelError(f"timm has no model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     kwargs: dict = dict(num_classes=num_classes, in_chans=in_chans)
-    if pretrained and pretrained.lower() in ("hub", "true", "1", "yes"):
-        return timm.create_model(name, pretrained=True, **kwargs)
+    if is_hub(pretrained):
+        cfg = timm.models.get_pretrained_cfg(name)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        url = f"https://huggingface.co/{hub_id}" if hub_id else getattr(cfg, "url", None)
+        if not url:
+            raise WeightsError(f"--pretrained={pretrained}: timm publishes no weights for {name}; pass a local weight "
+                               "file, --pretrained=FILE")
+        return fetch_hub(f"timm:{name}", url, lambda: timm.create_model(name, pretrained=True, **kwargs))
     model = timm.create_model(name, pretrained=False, **kwargs)
     load_pretrained(model, pretrained)  # local file: our loader reports matched / skipped keys
     return model
@@ -33,5 +40,5 @@ def build_torchvision(name: str, num_classes: int, in_chans: int = 3, pretrained
     except ValueError as e:
         raise ModelError(f"torchvision has no model {name!r}; choices: {', '.join(tvm.list_models()[:20])}, ...") from e
     model = set_in_chans(model, in_chans)
-    load_pretrained(model, pretrained, lambda: tvm.get_model_weights(name).DEFAULT.get_state_dict(progress=True))
+    load_pretrained(model, pretrained, tvm.get_model_weights(name).DEFAULT if is_hub(pretrained) else None)
     return model

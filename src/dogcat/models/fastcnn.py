@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .adapt import load_pretrained
 from .registry import register
 
 
@@ -51,10 +52,7 @@ class FastCNN(nn.Module):
 
 def _build(widths: Sequence[int], num_classes: int, in_chans: int, pretrained: str | None) -> nn.Module:
     model = FastCNN(num_classes, in_chans, widths)
-    if pretrained:
-        from .weights import load_weights
-
-        load_weights(model, pretrained, strict=False)
+    load_pretrained(model, pretrained, adapt_channels=False)  # a local file; it has no hub weights
     return model
 
 

@@ -14,6 +14,7 @@ from typing import Callable
 import torch.nn as nn
 
 from ..config import DogcatError
+from .weights import load_weights, quiet_loads
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, tuple[Builder, str]] = {}
@@ -81,6 +82,20 @@ def check_input(name: str, in_chans: int, size: int) -> None:
             msg = " ".join(str(e).split())[:200]
             raise ModelError(f"option --image-size={size} does not fit --model={name}: its forward pass fails "
                              f"({type(e).__name__}: {msg}); choose another --image-size (or model)") from None
+
+
+def check_weights(name: str, num_classes: int, in_chans: int, pretrained: str | None = None,
+                  load_model_path: str | None = None, strict: bool = True) -> None:
+    """Build the model with its ``--pretrained`` weights and load ``--load-model-path`` into it, as training will,
+    before a run folder is made: a missing, unreadable or mismatched file, or hub weights that cannot be
+    downloaded (offline), is one line there and leaves no failed run behind. Downloaded weights stay in the
+    hub's cache, so training does not fetch them again. Quiet: training loads them again and says so."""
+    if not pretrained and not load_model_path:
+        return
+    with quiet_loads():
+        model = build_model(name, num_classes, in_chans, pretrained)
+        if load_model_path:
+            load_weights(model, load_model_path, strict=strict)
 
 
 def head_module(model: nn.Module) -> nn.Module | None:

@@ -12,12 +12,12 @@ from .adapt import load_pretrained, set_in_chans
 @register("resnet34", "ResNet-34 (the seed's second model)")
 def build_resnet34(num_classes: int, in_chans: int = 3, pretrained: str | None = None) -> nn.Module:
     model = set_in_chans(resnet34(num_classes=num_classes), in_chans)
-    load_pretrained(model, pretrained, lambda: ResNet34_Weights.DEFAULT.get_state_dict(progress=True))
+    load_pretrained(model, pretrained, ResNet34_Weights.DEFAULT)
     return model
 
 
 @register("resnet18", "ResNet-18 (fast with bf16 + channels_last on AMX CPUs)")
 def build_resnet18(num_classes: int, in_chans: int = 3, pretrained: str | None = None) -> nn.Module:
     model = set_in_chans(resnet18(num_classes=num_classes), in_chans)
-    load_pretrained(model, pretrained, lambda: ResNet18_Weights.DEFAULT.get_state_dict(progress=True))
+    load_pretrained(model, pretrained, ResNet18_Weights.DEFAULT)
     return model

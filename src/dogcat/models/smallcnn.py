@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adapt import load_pretrained
 from .registry import register
 
 
@@ -58,8 +59,5 @@ class SmallCNN(nn.Module):
 @register("smallcnn", "small CNN for 28x28 / small images (Fashion-MNIST demo)")
 def smallcnn(num_classes: int, in_chans: int = 1, pretrained: str | None = None) -> nn.Module:
     model = SmallCNN(num_classes, in_chans)
-    if pretrained:
-        from .weights import load_weights
-
-        load_weights(model, pretrained, strict=False)
+    load_pretrained(model, pretrained, adapt_channels=False)  # a local file; it has no hub weights
     return model

@@ -12,5 +12,5 @@ from .adapt import load_pretrained, set_in_chans
 @register("squeezenet", "SqueezeNet 1.1 (the seed's default; fine-tune with --pretrained and --freeze-backbone)")
 def squeezenet(num_classes: int, in_chans: int = 3, pretrained: str | None = None) -> nn.Module:
     model = set_in_chans(squeezenet1_1(num_classes=num_classes), in_chans)
-    load_pretrained(model, pretrained, lambda: SqueezeNet1_1_Weights.DEFAULT.get_state_dict(progress=True))
+    load_pretrained(model, pretrained, SqueezeNet1_1_Weights.DEFAULT)
     return model

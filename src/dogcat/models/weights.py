@@ -9,23 +9,72 @@ Accepted files: a dogcat checkpoint (``{"model": state_dict, "format_version": .
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.nn as nn
 
 from ..config import DogcatError
+from ..reading import TooComplex, check_tree
 
 log = logging.getLogger("dogcat")
 
 
 class WeightsError(DogcatError, ValueError):
     """A weight file that cannot be used; the message says why and what to do."""
+
+
+class HubUnavailable(WeightsError):
+    """``--pretrained=hub`` could not download the weights (no internet, a proxy, the server): an outside cause,
+    exit 1; the message names the file to fetch elsewhere and pass as ``--pretrained=FILE``."""
+
+    exit_code = 1
+
+
+HUB_WORDS = ("hub", "true", "1", "yes")  # --pretrained values that mean "download the published weights"
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("dogcat_quiet_loads", default=False)
+
+
+def is_hub(pretrained: str | None) -> bool:
+    return bool(pretrained) and str(pretrained).lower() in HUB_WORDS
+
+
+@contextlib.contextmanager
+def quiet_loads() -> Iterator[None]:
+    """Inside, :func:`load_weights` does not log what it loaded (a check before a run loads the files once more)."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
+
+
+T = TypeVar("T")
+
+
+def fetch_hub(what: str, url: str, fetch: Callable[[], T]) -> T:
+    """``fetch()`` the published weights ``what`` (from ``url``); a failure to reach the server is one
+    :class:`HubUnavailable` line saying what to download and how to pass it, any other failure a WeightsError."""
+    try:
+        return fetch()
+    except Exception as e:  # noqa: BLE001 - urllib, requests and huggingface_hub each raise their own types
+        cause, seen = e, 0
+        while cause is not None and not isinstance(cause, OSError) and seen < 8:
+            cause, seen = cause.__cause__ or cause.__context__, seen + 1
+        detail = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        if isinstance(cause, OSError):  # URLError, ConnectionError, LocalEntryNotFoundError: the network
+            raise HubUnavailable(
+                f"--pretrained=hub downloads the weights of {what} from {url}, which needs the internet ({detail}). "
+                "Without it: download that file on a machine that has it, copy it here and pass "
+                "--pretrained=FILE") from None
+        raise WeightsError(f"--pretrained=hub: the weights of {what} could not be loaded ({detail})") from None
 
 
 @dataclass
@@ -53,7 +102,11 @@ def torch_load(path: str | Path) -> Any:
     """``torch.load`` on the CPU with ``weights_only=True``; a refusal or any failure to read is one
     :class:`WeightsError` line (random bytes make torch raise IndexError, ValueError, ...)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        check_tree(obj)  # a pickle's memo shares values: a small file may expand hugely once walked
+        return obj
+    except TooComplex as e:
+        raise WeightsError(f"refused to load {path}: its stored values are {e}; not a dogcat checkpoint") from None
     except FileNotFoundError as e:
         raise WeightsError(f"no weight file at {path}") from e
     except pickle.UnpicklingError as e:
@@ -144,5 +197,6 @@ def load_weights(model: nn.Module, src: str | Path | dict, strict: bool = True, 
         raise WeightsError(f"nothing in {rep.source} matches {type(model).__name__} ({rep.summary()}); "
                            "is it the weight file of another architecture?")
     model.load_state_dict(use, strict=False)
-    log.info(rep.summary())
+    if not _QUIET.get():
+        log.info(rep.summary())
     return rep

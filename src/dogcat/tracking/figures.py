@@ -14,7 +14,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..console import printable
+from ..console import escape, figure_text
 from ..metrics import METRICS, VAL
 from .collect import Mistake
 from .records import EPOCH, LR, STEP, TRAIN_LOSS, VAL_LOSS, is_kind
@@ -57,7 +57,7 @@ def confusion_figure(cm: Sequence[Sequence[int]], class_names: list[str]) -> Fig
     # colour by the row's share, so a small class's errors show as clearly as a big one's
     share = a / np.maximum(a.sum(1, keepdims=True), 1)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    labels = [printable(c) for c in class_names]  # matplotlib wants valid Unicode: non-UTF-8 names as \xNN
+    labels = [figure_text(escape(c)) for c in class_names]  # valid Unicode, no control characters, no math
     ax.set_xticks(range(n), labels, rotation=45, ha="right")
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
@@ -91,8 +91,8 @@ def explanation_figure(image: torch.Tensor, heat: torch.Tensor, title: str, map_
     right.imshow(overlay(image, heat))
     right.set_xticks([])
     right.set_yticks([])
-    right.set_title(printable(map_title)[:80], fontsize=9)
-    fig.suptitle(printable(title)[:160], fontsize=10)
+    right.set_title(figure_text(map_title)[:80], fontsize=9)
+    fig.suptitle(figure_text(title)[:160], fontsize=10)
     return fig
 
 
@@ -114,8 +114,8 @@ def mistakes_figure(mistakes: list[Mistake], class_names: list[str], mean: Seque
             ax.imshow(overlay(image, heatmaps[k]))
             ax.set_xticks([])
             ax.set_yticks([])
-        ax.set_title(printable(f"{class_names[m.label]} -> {class_names[m.pred]} ({m.confidence:.2f})\n{m.id}")[:60],
-                     fontsize=8)
+        names = f"{escape(class_names[m.label])} -> {escape(class_names[m.pred])}"
+        ax.set_title(figure_text(f"{names} ({m.confidence:.2f})\n{escape(m.id)}")[:60], fontsize=8)
     if not mistakes:
         fig.add_subplot().text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     return fig
@@ -146,8 +146,8 @@ def labelled_grid(mistakes: list[Mistake], class_names: list[str], mean: Sequenc
         arr = (denormalise(m.image, mean, std) * 255).round().byte().permute(1, 2, 0).numpy()
         img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
         canvas.paste(img.resize((tile, tile), Image.Resampling.NEAREST), (x, y + strip))
-        draw.text((x, y), fit(printable(f"T: {class_names[m.label]}")), fill=(0, 90, 0), font=font)
-        draw.text((x, y + 15), fit(printable(f"P: {m.confidence:.2f} {class_names[m.pred]}")), fill=(170, 0, 0), font=font)
+        draw.text((x, y), fit(escape(f"T: {class_names[m.label]}")), fill=(0, 90, 0), font=font)
+        draw.text((x, y + 15), fit(escape(f"P: {m.confidence:.2f} {class_names[m.pred]}")), fill=(170, 0, 0), font=font)
     return np.asarray(canvas)
 
 

@@ -19,14 +19,15 @@ imports nothing of it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
 from ..config import ConfigError
-from ..io import MalformedFile, one_line, read_small
+from ..io import MalformedFile, one_line, read_jsonl, read_small
+from ..locks import RUN_LOCK, FileLock, describe_holder, is_locked, process_alive
+from ..reading import load_yaml
 
 STATUS_BYTES = 4096         # a status file holds one word
 CONFIG_BYTES = 16 << 20     # a resolved config is a few KiB
@@ -122,7 +123,7 @@ class RunFolder:
     @property
     def lock(self) -> Path:
         """The OS lock the process writing the run holds (locks.FileLock)."""
-        return self.path / "lock"
+        return self.path / RUN_LOCK
 
     @property
     def reserve(self) -> Path:
@@ -158,22 +159,26 @@ class RunFolder:
             raise MalformedFile(f"status file {self.status_file} is unreadable ({one_line(e)})") from None
         return word or "unknown"
 
+    def starting(self) -> str | None:
+        """Who is starting this run: the live process that holds its lock (``RUN/lock``) before it reads
+        commands (it loads data and builds the model first), described; None when no process holds it. The lock
+        is looked up, never taken (that could refuse the trainer); where the OS cannot say, a live writer of the
+        lock file with status "running" counts."""
+        lock = FileLock(self.lock)
+        held = is_locked(lock.path)
+        holder = lock.holder()
+        if held is None:
+            try:
+                held = self.status() == "running"
+            except MalformedFile:
+                held = False
+        alive = bool(holder) and process_alive(holder.get("pid"), holder.get("start"), holder.get("host")) is not False
+        return describe_holder(holder) if held and alive else None
+
     def iter_records(self) -> Iterator[dict[str, Any]]:
         """The records of metrics.jsonl in order; a line cut short by a kill, or anything but a JSON object, is
         skipped. None yet: nothing. Unreadable (not a regular file, past :data:`METRICS_BYTES`): MalformedFile."""
-        try:
-            data = read_small(self.metrics, METRICS_BYTES)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as e:
-            raise MalformedFile(f"{self.metrics} is unreadable ({one_line(e)})") from None
-        for line in data.decode("utf-8", "replace").splitlines():
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):  # a line cut short by a kill; not JSON; nested past reason
-                continue
-            if isinstance(record, dict):
-                yield record
+        yield from read_jsonl(self.metrics, "metrics file", limit=METRICS_BYTES)
 
     def records(self) -> list[dict[str, Any]]:
         """:meth:`iter_records` as a list."""
@@ -190,7 +195,7 @@ class RunFolder:
         """The mapping in config.yaml (nested by section, as written); ``{}`` when there is none. Not YAML, not
         a mapping or unreadable: a MalformedFile naming it."""
         try:
-            tree = yaml.safe_load(read_small(self.config, CONFIG_BYTES).decode("utf-8")) or {}
+            tree = load_yaml(read_small(self.config, CONFIG_BYTES).decode("utf-8")) or {}  # nesting capped
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, yaml.YAMLError) as e:

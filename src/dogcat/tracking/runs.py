@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import NOT_EXPERIMENT, flat_config
+from ..console import escape
 from ..io import MalformedFile, one_line
 from ..locks import process_alive
 from ..metrics import DEFAULT_MONITOR, best_of
@@ -112,7 +113,7 @@ def find_runs(root: Path | str = "runs") -> list[RunInfo]:
             info = load_run(p)
             _row(info, [])  # everything the table shows about it can be shown
         except Exception as e:  # noqa: BLE001 - one broken run must not hide the others
-            warnings.warn(f"skipping run {p}: {one_line(e, 200)}")
+            warnings.warn(f"skipping run {escape(p)}: {one_line(e, 200)}")
             continue
         runs.append(info)
     return sorted(runs, key=lambda r: (str(r.manifest.get("first_start_time") or r.manifest.get("start_time") or ""),
@@ -138,6 +139,7 @@ def _fmt(v: Any, width: int = 28) -> str:
 
 
 def table(rows: list[list[str]]) -> str:
+    rows = [[escape(c) for c in r] for r in rows]  # a run or data name with a newline or ESC: one cell
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 

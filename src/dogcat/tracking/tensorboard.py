@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from ..config import NOT_EXPERIMENT, flat_config, to_dict, to_yaml
-from ..console import printable
+from ..console import escape, printable
 from ..data import SeededItems
 from ..metrics import per_class
 from .collect import Collector, positive_class
@@ -81,20 +81,20 @@ class TBLogger:
             if len(class_names) <= PER_CLASS_MAX:  # more classes: too many curves to read; result.json has them
                 for name, scores in zip(class_names, per_class(stats["confusion"])):
                     for key in ("precision", "recall", "f1"):
-                        self.writer.add_scalar(printable(f"val_class/{key}/{name}"), scores[key], step)
+                        self.writer.add_scalar(escape(f"val_class/{key}/{name}"), scores[key], step)
         if collect is None:
             return
         mistakes = collect.mistakes()
         if mistakes:
             grid = labelled_grid(mistakes, class_names, mean, std)
             self.writer.add_image("val/misclassified", grid, step, dataformats="HWC")
-            rows = "\n".join(f"| {m.id} | {class_names[m.label]} | {class_names[m.pred]} | {m.confidence:.3f} |"
-                             for m in mistakes)
+            rows = "\n".join(f"| {escape(m.id)} | {escape(class_names[m.label])} | {escape(class_names[m.pred])} | "
+                             f"{m.confidence:.3f} |" for m in mistakes)  # names escaped: one table row each
             self.writer.add_text("val/misclassified", printable("| id | true | predicted | p(predicted) |\n"
                                                                 "|---|---|---|---|\n" + rows), step)
         if len(class_names) == 2 and not collect.truncated and len(collect.labels):
             pos = positive_class(class_names)
-            self.writer.add_pr_curve(printable(f"val/pr_curve_{class_names[pos]}"), (collect.labels == pos).int(),
+            self.writer.add_pr_curve(escape(f"val/pr_curve_{class_names[pos]}"), (collect.labels == pos).int(),
                                      collect.probs[:, pos], step)
         self.writer.flush()
 
@@ -109,7 +109,7 @@ class TBLogger:
     def embeddings(self, step: int, features: torch.Tensor, labels: list[int], preds: list[int],
                    thumbs: torch.Tensor, class_names: list[str]) -> None:
         """Penultimate features for the projector, labelled (true, predicted class) with thumbnails."""
-        meta = [[printable(class_names[y]), printable(class_names[p])] for y, p in zip(labels, preds)]
+        meta = [[escape(class_names[y]), escape(class_names[p])] for y, p in zip(labels, preds)]  # TSV: one line
         self.writer.add_embedding(features, metadata=meta, label_img=thumbs, global_step=step,
                                   tag="val_penultimate", metadata_header=["label", "predicted"])
         self.writer.flush()
