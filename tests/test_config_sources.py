@@ -16,8 +16,7 @@ import yaml
 import dogcat
 from dogcat.cli import COMMANDS, main
 from dogcat.cli.args import parse
-from dogcat.config import OPTIONS, flat_config, load_config, to_dict
-from dogcat.config.environ import NOT_OPTIONS, PREFIX, variable
+from dogcat.config import OPTIONS, flat_config, load_config
 
 ROOT = Path(__file__).parents[1]
 
@@ -151,6 +150,8 @@ def test_environment_sits_between_the_recipes_and_the_command_line(recipes, caps
         (0.03, 8, 0.2, True, [30, 60])
     got = printed(capsys, "train", "-c", str(a), "--lr=0.1", "--no-cache")
     assert (got["lr"], got["cache"]) == (0.1, False)
+    # library calls read no variables: a script gets exactly the options it passes
+    assert load_config().optim.lr == 1e-3 and dogcat.config.as_config({"batch_size": 3}).optim.lr == 1e-3
     # the user's shell is trusted like the command line: it may name the places dogcat writes to
     monkeypatch.setenv("DOGCAT_RUNS_ROOT", str(tmp_path / "scratch"))
     assert printed(capsys, "train", "-c", str(a))["runs_root"] == str(tmp_path / "scratch")
@@ -201,6 +202,8 @@ def test_an_unknown_variable_is_one_warning_not_an_error(capsys, tmp_path, monke
 def test_only_dogcats_own_variables_are_not_options():
     """Each DOGCAT_ variable the code or the tests read is listed in NOT_OPTIONS (so it is not taken for a typo),
     and none of those names an option."""
+    from dogcat.config.environ import NOT_OPTIONS, PREFIX, variable
+
     read = set()
     for path in [*ROOT.joinpath("src").rglob("*.py"), *ROOT.joinpath("tests").glob("*.py"), *ROOT.joinpath("bench").glob("*.py")]:
         text = path.read_text(encoding="utf-8")
@@ -209,11 +212,6 @@ def test_only_dogcats_own_variables_are_not_options():
     spelled = {variable(leaf) for leaf in OPTIONS}
     assert not spelled & NOT_OPTIONS and all(v.startswith(PREFIX) for v in spelled)
     assert variable("env") == "DOGCAT_NAME" and variable("batch_size") == "DOGCAT_BATCH_SIZE"
-
-
-def test_the_library_reads_no_variables(monkeypatch):
-    monkeypatch.setenv("DOGCAT_LR", "0.5")
-    assert load_config().optim.lr == 1e-3 and dogcat.config.as_config({"batch_size": 3}).optim.lr == 1e-3
 
 
 def test_variables_go_through_the_resume_check(tmp_path, tiny, capsys, monkeypatch):

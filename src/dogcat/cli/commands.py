@@ -46,11 +46,11 @@ def print_config(cfg: Config, header: str = "") -> int:
 def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from .args import to_argv
 
+    if a.dry_run is not None and not a.print_config:  # a dry run never resumes (it says so): the recipes alone
+        return dry_run(load_config(ov, a.config), a.dry_run)
     configs = train_recipes(a, ov)
     if a.print_config:
         return print_config(load_config(ov, configs))
-    if a.dry_run is not None:
-        return dry_run(load_config(ov, configs), a.dry_run)
     from ..engine.distributed import launch
     from ..engine.trainer import train as run_training
 

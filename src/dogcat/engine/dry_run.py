@@ -159,8 +159,7 @@ def _run(cfg: Config, batches: int, run_dir: Path, t0: float) -> DryRun:
     loaded = load_model(result.run_dir)  # as val / test / predict / export read it (best.pt)
     files = sorted(p for p in folder.checkpoints.glob("*.pt"))
     pre, bs = loaded.pre, cfg.data.batch_size
-    n_train, n_val = _rows(folder, "train"), _rows(folder, "val")
-    trained = min(dry.train.limit_train_batches, math.ceil(n_train / bs))
+    trained = min(dry.train.limit_train_batches, math.ceil(_rows(folder, "train") / bs))
     with torch.no_grad():
         x = torch.zeros(min(bs, 2), pre.in_chans, pre.size, pre.size, device=loaded.runtime.device)
         out = loaded.model(x)
@@ -169,7 +168,7 @@ def _run(cfg: Config, batches: int, run_dir: Path, t0: float) -> DryRun:
                           f"for {len(x)} images of {len(pre.classes)} classes")
     device = torch.device(ckpt.get("device_type", "cpu"))
     return DryRun(
-        batches=trained, val_batches=min(dry.train.limit_val_batches, math.ceil(n_val / bs)) if n_val else 0,
+        batches=trained, val_batches=math.ceil(record.get("val_count", 0) / bs),
         steps=int(record["step"]), batch_size=bs, input_shape=(bs, pre.in_chans, pre.size, pre.size),
         output_shape=(bs, len(pre.classes)), classes=list(pre.classes),
         parameters=sum(p.numel() for p in loaded.model.parameters()), device=str(device),
