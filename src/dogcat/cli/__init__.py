@@ -42,7 +42,8 @@ JSON = Own("json", "print the result as JSON", None)
 CONFIG = Own("config", "a YAML recipe (flat or nested by section) or a built-in recipe's name; several merge in "
                        "the order given, a later one's values win (-c A -c B)", short="c", append=True)
 PRINT_CONFIG = Own("print-config", "print the fully resolved config as YAML (what the run's config.yaml would "
-                                   "hold; loadable with --config) and exit; reads no data, writes nothing", None)
+                                   "hold; loadable with --config, places aside) and exit; reads no data, writes "
+                                   "nothing", None)
 PRECEDENCE = ("values, later wins: the defaults, each -c/--config in the order given, DOGCAT_* environment variables\n"
               "(DOGCAT_LR=0.01, DOGCAT_BATCH_SIZE=64, DOGCAT_OPTIM__LR=0.01), the command line; --print-config shows "
               "the result")
@@ -69,7 +70,8 @@ _LIST = [
             options=ALL, own=[CONFIG, PRINT_CONFIG,
                               Own("dry-run", "train N batches and validate N batches (default 2) through the real "
                                              "code path in a temporary run folder, then delete it and print what it "
-                                             "did (--dry-run=N)", finite(int), const=2, aliases=("fast-dev-run",))],
+                                             "did (--dry-run=N)", finite(int), const=2, aliases=("fast-dev-run",),
+                                  metavar="N")],
             epilog="examples:\n  dogcat train --config=fashion-mnist   (a built-in recipe: `dogcat recipes`)\n"
                    "  dogcat train --train-data-root data/train --model resnet34 --max-epoch 20 --lr 0.005\n"
                    "  dogcat train -c fashion-mnist -c mine.yaml --lr=0.01 --print-config\n"
@@ -168,7 +170,8 @@ def usage() -> str:
     lines += [f"  {cmd.name:<10} {cmd.summary}" for cmd in _LIST]
     lines += ["", "`dogcat COMMAND --help` shows what a command takes; `dogcat help` lists every option. Options: "
               "--key=value or --key value;", "dashes and underscores are equal; flat (--lr) or dotted (--optim.lr); "
-              "--flag / --no-flag for switches; -q quiet, -v verbose.", f"dogcat {__version__}"]
+              "--flag / --no-flag for switches; -q quiet, -v verbose.", "Values, later wins: defaults, each -c/--config "
+              "in order, DOGCAT_* environment variables (DOGCAT_LR=0.01), the command line.", f"dogcat {__version__}"]
     return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ class Own:
     aliases: tuple[str, ...] = ()   # other long spellings (--fast-dev-run for --dry-run)
     const: Any = None               # not None: the value is optional, --name alone means const (--name=V: V)
     append: bool = False            # may be given several times: the values as a list, in order
+    metavar: str | None = None      # the value's name in --help (default: the option's name in capitals)
 
     def spellings(self) -> list[str]:
         return [f"--{self.name}", *(f"--{a}" for a in self.aliases)] + ([f"-{self.short}"] if self.short else [])
@@ -213,7 +214,7 @@ def build_parser(cmd: Command) -> argparse.ArgumentParser:
             extra: dict[str, Any] = {"nargs": "?", "const": o.const} if o.const is not None else {}
             own.add_argument(*names, type=o.type, default=o.default, choices=o.choices, help=o.help,
                              action="append" if o.append else "store", **extra,
-                             metavar=o.name.upper().replace("-", "_") if not o.choices else None)
+                             metavar=o.metavar or o.name.upper().replace("-", "_") if not o.choices else None)
     own.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
     own.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     for sec in SECTIONS:
