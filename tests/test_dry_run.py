@@ -60,11 +60,14 @@ def test_dry_run_fails_as_the_real_run_fails(data, tiny, tmp_path, monkeypatch, 
     """The same one line and exit status as the real run, and nothing left behind."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.yaml").write_text("lr: 0.1\n")
     broken = [
         tiny(data, tmp_path / "runs", model="squeezenet", image_size=8),  # the model does not fit the image size
         tiny(data, tmp_path / "a-file" / "runs"),                         # the runs root cannot be made
         tiny(data, tmp_path / "runs", monitor="val_top5_accuracy"),       # the data cannot give the metric
         tiny(tmp_path / "no-such-data", tmp_path / "runs"),               # no data
+        tiny(data, tmp_path / "runs", run_dir=str(tmp_path / "taken")),   # --run-dir holds a run
     ]
     for opts in broken:
         assert main(["train", *argv(opts)]) == 2
@@ -72,7 +75,8 @@ def test_dry_run_fails_as_the_real_run_fails(data, tiny, tmp_path, monkeypatch, 
         assert main(["train", "--dry-run", *argv(opts)]) == 2
         dry = capsys.readouterr().err.strip().splitlines()
         assert len(dry) == 1 and dry == real, (dry, real)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "taken"]
+    assert set(files(tmp_path / "taken")) <= {"config.yaml", "lock"}  # the real run's refusal leaves its lock file
     assert main(["train", "--dry-run", "--resume=latest"]) == 2
     assert "--resume and --dry-run do not go together" in capsys.readouterr().err
     assert main(["train", "--dry-run=0"]) == 2

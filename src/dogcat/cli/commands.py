@@ -297,7 +297,7 @@ def sweep(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
     words = a.words
     if words[:1] == ["show"] and len(words) == 2:
-        extra = [k for k in ov if k != "runs_root" and k not in a.environ]  # DOGCAT_* variables: for other commands
+        extra = [k for k in ov if k != "runs_root" and k not in getattr(a, "environ", ())]  # DOGCAT_* variables: for other commands
         if extra:
             raise ConfigError(f"`dogcat sweep show` takes --runs-root and --storage, not --{extra[0]}")
         from ..sweep.results import find_sweep, table

@@ -26,6 +26,7 @@ import dataclasses
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,15 +35,17 @@ from typing import Any
 
 import torch
 
-from ..config import Config, ConfigError, as_config, flag
+from ..config import Config, ConfigError, DogcatError, as_config, flag
+from ..control import TrainingStopped
 from ..io import disk_full_as
 from ..metrics import summary
 from ..tracking.folder import RunFolder
 from ..tracking.records import epochs
-from ..tracking.run import make_folder
+from ..tracking.run import make_folder, refuse_taken
 from ..tracking.tracker import check_loggers
 from .checkpoint import Checkpoints
 from .loading import load_model
+from .runtime import pick_device
 from .trainer import train
 
 PREFIX = ".dogcat-dry-run-"
@@ -109,9 +112,8 @@ def dry_run(cfg: Config | str | Path | list | dict | None = None, batches: int =
     check_loggers(cfg.train.logger)  # the trackers are not started, but a missing package is found here too
     home, option = ((Path(cfg.train.run_dir).expanduser().parent, flag("run_dir")) if cfg.train.run_dir
                     else (Path(cfg.train.runs_root).expanduser(), flag("runs_root")))
-    if cfg.train.run_dir and RunFolder(cfg.train.run_dir).config.exists():
-        raise ConfigError(f"{flag('run_dir')}={cfg.train.run_dir} already holds a run; pass {flag('resume')}="
-                          f"{cfg.train.run_dir} to continue it, or choose another folder")
+    if cfg.train.run_dir:
+        refuse_taken(Path(cfg.train.run_dir).expanduser())
     made = _missing(home)
     t0 = time.perf_counter()
     try:
@@ -123,6 +125,10 @@ def dry_run(cfg: Config | str | Path | list | dict | None = None, batches: int =
                 raise ConfigError(f"{option}={home}: cannot write there ({e.strerror or e})") from None
         try:
             return _run(cfg, batches, tmp / "run", t0)
+        except TrainingStopped as e:  # its message offers a resume of what is about to be deleted
+            stopped = DogcatError(f"dry run stopped by {signal.Signals(e.signum).name}; nothing kept")
+            stopped.exit_code = e.exit_code
+            raise stopped from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     finally:
@@ -149,8 +155,9 @@ def _run(cfg: Config, batches: int, run_dir: Path, t0: float) -> DryRun:
         t, run_dir=str(run_dir), logger="none", max_epoch=1, max_steps=None, nproc=1, resume=None,
         limit_train_batches=min(batches, t.limit_train_batches or batches),
         limit_val_batches=min(batches, t.limit_val_batches or batches)))
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    device = pick_device(t)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     result = train(dry)
     folder = RunFolder(result.run_dir)
     record = epochs(folder.records())[-1]
@@ -166,7 +173,6 @@ def _run(cfg: Config, batches: int, run_dir: Path, t0: float) -> DryRun:
     if tuple(out.shape) != (len(x), len(pre.classes)):
         raise ConfigError(f"the model loaded back from {loaded.checkpoint} gives logits of shape {tuple(out.shape)} "
                           f"for {len(x)} images of {len(pre.classes)} classes")
-    device = torch.device(ckpt.get("device_type", "cpu"))
     return DryRun(
         batches=trained, val_batches=math.ceil(record.get("val_count", 0) / bs),
         steps=int(record["step"]), batch_size=bs, input_shape=(bs, pre.in_chans, pre.size, pre.size),
@@ -175,7 +181,7 @@ def _run(cfg: Config, batches: int, run_dir: Path, t0: float) -> DryRun:
         precision=str(ckpt.get("precision", t.precision)), record=record,
         checkpoints=[p.name for p in files], checkpoint_bytes=sum(p.stat().st_size for p in files),
         seconds=time.perf_counter() - t0,
-        peak_memory=torch.cuda.max_memory_allocated() if device.type == "cuda" else None, processes=t.nproc)
+        peak_memory=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None, processes=t.nproc)
 
 
 def _rows(folder: RunFolder, split: str) -> int:

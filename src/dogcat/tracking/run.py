@@ -16,7 +16,8 @@ from ..locks import FileLock, LockHeld, describe_holder
 from .folder import RunFolder, find_run
 from .records import RecordSink, logged_after
 
-__all__ = ["STATUSES", "Run", "RunFolder", "RunLocked", "default_run_name", "find_run", "make_folder"]
+__all__ = ["STATUSES", "Run", "RunFolder", "RunLocked", "default_run_name", "find_run", "make_folder",
+           "refuse_taken"]
 
 STATUSES = ("running", "finished", "failed", "stopped", "pruned")  # pruned: ended early by a sweep's pruner
 
@@ -37,6 +38,13 @@ def make_folder(path: Path, option: str) -> None:
             if is_disk_full(e):
                 raise
             raise ConfigError(f"{option}={path}: cannot make that folder ({e.strerror or e})") from None
+
+
+def refuse_taken(run_dir: Path) -> None:
+    """An explicit ``--run-dir`` for a new run must not hold a run already: one ConfigError line (use --resume)."""
+    if RunFolder(run_dir).config.exists():
+        raise ConfigError(f"{flag('run_dir')}={run_dir} already holds a run; pass {flag('resume')}={run_dir} to "
+                          "continue it, or choose another folder")
 
 
 class RunLocked(ConfigError):
@@ -94,10 +102,11 @@ class Run:
             path = Path(cfg.train.run_dir).expanduser()
             make_folder(path, flag("run_dir"))
             run = cls(path).lock()
-            if run.folder.config.exists():
+            try:
+                refuse_taken(path)
+            except ConfigError:
                 run.unlock()
-                raise ConfigError(f"{flag('run_dir')}={path} already holds a run; pass {flag('resume')}={path} to "
-                                  "continue it, or choose another folder")
+                raise
         else:
             base = Path(cfg.train.runs_root).expanduser() / default_run_name(cfg)
             make_folder(base.parent, flag("runs_root"))
