@@ -102,3 +102,13 @@ def test_samplers_take_the_limit():
     assert list(ShardSampler(12, 0, 1, limit=4)) == [0, 3, 6, 9]  # spread: every class of a sorted set
     assert list(ShardSampler(12, 1, 2, limit=3)) == [1, 5, 9]
     assert list(ShardSampler(5, 0, 1, limit=9)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("args, n", [(["--dry-run"], 2), (["--dry-run=5"], 5), (["--dry-run", "5"], 5),
+                                     (["--fast-dev-run", "--lr=0.1"], 2), (["--fast-dev-run=3"], 3), ([], None)])
+def test_dry_run_spellings(args, n):
+    from dogcat.cli import COMMANDS
+    from dogcat.cli.args import parse
+
+    ns, _ = parse(COMMANDS["train"], args)
+    assert ns.dry_run == n
