@@ -265,3 +265,20 @@ def test_completion_knows_c_print_config_dry_run_and_recipe_names(tmp_path):
     assert complete("dogcat", "train", "-c", "fash") == {"fashion-mnist", "fashion-mnist-94"}
     assert complete("dogcat", "train", "--config", "=", "mi") == {"mine.yaml"}
     assert "dogs-vs-cats" in complete("dogcat", "train", "-c", "")
+
+
+def test_the_nproc_relaunch_passes_every_config_in_order(recipes, tmp_path, monkeypatch):
+    """`--nproc=N` relaunches the command under torchrun: each process must resolve the same config."""
+    import dogcat.engine.distributed as distributed
+
+    monkeypatch.chdir(tmp_path)
+    a, b = recipes
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda n, args: launched.append((n, args)) or 0)
+    monkeypatch.setenv("DOGCAT_BATCH_SIZE", "6")
+    assert main(["train", "-c", str(a), "-c", str(b), "--nproc=2", "--max-epoch=5"]) == 0
+    (n, args), = launched
+    assert n == 2 and args[:2] == [f"--config={a}", f"--config={b}"]
+    ns, ov = parse(COMMANDS["train"], args)
+    cfg = load_config(ov, ns.config)
+    assert (cfg.optim.lr, cfg.data.batch_size, cfg.train.max_epoch) == (0.02, 6, 5)
