@@ -12,6 +12,18 @@ sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from datagen imp
 from datagen import make_fmnist_idx, make_folder, make_kaggle, tiny_options  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _no_option_variables(monkeypatch):
+    """The tests see no DOGCAT_* option variables from the shell that runs them (`dogcat` reads them as options);
+    dogcat's own (DOGCAT_SRC, DOGCAT_FUZZ_EXAMPLES) stay."""
+    import os
+
+    from dogcat.config.environ import NOT_OPTIONS, PREFIX
+
+    for name in [n for n in os.environ if n.startswith(PREFIX) and n not in NOT_OPTIONS]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def kaggle_dir(tmp_path: Path) -> Path:
     """Kaggle layout root with ``train/`` (12 cats, 12 dogs, odd and bad files) and ``test/1..6.jpg``."""

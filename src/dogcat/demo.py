@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from .config import DogcatError, builtin, load_config
+from .config import Config, DogcatError, builtin, load_config
 from .console import use_for_cli
 from .data import fashion_mnist
 from .engine.evaluator import test
@@ -27,14 +27,20 @@ RECIPE = "fashion-mnist"
 ENV = "demo-fashion-mnist"
 
 
-def run(overrides: dict[str, Any] | None = None) -> int:
-    """Train the demo recipe (``overrides`` on top, e.g. ``{"max_epoch": 1}``), test it, predict 8 test images;
-    results on stdout. Returns the exit status."""
+def config(overrides: dict[str, Any] | None = None, recipes: list[str] | None = None) -> Config:
+    """The demo's config: the built-in recipe, then ``recipes`` in order (``dogcat demo -c A -c B``), then
+    ``overrides``; the run is named demo-fashion-mnist unless ``overrides`` name it (``--name``)."""
     recipe = builtin.builtin(RECIPE)
     if recipe is None:
         raise DogcatError(f"this dogcat install lacks its built-in recipe {RECIPE!r} (package data): reinstall "
                           "dogcat-vision")
-    cfg = load_config({"env": ENV, **(overrides or {})}, config_file=recipe)  # type: ignore[arg-type]
+    return load_config({"env": ENV, **(overrides or {})}, config_file=[recipe, *(recipes or [])])  # type: ignore[list-item]
+
+
+def run(overrides: dict[str, Any] | None = None, recipes: list[str] | None = None) -> int:
+    """Train the demo recipe (``recipes``, then ``overrides`` on top, e.g. ``{"max_epoch": 1}``), test it, predict
+    8 test images; results on stdout. Returns the exit status."""
+    cfg = config(overrides, recipes)
     t0 = time.perf_counter()
     result = train(cfg)
     train_s = time.perf_counter() - t0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import OPTIONS, DogcatError, help_text
+from ..config import OPTIONS, DogcatError, help_text, read_environ, where_from
 from ..console import printable
 from ..io import DiskFull, free_bytes, is_disk_full, one_line
 from ..sweep import PRUNERS
@@ -39,6 +39,14 @@ EXPLAIN = frozenset(DEVICE | MODEL_FILE | {"batch_size"})
 SWEEP = ALL - {"seed", "resume", "run_dir", "env", "debug_file"}
 TARGET = ("target", "?", "a run folder (runs/NAME) or checkpoint file; default: --load-model-path")
 JSON = Own("json", "print the result as JSON", None)
+CONFIG = Own("config", "a YAML recipe (flat or nested by section) or a built-in recipe's name; several merge in "
+                       "the order given, a later one's values win (-c A -c B)", short="c", append=True)
+PRINT_CONFIG = Own("print-config", "print the fully resolved config as YAML (what the run's config.yaml would "
+                                   "hold; loadable with --config, places aside) and exit; reads no data, writes "
+                                   "nothing", None)
+PRECEDENCE = ("values, later wins: the defaults, each -c/--config in the order given, DOGCAT_* environment variables\n"
+              "(DOGCAT_LR=0.01, DOGCAT_BATCH_SIZE=64, DOGCAT_OPTIM__LR=0.01), the command line; --print-config shows "
+              "the result")
 
 
 def _help(a: Any, ov: dict[str, Any]) -> int:
@@ -59,10 +67,16 @@ def _completion(a: Any, ov: dict[str, Any]) -> int:
 
 _LIST = [
     Command("train", "train a model: validation every epoch, checkpoints, run folder runs/NAME", c.train,
-            options=ALL, own=[Own("config", "YAML recipe (flat or nested by section); the command line wins")],
+            options=ALL, own=[CONFIG, PRINT_CONFIG,
+                              Own("dry-run", "train N batches and validate N batches (default 2) through the real "
+                                             "code path in a temporary run folder, then delete it and print what it "
+                                             "did (--dry-run=N)", finite(int), const=2, aliases=("fast-dev-run",),
+                                  metavar="N")],
             epilog="examples:\n  dogcat train --config=fashion-mnist   (a built-in recipe: `dogcat recipes`)\n"
                    "  dogcat train --train-data-root data/train --model resnet34 --max-epoch 20 --lr 0.005\n"
-                   "  dogcat train --resume runs/NAME --max-epoch 30"),
+                   "  dogcat train -c fashion-mnist -c mine.yaml --lr=0.01 --print-config\n"
+                   "  dogcat train -c mine.yaml --dry-run   (2 batches of training and of validation; nothing kept)\n"
+                   "  dogcat train --resume runs/NAME --max-epoch 30\n" + PRECEDENCE),
     Command("val", "validation metrics + confusion matrix of a trained model -> RUN/result.json", c.val,
             [TARGET], VAL, [JSON]),
     Command("test", "scores a test set / writes the Kaggle submission id,label -> RUN/submission.csv", c.test,
@@ -94,9 +108,10 @@ _LIST = [
             epilog="examples:\n  dogcat summary --model=smallcnn --image-size=28 --in-chans=1 --num-classes=10\n"
                    "  dogcat summary --model=resnet34 --depth=2 --json"),
     Command("lr-find", "LR range test: plot + suggested lr", c.lr_find, options=ALL - {"output"},
-            own=[Own("config", "YAML recipe"), Own("output", "the plot (.png) or a folder"),
+            own=[CONFIG, PRINT_CONFIG, Own("output", "the plot (.png) or a folder"),
                  Own("steps", "steps of the test", finite(int), 100),
-                 Own("start-lr", "first lr", finite(float), 1e-7), Own("end-lr", "last lr", finite(float), 10.0)]),
+                 Own("start-lr", "first lr", finite(float), 1e-7), Own("end-lr", "last lr", finite(float), 10.0)],
+            epilog=PRECEDENCE),
     Command("ctl", "steer a running training: set KEY=VALUE, save, eval, stop, debug", c.ctl,
             [("run", None, "the run folder"), ("words", "+", "set KEY=VALUE | save | eval | stop | debug")],
             own=[Own("timeout", "seconds to wait for the answer", finite(float), 60.0)]),
@@ -115,7 +130,9 @@ _LIST = [
              Own("storage", "an Optuna database URL (postgresql://..., sqlite:///...) or a journal file path "
                             "(default: RUNS/NAME/study.db)"),
              Own("pruner", "stop poor trials early, judged each epoch", default="median", choices=PRUNERS),
-             Own("seed", "seed of the sampler (the training seed is the recipe's --seed)", finite(int), 0), JSON],
+             Own("seed", "seed of the sampler (the training seed is the recipe's --seed)", finite(int), 0), JSON,
+             Own("print-config", "print the config every trial starts from (recipe, DOGCAT_* variables, command "
+                                 "line; the searched options listed in a comment) as YAML and exit", None)],
             epilog="examples:\n  dogcat sweep sweep-fashion-mnist --trials=12 --timeout=1080   (a built-in space)\n"
                    "  dogcat sweep show sweep-fashion-mnist\n"
                    "  dogcat train --config=runs/sweep-fashion-mnist/best.yaml\n"
@@ -136,8 +153,10 @@ _LIST = [
                    "a --config that is an existing file is read as that file; a bare name is a built-in recipe"),
     Command("demo", "train the Fashion-MNIST recipe on the CPU, test it, predict a few images (1.5-3 minutes)",
             c.demo, options=ALL,
+            own=[Own("config", "more recipes on top of the built-in fashion-mnist one, in order (-c A -c B)",
+                     short="c", append=True), PRINT_CONFIG],
             epilog="runs in any folder: the run folder goes to ./runs/demo-fashion-mnist*; options as for train,\n"
-                   "e.g. dogcat demo --max-epoch=2 --runs-root=/tmp/runs"),
+                   "e.g. dogcat demo --max-epoch=2 --runs-root=/tmp/runs\n" + PRECEDENCE),
     Command("completion", "print a shell completion script: eval \"$(dogcat completion bash)\"", _completion,
             [("shell", None, "bash or zsh")]),
     Command("help", "usage and every option with its default (`dogcat help COMMAND`: one command's)", _help,
@@ -151,7 +170,8 @@ def usage() -> str:
     lines += [f"  {cmd.name:<10} {cmd.summary}" for cmd in _LIST]
     lines += ["", "`dogcat COMMAND --help` shows what a command takes; `dogcat help` lists every option. Options: "
               "--key=value or --key value;", "dashes and underscores are equal; flat (--lr) or dotted (--optim.lr); "
-              "--flag / --no-flag for switches; -q quiet, -v verbose.", f"dogcat {__version__}"]
+              "--flag / --no-flag for switches; -q quiet, -v verbose.", "Values, later wins: defaults, each -c/--config "
+              "in order, DOGCAT_* environment variables (DOGCAT_LR=0.01), the command line.", f"dogcat {__version__}"]
     return "\n".join(lines)
 
 
@@ -165,6 +185,15 @@ def _setup_output(quiet: bool, verbose: bool) -> None:
 
     use_for_cli(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     warnings.showwarning = _show_warning
+
+
+def environ_options(cmd: Command, given: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The ``DOGCAT_*`` variables (config/environ.py) that set options this command reads and its command line
+    does not. Under torchrun only rank 0 warns about a variable that is no option (each rank reads them)."""
+    if not cmd.options:
+        return {}
+    taken = read_environ(os.environ, cmd.options, warn=os.environ.get("RANK", "0") == "0")
+    return {k: v for k, v in taken.items() if k not in given}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,15 +232,19 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     if hasattr(sys.stdout, "reconfigure"):  # print non-UTF-8 file names as the bytes they are, as ls does
         sys.stdout.reconfigure(errors="surrogateescape")
+    taken: dict[str, tuple[str, str]] = {}  # options set by DOGCAT_* variables: {option: (variable, value)}
     try:
         args, overrides = parse(cmd, rest)
         if args.quiet and "progress" in cmd.options:
             overrides.setdefault("progress", "none")
         _setup_output(args.quiet, args.verbose)
-        return cmd.run(args, overrides)
+        taken = environ_options(cmd, overrides)
+        args.environ = frozenset(taken)  # for a command that must tell them from the command line's
+        return cmd.run(args, {**{k: v for k, (_, v) in taken.items()}, **overrides})  # the command line wins
     except DogcatError as e:  # refused input, a damaged file, a held lock, a full disk, a stopped run: one line
-        print(f"dogcat {name}: {'error: ' if e.exit_code in (1, 2) else ''}{printable(one_line(e, 10_000))}",
-              file=sys.stderr)
+        text = one_line(e, 10_000)
+        text = where_from(text, taken) if e.exit_code == 2 else text
+        print(f"dogcat {name}: {'error: ' if e.exit_code in (1, 2) else ''}{printable(text)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a full disk we did not wrap (e.g. in a library's own write): one line, exit 1
         if not is_disk_full(e):

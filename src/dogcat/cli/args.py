@@ -33,6 +33,14 @@ class Own:
     type: Callable[[str], Any] | None = str  # None: a flag
     default: Any = None
     choices: tuple[str, ...] | None = None
+    short: str | None = None        # a one-letter spelling: "c" for -c FILE, -cFILE, -c=FILE
+    aliases: tuple[str, ...] = ()   # other long spellings (--fast-dev-run for --dry-run)
+    const: Any = None               # not None: the value is optional, --name alone means const (--name=V: V)
+    append: bool = False            # may be given several times: the values as a list, in order
+    metavar: str | None = None      # the value's name in --help (default: the option's name in capitals)
+
+    def spellings(self) -> list[str]:
+        return [f"--{self.name}", *(f"--{a}" for a in self.aliases)] + ([f"-{self.short}"] if self.short else [])
 
 
 @dataclass
@@ -53,19 +61,24 @@ class Command:
         leaf = ALIASES.get(leaf, leaf)
         return leaf if leaf in self.options else None
 
+    def own_option(self, name: str) -> Own | None:
+        """The command's own option a dashed long spelling (or an alias of it) names."""
+        return next((o for o in self.own if name == o.name or name in o.aliases), None)
+
     def takes_value(self, name: str) -> bool:
         """True for an option that needs a value (not a flag); ``name`` in dashed spelling."""
         leaf = self.option(name)
         if leaf is not None:
             return not is_flag(leaf)
-        own = next((o for o in self.own if o.name == name), None)
-        return own is not None and own.type is not None
+        own = self.own_option(name)
+        return own is not None and own.type is not None and own.const is None
 
     def is_flag(self, name: str) -> bool:
         leaf = self.option(name)
         if leaf is not None:
             return is_flag(leaf)
-        return any(o.name == name and o.type is None for o in self.own)
+        own = self.own_option(name)
+        return own is not None and own.type is None
 
 
 def finite(cast: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -112,6 +125,7 @@ def _suggest(name: str, cmd: Command) -> str:
 def normalize(argv: list[str], cmd: Command) -> list[str]:
     """Tokens in one spelling for argparse (see the module docstring); an unknown option raises, naming it."""
     out: list[str] = []
+    shorts = {f"-{o.short}": o for o in cmd.own if o.short}
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -119,14 +133,26 @@ def normalize(argv: list[str], cmd: Command) -> list[str]:
         if tok == "--":
             out += argv[i - 1:]
             break
+        if tok[:2] in shorts and not tok.startswith("--"):  # -c FILE, -cFILE, -c=FILE: --config=FILE
+            value = tok[2:].removeprefix("=")
+            if not value:
+                if i >= len(argv):
+                    raise ConfigError(f"option {tok} needs a value: {tok} VALUE")
+                value, i = argv[i], i + 1
+            out.append(f"--{shorts[tok[:2]].name}={value}")
+            continue
         if not tok.startswith("--") or tok in ("--help",):
             out.append(tok)
             continue
         raw, eq, value = tok[2:].partition("=")
         name = canonical(raw)
+        own = cmd.own_option(name)
+        name = own.name if own is not None else name  # an alias: the option's own spelling
         negated = name.startswith("no-") and cmd.is_flag(name[3:])
         if name in ("quiet", "verbose", "version"):
             out.append(f"--{name}")
+        elif own is not None and own.const is not None:  # an optional value: only in the --name=VALUE form
+            out.append(f"--{name}" + (f"={value}" if eq else ""))
         elif cmd.is_flag(name) or negated:
             if eq:
                 low = value.strip().lower()
@@ -181,11 +207,14 @@ def build_parser(cmd: Command) -> argparse.ArgumentParser:
         p.add_argument(name, nargs=nargs, help=text)  # type: ignore[arg-type]
     own = p.add_argument_group(f"{cmd.name} options")
     for o in cmd.own:
+        names = ([f"-{o.short}"] if o.short else []) + [f"--{o.name}", *(f"--{a}" for a in o.aliases)]
         if o.type is None:
-            own.add_argument(f"--{o.name}", action="store_true", default=o.default or False, help=o.help)
+            own.add_argument(*names, action="store_true", default=o.default or False, help=o.help)
         else:
-            own.add_argument(f"--{o.name}", type=o.type, default=o.default, choices=o.choices, help=o.help,
-                             metavar=o.name.upper().replace("-", "_") if not o.choices else None)
+            extra: dict[str, Any] = {"nargs": "?", "const": o.const} if o.const is not None else {}
+            own.add_argument(*names, type=o.type, default=o.default, choices=o.choices, help=o.help,
+                             action="append" if o.append else "store", **extra,
+                             metavar=o.metavar or o.name.upper().replace("-", "_") if not o.choices else None)
     own.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
     own.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     for sec in SECTIONS:
@@ -240,5 +269,5 @@ def names(cmd: Command) -> Iterable[str]:
             if is_flag(leaf):
                 yield f"--no-{spelling[2:]}"
     for o in cmd.own:
-        yield f"--{o.name}"
+        yield from o.spellings()
     yield from ("--quiet", "--verbose", "--help")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..config import ConfigError, load_config
+from ..config import COUNT, Config, ConfigError, load_config, to_yaml
 from ..console import escape, printable
 from ..io import atomic_write_text, to_json
 from ..metrics import format_confusion, summary as metrics_line
@@ -26,21 +26,52 @@ def _json(obj: Any) -> None:
     print(to_json(obj, indent=2, default=str))  # NaN / Infinity as null: valid JSON always
 
 
+def train_recipes(a: argparse.Namespace, ov: dict[str, Any]) -> list[str | Path]:
+    """The recipes a training starts from: each ``--config`` in order; a resume without ``--config`` starts from
+    the run's own config.yaml (as ``dogcat.train(resume=RUN)`` does)."""
+    if a.config or not ov.get("resume"):
+        return list(a.config or [])
+    from ..tracking.folder import RunFolder, find_run
+
+    return [RunFolder(find_run(str(ov["resume"]), str(ov.get("runs_root", "runs")))).config]
+
+
+def print_config(cfg: Config, header: str = "") -> int:
+    """``--print-config``: the resolved config as the run's config.yaml would hold it, on stdout."""
+    sys.stdout.write(header + to_yaml(cfg))
+    return 0
+
+
 def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    from ..engine.distributed import launch
-    from ..engine.trainer import train as run_training
     from .args import to_argv
 
-    config_file = a.config
+    if a.dry_run is not None and not a.print_config:  # a dry run never resumes (it says so): the recipes alone
+        return dry_run(load_config(ov, a.config), a.dry_run)
+    configs = train_recipes(a, ov)
+    if a.print_config:
+        return print_config(load_config(ov, configs))
+    from ..engine.distributed import launch
+    from ..engine.trainer import train as run_training
+
     raw = str(ov.get("nproc", 1)).strip()
     nproc = int(raw) if re.fullmatch(r"[+-]?\d+", raw) else 1  # not a number: load_config names it below
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # the shortcut: relaunch under torchrun
-        load_config(ov, config_file)  # a bad option fails here, once, not in every process
+        load_config(ov, configs)  # a bad option fails here, once, not in every process
         rest = {k: v for k, v in ov.items() if k != "nproc"}
-        return launch(nproc, ([f"--config={config_file}"] if config_file else []) + to_argv(rest))
-    result = run_training(config_file, **ov)  # a resume without --config starts from the run's own config
+        return launch(nproc, [f"--config={c}" for c in a.config or []] + to_argv(rest))
+    result = run_training(configs or None, **ov)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: one result line, from rank 0
         print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def dry_run(cfg: Config, batches: int) -> int:
+    """``train --dry-run[=N]``: N batches of training and of validation, nothing kept (engine/dry_run.py)."""
+    from ..engine.dry_run import dry_run as run_dry
+
+    if not 1 <= batches <= COUNT:
+        raise ConfigError(f"option --dry-run={batches} is out of range: allowed is a number of batches in [1, {COUNT}]")
+    print(run_dry(cfg, batches).text())
     return 0
 
 
@@ -156,7 +187,10 @@ def summary(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 def lr_find(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..engine.lr_find import lr_find as run_lr_find
 
-    res = run_lr_find(load_config(ov, a.config), a.output, a.start_lr, a.end_lr, a.steps)
+    cfg = load_config(ov, a.config)
+    if a.print_config:
+        return print_config(cfg)
+    res = run_lr_find(cfg, a.output, a.start_lr, a.end_lr, a.steps)
     if res.suggestion is None:
         print("too few steps before the loss diverged to suggest a learning rate", file=sys.stderr)
         return 1
@@ -262,7 +296,7 @@ def sweep(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
     words = a.words
     if words[:1] == ["show"] and len(words) == 2:
-        extra = [k for k in ov if k != "runs_root"]
+        extra = [k for k in ov if k != "runs_root" and k not in getattr(a, "environ", ())]  # DOGCAT_* variables: for other commands
         if extra:
             raise ConfigError(f"`dogcat sweep show` takes --runs-root and --storage, not --{extra[0]}")
         from ..sweep.results import find_sweep, table
@@ -272,6 +306,13 @@ def sweep(a: argparse.Namespace, ov: dict[str, Any]) -> int:
         return 0
     if len(words) != 1 or words[0] == "show":
         raise ConfigError(f"usage: {SWEEP_USAGE}")
+    if a.print_config:
+        from ..sweep.space import read_space
+
+        space = read_space(words[0], ov)
+        searched = "".join(f"#   {p.describe()}\n" for p in space.params)
+        return print_config(space.base, f"# every trial of {words[0]} starts from this config; drawn per trial:\n"
+                                         f"{searched}")
     out = sweeps.sweep(words[0], trials=a.trials, timeout=a.timeout, name=a.name, storage=a.storage,
                        pruner=a.pruner, seed=a.seed, overrides=ov)
     result = {"folder": str(out.folder), "ran": out.ran, "done": out.done, "best_trial": out.best_number,
@@ -316,9 +357,11 @@ def models(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
 
 def demo(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    from ..demo import run
+    from ..demo import config, run
 
-    return run(ov)
+    if a.print_config:
+        return print_config(config(ov, a.config))
+    return run(ov, a.config)
 
 
 def recipes(a: argparse.Namespace, ov: dict[str, Any]) -> int:

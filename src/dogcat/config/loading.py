@@ -1,7 +1,8 @@
 """From recipes and ``--key=value`` to a checked :class:`~dogcat.config.options.Config`, and back to YAML.
 
-Layers, later wins: the dataclass defaults -> a YAML recipe (``--config=FILE``) -> ``--key=value``
-overrides. Keys are accepted flat (``--lr``, the fire style of the original pytorch-book project) or dotted
+Layers, later wins: the dataclass defaults -> each YAML recipe in the order given (``--config=A --config=B``,
+``-c A -c B``) -> ``--key=value`` overrides (the command line puts ``DOGCAT_*`` variables, ``environ.py``, just
+below its own options). Keys are accepted flat (``--lr``, the fire style of the original pytorch-book project) or dotted
 (``--optim.lr``); dashes and underscores are equal, and an option's alias (``--env`` for ``--name``) is its name. OmegaConf does the merging and type checking; this module only
 turns its errors into messages that name the key, the expected type and the value, or the choices.
 """
@@ -15,7 +16,7 @@ import reprlib
 import warnings
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -215,19 +216,35 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def load_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None,
+Recipes = Union[str, Path, Sequence[Union[str, Path]], None]
+
+
+def recipe_list(config_file: Recipes) -> list[str | Path]:
+    """``--config`` as a list of files (or built-in recipe names), in the order given: one, several or none. A
+    comma is not a separator: file names may hold one; give ``--config`` once per file."""
+    if config_file is None:
+        return []
+    return [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
+
+
+def load_config(overrides: dict[str, Any] | None = None, config_file: Recipes = None,
                 base: Config | dict | None = None, source: str = "on the command line",
                 recipe: dict[str, Any] | None = None) -> Config:
-    """Build the resolved config: defaults (or ``base``) -> YAML file -> overrides, validated. ``source``
-    names where the overrides came from, for the messages. ``recipe``: the mapping of ``config_file`` when
-    the caller has read it already (a sweep's space file, less its ``search`` block)."""
+    """Build the resolved config: defaults (or ``base``) -> each YAML file in order -> overrides, validated.
+    ``config_file``: a file, a built-in recipe's name, or a list of them (a later file's value wins; each file's
+    ``local`` options are ignored, unless it is a whole resolved config). ``source`` names where the overrides
+    came from, for the messages. ``recipe``: the mapping of a single ``config_file`` when the caller has read it
+    already (a sweep's space file, less its ``search`` block)."""
     cfg = OmegaConf.structured(Config)
     if base is not None:
         cfg = OmegaConf.merge(cfg, OmegaConf.structured(base) if is_dataclass(base) else base)
-    if config_file is not None:
-        flat = _flatten(read_recipe(config_file) if recipe is None else recipe)
+    files = recipe_list(config_file)
+    if recipe is not None and len(files) != 1:
+        raise ValueError("load_config(recipe=...) goes with exactly one config_file")
+    for path in files:
+        flat = _flatten(read_recipe(path) if recipe is None else recipe)
         dump = len(flat) == len(OPTIONS)  # a whole resolved config (a run's config.yaml): its places are its run's
-        _apply(cfg, _drop_local(flat, f"{config_file}", warn=not dump), f"in {config_file}")
+        _apply(cfg, _drop_local(flat, f"{path}", warn=not dump), f"in {path}")
     _apply(cfg, overrides or {}, source)
     _check_choices(cfg)
     _check_values(cfg)
@@ -236,10 +253,10 @@ def load_config(overrides: dict[str, Any] | None = None, config_file: str | Path
     return obj
 
 
-def as_config(cfg: Config | str | Path | dict | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """What the library functions accept as a config: a :class:`Config`, a YAML recipe's path, a dict of
-    options, or None (the defaults), each with keyword ``overrides`` on top; always validated."""
-    if isinstance(cfg, (str, Path)):
+def as_config(cfg: Config | str | Path | list | tuple | dict | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """What the library functions accept as a config: a :class:`Config`, a YAML recipe's path (or a list of
+    them, merged in order), a dict of options, or None (the defaults), each with keyword ``overrides`` on top; always validated."""
+    if isinstance(cfg, (str, Path, list, tuple)):  # one recipe, or several merged in order
         return load_config(overrides, config_file=cfg)
     if isinstance(cfg, dict):
         return load_config({**cfg, **(overrides or {})})

@@ -223,6 +223,11 @@ class TrainConfig:
                            range=Range(0, COUNT), changes="resume")
     max_steps: Optional[int] = opt(None, "stop (checkpointed, resumable) after this many optimizer steps in all",
                                     range=Range(1, 2**62), changes="live")
+    limit_train_batches: int = opt(0, "train at most this many batches per epoch (per process), drawn from the "
+                                   "epoch's shuffled order, as Lightning's option does; 0: all", range=Range(0, COUNT))
+    limit_val_batches: int = opt(0, "validate on at most this many batches (per process), spread evenly over the "
+                                 "validation set; 0: all. --dry-run sets both limits", range=Range(0, COUNT),
+                                 changes="resume")
     nonfinite: str = opt("stop", "on a NaN/Inf loss or gradient: stop (keep the last good checkpoint, exit 3) or "
                          "skip the batch", ("stop", "skip"), changes="live")
     nonfinite_max_skips: int = opt(5, "with --nonfinite=skip: stop after this many non-finite batches in a row",

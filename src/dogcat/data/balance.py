@@ -61,8 +61,8 @@ class BalancedSampler(ResumableSampler):
     ``torch.multinomial`` on a generator seeded with them), so exact resume, the per-item augmentation seeds
     and DDP sharding (rank r takes positions r, r + world, ...) are the parent's, unchanged."""
 
-    def __init__(self, labels: Sequence[int], seed: int, rank: int = 0, world: int = 1) -> None:
-        super().__init__(len(labels), seed, shuffle=True, rank=rank, world=world)
+    def __init__(self, labels: Sequence[int], seed: int, rank: int = 0, world: int = 1, limit: int = 0) -> None:
+        super().__init__(len(labels), seed, shuffle=True, rank=rank, world=world, limit=limit)
         y = torch.tensor(list(labels), dtype=torch.long)
         if not len(y):
             raise DataError("--sampler=balanced: the training set is empty")
@@ -74,12 +74,13 @@ class BalancedSampler(ResumableSampler):
         return torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
 
 
-def train_sampler(kind: str, dataset: Any, seed: int, rank: int = 0, world: int = 1) -> ResumableSampler:
-    """The training order ``--sampler`` names: ``shuffle`` (:class:`ResumableSampler`) or ``balanced``."""
+def train_sampler(kind: str, dataset: Any, seed: int, rank: int = 0, world: int = 1, limit: int = 0) -> ResumableSampler:
+    """The training order ``--sampler`` names: ``shuffle`` (:class:`ResumableSampler`) or ``balanced``; ``limit``:
+    at most that many items a rank takes per epoch (0: all)."""
     if kind != "balanced":
-        return ResumableSampler(len(dataset), seed, rank=rank, world=world)
+        return ResumableSampler(len(dataset), seed, rank=rank, world=world, limit=limit)
     ys = targets(dataset)
     if ys is None:
         raise DataError("--sampler=balanced needs the training labels, which this data layout does not give "
                         "(its data set has no `targets`); use --sampler=shuffle")
-    return BalancedSampler(ys, seed, rank, world)
+    return BalancedSampler(ys, seed, rank, world, limit)

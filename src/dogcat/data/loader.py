@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -43,11 +44,14 @@ class ResumableSampler(Sampler):
     positions without touching their files (an exact resume, no decode-and-discard).
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 limit: int = 0) -> None:
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
         # Under DDP each rank takes every world-th position, the order padded by wrapping around (as
         # DistributedSampler does) so that all ranks take the same number of steps.
         self.per_rank = -(-n // world)
+        if limit:  # --limit-train-batches: the epoch is the first `limit` positions of each rank's share
+            self.per_rank = min(self.per_rank, limit)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -72,10 +76,15 @@ class ResumableSampler(Sampler):
 
 
 class ShardSampler(Sampler):
-    """Evaluation under DDP: rank r takes items r, r + world, ... — every item exactly once, no padding."""
+    """Evaluation under DDP: rank r takes items r, r + world, ... — every item exactly once, no padding. With
+    ``limit``: that many of them, spread evenly over the rank's share (a layout lists its items class by class:
+    the first ones would all be of one class)."""
 
-    def __init__(self, n: int, rank: int, world: int) -> None:
-        self.indices = range(rank, n, world)
+    def __init__(self, n: int, rank: int, world: int, limit: int = 0) -> None:
+        self.indices: Sequence[int] = range(rank, n, world)
+        if limit and limit < len(self.indices):  # --limit-val-batches: evenly spread, so every class is in it
+            step = len(self.indices) / limit
+            self.indices = [self.indices[int(i * step)] for i in range(limit)]
 
     def __iter__(self):
         return iter(self.indices)

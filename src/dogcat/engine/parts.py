@@ -50,11 +50,13 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
         write_splits(data, run.folder.splits)
     loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
                        pin_memory=device.type == "cuda")
-    sampler = train_sampler(cfg.data.sampler, data.train, cfg.train.seed, d.rank, d.world)
+    sampler = train_sampler(cfg.data.sampler, data.train, cfg.train.seed, d.rank, d.world,
+                            cfg.train.limit_train_batches * cfg.data.batch_size)
     train_loader = make_loader(SeededItems(data.train), shuffle=False, sampler=sampler, **loader_args)
     val_loader = None
     if data.val is not None:  # under DDP each rank validates its own share: every image exactly once
-        shard = ShardSampler(len(data.val), d.rank, d.world) if d.enabled else None
+        limit = cfg.train.limit_val_batches * cfg.data.batch_size
+        shard = ShardSampler(len(data.val), d.rank, d.world, limit) if d.enabled or limit else None
         val_loader = make_loader(data.val, shuffle=False, sampler=shard, **loader_args)
 
     pre = data.pre

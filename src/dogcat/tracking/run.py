@@ -16,7 +16,8 @@ from ..locks import FileLock, LockHeld, describe_holder
 from .folder import RunFolder, find_run
 from .records import RecordSink, logged_after
 
-__all__ = ["STATUSES", "Run", "RunFolder", "RunLocked", "default_run_name", "find_run"]
+__all__ = ["STATUSES", "Run", "RunFolder", "RunLocked", "default_run_name", "find_run", "make_folder",
+           "refuse_taken"]
 
 STATUSES = ("running", "finished", "failed", "stopped", "pruned")  # pruned: ended early by a sweep's pruner
 
@@ -28,7 +29,7 @@ def default_run_name(cfg: Config) -> str:
     return f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _mkdir(path: Path, option: str) -> None:
+def make_folder(path: Path, option: str) -> None:
     """``mkdir -p``; a path that cannot be a folder (a file is there, no permission) is one ConfigError line."""
     with disk_full_as(path.parent, what=f"creating {path.name}"):
         try:
@@ -37,6 +38,13 @@ def _mkdir(path: Path, option: str) -> None:
             if is_disk_full(e):
                 raise
             raise ConfigError(f"{option}={path}: cannot make that folder ({e.strerror or e})") from None
+
+
+def refuse_taken(run_dir: Path) -> None:
+    """An explicit ``--run-dir`` for a new run must not hold a run already: one ConfigError line (use --resume)."""
+    if RunFolder(run_dir).config.exists():
+        raise ConfigError(f"{flag('run_dir')}={run_dir} already holds a run; pass {flag('resume')}={run_dir} to "
+                          "continue it, or choose another folder")
 
 
 class RunLocked(ConfigError):
@@ -92,15 +100,16 @@ class Run:
         explicit ``run_dir`` that already holds a run is refused (use --resume)."""
         if cfg.train.run_dir:
             path = Path(cfg.train.run_dir).expanduser()
-            _mkdir(path, flag("run_dir"))
+            make_folder(path, flag("run_dir"))
             run = cls(path).lock()
-            if run.folder.config.exists():
+            try:
+                refuse_taken(path)
+            except ConfigError:
                 run.unlock()
-                raise ConfigError(f"{flag('run_dir')}={path} already holds a run; pass {flag('resume')}={path} to "
-                                  "continue it, or choose another folder")
+                raise
         else:
             base = Path(cfg.train.runs_root).expanduser() / default_run_name(cfg)
-            _mkdir(base.parent, flag("runs_root"))
+            make_folder(base.parent, flag("runs_root"))
             path, i = base, 1
             while True:  # two runs started in the same second, or a reused --name: the next free name
                 try:
