@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -49,6 +50,12 @@ class DiskFull(DogcatError, OSError):
 
 class MalformedFile(DogcatError, ValueError):
     """A file dogcat wrote (manifest, config, sidecar, ...) that is damaged or of the wrong shape; the CLI exits 2."""
+
+
+class UnsafePath(DogcatError, OSError):
+    """A folder dogcat owns (a run's ``checkpoints/``, ``control/``, ``report/`` ...) or a file it appends to is a
+    symbolic link or not what it should be: writing or cleaning through it would touch the link's target, outside
+    the place the command line chose. Nothing was written; the CLI exits 2."""
 
 
 def mib(n: int | float | None) -> str:
@@ -111,6 +118,95 @@ def disk_full_as(folder: Path | str, need: int | None = None, what: str = "") ->
         if is_disk_full(e):
             raise DiskFull(folder, need, free_bytes(folder), what) from e
         raise
+
+
+# ---- folders we own, files we append to --------------------------------------------------------------------
+
+def _not_ours(path: Path, st: os.stat_result, what: str) -> UnsafePath:
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = f" (to {os.readlink(path)})"
+        except OSError:
+            target = ""
+        return UnsafePath(f"{path} is a symbolic link{target}: dogcat writes its {what} only into a real one it "
+                          "made, never through a link (its target is left untouched); remove the link")
+    return UnsafePath(f"{path} is not a {what}: dogcat made no such thing here; move it away")
+
+
+def owned_dirs(path: Path | str, top: Path | str | None = None) -> list[Path]:
+    """``path`` and the folders between ``top`` (exclusive) and it: what :func:`safe_dir` checks."""
+    path = Path(path)
+    if top is None:
+        return [path]
+    rel = path.relative_to(top)
+    return [Path(top).joinpath(*rel.parts[: i + 1]) for i in range(len(rel.parts))]
+
+
+def check_dir(path: Path | str, top: Path | str | None = None) -> None:
+    """Each of :func:`owned_dirs` that exists is a real folder, not a symbolic link (:class:`UnsafePath`)."""
+    for p in owned_dirs(path, top):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise _not_ours(p, st, "folder")
+
+
+def safe_dir(path: Path | str, top: Path | str | None = None) -> Path:
+    """A folder dogcat owns, e.g. a run's ``checkpoints/``: made with ``mkdir`` when missing, and refused
+    (:class:`UnsafePath`, one line naming it) when a symbolic link or anything but a folder is in its place. With
+    ``top`` (the run folder) every folder between ``top`` and ``path`` is made and checked the same way; without
+    it, the folders above ``path`` are the caller's (made as usual, links allowed: the command line chose them).
+    Writes into the folder then never land in a link's target, and clean-ups there delete nothing of anyone's."""
+    path = Path(path)
+    chain = owned_dirs(path, top)
+    if top is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    for p in chain:
+        try:
+            os.mkdir(p)
+        except FileExistsError:
+            pass
+        st = os.lstat(p)
+        if not stat.S_ISDIR(st.st_mode):
+            raise _not_ours(p, st, "folder")
+    return path
+
+
+def open_append(path: Path | str, what: str = "file") -> int:
+    """A descriptor to append to ``path``, a regular file, created when missing; a symbolic link (O_NOFOLLOW), a
+    FIFO or a device in its place is :class:`UnsafePath`: an append never goes through a link."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666 & ~umask())
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise _not_ours(Path(path), os.lstat(path), what) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _not_ours(Path(path), st, what)
+    return fd
+
+
+def unlink_own(folder: Path | str, name: str) -> bool:
+    """Delete the entry ``name`` of ``folder`` (a name dogcat made there): a file or a link itself, never what a
+    link points to, never a folder's contents (an empty folder is removed). False when it could not be."""
+    try:
+        os.unlink(Path(folder) / name)
+        return True
+    except FileNotFoundError:
+        return True
+    except IsADirectoryError:
+        try:
+            os.rmdir(Path(folder) / name)
+            return True
+        except OSError:
+            return False
+    except OSError:
+        return False
 
 
 # ---- atomic writes ---------------------------------------------------------------------------------------
@@ -212,6 +308,16 @@ def atomic_write_text(path: Path | str, text: str, what: str = "") -> None:
     """:func:`atomic_write_bytes` of ``text`` in UTF-8 (surrogateescape: non-UTF-8 file names round-trip)."""
     data = text.encode(**TEXT)
     atomic_write_bytes(path, lambda f: f.write(data), len(data), what)
+
+
+def atomic_write_figure(path: Path | str, fig: Any, dpi: int = 100) -> Path:
+    """A matplotlib figure as a PNG through :func:`atomic_write_bytes`: rendered into memory first, so a link
+    planted at ``path`` is replaced, never written through, and a half-drawn file is never left."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    data = buf.getvalue()
+    atomic_write_bytes(path, lambda f: f.write(data), len(data), f"writing {Path(path).name}")
+    return Path(path)
 
 
 def atomic_link_or_copy(src: Path, dst: Path) -> None:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import DogcatError
-from ..io import TEXT, disk_full_as
+from ..io import TEXT, disk_full_as, open_append
 from .jpeg import decode_jpeg_rgb, pil_draft, resize_like_full
 
 # Extensions PIL decodes that people keep photos in; matched case-insensitively.
@@ -206,5 +206,6 @@ class BadFiles:
             warnings.warn(f"skipping unreadable image {path}: {reason}", BadImageWarning, stacklevel=2)
         if new and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with disk_full_as(self.path.parent, what=f"appending to {self.path.name}"), open(self.path, "a", **TEXT) as f:
+            with disk_full_as(self.path.parent, what=f"appending to {self.path.name}"), \
+                    os.fdopen(open_append(self.path, "list of bad files"), "a", **TEXT) as f:  # never through a link
                 f.writelines(f"{p}\t{r}\n" for p, r in new)  # surrogateescape: non-UTF-8 names as they are

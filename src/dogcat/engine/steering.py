@@ -169,7 +169,7 @@ class Steering:
         if sys.stdin.isatty():
             return interactive(model, self.step.optimizer, last, last.loss, self.cfg)
         out = debug_dump(model, last.images, last.labels, last.ids,
-                         self.run.path / "debug" / f"step-{self.state.global_step:07d}")
+                         self.run.folder.owned(self.run.path / "debug" / f"step-{self.state.global_step:07d}"))
         return f"no terminal: wrote the debug dump {out} (layers.json, batch_ids.txt, snapshot.pt)"
 
 

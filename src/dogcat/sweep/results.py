@@ -11,15 +11,15 @@ from typing import Any
 
 import yaml
 
-from ..config import OPTIONS, ConfigError, flat_config
-from ..io import atomic_write_text, read_json
+from ..config import LOCAL, ConfigError, flat_config
+from ..io import atomic_write_figure, atomic_write_text, read_json
 from ..tracking.folder import RunFolder
 from .storage import DEFAULT_STORAGE, INFO, _optuna, open_storage, trial_dir
 
 log = logging.getLogger("dogcat")
 
 BEST = "best.yaml"
-PLACES = {leaf for leaf, (_, f) in OPTIONS.items() if f.metadata.get("local")} | {"env", "resume"}
+PLACES = LOCAL | {"env", "resume"}
 
 
 def find_sweep(spec: str, runs_root: str | Path = "runs") -> Path:
@@ -94,9 +94,10 @@ def plots(study: Any, folder: Path) -> list[Path]:
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(10, 5.5)
             fig.tight_layout()
-            fig.savefig(folder / name, dpi=100)
-            plt.close(fig)
-            written.append(folder / name)
+            try:
+                written.append(atomic_write_figure(folder / name, fig))  # a link at the name is replaced
+            finally:
+                plt.close(fig)
         except (ValueError, RuntimeError, KeyError) as e:  # too few trials to draw
             log.info(f"{name}: not drawn ({e})")
     return written
@@ -109,7 +110,7 @@ def write_best(study: Any, folder: Path) -> tuple[int, float] | None:
         best = study.best_trial
     except ValueError:
         return None
-    run = RunFolder(best.user_attrs.get("run_dir") or folder / trial_dir(best.number))
+    run = RunFolder(folder / trial_dir(best.number))  # by its number, here: never a path the study names
     run_dir = run.path
     if not run.is_run():
         log.warning(f"best trial {best.number}: no {run.config} here (another machine's?): no {BEST}")

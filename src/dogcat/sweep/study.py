@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from ..config import RUN_NAME, ConfigError, DogcatError
 from ..control import TrainingStopped
-from ..io import MalformedFile, atomic_write_text
+from ..io import MalformedFile, atomic_write_text, check_dir, one_line
 from ..locks import FileLock, process_alive, this_process
 from ..metrics import metric
 from ..tracking.manifest import read_manifest, write_manifest
@@ -74,7 +74,7 @@ def sweep(space_file: str | Path, trials: int = 20, timeout: float | None = None
     ran = fails = 0
     while fails < MAX_FAILS_IN_ROW:
         with FileLock(folder / LOCK):
-            reap(study)
+            reap(study, folder)
             done, active = _counts(study)
             if done >= trials or (deadline is not None and time.monotonic() >= deadline):
                 break
@@ -164,9 +164,10 @@ def _ask(study: Any, seed: int, trials: int) -> Any:
     return trial
 
 
-def reap(study: Any) -> list[int]:
+def reap(study: Any, folder: Path | None = None) -> list[int]:
     """Mark FAIL the RUNNING trials whose process is gone; returns their numbers. On this host the process is
-    looked up (pid + start time); elsewhere Optuna's heartbeat decides (database storages)."""
+    looked up (pid + start time); elsewhere Optuna's heartbeat decides (database storages). With ``folder`` (the
+    sweep's), a failed trial's run folder there (``trial-NNNN``) says failed too."""
     optuna = _optuna()
     from optuna.trial import TrialState as S
 
@@ -184,8 +185,8 @@ def reap(study: Any) -> list[int]:
                    "it (killed?)")
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", why)
             study.tell(t.number, state=S.FAIL)
-            if a.get("run_dir"):
-                _mark_run_failed(Path(a["run_dir"]), why)
+            if folder is not None:  # the trial's folder by its number, here: never a path the study names
+                _mark_run_failed(folder / trial_dir(t.number), why)
             log.warning(f"trial {t.number} marked failed: {why}")
             reaped.append(t.number)
     return reaped
@@ -198,7 +199,9 @@ def _mark_run_failed(path: Path, why: str) -> None:
         return
     try:
         run.lock()
-    except RunLocked:
+    except DogcatError as e:  # held by a live process, or a link planted in it: left as it is
+        if not isinstance(e, RunLocked):
+            log.warning(f"not marking {path} failed: {one_line(e)}")
         return
     try:
         try:
@@ -283,6 +286,7 @@ def run_trial(study: Any, trial: Any, space: Space, folder: Path) -> str:
     from ..engine.trainer import train  # here: `dogcat sweep show` reads a study without loading torch
 
     try:
+        check_dir(run_dir, top=folder)  # ours to make: a link planted at the trial's name is refused (trial failed)
         cfg = space.config(values, run_dir=str(run_dir))
         with heartbeat(study, trial):
             result = train(cfg, on_epoch=Reporter(study, trial, monitor))

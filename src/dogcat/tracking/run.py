@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, flag, to_yaml
-from ..io import atomic_write_text, disk_full_as, is_disk_full, reserve_space
+from ..io import UnsafePath, atomic_write_text, disk_full_as, is_disk_full, open_append, reserve_space
 from ..locks import FileLock, LockHeld, describe_holder
 from .folder import RunFolder, find_run
 from .records import RecordSink, logged_after
@@ -61,7 +61,8 @@ class Run:
 
     @property
     def ckpt_dir(self) -> Path:
-        return self.folder.checkpoints
+        """``checkpoints/``; the writer makes it a real folder (a symbolic link there is refused, naming it)."""
+        return self.folder.owned(self.folder.checkpoints) if self.writer else self.folder.checkpoints
 
     def lock(self) -> "Run":
         """Take the run's OS lock (fcntl.flock, released when the process ends, kill -9 included); a run
@@ -76,6 +77,11 @@ class Run:
                                 f"`dogcat ctl {self.path} stop`") from None
             except OSError as e:  # not a folder we can write, or a link planted where the lock goes
                 raise RunLocked(f"cannot lock the run folder {self.path} ({lock.path}: {e.strerror or e})") from None
+            try:  # a run folder from elsewhere: no link planted where we write or clean up
+                self.folder.check_owned()
+            except UnsafePath:
+                lock.release()
+                raise
             self._lock = lock
             reserve_space(self.folder.reserve, RESERVE_BYTES)
         return self
@@ -144,7 +150,8 @@ class Run:
             return
         line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
         path = self.folder.metrics
-        with disk_full_as(self.path, len(line), f"appending to {path.name}"), open(path, "a") as f:
+        with disk_full_as(self.path, len(line), f"appending to {path.name}"), \
+                os.fdopen(open_append(path, "metrics file"), "a", encoding="utf-8") as f:  # never through a link
             end = f.tell()
             try:
                 f.write(line)
