@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from ..config import RUN_NAME, ConfigError, DogcatError
 from ..control import TrainingStopped
-from ..io import MalformedFile, atomic_write_text, check_dir, one_line
+from ..io import DiskFull, MalformedFile, atomic_write_text, check_dir, free_bytes, is_disk_full, one_line
 from ..locks import FileLock, process_alive, this_process
 from ..metrics import metric
 from ..tracking.manifest import read_manifest, write_manifest
@@ -174,15 +174,20 @@ def reap(study: Any, folder: Path | None = None) -> list[int]:
     if hasattr(study._storage, "get_heartbeat_interval") and study._storage.get_heartbeat_interval():
         optuna.storages.fail_stale_trials(study)
     reaped = []
+    me = this_process()
     for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         a = t.user_attrs
-        if "pid" in a:
+        why = (f"its sweep process (pid {a.get('pid', '?')} on {a.get('host', '?')}) ended without finishing it "
+               "(killed?)")
+        if all(a.get(k) == me[k] for k in ("pid", "host", "start")):
+            # ours, and this process runs no trial while it reaps: one whose end could not be recorded (a full
+            # disk, a database error) must not count as running for ever
+            alive, why = False, "this sweep process ran it but could not record how it ended"
+        elif "pid" in a:
             alive = process_alive(a["pid"], a.get("start"), a.get("host"))
         else:
             alive = time.time() - t.datetime_start.timestamp() < UNCLAIMED_S if t.datetime_start else True
         if alive is False:
-            why = (f"its sweep process (pid {a.get('pid', '?')} on {a.get('host', '?')}) ended without finishing "
-                   "it (killed?)")
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", why)
             study.tell(t.number, state=S.FAIL)
             if folder is not None:  # the trial's folder by its number, here: never a path the study names
@@ -295,6 +300,9 @@ def run_trial(study: Any, trial: Any, space: Space, folder: Path) -> str:
         raise
     except (DogcatError, Exception) as e:  # noqa: BLE001 - one failed trial does not end the sweep
         _fail(study, trial, f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+        if is_disk_full(e):  # every next trial would fail the same way: the sweep ends, exit 1
+            raise e if isinstance(e, DiskFull) else DiskFull(run_dir, None, free_bytes(run_dir.parent),
+                                                               f"trial {trial.number}") from e
         log.warning(f"trial {trial.number} failed: {type(e).__name__}: {e}")
         return "FAIL"
     if result.pruned:
