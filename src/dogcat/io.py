@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from .config import DogcatError
+from .config import ConfigError, DogcatError
 
 TEXT: dict[str, str] = {"encoding": "utf-8", "errors": "surrogateescape"}  # open(path, "w", **TEXT)
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -56,6 +56,54 @@ class UnsafePath(DogcatError, OSError):
     """A folder dogcat owns (a run's ``checkpoints/``, ``control/``, ``report/`` ...) or a file it appends to is a
     symbolic link or not what it should be: writing or cleaning through it would touch the link's target, outside
     the place the command line chose. Nothing was written; the CLI exits 2."""
+
+
+# ---- places the command line names, and OS errors as one line --------------------------------------------
+
+# errors of a path the command line got wrong (exit 2); any other OSError is an outside cause (exit 1): a
+# read-only or full disk, no permission, an I/O error
+WRONG_PATH = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOENT, errno.ELOOP,
+                        errno.EINVAL})
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one name and of a whole path on Linux file systems
+
+
+def os_error_exit(e: OSError) -> int:
+    """The exit status of an OSError nothing else caught: 2 for a path given wrong, 1 for an outside cause."""
+    return 2 if e.errno in WRONG_PATH else 1
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line that names the path: ``cannot use PATH: Read-only file system``."""
+    why = e.strerror or type(e).__name__
+    if e.filename is None:
+        return f"{why} ({one_line(e)})"
+    second = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+    return f"cannot use {e.filename}{second}: {why}"
+
+
+def check_place(option: str, path: Path | str, kind: str) -> None:
+    """Before anything is made: ``path``, given as ``option``, can be a ``kind`` ("file" or "folder"): not an
+    existing folder where a file goes (or a file where a folder goes), not below a file, no name too long. A
+    ConfigError line naming the option otherwise (exit 2). Whether the disk takes writes is learnt by writing."""
+    p = Path(path).expanduser().absolute()
+    if len(os.fsencode(str(p))) >= PATH_MAX or any(len(os.fsencode(x)) > NAME_MAX for x in p.parts):
+        raise ConfigError(f"{option}={path}: a name in it is too long for a file system (at most {NAME_MAX} bytes "
+                          f"a name, {PATH_MAX} a path)")
+    for i, q in enumerate((p, *p.parents)):
+        try:
+            st = os.stat(q)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise ConfigError(f"{option}={path}: {os_error_line(e)}") from None
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if i == 0 and kind == "file" and is_dir:
+            raise ConfigError(f"{option}={path} is a folder; name a file (in it, or elsewhere)")
+        if i == 0 and kind == "folder" and not is_dir:
+            raise ConfigError(f"{option}={path} is a file, not a folder")
+        if i > 0 and not is_dir:
+            raise ConfigError(f"{option}={path}: {q} is a file, so nothing can be made below it")
+        return
 
 
 def mib(n: int | float | None) -> str:
@@ -285,7 +333,12 @@ def atomic_write_bytes(path: Path | str, write: Callable[[Any], Any], need: int 
         folder.mkdir(parents=True, exist_ok=True)
         if need:
             ensure_free(folder, need, what or f"writing {path.name}")
-        fd, tmp = temp_file(folder, path.name)
+        try:
+            fd, tmp = temp_file(folder, path.name)
+        except OSError as e:  # a read-only folder, no permission: name the file being written, not a temp name
+            if is_disk_full(e):
+                raise
+            raise OSError(e.errno, e.strerror, str(path)) from e
         try:
             with os.fdopen(fd, "wb") as raw:
                 f = _Recorder(raw)
@@ -298,6 +351,11 @@ def atomic_write_bytes(path: Path | str, write: Callable[[Any], Any], need: int 
                         raise f.error from e
                     raise
             os.replace(tmp, path)
+        except OSError as e:  # name the file being written, not our temp file
+            if e.filename is not None and Path(e.filename).name.startswith(f".{path.name}.tmp-") \
+                    and not is_disk_full(e):
+                raise OSError(e.errno, e.strerror, str(path)) from e
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

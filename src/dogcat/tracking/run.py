@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, flag, to_yaml
-from ..io import UnsafePath, atomic_write_text, disk_full_as, is_disk_full, open_append, reserve_space
+from ..io import (UnsafePath, atomic_write_text, disk_full_as, is_disk_full, open_append, os_error_exit,
+                  reserve_space)
 from ..locks import FileLock, LockHeld, describe_holder
 from .folder import RunFolder, find_run
 from .records import RecordSink, logged_after
@@ -76,6 +77,8 @@ class Run:
                                 "training or resume is writing it. Wait for it to end, or stop it with "
                                 f"`dogcat ctl {self.path} stop`") from None
             except OSError as e:  # not a folder we can write, or a link planted where the lock goes
+                if os_error_exit(e) == 1:  # a read-only disk, no permission: an outside cause, the OS's own line
+                    raise
                 raise RunLocked(f"cannot lock the run folder {self.path} ({lock.path}: {e.strerror or e})") from None
             try:  # a run folder from elsewhere: no link planted where we write or clean up
                 self.folder.check_owned()
