@@ -6,9 +6,10 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from ..config import ConfigError
+from ..console import redact
 
 DEFAULT_STORAGE = "study.db"
 INFO = "sweep.json"              # the sweep's record in its folder: name, storage, monitor, pruner
@@ -34,15 +35,6 @@ def _optuna() -> Any:
     return optuna
 
 
-def masked(url: str) -> str:
-    """A storage URL without its password (for files and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def open_storage(folder: Path, url: str | None) -> tuple[Any, str]:
     """``(Optuna storage, how to name it)``: a database URL (``sqlite:///``, ``postgresql://``, ``mysql://``),
     a journal file (a path without ``://``), or by default the SQLite file ``folder/study.db``."""
@@ -60,9 +52,9 @@ def open_storage(folder: Path, url: str | None) -> tuple[Any, str]:
     else:
         kw = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
     try:
-        return optuna.storages.RDBStorage(url, **kw), masked(url)
+        return optuna.storages.RDBStorage(url, **kw), redact(url)
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a refused connection: one line
-        raise ConfigError(f"--storage={masked(url)}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+        raise ConfigError(f"--storage={redact(url)}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -88,13 +80,13 @@ def open_for_reading(folder: Path, url: str | None, given: bool) -> tuple[Any, s
     else:
         path = None
     if not given and (path is None or not _inside(path, folder)):
-        raise ConfigError(f"{folder / INFO} names the study's storage {masked(str(url))}, which is not a file in "
+        raise ConfigError(f"{folder / INFO} names the study's storage {redact(str(url))}, which is not a file in "
                           f"{folder}: dogcat opens only what the command line names there; pass --storage=URL")
     if path is None:  # a server's database, named on the command line
         try:
-            return optuna.storages.RDBStorage(url, skip_table_creation=True), masked(str(url))
+            return optuna.storages.RDBStorage(url, skip_table_creation=True), redact(str(url))
         except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a refused connection: one line
-            raise ConfigError(f"--storage={masked(str(url))}: {type(e).__name__}: "
+            raise ConfigError(f"--storage={redact(str(url))}: {type(e).__name__}: "
                               f"{' '.join(str(e).split())[:300]}") from None
     if not path.is_file():
         raise ConfigError(f"no study at {path} (`dogcat sweep show` creates none); pass --storage=URL")

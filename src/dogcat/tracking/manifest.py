@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..console import redact
 from ..io import MalformedFile, atomic_write_text, read_json
 from ..locks import process_alive, process_start
 from .folder import RunFolder
@@ -179,7 +180,7 @@ class Manifest:
             "format": FORMAT, "run": self.run_dir.name, "status": "running",
             "start_time": now_iso(), "start_unix": round(time.time(), 3), "end_time": None, "duration_s": None,
             "exit": None, "pid": os.getpid(), "pid_start": process_start(os.getpid()),
-            "command": list(sys.argv), "cwd": os.getcwd(), "seed": cfg.train.seed, "split_seed": cfg.data.split_seed,
+            "command": [redact(a) for a in sys.argv], "cwd": os.getcwd(), "seed": cfg.train.seed, "split_seed": cfg.data.split_seed,
             "git": git_info(self.run_dir), **environment(),
             "first_start_time": old.get("first_start_time") or old.get("start_time") or now_iso(),
             "previous_sessions": previous,
@@ -197,4 +198,4 @@ class Manifest:
         self.update(status=status, end_time=now_iso(),
                     duration_s=round(time.time() - self.data.get("start_unix", time.time()), 3),
                     exit={"status": status, "code": code,
-                          "error": f"{type(error).__name__}: {error}" if error is not None else None})
+                          "error": redact(f"{type(error).__name__}: {error}") if error is not None else None})
