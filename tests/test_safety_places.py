@@ -157,3 +157,42 @@ def test_an_output_option_that_cannot_be_that_place_is_one_line(case, ws, tmp_pa
     assert key in line and (value[:80] in line or str(tmp_path / "FILE") in line), line
     assert sorted(os.listdir(tmp_path)) == before  # nothing was made, not even the runs folder
     assert (tmp_path / "FILE").read_text() == "a regular file\n" and not any((tmp_path / "FOLDER").iterdir())
+
+
+# ---- low items: a manifest of valid JSON but wrong types; lr-find's full disk names its folder --------------
+
+@pytest.mark.parametrize("fields", [{"start_unix": "x"}, {"previous_sessions": 5}, {"git": {"commit": 7}},
+                                    {"data": {"sha256": 12345678901}}, {"exit": "done"}, {"command": [1, 2]},
+                                    {"previous_sessions": [{"duration_s": "long"}]}])
+def test_a_manifest_of_the_wrong_types_is_one_line_and_a_resume_starts_a_new_one(fields, ws, tmp_path, capsys):
+    run = tmp_path / "runs" / "r"
+    shutil.copytree(ws / "runs" / "r", run)
+    m = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**m, **fields}))
+    for args in (["runs", "show", str(run)], ["report", str(run)]):
+        assert main(args) == 2
+        line = one_error(capsys.readouterr().err)
+        assert "manifest.json" in line and next(iter(fields)) in line
+    assert main(["runs", str(run.parent)]) == 0  # the table skips it with a warning, as any damaged run
+    assert "skipping run" in capsys.readouterr().err
+    assert main(["train", f"--resume={run}", "--max-epoch=1"]) == 0  # a record, not an input: a new one
+    assert "writing a new one" in capsys.readouterr().err
+    assert json.loads((run / "manifest.json").read_text())["previous_sessions"] == []
+
+
+def test_lr_find_on_a_full_disk_names_its_output_folder(ws, tmp_path):
+    """A real full disk: a 24 KiB tmpfs in a private mount namespace, half filled; the plot does not fit."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        pytest.skip("private mount namespaces are not allowed here")
+    full = tmp_path / "full"
+    full.mkdir()
+    tiny = argv(tiny_options(ws / "data", full))
+    inner = (f"mount -t tmpfs -o size=24k tmpfs {full} && head -c 12288 /dev/zero > {full}/pad && "
+             f"exec {sys.executable} -m dogcat lr-find \"$@\"")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+           "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(["unshare", "-m", "sh", "-c", inner, "sh", *tiny, "--steps=3"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    line = one_error(done.stderr)
+    assert "disk full" in line and f"in {full}/lr-find-" in line, line

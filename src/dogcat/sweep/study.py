@@ -217,7 +217,11 @@ def _mark_run_failed(path: Path, why: str) -> None:
         if status == "running":
             run.set_status("failed")
             run.log(event_record("sweep", status="failed", reason=why))
-            m = read_manifest(path)
+            try:
+                m = read_manifest(path)
+            except MalformedFile as e:  # the status says failed; a damaged record stays as it is
+                log.warning(f"{e}; not updated")
+                m = {}
             if m:
                 m.update(status="failed", exit={"status": "failed", "code": None, "error": why})
                 write_manifest(path, m)
