@@ -101,6 +101,7 @@ RUN_ALL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 15-30 s: a fresh interpreter in a mount namespace; `make test` has the in-process cases below
 def test_every_command_on_a_read_only_workspace_ends_in_one_line(ws, tmp_path):
     if shutil.which("unshare") is None:
         pytest.skip("no unshare(1)")
@@ -128,6 +129,21 @@ def test_every_command_on_a_read_only_workspace_ends_in_one_line(ws, tmp_path):
         if not ok:
             bad.append(f"{' '.join(args[:2])}: rc {r['rc']} (want {want}): {r['err'][-600:]}")
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_runs_root_nobody_may_write_is_one_line_exit_1(command, ws, capsys):
+    """/sys refuses new entries even to root (EPERM): a place the command line chose that the system will not
+    take, an outside cause. The subprocess test above does every command on a read-only mount."""
+    place = Path("/sys/dogcat-test-runs")
+    if not Path("/sys").is_dir() or os.access("/sys", os.W_OK) is False:
+        pytest.skip("no /sys")
+    tiny = argv(tiny_options(ws / "data", place))
+    args = {"train": ["train", *tiny], "sweep": ["sweep", str(ws / "space.yaml"), f"--runs-root={place}"]}[command]
+    assert main(args) == 1
+    line = one_error(capsys.readouterr().err)
+    assert str(place) in line and "Traceback" not in line
+    assert not place.exists()
 
 
 @pytest.mark.parametrize("case", [
@@ -162,8 +178,7 @@ def test_an_output_option_that_cannot_be_that_place_is_one_line(case, ws, tmp_pa
 # ---- low items: a manifest of valid JSON but wrong types; lr-find's full disk names its folder --------------
 
 @pytest.mark.parametrize("fields", [{"start_unix": "x"}, {"previous_sessions": 5}, {"git": {"commit": 7}},
-                                    {"data": {"sha256": 12345678901}}, {"exit": "done"}, {"command": [1, 2]},
-                                    {"previous_sessions": [{"duration_s": "long"}]}])
+                                    {"previous_sessions": [{"duration_s": "long"}]}])  # the fuzz test tries more
 def test_a_manifest_of_the_wrong_types_is_one_line_and_a_resume_starts_a_new_one(fields, ws, tmp_path, capsys):
     run = tmp_path / "runs" / "r"
     shutil.copytree(ws / "runs" / "r", run)
@@ -180,6 +195,7 @@ def test_a_manifest_of_the_wrong_types_is_one_line_and_a_resume_starts_a_new_one
     assert json.loads((run / "manifest.json").read_text())["previous_sessions"] == []
 
 
+@pytest.mark.slow  # a fresh interpreter in a mount namespace
 def test_lr_find_on_a_full_disk_names_its_output_folder(ws, tmp_path):
     """A real full disk: a 24 KiB tmpfs in a private mount namespace, half filled; the plot does not fit."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:

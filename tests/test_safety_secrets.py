@@ -61,6 +61,7 @@ def server(tmp_path_factory):
     mp.undo()
 
 
+@pytest.mark.slow  # a real MLflow server and W&B: 15-30 s; `make test` has the run-folder case below
 def test_a_credential_in_the_mlflow_uri_is_stored_and_shown_nowhere(server, tmp_path, monkeypatch, capfd):
     store, port = server
     for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
@@ -92,6 +93,20 @@ def test_a_credential_in_the_mlflow_uri_is_stored_and_shown_nowhere(server, tmp_
     assert found.data.params["train_data_root"] == os.path.join("..", "..", "train")  # run-relative paths
     assert found.data.tags["dogcat.run_dir"] == "runs/r"
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+
+
+def test_a_credential_in_the_mlflow_uri_is_not_in_the_run_folder(tmp_path, monkeypatch, capsys):
+    """The run folder's records (config.yaml, manifest.json, checkpoints, TensorBoard's hparams and config card)
+    with --mlflow-uri given but only TensorBoard logging: the fast case of the test above."""
+    root = tiny_data(tmp_path)
+    args = ["train", f"--train-data-root={root / 'train'}", f"--val-data-root={root / 'val'}",
+            f"--runs-root={tmp_path / 'runs'}", *FAST, "--name=r", "--logger=tensorboard", "--max-epoch=1",
+            f"--mlflow-uri=https://me:{TOKEN}@mlflow.example.org/?token={TOKEN}"]
+    monkeypatch.setattr(sys, "argv", ["dogcat", *args])
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert TOKEN not in cap.out + cap.err and holding(tmp_path, TOKEN) == []
+    assert "me:***@mlflow.example.org/?token=***" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
 
 
 def test_a_sweep_storage_password_is_not_in_a_trial_manifest(tmp_path, monkeypatch):

@@ -147,7 +147,7 @@ def test_trial_attributes_choose_no_folder(tmp_path, capsys):
     (victim / "config.yaml").write_text("optim: {lr: 0.123}\n")
     (victim / "status").write_text("running\n")
     folder = tmp_path / "runs" / "s"
-    study = make_sweep(folder, attrs={"run_dir": str(victim)})
+    study = make_sweep(folder, attrs={"run_dir": str(victim), "note": ["not", "text"]})  # shown as text
     dead = study.ask()
     for k, v in {"pid": 2**22 + 12345, "host": os.uname().nodename, "start": 1, "run_dir": str(victim)}.items():
         dead.set_user_attr(k, v)

@@ -209,8 +209,7 @@ def safe_dir(path: Path | str, top: Path | str | None = None) -> Path:
     Writes into the folder then never land in a link's target, and clean-ups there delete nothing of anyone's."""
     path = Path(path)
     chain = owned_dirs(path, top)
-    if top is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    Path(top if top is not None else path.parent).mkdir(parents=True, exist_ok=True)  # the caller's folders
     for p in chain:
         try:
             os.mkdir(p)

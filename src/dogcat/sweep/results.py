@@ -74,9 +74,11 @@ def rows(study: Any) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         reason = t.user_attrs.get("pruned_reason") or t.user_attrs.get("fail_reason") or t.user_attrs.get("note")
+        run_dir = t.user_attrs.get("run_dir")  # shown only; a study from elsewhere may hold anything there
         out.append({"number": t.number, "state": t.state.name.lower(), "params": dict(t.params), "value": _value(t),
-                    "epochs": len(t.intermediate_values), "duration_s": dur, "run_dir": t.user_attrs.get("run_dir"),
-                    "reason": reason})
+                    "epochs": len(t.intermediate_values), "duration_s": dur,
+                    "run_dir": None if run_dir is None else str(run_dir),
+                    "reason": None if reason is None else str(reason)})
     return out
 
 

@@ -30,14 +30,17 @@ def default_run_name(cfg: Config) -> str:
 
 
 def _mkdir(path: Path, option: str) -> None:
-    """``mkdir -p``; a path that cannot be a folder (a file is there, no permission) is one ConfigError line."""
+    """``mkdir -p``; a path that cannot be a folder is one line naming the option: a ConfigError (exit 2) when the
+    path is wrong (a file is there), exit 1 for an outside cause (a read-only disk, no permission)."""
     with disk_full_as(path.parent, what=f"creating {path.name}"):
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             if is_disk_full(e):
                 raise
-            raise ConfigError(f"{option}={path}: cannot make that folder ({e.strerror or e})") from None
+            err = ConfigError(f"{option}={path}: cannot make that folder ({e.strerror or e})")
+            err.exit_code = os_error_exit(e)
+            raise err from None
 
 
 class RunLocked(ConfigError):
