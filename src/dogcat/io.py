@@ -221,9 +221,7 @@ def safe_dir(path: Path | str, top: Path | str | None = None) -> Path:
     return path
 
 
-def open_append(path: Path | str, what: str = "file") -> int:
-    """A descriptor to append to ``path``, a regular file, created when missing; a symbolic link (O_NOFOLLOW), a
-    FIFO or a device in its place is :class:`UnsafePath`: an append never goes through a link."""
+def _append_fd(path: Path | str, what: str) -> int:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags, 0o666 & ~umask())
@@ -238,22 +236,10 @@ def open_append(path: Path | str, what: str = "file") -> int:
     return fd
 
 
-def unlink_own(folder: Path | str, name: str) -> bool:
-    """Delete the entry ``name`` of ``folder`` (a name dogcat made there): a file or a link itself, never what a
-    link points to, never a folder's contents (an empty folder is removed). False when it could not be."""
-    try:
-        os.unlink(Path(folder) / name)
-        return True
-    except FileNotFoundError:
-        return True
-    except IsADirectoryError:
-        try:
-            os.rmdir(Path(folder) / name)
-            return True
-        except OSError:
-            return False
-    except OSError:
-        return False
+def open_append(path: Path | str, what: str = "file", **text: Any) -> Any:
+    """``open(path, "a", **text)`` for a regular file, created when missing; a symbolic link (O_NOFOLLOW), a FIFO
+    or a device in its place is :class:`UnsafePath`: an append never goes through a link."""
+    return open(path, "a", opener=lambda p, flags: _append_fd(p, what), **text)
 
 
 # ---- atomic writes ---------------------------------------------------------------------------------------

@@ -207,5 +207,5 @@ class BadFiles:
         if new and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with disk_full_as(self.path.parent, what=f"appending to {self.path.name}"), \
-                    os.fdopen(open_append(self.path, "list of bad files"), "a", **TEXT) as f:  # never through a link
+                    open_append(self.path, "list of bad files", **TEXT) as f:  # never through a link
                 f.writelines(f"{p}\t{r}\n" for p, r in new)  # surrogateescape: non-UTF-8 names as they are

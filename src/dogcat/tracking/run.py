@@ -157,7 +157,7 @@ class Run:
         line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
         path = self.folder.metrics
         with disk_full_as(self.path, len(line), f"appending to {path.name}"), \
-                os.fdopen(open_append(path, "metrics file"), "a", encoding="utf-8") as f:  # never through a link
+                open_append(path, "metrics file", encoding="utf-8") as f:  # never through a link
             end = f.tell()
             try:
                 f.write(line)
