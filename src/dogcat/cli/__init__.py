@@ -170,7 +170,7 @@ def check_places(cmd: Command, args: Any, overrides: dict[str, Any]) -> None:
     output = overrides.get("output", getattr(args, "output", None))
     if cmd.name in OUTPUT and isinstance(output, str) and output and output != "-":
         kind = OUTPUT[cmd.name]
-        given["--output"] = (output, kind if kind != "png" else "file" if output.lower().endswith(".png") else "folder")
+        given["--output"] = (output, kind if kind != "png" else "file" if Path(output).suffix == ".png" else "folder")
     for option, (value, kind) in given.items():
         check_place(option, value, kind)
 
