@@ -1,6 +1,8 @@
-"""Issue 14's two fuzz tests (hypothesis): (a) random argument lists and YAML recipes through ``dogcat.cli.main``
+"""Fuzz tests (hypothesis). Issue 14's: (a) random argument lists and YAML recipes through ``dogcat.cli.main``
 end in exit 0, or exit 2 with one error line, never a traceback; (b) random, truncated and mutated image bytes
 through the decoders, a dataset and the packed-cache builder: every file is read or reported, nothing raises.
+Issue 21's: (c) a manifest of valid JSON with values of any type is read or one MalformedFile, and what `runs`
+and the report compute from a read one never raises; (d) no password in a URI survives ``console.redact``.
 
 They run in ``make test`` with a fixed set of cases (derandomized: 1000 argument lists, 300 recipes, 500 sets of
 image files; issue 21 added 60 nested or alias-bomb texts and 50 sets of names); DOGCAT_FUZZ_EXAMPLES=5000 runs
@@ -26,7 +28,7 @@ from dogcat.config import OPTIONS, ConfigError, load_config
 
 EXAMPLES = int(os.environ.get("DOGCAT_FUZZ_EXAMPLES", "0"))
 FIXED = EXAMPLES == 0  # make test: the same cases every run
-ran = {"args": 0, "recipes": 0, "images": 0, "nesting": 0, "names": 0}
+ran = {"args": 0, "recipes": 0, "images": 0, "nesting": 0, "names": 0, "manifests": 0, "uris": 0}
 
 
 def fuzz_settings(default: int):
@@ -298,6 +300,74 @@ def test_fuzz_image_bytes_are_read_or_reported(tmp_path_factory, files, min_shor
         assert packed.pixels.shape == (len(packed.rows), 37, 37, 3)
     finally:
         Image.MAX_IMAGE_PIXELS = old
+
+
+# ---- (c) manifests of valid JSON, any types (issue 21): a value or one MalformedFile, never a TypeError ------
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
+                           | st.text(max_size=8), lambda kids: st.lists(kids, max_size=3)
+                           | st.dictionaries(st.text(max_size=6), kids, max_size=3), max_leaves=6)
+MANIFEST_KEYS = ["format", "run", "status", "start_time", "start_unix", "end_time", "duration_s", "exit", "pid",
+                 "pid_start", "command", "cwd", "seed", "split_seed", "git", "first_start_time", "previous_sessions",
+                 "data", "devices", "versions", "host", "platform", "splits", "device", "pip_freeze"]
+manifest_values = st.one_of(json_values, st.fixed_dictionaries(
+    {}, optional={k: json_values for k in ("commit", "dirty", "sha256", "source", "kind", "code", "error", "cuda",
+                                           "duration_s", "status", "count")}),
+    st.lists(st.fixed_dictionaries({}, optional={"duration_s": json_values, "status": json_values}), max_size=3))
+
+
+@pytest.fixture(scope="module")
+def a_run(tmp_path_factory) -> Path:
+    """A run folder with a config.yaml and the manifest dogcat writes; the fuzz test replaces its values."""
+    from dogcat.config import to_yaml
+    from dogcat.tracking.manifest import Manifest
+
+    run = tmp_path_factory.mktemp("fuzz-manifest") / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(load_config({})))
+    Manifest(run).start(load_config({}))
+    (run / "manifest.base").write_text((run / "manifest.json").read_text())
+    return run
+
+
+@fuzz_settings(200)
+@given(fields=st.dictionaries(st.sampled_from(MANIFEST_KEYS), manifest_values, min_size=1, max_size=4))
+def test_fuzz_manifest_types_read_or_one_malformed_file(a_run, fields):
+    import json
+
+    from dogcat.io import MalformedFile
+    from dogcat.tracking import runs
+    from dogcat.tracking.manifest import read_manifest
+
+    ran["manifests"] += 1
+    base = json.loads((a_run / "manifest.base").read_text())
+    (a_run / "manifest.json").write_text(json.dumps({**base, **fields}))
+    try:
+        read_manifest(a_run)
+    except MalformedFile as e:
+        assert "manifest" in str(e) and "\n" not in str(e)
+        return
+    info = runs.load_run(a_run)  # everything runs, runs show, runs diff and the report compute from it
+    runs.show(a_run), runs.summary(info), runs.manifest_summary(info.manifest), info.duration(), info.data()
+    runs.diff(a_run, a_run)
+
+
+# ---- (d) credentials in URIs are masked wherever they sit in a line (issue 21 item 3) -----------------------
+
+SECRET_CHARS = string.ascii_letters + string.digits + "-._~!$&'()*+,;=%"
+
+
+@fuzz_settings(300)
+@given(scheme=st.sampled_from(["http", "https", "postgresql", "mysql+pymysql", "sqlite"]),
+       user=st.text(SECRET_CHARS, max_size=8).filter(lambda u: ":" not in u),
+       password=st.text(SECRET_CHARS, min_size=6, max_size=16), before=st.text(max_size=10).filter(lambda t: "@" not in t),
+       rest=st.sampled_from(["", "/", ":5000", "/db?x=1", "/path with space"]))
+def test_fuzz_no_password_survives_redact(scheme, user, password, before, rest):
+    from dogcat.console import redact
+
+    ran["uris"] += 1
+    line = f"{before}--mlflow-uri={scheme}://{user}:{password}@host{rest}"
+    assert f":{password}@" not in redact(line) and ":***@host" in redact(line)
 
 
 def test_fuzz_counts():

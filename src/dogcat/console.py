@@ -12,10 +12,28 @@ through the usual propagation and the default handler stays quiet. Silence dogca
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
 LOGGER = "dogcat"
+
+# Credentials inside URIs: the password of ``scheme://user:password@host`` and the value of a query parameter
+# whose name says it is one (``?token=...``, ``&password=...``, ``access_key=...``)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):([^/\s@]+)@")
+_QUERY = re.compile(r"([?&;][^=&;#\s]*(?:token|password|passwd|pwd|secret|key|signature|sig|credential|auth)"
+                    r"[^=&;#\s]*=)[^&;#\s]+", re.IGNORECASE)
+MASK = "***"
+
+
+def redact(text: Any) -> str:
+    """``text`` with the credentials of every URI in it masked (``http://user:***@host``, ``?token=***``): what
+    dogcat stores (config.yaml, manifest.json, checkpoints, trackers) or prints. The one masking rule: a secret
+    given on the command line (``--mlflow-uri``, a sweep's ``--storage``) is used, never written or shown."""
+    text = str(text)
+    if "://" not in text and "=" not in text:
+        return text
+    return _QUERY.sub(rf"\1{MASK}", _USERINFO.sub(rf"\1:{MASK}@", text))
 
 
 # C0 controls, DEL and C1 controls, as Python writes them in a string literal: ESC (which retitles and clears a
@@ -70,7 +88,7 @@ class StderrHandler(logging.Handler):
         if self.only_unconfigured and logging.getLogger().handlers:
             return
         try:
-            sys.stderr.write(printable(self.format(record)) + "\n")
+            sys.stderr.write(redact(printable(self.format(record))) + "\n")
             sys.stderr.flush()
         except Exception:  # noqa: BLE001  # logging's own rule: a failing handler must not raise
             self.handleError(record)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -20,7 +19,7 @@ from typing import Callable
 
 from .config import DogcatError
 from .console import escape
-from .io import atomic_write_text, read_small
+from .io import atomic_write_text, check_dir, read_small, safe_dir
 from .locks import process_alive, this_process
 from .reading import loads_json
 
@@ -71,6 +70,7 @@ class NotRunning(DogcatError, RuntimeError):
     exit_code = 1
 
 
+COMMAND_SUFFIX = ".json"  # the inbox's command files; `ctl` names them <time_ns>-<pid>.json
 COMMAND_BYTES = 64 << 10  # a command file is a line of JSON; anything bigger is not one of ours
 MALFORMED_AFTER = 2.0     # seconds after which an unparsable command file is answered, not waited for
 
@@ -88,47 +88,72 @@ def _write_json(path: Path, obj: dict) -> None:
 class Inbox:
     """The run's side. Files work over SSH and tmux and need no port; rank 0 alone reads them.
 
-    The inbox is data anyone with access to the folder can drop files into: a file that is not a command
-    (not JSON, no text ``command``, a folder, a link, a FIFO) is answered with an error and removed, never
-    raised; a command sent before this process started reading (left over from a killed session) is
-    answered "discarded", never run."""
+    The inbox is data anyone with access to the folder can drop files into: a command file (a ``*.json`` name)
+    that is not a command (not JSON, no text ``command``, a folder, a link, a FIFO) is answered with an error and
+    removed, never raised; a command sent before this process started reading (left over from a killed session)
+    is answered "discarded", never run. Only what is the inbox's own is deleted: ``control/``, ``inbox/`` and
+    ``done/`` must be real folders (a symbolic link is refused before the training starts), the inbox is read and
+    cleaned through a descriptor of that real folder, and only ``*.json`` entries are removed, each by its name
+    (a link itself, never its target; a folder only when empty). Other names are left alone, warned about once."""
 
     def __init__(self, control_dir: Path, min_interval: float = 0.2) -> None:
+        control_dir = Path(control_dir)
         self.inbox, self.done, self.pidfile = _dirs(control_dir)
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        self.done.mkdir(parents=True, exist_ok=True)
+        safe_dir(control_dir)
+        safe_dir(self.inbox, top=control_dir)
+        safe_dir(self.done, top=control_dir)
+        # the folder checked above, whatever its name points to later: every listing and removal goes through it
+        self._fd: int | None = os.open(self.inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self.started = time.time()
         self.min_interval, self._last = min_interval, 0.0
         self._seen: dict[str, float] = {}  # unparsable files: when first seen (a slow writer may still finish)
+        self._left: set[str] = set()  # answered but not removable, or not a command file's name: not read again
         self.poll()  # what an earlier session left is answered "discarded" now, whether or not a step follows
         _write_json(self.pidfile, this_process())  # from here on `dogcat ctl` may send
 
     def poll(self) -> list[tuple[str, str]]:
         """``[(name, command)]`` waiting, oldest first; at most one directory listing per ``min_interval``."""
         now = time.monotonic()
-        if now - self._last < self.min_interval:
+        if self._fd is None or now - self._last < self.min_interval:
             return []
         self._last = now
         out = []
-        for f in sorted(self.inbox.iterdir()):
-            if f.name.startswith("."):
-                continue  # a writer's temp file (ctl renames it into place when whole)
-            command, error = self._read(f)
+        with os.scandir(self._fd) as entries:
+            names = sorted(e.name for e in entries)
+        for name in names:
+            if name.startswith(".") or name in self._left:
+                continue  # a writer's temp file (ctl renames it into place when whole), or dealt with
+            if not name.endswith(COMMAND_SUFFIX):
+                self._left.add(name)
+                log.warning(f"ctl: {escape(name)}: not a command file (*{COMMAND_SUFFIX}); left alone")
+                continue
+            command, error = self._read(self.inbox / name)
             if command is None and error is None:
                 continue  # not whole yet: seen again next time
-            try:
-                if f.is_dir() and not f.is_symlink():
-                    shutil.rmtree(f)
-                else:
-                    f.unlink()
-            except OSError:
-                continue  # cannot remove it (not ours): leave it, and do not answer it again and again
+            if not self._remove(name):  # cannot remove it (a full folder, not ours): answer once, never run it
+                self._left.add(name)
+                error = error or f"could not be removed from {self.inbox}, so it is not run; ignored"
             if error is not None:
-                log.warning(f"ctl: {escape(f.name)}: {error}")  # anyone may name a file in the inbox
-                self.ack(f.name, {"ok": False, "message": error})
+                log.warning(f"ctl: {escape(name)}: {error}")  # anyone may name a file in the inbox
+                self.ack(name, {"ok": False, "message": error})
             else:
-                out.append((f.name, command))
+                out.append((name, command))
         return out
+
+    def _remove(self, name: str) -> bool:
+        """Delete the inbox entry ``name`` itself (a link, not its target; a folder only when empty)."""
+        try:
+            os.unlink(name, dir_fd=self._fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            try:
+                os.rmdir(name, dir_fd=self._fd)
+            except OSError:
+                return False
+        except OSError:
+            return False
+        return True
 
     def _read(self, f: Path) -> tuple[str | None, str | None]:
         """``(command, None)``, ``(None, error)`` or ``(None, None)`` for a file that may still be written."""
@@ -159,6 +184,9 @@ class Inbox:
 
     def close(self) -> None:
         self.pidfile.unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def running_pid(control_dir: Path) -> int | None:
@@ -204,7 +232,9 @@ def send(control_dir: Path, command: str, timeout: float = 60.0, run: str | None
     if running_pid(control_dir) is None:
         _wait_for_start(control_dir, what, timeout, starting)
     inbox, done, _ = _dirs(control_dir)
-    name = f"{time.time_ns()}-{os.getpid()}.json"
+    for folder in (inbox, done):  # a planted link would take the command, and our clean-up, elsewhere
+        check_dir(folder, top=control_dir.parent)
+    name = f"{time.time_ns()}-{os.getpid()}{COMMAND_SUFFIX}"
     _write_json(inbox / name, {"command": command, "sent": time.time()})  # whole before the trainer can see it
     while time.monotonic() - t0 < timeout:
         answer = done / name

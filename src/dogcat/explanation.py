@@ -10,7 +10,6 @@ probability. The heatmaps come from :mod:`dogcat.models.gradcam`.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from .console import escape
 from .engine.loading import resolve_checkpoint
 from .exported import ExportError, read_sidecar, sidecar_path
 from .inference import Classifier, Input, is_torchscript, load
-from .io import atomic_write_bytes
+from .io import atomic_write_figure, safe_dir
 from .models.gradcam import get_layer, gradcam, pick_layer, require_captum
 from .tracking.figures import denormalise, explanation_figure
 
@@ -114,7 +113,7 @@ def explain(target: str | Path, paths: Input | Iterable[Input], output: str | Pa
     items = clf._expand(paths)
     layer = layer or pick_layer(clf.model, (clf.in_chans, clf.image_size, clf.image_size))
     get_layer(clf.model, layer)  # a wrong --layer: refused before any image is read
-    out_dir = Path(output) if output else default_output(target, ov)
+    out_dir = Path(output) if output else safe_dir(default_output(target, ov))  # ours: a real folder, no link
     suffix = ".gradcam" + ("-" + re.sub(r"[^\w.-]+", "_", clf.class_names[wanted]) if wanted is not None else "")
     taken: set[str] = set()
     done: list[Explanation] = []
@@ -131,9 +130,7 @@ def explain(target: str | Path, paths: Input | Iterable[Input], output: str | Pa
                 continue
             e, fig = next(pictures)
             e.output = out_dir / _file_name(key, suffix, taken)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=100)
-            atomic_write_bytes(e.output, lambda f: f.write(buf.getvalue()), buf.tell())
+            atomic_write_figure(e.output, fig)
             done.append(e)
     written = sum(e.output is not None for e in done)
     log.info(f"wrote {written} Grad-CAM picture{'s' * (written != 1)} to {out_dir} (layer {layer})")

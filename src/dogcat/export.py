@@ -21,7 +21,7 @@ import torch.nn as nn
 from . import __version__
 from .engine.loading import Loaded, load_model
 from .exported import FORMATS, ExportError, Runner, _quiet, _require, external_data_files, runner, sidecar_path
-from .io import atomic_write_text, disk_full_as, ensure_free, sha256_file, temp_file
+from .io import atomic_write_text, disk_full_as, ensure_free, safe_dir, sha256_file, temp_file
 
 CHECK_BATCHES = (1, 3, 3)  # odd sizes on purpose: the traced / exported batch is 2
 EXTERNAL_DATA_BYTES = 1.5e9  # weights above this go to an ONNX "external data" file beside it (protobuf's 2 GB cap)
@@ -116,8 +116,11 @@ def export(target: str | None, fmt: str = "onnx", output: str | Path | None = No
         for module in ("onnx", "onnxscript", "onnxruntime"):
             _require(module)
     lm = load_model(target, overrides)
-    path = Path(output) if output else lm.out_dir / "export" / f"model{FORMATS[fmt]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if output:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:  # our own folder: a real one, so neither the sidecar's removal nor the rename goes through a link
+        path = safe_dir(lm.out_dir / "export") / f"model{FORMATS[fmt]}"
     sc = sidecar_path(path)
     sc.unlink(missing_ok=True)  # a stale sidecar must not vouch for a new, unchecked file
     model = lm.model.cpu().float().to(memory_format=torch.contiguous_format).eval()

@@ -15,16 +15,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import math
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from .config import DogcatError
+from .config import ConfigError, DogcatError
 from .reading import loads_json, open_regular, read_regular
 
 TEXT: dict[str, str] = {"encoding": "utf-8", "errors": "surrogateescape"}  # open(path, "w", **TEXT)
@@ -50,6 +52,60 @@ class DiskFull(DogcatError, OSError):
 
 class MalformedFile(DogcatError, ValueError):
     """A file dogcat wrote (manifest, config, sidecar, ...) that is damaged or of the wrong shape; the CLI exits 2."""
+
+
+class UnsafePath(DogcatError, OSError):
+    """A folder dogcat owns (a run's ``checkpoints/``, ``control/``, ``report/`` ...) or a file it appends to is a
+    symbolic link or not what it should be: writing or cleaning through it would touch the link's target, outside
+    the place the command line chose. Nothing was written; the CLI exits 2."""
+
+
+# ---- places the command line names, and OS errors as one line --------------------------------------------
+
+# errors of a path the command line got wrong (exit 2); any other OSError is an outside cause (exit 1): a
+# read-only or full disk, no permission, an I/O error
+WRONG_PATH = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOENT, errno.ELOOP,
+                        errno.EINVAL})
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one name and of a whole path on Linux file systems
+
+
+def os_error_exit(e: OSError) -> int:
+    """The exit status of an OSError nothing else caught: 2 for a path given wrong, 1 for an outside cause."""
+    return 2 if e.errno in WRONG_PATH else 1
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line that names the path: ``cannot use PATH: Read-only file system``."""
+    why = e.strerror or type(e).__name__
+    if e.filename is None:
+        return f"{why} ({one_line(e)})"
+    second = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+    return f"cannot use {e.filename}{second}: {why}"
+
+
+def check_place(option: str, path: Path | str, kind: str) -> None:
+    """Before anything is made: ``path``, given as ``option``, can be a ``kind`` ("file" or "folder"): not an
+    existing folder where a file goes (or a file where a folder goes), not below a file, no name too long. A
+    ConfigError line naming the option otherwise (exit 2). Whether the disk takes writes is learnt by writing."""
+    p = Path(path).expanduser().absolute()
+    if len(os.fsencode(str(p))) >= PATH_MAX or any(len(os.fsencode(x)) > NAME_MAX for x in p.parts):
+        raise ConfigError(f"{option}={path}: a name in it is too long for a file system (at most {NAME_MAX} bytes "
+                          f"a name, {PATH_MAX} a path)")
+    for i, q in enumerate((p, *p.parents)):
+        try:
+            st = os.stat(q)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise ConfigError(f"{option}={path}: {os_error_line(e)}") from None
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if i == 0 and kind == "file" and is_dir:
+            raise ConfigError(f"{option}={path} is a folder; name a file (in it, or elsewhere)")
+        if i == 0 and kind == "folder" and not is_dir:
+            raise ConfigError(f"{option}={path} is a file, not a folder")
+        if i > 0 and not is_dir:
+            raise ConfigError(f"{option}={path}: {q} is a file, so nothing can be made below it")
+        return
 
 
 def mib(n: int | float | None) -> str:
@@ -112,6 +168,80 @@ def disk_full_as(folder: Path | str, need: int | None = None, what: str = "") ->
         if is_disk_full(e):
             raise DiskFull(folder, need, free_bytes(folder), what) from e
         raise
+
+
+# ---- folders we own, files we append to --------------------------------------------------------------------
+
+def _not_ours(path: Path, st: os.stat_result, what: str) -> UnsafePath:
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = f" (to {os.readlink(path)})"
+        except OSError:
+            target = ""
+        return UnsafePath(f"{path} is a symbolic link{target}: dogcat writes its {what} only into a real one it "
+                          "made, never through a link (its target is left untouched); remove the link")
+    return UnsafePath(f"{path} is not a {what}: dogcat made no such thing here; move it away")
+
+
+def owned_dirs(path: Path | str, top: Path | str | None = None) -> list[Path]:
+    """``path`` and the folders between ``top`` (exclusive) and it: what :func:`safe_dir` checks."""
+    path = Path(path)
+    if top is None:
+        return [path]
+    rel = path.relative_to(top)
+    return [Path(top).joinpath(*rel.parts[: i + 1]) for i in range(len(rel.parts))]
+
+
+def check_dir(path: Path | str, top: Path | str | None = None) -> None:
+    """Each of :func:`owned_dirs` that exists is a real folder, not a symbolic link (:class:`UnsafePath`)."""
+    for p in owned_dirs(path, top):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise _not_ours(p, st, "folder")
+
+
+def safe_dir(path: Path | str, top: Path | str | None = None) -> Path:
+    """A folder dogcat owns, e.g. a run's ``checkpoints/``: made with ``mkdir`` when missing, and refused
+    (:class:`UnsafePath`, one line naming it) when a symbolic link or anything but a folder is in its place. With
+    ``top`` (the run folder) every folder between ``top`` and ``path`` is made and checked the same way; without
+    it, the folders above ``path`` are the caller's (made as usual, links allowed: the command line chose them).
+    Writes into the folder then never land in a link's target, and clean-ups there delete nothing of anyone's."""
+    path = Path(path)
+    chain = owned_dirs(path, top)
+    Path(top if top is not None else path.parent).mkdir(parents=True, exist_ok=True)  # the caller's folders
+    for p in chain:
+        try:
+            os.mkdir(p)
+        except FileExistsError:
+            pass
+        st = os.lstat(p)
+        if not stat.S_ISDIR(st.st_mode):
+            raise _not_ours(p, st, "folder")
+    return path
+
+
+def _append_fd(path: Path | str, what: str) -> int:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666 & ~umask())
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise _not_ours(Path(path), os.lstat(path), what) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _not_ours(Path(path), st, what)
+    return fd
+
+
+def open_append(path: Path | str, what: str = "file", **text: Any) -> Any:
+    """``open(path, "a", **text)`` for a regular file, created when missing; a symbolic link (O_NOFOLLOW), a FIFO
+    or a device in its place is :class:`UnsafePath`: an append never goes through a link."""
+    return open(path, "a", opener=lambda p, flags: _append_fd(p, what), **text)
 
 
 # ---- atomic writes ---------------------------------------------------------------------------------------
@@ -190,7 +320,12 @@ def atomic_write_bytes(path: Path | str, write: Callable[[Any], Any], need: int 
         folder.mkdir(parents=True, exist_ok=True)
         if need:
             ensure_free(folder, need, what or f"writing {path.name}")
-        fd, tmp = temp_file(folder, path.name)
+        try:
+            fd, tmp = temp_file(folder, path.name)
+        except OSError as e:  # a read-only folder, no permission: name the file being written, not a temp name
+            if is_disk_full(e):
+                raise
+            raise OSError(e.errno, e.strerror, str(path)) from e
         try:
             with os.fdopen(fd, "wb") as raw:
                 f = _Recorder(raw)
@@ -203,6 +338,11 @@ def atomic_write_bytes(path: Path | str, write: Callable[[Any], Any], need: int 
                         raise f.error from e
                     raise
             os.replace(tmp, path)
+        except OSError as e:  # name the file being written, not our temp file
+            if e.filename is not None and Path(e.filename).name.startswith(f".{path.name}.tmp-") \
+                    and not is_disk_full(e):
+                raise OSError(e.errno, e.strerror, str(path)) from e
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -213,6 +353,16 @@ def atomic_write_text(path: Path | str, text: str, what: str = "") -> None:
     """:func:`atomic_write_bytes` of ``text`` in UTF-8 (surrogateescape: non-UTF-8 file names round-trip)."""
     data = text.encode(**TEXT)
     atomic_write_bytes(path, lambda f: f.write(data), len(data), what)
+
+
+def atomic_write_figure(path: Path | str, fig: Any, dpi: int = 100) -> Path:
+    """A matplotlib figure as a PNG through :func:`atomic_write_bytes`: rendered into memory first, so a link
+    planted at ``path`` is replaced, never written through, and a half-drawn file is never left."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    data = buf.getvalue()
+    atomic_write_bytes(path, lambda f: f.write(data), len(data), f"writing {Path(path).name}")
+    return Path(path)
 
 
 def atomic_link_or_copy(src: Path, dst: Path) -> None:

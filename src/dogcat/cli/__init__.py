@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import OPTIONS, DogcatError, help_text, read_environ, where_from
-from ..console import printable
-from ..io import DiskFull, free_bytes, is_disk_full, one_line
+from ..config import OPTIONS, DogcatError, flag, help_text, read_environ, where_from
+from ..console import printable, redact
+from ..io import DiskFull, check_place, free_bytes, is_disk_full, one_line, os_error_exit, os_error_line
 from ..sweep import PRUNERS
 from . import commands as c
 from .args import ALL, Command, Own, build_parser, finite, parse
@@ -176,7 +176,7 @@ def usage() -> str:
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
+    print(f"warning: {redact(printable(message))}", file=sys.stderr, flush=True)
 
 
 def _setup_output(quiet: bool, verbose: bool) -> None:
@@ -194,6 +194,22 @@ def environ_options(cmd: Command, given: dict[str, Any]) -> dict[str, tuple[str,
         return {}
     taken = read_environ(os.environ, cmd.options, warn=os.environ.get("RANK", "0") == "0")
     return {k: v for k, v in taken.items() if k not in given}
+# The places a command writes to, by option: a file or a folder. ``output`` is each command's own: a file for
+# predict and export, a folder for explain, a PNG or a folder for lr-find.
+PLACES = {"runs_root": "folder", "run_dir": "folder", "cache_dir": "folder", "result_file": "file"}
+OUTPUT = {"predict": "file", "export": "file", "explain": "folder", "lr-find": "png"}
+
+
+def check_places(cmd: Command, args: Any, overrides: dict[str, Any]) -> None:
+    """Each place the command line gives can be what the command makes there (io.check_place), before anything
+    is made: a folder where a file goes, a path below a file, a name too long are one line naming the option."""
+    given = {flag(k): (v, kind) for k, kind in PLACES.items() if isinstance(v := overrides.get(k), str) and v}
+    output = overrides.get("output", getattr(args, "output", None))
+    if cmd.name in OUTPUT and isinstance(output, str) and output and output != "-":
+        kind = OUTPUT[cmd.name]
+        given["--output"] = (output, kind if kind != "png" else "file" if Path(output).suffix == ".png" else "folder")
+    for option, (value, kind) in given.items():
+        check_place(option, value, kind)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +249,11 @@ def _main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # print non-UTF-8 file names as the bytes they are, as ls does
         sys.stdout.reconfigure(errors="surrogateescape")
     taken: dict[str, tuple[str, str]] = {}  # options set by DOGCAT_* variables: {option: (variable, value)}
+
+    def say(text: str, error: bool = True) -> None:  # one line; credentials in URIs masked
+        print(f"dogcat {name}: {'error: ' if error else ''}{redact(printable(one_line(text, 10_000)))}",
+              file=sys.stderr)
+
     try:
         args, overrides = parse(cmd, rest)
         if args.quiet and "progress" in cmd.options:
@@ -240,22 +261,23 @@ def _main(argv: list[str] | None = None) -> int:
         _setup_output(args.quiet, args.verbose)
         taken = environ_options(cmd, overrides)
         args.environ = frozenset(taken)  # for a command that must tell them from the command line's
-        return cmd.run(args, {**{k: v for k, (_, v) in taken.items()}, **overrides})  # the command line wins
+        options = {**{k: v for k, (_, v) in taken.items()}, **overrides}  # the command line wins
+        check_places(cmd, args, options)  # before anything is made
+        return cmd.run(args, options)
     except DogcatError as e:  # refused input, a damaged file, a held lock, a full disk, a stopped run: one line
         text = one_line(e, 10_000)
-        text = where_from(text, taken) if e.exit_code == 2 else text
-        print(f"dogcat {name}: {'error: ' if e.exit_code in (1, 2) else ''}{printable(text)}", file=sys.stderr)
+        say(where_from(text, taken) if e.exit_code == 2 else text, e.exit_code in (1, 2))
         return e.exit_code
-    except OSError as e:  # a full disk we did not wrap (e.g. in a library's own write): one line, exit 1
-        if not is_disk_full(e):
-            raise
-        folder = Path(getattr(e, "filename", None) or ".").parent
-        print(f"dogcat {name}: error: {printable(one_line(DiskFull(folder, None, free_bytes(folder)), 10_000))}",
-              file=sys.stderr)
-        return DiskFull.exit_code
     except TimeoutError as e:
-        print(f"dogcat {name}: {e}", file=sys.stderr)
+        say(str(e), False)
         return 1
+    except OSError as e:  # anything the library did not name: one line naming the path
+        if is_disk_full(e):  # a full disk we did not wrap (e.g. in a library's own write): exit 1
+            folder = Path(getattr(e, "filename", None) or ".").parent
+            say(str(DiskFull(folder, None, free_bytes(folder))))
+            return DiskFull.exit_code
+        say(os_error_line(e))
+        return os_error_exit(e)
     except KeyboardInterrupt:
         print(f"dogcat {name}: interrupted", file=sys.stderr)
         return 130

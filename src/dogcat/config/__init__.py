@@ -8,13 +8,13 @@ environment variables (the command line's, ``environ.py``) -> ``--key=value`` ov
 from .environ import read_environ, where_from
 from .loading import (RUN_NAME, as_config, from_dict, help_text, load_config, logger_list, parse_overrides,
                       read_recipe, recipe_list, resolve_key, to_dict, to_yaml)
-from .options import (ALIASES, CHANGES, COUNT, LIVE, LOGGERS, NOT_EXPERIMENT, OPTIONS, RESUMABLE, SECTIONS, SEED,
+from .options import (ALIASES, CHANGES, COUNT, LIVE, LOCAL, LOGGERS, NOT_EXPERIMENT, OPTIONS, RESUMABLE, SECTIONS, SEED,
                       ClassWeights, Config, ConfigError, DataConfig, DogcatError, EvalConfig, ModelConfig, OptimConfig,
                       Range, TrainConfig, flag, flat_config, is_flag, opt, option_table, parse_class_weights, spellings)
 
 __all__ = [
     "RUN_NAME", "as_config", "from_dict", "help_text", "load_config", "logger_list", "parse_overrides",
-    "read_environ", "read_recipe", "recipe_list", "resolve_key", "where_from", "to_dict", "to_yaml", "ALIASES", "CHANGES", "COUNT", "LIVE", "LOGGERS",
+    "read_environ", "read_recipe", "recipe_list", "resolve_key", "where_from", "to_dict", "to_yaml", "ALIASES", "CHANGES", "COUNT", "LIVE", "LOCAL", "LOGGERS",
     "NOT_EXPERIMENT", "OPTIONS", "RESUMABLE", "SECTIONS", "SEED", "ClassWeights", "Config", "ConfigError",
     "DataConfig", "DogcatError", "EvalConfig", "ModelConfig", "OptimConfig", "Range", "TrainConfig", "flag",
     "flat_config", "is_flag", "opt", "option_table", "parse_class_weights", "spellings",

@@ -22,6 +22,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..console import redact
 from ..reading import TooComplex, check_tree, load_yaml, read_regular
 from . import builtin
 from .options import ALIASES, LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range, flag, parse_class_weights
@@ -264,10 +265,13 @@ def as_config(cfg: Config | str | Path | list | tuple | dict | None = None, over
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict of the config (JSON/YAML safe)."""
+    """Plain nested dict of the config (JSON/YAML safe), as every copy of it is stored (config.yaml, checkpoints,
+    trackers): credentials in URIs masked (console.redact). Nothing reads a secret back from a stored config: the
+    options that can hold one are places (``local``), which come from the command line only."""
     out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     assert isinstance(out, dict)
-    return out
+    return {sec: {k: redact(v) if isinstance(v, str) else v for k, v in opts.items()} if isinstance(opts, dict)
+            else opts for sec, opts in out.items()}
 
 
 def from_dict(tree: Any, source: str = "a stored config") -> Config:

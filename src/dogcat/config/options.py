@@ -310,6 +310,9 @@ LIVE = tuple(leaf for leaf, (_, f) in OPTIONS.items() if f.metadata["changes"] =
 RESUMABLE = frozenset(leaf for leaf, (_, f) in OPTIONS.items() if f.metadata["changes"] in ("live", "resume"))
 # Options that name places or change the display, not the experiment: left out of hparams and run comparisons.
 NOT_EXPERIMENT = frozenset(leaf for leaf, (_, f) in OPTIONS.items() if not f.metadata["experiment"])
+# Places on this machine dogcat writes to or watches (``local``): only the command line or a library call sets them,
+# never a recipe, a checkpoint's config, a sweep's search or anything else read from a file.
+LOCAL = frozenset(leaf for leaf, (_, f) in OPTIONS.items() if f.metadata["local"])
 # Command-line spellings other than the field's own: {"name": "env"}; the field's spelling stays an alias.
 ALIASES = {f.metadata["name"]: leaf for leaf, (_, f) in OPTIONS.items() if f.metadata["name"]}
 assert not set(ALIASES) & set(OPTIONS), "an option's name must not be another option's"

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..config import DogcatError
 from ..console import escape
-from ..io import TEXT, disk_full_as
+from ..io import TEXT, disk_full_as, open_append
 from ..reading import read_regular
 from .jpeg import decode_jpeg_rgb, pil_draft, resize_like_full
 
@@ -237,5 +237,6 @@ class BadFiles:
             warnings.warn(f"skipping unreadable image {escape(path)}: {reason}", BadImageWarning, stacklevel=2)
         if new and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with disk_full_as(self.path.parent, what=f"appending to {self.path.name}"), open(self.path, "a", **TEXT) as f:
+            with disk_full_as(self.path.parent, what=f"appending to {self.path.name}"), \
+                    open_append(self.path, "list of bad files", **TEXT) as f:  # never through a link
                 f.writelines(f"{p}\t{r}\n" for p, r in new)  # surrogateescape: non-UTF-8 names as they are

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, safe_dir
 from .images import DataError
 from .layout import DataBundle, get_layout
 
@@ -62,8 +62,7 @@ def write_splits(bundle: DataBundle, out_dir: Path) -> list[Path]:
     A layout without ``real_paths`` (Fashion-MNIST: ``fashion-mnist/<split>/<index>``) writes its pseudo-paths
     as they are: a record, not loadable files.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = safe_dir(out_dir)  # the run's own folder: a real one, never a link to elsewhere
     written: list[Path] = []
     absolute = get_layout(bundle.layout).real_paths
     for name in ("train", "val"):

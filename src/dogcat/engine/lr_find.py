@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, ConfigError
-from ..io import atomic_write_text
+from ..io import atomic_write_figure, atomic_write_text
 from .runtime import autocast, memory_format
 
 log = logging.getLogger("dogcat")
@@ -106,10 +106,10 @@ def plot(r: LRFind, path: Path) -> Path:
         ax.legend()
     ax.set_title("learning-rate range test")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write_figure(path, fig)  # whole or not at all; a link at the name is replaced
+    finally:
+        plt.close(fig)
 
 
 def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, end: float = 10.0,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..config import LIVE, OPTIONS, Config, ConfigError, flag, load_config, parse_overrides, resolve_key, to_yaml
 from ..console import escape
 from ..control import Inbox
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, safe_dir
 from ..metrics import summary
 from ..tracking.records import event_record
 from .distributed import broadcast, unwrap
@@ -170,7 +170,7 @@ class Steering:
         if sys.stdin.isatty():
             return interactive(model, self.step.optimizer, last, last.loss, self.cfg)
         out = debug_dump(model, last.images, last.labels, last.ids,
-                         self.run.path / "debug" / f"step-{self.state.global_step:07d}")
+                         safe_dir(self.run.path / "debug" / f"step-{self.state.global_step:07d}", top=self.run.path))
         return f"no terminal: wrote the debug dump {out} (layers.json, batch_ids.txt, snapshot.pt)"
 
 

@@ -91,7 +91,7 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
     so bad input fails before a run folder exists; a resumed run is locked (one writer per run folder) and
     its latest readable checkpoint loaded."""
     check_optimizer(cfg.optim.optimizer)
-    check_loggers(cfg.train.logger)  # a tracker's missing package: one line, before a run folder exists
+    check_loggers(cfg)  # a tracker's missing package or silent server: one line, before a run folder exists
     if not cfg.train.resume:
         data = build_train_val(cfg.data, processes=d.world)
         check_input(cfg.model.model, data.pre.in_chans, cfg.data.image_size)

@@ -11,15 +11,15 @@ from typing import Any
 
 import yaml
 
-from ..config import OPTIONS, ConfigError, flat_config
-from ..io import atomic_write_text, read_json
+from ..config import LOCAL, RUN_NAME, ConfigError, flat_config
+from ..io import MalformedFile, atomic_write_figure, atomic_write_text, read_json
 from ..tracking.folder import RunFolder
-from .storage import DEFAULT_STORAGE, INFO, _optuna, open_storage, trial_dir
+from .storage import INFO, _optuna, open_for_reading, trial_dir
 
 log = logging.getLogger("dogcat")
 
 BEST = "best.yaml"
-PLACES = {leaf for leaf, (_, f) in OPTIONS.items() if f.metadata.get("local")} | {"env", "resume"}
+PLACES = LOCAL | {"env", "resume"}
 
 
 def find_sweep(spec: str, runs_root: str | Path = "runs") -> Path:
@@ -30,20 +30,34 @@ def find_sweep(spec: str, runs_root: str | Path = "runs") -> Path:
     raise ConfigError(f"no sweep {spec!r} (looked for {spec}/{INFO} and {runs_root}/{spec}/{INFO})")
 
 
+def read_info(folder: Path) -> dict[str, Any]:
+    """The sweep's record (sweep.json), checked: a sweep folder may come from elsewhere, and a damaged or crafted
+    record is one :class:`~dogcat.io.MalformedFile` line naming it."""
+    path = folder / INFO
+    info = read_json(path, "sweep record", limit=1 << 20)
+    for key, kinds in (("name", (str,)), ("storage", (str, type(None))), ("monitor", (str, type(None)))):
+        if not isinstance(info.get(key), kinds):
+            raise MalformedFile(f"sweep record {path}: {key} is {info.get(key)!r}, not "
+                                + (" or ".join("null" if k is type(None) else "text" for k in kinds))
+                                + "; it is damaged or not one of dogcat's files")
+    if not RUN_NAME.fullmatch(info["name"]):
+        raise MalformedFile(f"sweep record {path}: name {info['name']!r} is not a plain name")
+    return info
+
+
 def load(folder: Path, storage: str | None = None) -> Any:
-    """The study of a sweep folder, from ``storage`` or the one its sweep.json records (default: study.db)."""
-    info = read_json(folder / INFO, "sweep record")
-    url = storage or info.get("storage")
+    """The study of a sweep folder, read-only (storage.open_for_reading), from ``storage`` (the command line's)
+    or the file its sweep.json records inside the folder (default: study.db)."""
+    info = read_info(folder)
+    url = storage or info["storage"]
     if url and "***" in url:
         raise ConfigError(f"the sweep's storage needs its password: pass --storage=URL ({url})")
-    if url is None and not (folder / DEFAULT_STORAGE).is_file():
-        raise ConfigError(f"no study database in {folder} ({DEFAULT_STORAGE}); pass --storage=URL")
     optuna = _optuna()
-    st, _ = open_storage(folder, url)
+    st, where = open_for_reading(folder, url, given=storage is not None)
     try:
         return optuna.load_study(study_name=info["name"], storage=st)
     except KeyError:
-        raise ConfigError(f"no study {info['name']!r} in {url or folder / DEFAULT_STORAGE}") from None
+        raise ConfigError(f"no study {info['name']!r} in {where}") from None
 
 
 def _value(t: Any) -> float | None:
@@ -60,9 +74,11 @@ def rows(study: Any) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         reason = t.user_attrs.get("pruned_reason") or t.user_attrs.get("fail_reason") or t.user_attrs.get("note")
+        run_dir = t.user_attrs.get("run_dir")  # shown only; a study from elsewhere may hold anything there
         out.append({"number": t.number, "state": t.state.name.lower(), "params": dict(t.params), "value": _value(t),
-                    "epochs": len(t.intermediate_values), "duration_s": dur, "run_dir": t.user_attrs.get("run_dir"),
-                    "reason": reason})
+                    "epochs": len(t.intermediate_values), "duration_s": dur,
+                    "run_dir": None if run_dir is None else str(run_dir),
+                    "reason": None if reason is None else str(reason)})
     return out
 
 
@@ -94,9 +110,10 @@ def plots(study: Any, folder: Path) -> list[Path]:
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(10, 5.5)
             fig.tight_layout()
-            fig.savefig(folder / name, dpi=100)
-            plt.close(fig)
-            written.append(folder / name)
+            try:
+                written.append(atomic_write_figure(folder / name, fig))  # a link at the name is replaced
+            finally:
+                plt.close(fig)
         except (ValueError, RuntimeError, KeyError) as e:  # too few trials to draw
             log.info(f"{name}: not drawn ({e})")
     return written
@@ -109,12 +126,16 @@ def write_best(study: Any, folder: Path) -> tuple[int, float] | None:
         best = study.best_trial
     except ValueError:
         return None
-    run = RunFolder(best.user_attrs.get("run_dir") or folder / trial_dir(best.number))
+    run = RunFolder(folder / trial_dir(best.number))  # by its number, here: never a path the study names
     run_dir = run.path
     if not run.is_run():
         log.warning(f"best trial {best.number}: no {run.config} here (another machine's?): no {BEST}")
         return best.number, float(best.value)
-    tree = run.config_tree()
+    try:
+        tree = run.config_tree()
+    except MalformedFile as e:  # a damaged trial folder: the table is still shown
+        log.warning(f"best trial {best.number}: {e}; no {BEST}")
+        return best.number, float(best.value)
     tree = {sec: {k: v for k, v in opts.items() if k not in PLACES} for sec, opts in tree.items()
             if isinstance(opts, dict)}
     monitor = next((v for k, v in flat_config(tree).items() if k == "monitor"), "objective")
@@ -127,7 +148,7 @@ def write_best(study: Any, folder: Path) -> tuple[int, float] | None:
 def show(folder: Path, storage: str | None = None) -> dict[str, Any]:
     """Everything ``dogcat sweep show`` prints, as data; writes the PNGs and best.yaml into ``folder``."""
     study = load(folder, storage)
-    info = read_json(folder / INFO, "sweep record")
+    info = read_info(folder)
     best = write_best(study, folder)
     return {"folder": str(folder), "name": info["name"], "monitor": info.get("monitor"),
             "direction": study.direction.name.lower(), "trials": rows(study),

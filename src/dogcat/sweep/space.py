@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import OPTIONS, Config, ConfigError, DogcatError, flag, load_config, read_recipe, resolve_key
+from ..config import LOCAL, OPTIONS, Config, ConfigError, DogcatError, flag, load_config, read_recipe, resolve_key
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 PRUNERS = ("median", "hyperband", "none")  # what --pruner may name (study.make_pruner builds them)
@@ -72,6 +72,9 @@ def parse_param(key: Any, spec: Any) -> Param:
     """``key: {kind: values}`` -> :class:`Param`; a malformed entry is one ConfigError naming the key."""
     leaf = resolve_key(str(key)).split(".")[1]  # an unknown option names itself and the closest names
     name = flag(leaf)
+    if leaf in LOCAL - PER_TRIAL:  # a space file is data from elsewhere: like a recipe, it chooses no place
+        raise ConfigError(f"search: {name} is a place on this machine (where dogcat writes or reads), which only "
+                          "the command line chooses: it cannot be searched")
     if leaf in NOT_SEARCHABLE:
         raise ConfigError(f"search: {name} cannot be searched (the sweep sets it, or it would change what is "
                           "measured); set it in the recipe or on the command line")

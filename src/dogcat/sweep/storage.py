@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote
 
 from ..config import ConfigError
+from ..console import redact
 
 DEFAULT_STORAGE = "study.db"
 INFO = "sweep.json"              # the sweep's record in its folder: name, storage, monitor, pruner
@@ -32,15 +35,6 @@ def _optuna() -> Any:
     return optuna
 
 
-def masked(url: str) -> str:
-    """A storage URL without its password (for files and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def open_storage(folder: Path, url: str | None) -> tuple[Any, str]:
     """``(Optuna storage, how to name it)``: a database URL (``sqlite:///``, ``postgresql://``, ``mysql://``),
     a journal file (a path without ``://``), or by default the SQLite file ``folder/study.db``."""
@@ -58,6 +52,56 @@ def open_storage(folder: Path, url: str | None) -> tuple[Any, str]:
     else:
         kw = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
     try:
-        return optuna.storages.RDBStorage(url, **kw), masked(url)
+        return optuna.storages.RDBStorage(url, **kw), redact(url)
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a refused connection: one line
-        raise ConfigError(f"--storage={masked(url)}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+        raise ConfigError(f"--storage={redact(url)}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def open_for_reading(folder: Path, url: str | None, given: bool) -> tuple[Any, str]:
+    """``(Optuna storage, how to name it)`` for ``dogcat sweep show``, which creates and changes nothing: a SQLite
+    file is opened read-only (``mode=ro``), a journal file is read from a private copy (Optuna's journal reader
+    takes a lock file beside it), a server's database without creating tables. ``url`` from the sweep's own
+    record (``given`` False: a folder from elsewhere names it) must be a file inside ``folder``; a server, or a
+    file elsewhere, must be given on the command line (``--storage``)."""
+    optuna = _optuna()
+    if url is None:
+        path: Path | None = folder / DEFAULT_STORAGE
+    elif "://" not in url:
+        path = Path(url).expanduser()
+    elif url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
+    else:
+        path = None
+    if not given and (path is None or not _inside(path, folder)):
+        raise ConfigError(f"{folder / INFO} names the study's storage {redact(str(url))}, which is not a file in "
+                          f"{folder}: dogcat opens only what the command line names there; pass --storage=URL")
+    if path is None:  # a server's database, named on the command line
+        try:
+            return optuna.storages.RDBStorage(url, skip_table_creation=True), redact(str(url))
+        except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a refused connection: one line
+            raise ConfigError(f"--storage={redact(str(url))}: {type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:300]}") from None
+    if not path.is_file():
+        raise ConfigError(f"no study at {path} (`dogcat sweep show` creates none); pass --storage=URL")
+    if url is None or "://" in url:  # SQLite, read-only: no table, no journal, no lock is made
+        ro = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
+        try:
+            return optuna.storages.RDBStorage(ro, skip_table_creation=True, skip_compatibility_check=True), str(path)
+        except Exception as e:  # noqa: BLE001 - not a database, damaged: one line
+            raise ConfigError(f"{path} is not a readable study database ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]})") from None
+    from optuna.storages.journal import JournalFileBackend
+
+    tmp = tempfile.TemporaryDirectory(prefix="dogcat-sweep-show-")
+    copy = Path(tmp.name) / path.name
+    shutil.copyfile(path, copy)
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(copy)))
+    storage._dogcat_copy = tmp  # type: ignore[attr-defined]  # removed with the storage
+    return storage, str(path)

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from ..config import RUN_NAME, ConfigError, DogcatError
 from ..control import TrainingStopped
-from ..io import MalformedFile, atomic_write_text
+from ..io import DiskFull, MalformedFile, atomic_write_text, check_dir, free_bytes, is_disk_full, one_line
 from ..locks import FileLock, process_alive, this_process
 from ..metrics import metric
 from ..tracking.manifest import read_manifest, write_manifest
@@ -74,7 +74,7 @@ def sweep(space_file: str | Path, trials: int = 20, timeout: float | None = None
     ran = fails = 0
     while fails < MAX_FAILS_IN_ROW:
         with FileLock(folder / LOCK):
-            reap(study)
+            reap(study, folder)
             done, active = _counts(study)
             if done >= trials or (deadline is not None and time.monotonic() >= deadline):
                 break
@@ -164,28 +164,34 @@ def _ask(study: Any, seed: int, trials: int) -> Any:
     return trial
 
 
-def reap(study: Any) -> list[int]:
+def reap(study: Any, folder: Path | None = None) -> list[int]:
     """Mark FAIL the RUNNING trials whose process is gone; returns their numbers. On this host the process is
-    looked up (pid + start time); elsewhere Optuna's heartbeat decides (database storages)."""
+    looked up (pid + start time); elsewhere Optuna's heartbeat decides (database storages). With ``folder`` (the
+    sweep's), a failed trial's run folder there (``trial-NNNN``) says failed too."""
     optuna = _optuna()
     from optuna.trial import TrialState as S
 
     if hasattr(study._storage, "get_heartbeat_interval") and study._storage.get_heartbeat_interval():
         optuna.storages.fail_stale_trials(study)
     reaped = []
+    me = this_process()
     for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         a = t.user_attrs
-        if "pid" in a:
+        why = (f"its sweep process (pid {a.get('pid', '?')} on {a.get('host', '?')}) ended without finishing it "
+               "(killed?)")
+        if all(a.get(k) == me[k] for k in ("pid", "host", "start")):
+            # ours, and this process runs no trial while it reaps: one whose end could not be recorded (a full
+            # disk, a database error) must not count as running for ever
+            alive, why = False, "this sweep process ran it but could not record how it ended"
+        elif "pid" in a:
             alive = process_alive(a["pid"], a.get("start"), a.get("host"))
         else:
             alive = time.time() - t.datetime_start.timestamp() < UNCLAIMED_S if t.datetime_start else True
         if alive is False:
-            why = (f"its sweep process (pid {a.get('pid', '?')} on {a.get('host', '?')}) ended without finishing "
-                   "it (killed?)")
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", why)
             study.tell(t.number, state=S.FAIL)
-            if a.get("run_dir"):
-                _mark_run_failed(Path(a["run_dir"]), why)
+            if folder is not None:  # the trial's folder by its number, here: never a path the study names
+                _mark_run_failed(folder / trial_dir(t.number), why)
             log.warning(f"trial {t.number} marked failed: {why}")
             reaped.append(t.number)
     return reaped
@@ -198,7 +204,9 @@ def _mark_run_failed(path: Path, why: str) -> None:
         return
     try:
         run.lock()
-    except RunLocked:
+    except DogcatError as e:  # held by a live process, or a link planted in it: left as it is
+        if not isinstance(e, RunLocked):
+            log.warning(f"not marking {path} failed: {one_line(e)}")
         return
     try:
         try:
@@ -209,7 +217,11 @@ def _mark_run_failed(path: Path, why: str) -> None:
         if status == "running":
             run.set_status("failed")
             run.log(event_record("sweep", status="failed", reason=why))
-            m = read_manifest(path)
+            try:
+                m = read_manifest(path)
+            except MalformedFile as e:  # the status says failed; a damaged record stays as it is
+                log.warning(f"{e}; not updated")
+                m = {}
             if m:
                 m.update(status="failed", exit={"status": "failed", "code": None, "error": why})
                 write_manifest(path, m)
@@ -283,6 +295,7 @@ def run_trial(study: Any, trial: Any, space: Space, folder: Path) -> str:
     from ..engine.trainer import train  # here: `dogcat sweep show` reads a study without loading torch
 
     try:
+        check_dir(run_dir, top=folder)  # ours to make: a link planted at the trial's name is refused (trial failed)
         cfg = space.config(values, run_dir=str(run_dir))
         with heartbeat(study, trial):
             result = train(cfg, on_epoch=Reporter(study, trial, monitor))
@@ -291,6 +304,9 @@ def run_trial(study: Any, trial: Any, space: Space, folder: Path) -> str:
         raise
     except (DogcatError, Exception) as e:  # noqa: BLE001 - one failed trial does not end the sweep
         _fail(study, trial, f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+        if is_disk_full(e):  # every next trial would fail the same way: the sweep ends, exit 1
+            raise e if isinstance(e, DiskFull) else DiskFull(run_dir, None, free_bytes(run_dir.parent),
+                                                               f"trial {trial.number}") from e
         log.warning(f"trial {trial.number} failed: {type(e).__name__}: {e}")
         return "FAIL"
     if result.pruned:

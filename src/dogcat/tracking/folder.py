@@ -19,16 +19,26 @@ imports nothing of it.
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
 from ..config import ConfigError
-from ..io import MalformedFile, one_line, read_jsonl, read_small
+from ..io import MalformedFile, UnsafePath, check_dir, one_line, read_jsonl, read_small, safe_dir
 from ..locks import RUN_LOCK, FileLock, describe_holder, is_locked, process_alive
 from ..reading import load_yaml
 
+# The folders dogcat makes inside a run folder and the files it appends to (relative paths): a run folder may come
+# from elsewhere, and any of them could be a symbolic link planted to make a write or a clean-up land outside it.
+OWNED_DIRS = ("control", "control/inbox", "control/done", "checkpoints", "report", "splits", "debug", "explain",
+              "export", "wandb")
+APPENDED = ("metrics.jsonl", "bad_files.txt", "bad_files_test.txt")
+EMBEDDINGS = re.compile(r"\d{5,}")  # TensorBoard's projector writes RUN/<step, 5 digits>/<tag>/ and a config
+PROJECTOR = "projector_config.pbtxt"
 STATUS_BYTES = 4096         # a status file holds one word
 CONFIG_BYTES = 16 << 20     # a resolved config is a few KiB
 METRICS_BYTES = 1 << 30     # metrics.jsonl: a record every print_freq steps; a million steps stay far below
@@ -143,6 +153,38 @@ class RunFolder:
         """``splits/*.csv``, relative to the run folder, sorted."""
         return sorted(str(p.relative_to(self.path)) for p in self.splits.glob("*.csv"))
 
+    def owned(self, folder: Path) -> Path:
+        """``folder`` (inside the run folder), made when missing, every folder from the run folder down to it
+        a real one (io.safe_dir: a symbolic link is refused, naming it)."""
+        return safe_dir(folder, top=self.path)
+
+    def check_owned(self) -> None:
+        """Before writing into the run folder (a training or a resume): none of the folders it makes or the files
+        it appends to (:data:`OWNED_DIRS`, :data:`APPENDED`, TensorBoard's projector files) is a symbolic link or
+        something else than it should be. Files written whole need no check: a rename replaces a link itself."""
+        for sub in OWNED_DIRS:
+            check_dir(self.path / sub, top=self.path)
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return
+        for name in names:
+            if EMBEDDINGS.fullmatch(name):
+                check_dir(self.path / name, top=self.path)
+                for tag in _listdir(self.path / name):
+                    check_dir(self.path / name / tag, top=self.path)
+        for name in (*APPENDED, PROJECTOR):
+            path = self.path / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafePath(f"{path} is a symbolic link: dogcat writes its files only as regular files in the "
+                                 "run folder, never through a link (its target is left untouched); remove the link")
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePath(f"{path} is not a regular file: dogcat made no such thing here; move it away")
+
     # --- what is in it -----------------------------------------------------------------------------------
     def is_run(self) -> bool:
         """A run folder is one with a config.yaml (a folder being created has none yet)."""
@@ -203,6 +245,13 @@ class RunFolder:
         if not isinstance(tree, dict):
             raise MalformedFile(f"{self.config} is not a YAML mapping")
         return tree
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def find_run(spec: str, runs_root: str | Path = "runs") -> Path:

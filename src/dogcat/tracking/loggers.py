@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..config import LOGGERS, Config, ConfigError
+from ..config import LOGGERS, Config, ConfigError, DogcatError
 from .records import EPOCH, KIND, LR, STEP, TIME, TRAIN_LOSS, val_name
 
 if TYPE_CHECKING:
@@ -95,26 +95,36 @@ class Backend:
         return {}
 
 
+class Unreachable(DogcatError):
+    """A tracker's server did not answer before the run started (an outside cause): the CLI exits 1."""
+
+    exit_code = 1
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
     open: Callable[[Session], Backend]
     package: str | None  # the import a backend needs beyond dogcat's own dependencies
     extra: str | None  # the pip extra that installs it
+    check: Callable[[Config], None] | None = None  # before a run folder exists: e.g. is its server there
 
 
 BACKENDS: dict[str, Entry] = {}
 
 
-def register_logger(name: str, package: str | None = None, extra: str | None = None
+def register_logger(name: str, package: str | None = None, extra: str | None = None,
+                    check: Callable[[Config], None] | None = None
                     ) -> Callable[[Callable[[Session], Backend]], Callable[[Session], Backend]]:
-    """Decorator: register the opener of a backend under ``name`` (one of config.LOGGERS); a duplicate fails."""
+    """Decorator: register the opener of a backend under ``name`` (one of config.LOGGERS); a duplicate fails.
+    ``check(cfg)`` runs before a run folder exists and raises a DogcatError (one line) when the tracker cannot
+    work (its server does not answer)."""
     def deco(fn: Callable[[Session], Backend]) -> Callable[[Session], Backend]:
         if name in BACKENDS:
             raise ValueError(f"logger {name!r} is already registered")
         if name not in LOGGERS:
             raise ValueError(f"logger {name!r} is not declared in config.LOGGERS")
-        BACKENDS[name] = Entry(name, fn, package, extra)
+        BACKENDS[name] = Entry(name, fn, package, extra, check)
         return fn
 
     return deco
@@ -142,3 +152,12 @@ def check_installed(spec: str) -> None:
         if entry.package and not installed(entry.package):
             raise ConfigError(f"--logger={name} needs the {entry.package} package, which is not installed: "
                               f"pip install 'dogcat-vision[{entry.extra}]'")
+
+
+def check_trackers(cfg: Config) -> None:
+    """Each requested tracker's package is installed and its own check passes (its server answers): one line
+    before any run folder exists."""
+    check_installed(cfg.train.logger)
+    for name in requested(cfg.train.logger):
+        if BACKENDS[name].check is not None:
+            BACKENDS[name].check(cfg)

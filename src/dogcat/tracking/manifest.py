@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..console import redact
 from ..io import MalformedFile, atomic_write_text, read_json
 from ..locks import process_alive, process_start
 from .folder import RunFolder
@@ -37,11 +38,68 @@ def now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+# The types of what dogcat reads back from a manifest (runs, report, a resume): a manifest is valid JSON from
+# elsewhere too, and a value of another type must be one line naming it, not a TypeError deep in a table.
+# None in a tuple: null is allowed. Keys not listed are only shown (``runs show --json``), never computed with.
+TEXT, NUM, LIST = (str,), (int, float), (list,)
+FIELDS: dict[str, tuple] = {
+    "format": (int,), "run": TEXT, "status": TEXT, "start_time": TEXT, "start_unix": NUM, "end_time": (str, None),
+    "duration_s": (*NUM, None), "exit": (dict, None), "pid": (int, None), "pid_start": (int, None),
+    "command": LIST, "cwd": TEXT, "seed": (int, None), "split_seed": (int, None), "git": (dict, None),
+    "first_start_time": (str, None), "previous_sessions": LIST, "data": (dict, None), "devices": (dict, None),
+    "versions": (dict, None), "host": (str, None), "platform": TEXT, "splits": LIST, "device": TEXT,
+    "pip_freeze": LIST,
+}
+INNER: dict[str, dict[str, tuple]] = {
+    "git": {"commit": (str, None), "branch": (str, None), "error": (str, None), "patch": (str, None),
+            "patch_sha256": (str, None), "dirty": (bool,)},
+    "data": {"kind": (str, None), "source": (str, None), "sha256": (str, None), "count": (int, None)},
+    "exit": {"status": (str, None), "code": (int, None), "error": (str, None)},
+    "devices": {"cuda": LIST, "cpu": (str, None)},
+}
+SESSION: dict[str, tuple] = {"duration_s": (*NUM, None), "start_time": (str, None), "status": (str, None)}
+
+
+def _type_ok(v: Any, kinds: tuple) -> bool:
+    if v is None:
+        return None in kinds
+    if isinstance(v, bool) and bool not in kinds:  # JSON true is not a number here
+        return False
+    return isinstance(v, tuple(k for k in kinds if k is not None))
+
+
+def check_manifest(m: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``m`` when every value dogcat reads back has its type (:data:`FIELDS`), else a MalformedFile naming the
+    first one that does not."""
+    def bad(key: str, v: Any) -> MalformedFile:
+        return MalformedFile(f"manifest {path}: {key} is {str(json.dumps(v))[:80]}, not of the type dogcat writes "
+                             "there; it is damaged or not one of dogcat's files")
+
+    checks = [(k, m[k], kinds) for k, kinds in FIELDS.items() if k in m]
+    for sec, fields in INNER.items():
+        if isinstance(m.get(sec), dict):
+            checks += [(f"{sec}.{k}", m[sec][k], kinds) for k, kinds in fields.items() if k in m[sec]]
+    for key, v, kinds in checks:
+        if not _type_ok(v, kinds):
+            raise bad(key, v)
+    for key in ("command", "splits", "pip_freeze"):
+        if any(not isinstance(x, str) for x in m.get(key) or []):
+            raise bad(key, m[key])
+    for i, sess in enumerate(m.get("previous_sessions") or []):
+        if not isinstance(sess, dict):
+            raise bad(f"previous_sessions[{i}]", sess)
+        for k, kinds in SESSION.items():
+            if k in sess and not _type_ok(sess[k], kinds):
+                raise bad(f"previous_sessions[{i}].{k}", sess[k])
+    return m
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest, or ``{}`` when there is none (a run from before manifests); a damaged one (not JSON, not
-    an object) is a :class:`~dogcat.io.MalformedFile` naming it."""
+    an object, a value of the wrong type) is a :class:`~dogcat.io.MalformedFile` naming it."""
+    path = RunFolder(run_dir).manifest
     try:
-        return read_json(RunFolder(run_dir).manifest, "manifest")
+        return check_manifest(read_json(path, "manifest"), path)
     except FileNotFoundError:
         return {}
 
@@ -179,7 +237,7 @@ class Manifest:
             "format": FORMAT, "run": self.run_dir.name, "status": "running",
             "start_time": now_iso(), "start_unix": round(time.time(), 3), "end_time": None, "duration_s": None,
             "exit": None, "pid": os.getpid(), "pid_start": process_start(os.getpid()),
-            "command": list(sys.argv), "cwd": os.getcwd(), "seed": cfg.train.seed, "split_seed": cfg.data.split_seed,
+            "command": [redact(a) for a in sys.argv], "cwd": os.getcwd(), "seed": cfg.train.seed, "split_seed": cfg.data.split_seed,
             "git": git_info(self.run_dir), **environment(),
             "first_start_time": old.get("first_start_time") or old.get("start_time") or now_iso(),
             "previous_sessions": previous,
@@ -197,4 +255,4 @@ class Manifest:
         self.update(status=status, end_time=now_iso(),
                     duration_s=round(time.time() - self.data.get("start_unix", time.time()), 3),
                     exit={"status": status, "code": code,
-                          "error": f"{type(error).__name__}: {error}" if error is not None else None})
+                          "error": redact(f"{type(error).__name__}: {error}") if error is not None else None})

@@ -29,9 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import Config
+from ..console import redact
 from ..io import fsync_dir, temp_file
 from ..locks import FileLock
-from .loggers import Backend, Ending, Session, register_logger, scalar_tags
+from .loggers import Backend, Ending, Session, Unreachable, register_logger, scalar_tags
 from .records import STEP
 
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # file:, http:, https:, sqlite:, databricks: ...
@@ -39,6 +41,7 @@ log = logging.getLogger("dogcat")
 MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "stopped": "KILLED", "pruned": "FINISHED"}
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
 BATCH = 1000  # metrics per log_batch call (MLflow's limit)
+CHECK_S = 5.0  # seconds an http(s) --mlflow-uri has to answer before the run starts
 
 
 def default_uri(run_dir: Path) -> str:
@@ -102,6 +105,28 @@ def artifact_location(uri: str) -> str | None:
     would pick ``./mlruns`` of the current folder); None lets the store decide (servers, file stores)."""
     db = sqlite_file(uri)
     return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
+def quiet_mlflow() -> None:
+    """Before MLflow is imported in our process: no usage telemetry sent to MLflow's servers and no "View run at
+    URL" line on stdout (results only go there, and the URL may hold credentials), unless the user set these."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def check_server(cfg: Config) -> None:
+    """An http(s) ``--mlflow-uri`` must answer within :data:`CHECK_S` seconds, before a run folder exists: MLflow's
+    own retries would delay the start by minutes and then switch the tracker off. No answer is one line, exit 1
+    (:class:`~dogcat.tracking.loggers.Unreachable`); any HTTP answer (even an error status) is a server there."""
+    uri = cfg.train.mlflow_uri
+    if not uri or not uri.lower().startswith(("http://", "https://")):
+        return
+    import requests  # MLflow's own HTTP client, installed with it: the same proxies and credentials
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=(CHECK_S, CHECK_S), allow_redirects=False)
+    except requests.RequestException as e:
+        why = "no answer" if isinstance(e, requests.Timeout) else type(e).__name__
+        raise Unreachable(f"--mlflow-uri={redact(uri)}: the MLflow server did not answer within {CHECK_S:g}s ({why}); "
+                          "start it, or choose another --mlflow-uri or --logger") from None
 
 
 class MlflowBackend(Backend):
@@ -111,24 +136,28 @@ class MlflowBackend(Backend):
         self.uri = tracking_uri(s)
         if self.uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module's doc
+        quiet_mlflow()
         from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
 
         open_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_dir = s.run_dir
-        run_id = s.saved.get("run_id") if s.saved.get("uri") == self.uri else None
+        # trackers.json keeps the store's URI masked (console.redact): a resume compares the masked forms
+        run_id = s.saved.get("run_id") if s.saved.get("uri") == redact(self.uri) else None
         if s.saved.get("run_id") and run_id is None:  # --mlflow-uri is a local option: not read from the run
             log.info(f"MLflow: this run was logged to {s.saved.get('uri')}; pass --mlflow-uri with that to continue "
-                     f"its MLflow run there. A new MLflow run starts in {self.uri}")
+                     f"its MLflow run there. A new MLflow run starts in {redact(self.uri)}")
         if run_id and self._exists(run_id):
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
             logged = self.client.get_run(run_id).data.params
         else:
             exp_id = self._experiment(s.cfg.train.mlflow_experiment)
+            # the run folder as <runs root>/<name>: a tracking server learns no absolute path of this machine
+            where = f"{s.run_dir.resolve().parent.name}/{s.run_dir.name}"
             run = self.client.create_run(exp_id, run_name=s.run_dir.name,
-                                         tags={"dogcat.run_dir": str(s.run_dir.resolve()), "dogcat.status": "running"})
+                                         tags={"dogcat.run_dir": where, "dogcat.status": "running"})
             self.run_id, logged = run.info.run_id, {}
         # MLflow refuses to change a logged param: on resume only new options are added (metrics.jsonl's resume
         # event records what changed)
@@ -187,9 +216,9 @@ class MlflowBackend(Backend):
         self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(end.status, "FAILED"))
 
     def saved(self) -> dict[str, Any]:
-        return {"uri": self.uri, "run_id": self.run_id}
+        return {"uri": redact(self.uri), "run_id": self.run_id}
 
 
-@register_logger("mlflow", package="mlflow", extra="mlflow")
+@register_logger("mlflow", package="mlflow", extra="mlflow", check=check_server)
 def open_mlflow(s: Session) -> Backend:
     return MlflowBackend(s)

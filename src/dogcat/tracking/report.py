@@ -16,7 +16,7 @@ import torch
 
 from ..config import DogcatError
 from ..console import printable
-from ..io import atomic_write_text, one_line
+from ..io import atomic_write_figure, atomic_write_text, one_line
 from ..metrics import METRICS, per_class
 from ..models.gradcam import Explain
 from .collect import Collector, Mistake
@@ -48,8 +48,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequen
 
 
 def _save(fig: Any, path: Path) -> str:
-    fig.savefig(path, dpi=100)
-    return path.name
+    return atomic_write_figure(path, fig).name  # a link planted at the name is replaced, never written through
 
 
 def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | None = None,
@@ -61,8 +60,8 @@ def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | 
     predicted class (``models.gradcam.explainer(model)``); when it fails, the report says why and goes on.
     ``train_counts``: images per class of the training split, for the class-count table. Returns the
     index.html path."""
-    rep = RunFolder(out_dir).report
-    rep.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(out_dir)
+    rep = folder.owned(folder.report)  # a real folder: a link to elsewhere is refused, naming it
     info = load_run(run_dir) if run_dir is not None else None
     title = info.name if info else Path(out_dir).name
     parts = [f"<h1>dogcat report: {_e(title)}</h1>"]

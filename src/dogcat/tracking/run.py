@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, flag, to_yaml
-from ..io import atomic_write_text, disk_full_as, is_disk_full, reserve_space
+from ..io import (UnsafePath, atomic_write_text, disk_full_as, is_disk_full, open_append, os_error_exit,
+                  reserve_space)
 from ..locks import FileLock, LockHeld, describe_holder
 from .folder import RunFolder, find_run
 from .records import RecordSink, logged_after
@@ -30,14 +31,17 @@ def default_run_name(cfg: Config) -> str:
 
 
 def make_folder(path: Path, option: str) -> None:
-    """``mkdir -p``; a path that cannot be a folder (a file is there, no permission) is one ConfigError line."""
+    """``mkdir -p``; a path that cannot be a folder is one line naming the option: a ConfigError (exit 2) when the
+    path is wrong (a file is there), exit 1 for an outside cause (a read-only disk, no permission)."""
     with disk_full_as(path.parent, what=f"creating {path.name}"):
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             if is_disk_full(e):
                 raise
-            raise ConfigError(f"{option}={path}: cannot make that folder ({e.strerror or e})") from None
+            err = ConfigError(f"{option}={path}: cannot make that folder ({e.strerror or e})")
+            err.exit_code = os_error_exit(e)
+            raise err from None
 
 
 def refuse_taken(run_dir: Path) -> None:
@@ -69,7 +73,8 @@ class Run:
 
     @property
     def ckpt_dir(self) -> Path:
-        return self.folder.checkpoints
+        """``checkpoints/``; the writer makes it a real folder (a symbolic link there is refused, naming it)."""
+        return self.folder.owned(self.folder.checkpoints) if self.writer else self.folder.checkpoints
 
     def lock(self) -> "Run":
         """Take the run's OS lock (fcntl.flock, released when the process ends, kill -9 included); a run
@@ -83,7 +88,14 @@ class Run:
                                 "training or resume is writing it. Wait for it to end, or stop it with "
                                 f"`dogcat ctl {self.path} stop`") from None
             except OSError as e:  # not a folder we can write, or a link planted where the lock goes
+                if os_error_exit(e) == 1:  # a read-only disk, no permission: an outside cause, the OS's own line
+                    raise
                 raise RunLocked(f"cannot lock the run folder {self.path} ({lock.path}: {e.strerror or e})") from None
+            try:  # a run folder from elsewhere: no link planted where we write or clean up
+                self.folder.check_owned()
+            except UnsafePath:
+                lock.release()
+                raise
             self._lock = lock
             reserve_space(self.folder.reserve, RESERVE_BYTES)
         return self
@@ -153,7 +165,8 @@ class Run:
             return
         line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
         path = self.folder.metrics
-        with disk_full_as(self.path, len(line), f"appending to {path.name}"), open(path, "a") as f:
+        with disk_full_as(self.path, len(line), f"appending to {path.name}"), \
+                open_append(path, "metrics file", encoding="utf-8") as f:  # never through a link
             end = f.tell()
             try:
                 f.write(line)

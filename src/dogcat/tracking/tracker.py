@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..config import Config, flat_config, to_dict
+from ..console import redact
 from ..data import DataBundle
 from ..io import atomic_write_text, one_line, read_json
 from ..metrics import best_of, monitors
@@ -26,7 +29,7 @@ from ..processes import Dist
 from . import mlflow_logger, tensorboard, wandb_logger  # noqa: F401  (each registers its backend)
 from .collect import Collector
 from .folder import RunFolder
-from .loggers import BACKENDS, Backend, Ending, Session, check_installed, requested
+from .loggers import BACKENDS, Backend, Ending, Session, check_installed, check_trackers, requested
 from .manifest import Manifest, data_fingerprint
 from .records import EPOCH, STEP, TRAIN_LOSS, is_kind
 from .tensorboard import GRID_IMAGES, TensorBoardBackend
@@ -34,9 +37,28 @@ from .tensorboard import GRID_IMAGES, TensorBoardBackend
 log = logging.getLogger("dogcat")
 
 
-def check_loggers(spec: str) -> None:
-    """``--logger``'s packages are installed, or one ConfigError line (exit 2): call before making a run folder."""
-    check_installed(spec)
+def check_loggers(cfg: Config | str) -> None:
+    """``--logger``'s packages are installed (else one ConfigError line, exit 2) and, given the config, each
+    tracker's server answers (else one line, exit 1): call before making a run folder."""
+    if isinstance(cfg, str):
+        check_installed(cfg)
+    else:
+        check_trackers(cfg)
+
+
+def tracker_params(params: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The flat config as trackers store it (MLflow params, W&B config): an absolute path becomes relative to the
+    run folder, so a shared tracking server learns no absolute path of this machine (credentials in URIs are
+    masked already, config.to_dict)."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, str) and os.path.isabs(v):
+            try:
+                v = os.path.relpath(v, run_dir.resolve())
+            except ValueError:
+                pass
+        out[k] = v
+    return out
 
 
 class Tracker:
@@ -69,7 +91,7 @@ class Tracker:
             data = {"kind": bundle.layout, "error": f"{type(e).__name__}: {e}"}
         self.manifest.update(device=device, data=data, splits=splits)
         saved = self._saved() if self.resume_step is not None else {}
-        params = flat_config(to_dict(self.cfg))
+        params = tracker_params(flat_config(to_dict(self.cfg)), self.folder.path)
         for name in requested(self.cfg.train.logger):
             session = Session(self.folder.path, self.cfg, self.resume_step, bundle, params, saved.get(name, {}))
             opened: list[Backend] = []
@@ -98,7 +120,7 @@ class Tracker:
         try:
             fn()
         except Exception as e:  # noqa: BLE001
-            warnings.warn(f"{name} logging switched off: {type(e).__name__}: {one_line(e)}")
+            warnings.warn(f"{name} logging switched off: {type(e).__name__}: {redact(one_line(e))}")
             if backend is not None:
                 if backend in self.backends:
                     self.backends.remove(backend)

@@ -12,9 +12,11 @@ already has, so the curve after a resume starts where the old one ended.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from ..console import redact
 from .loggers import Backend, Ending, Session, register_logger, scalar_tags
 from .records import STEP
 
@@ -29,13 +31,21 @@ class WandbBackend(Backend):
 
         saved_id = s.saved.get("id")
         self.run_dir = s.run_dir
-        self.run = wandb.init(
+        argv, sys.argv = sys.argv, [redact(a) for a in sys.argv]  # W&B records the command line in its files
+        try:
+            self.run = self._init(wandb, s, saved_id)
+        finally:
+            sys.argv = argv
+        self.last_step, self.ended = -1, False
+
+    @staticmethod
+    def _init(wandb: Any, s: Session, saved_id: str | None) -> Any:
+        return wandb.init(
             project=s.cfg.train.wandb_project, name=s.run_dir.name, dir=str(s.run_dir),
             mode=s.cfg.train.wandb_mode, config=s.params, id=saved_id, resume="allow" if saved_id else None,
             allow_val_change=True,  # a resume may change some options (max_epoch, lr ...)
             settings=wandb.Settings(console="off", silent=True, save_code=False),  # dogcat logs its own console
         )
-        self.last_step, self.ended = -1, False
 
     def log(self, record: dict[str, Any]) -> None:
         tags = scalar_tags(record)
