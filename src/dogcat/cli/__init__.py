@@ -271,6 +271,8 @@ def _main(argv: list[str] | None = None) -> int:
     except TimeoutError as e:
         say(str(e), False)
         return 1
+    except BrokenPipeError:  # the reader of our output left: main() ends quietly with 141
+        raise
     except OSError as e:  # anything the library did not name: one line naming the path
         if is_disk_full(e):  # a full disk we did not wrap (e.g. in a library's own write): exit 1
             folder = Path(getattr(e, "filename", None) or ".").parent
