@@ -46,7 +46,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(fmnist_dir, tmp_path, work
     first = train(load_config(base(fmnist_dir, tmp_path, num_workers=workers, env="cut", max_steps=4)))
     assert first.stopped and (run / "status").read_text().strip() == "stopped"
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert (ck["epoch"], ck["batch_in_epoch"], ck["global_step"]) == (0, 4, 4)
+    assert (ck["state"]["epoch"], ck["state"]["batch_in_epoch"], ck["state"]["global_step"]) == (0, 4, 4)
     for max_steps in (10, 15, None):
         cfg = load_config({"resume": str(run), "max_steps": max_steps}, config_file=run / "config.yaml")
         train(cfg)
@@ -110,9 +110,9 @@ def test_sigterm_saves_stops_143_and_resumes(fmnist_dir, tmp_path):
     assert proc.returncode == 143, err
     assert (run / "status").read_text().strip() == "stopped" and "--resume" in err
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ck["global_step"] >= 6  # print_freq 3: two step records seen before the signal
-    result = train(load_config({"resume": str(run), "max_epoch": ck["epoch"] + 1}, config_file=run / "config.yaml"))
-    assert (run / "status").read_text().strip() == "finished" and result.history[-1]["epoch"] == ck["epoch"] + 1
+    assert ck["state"]["global_step"] >= 6  # print_freq 3: two step records seen before the signal
+    result = train(load_config({"resume": str(run), "max_epoch": ck["state"]["epoch"] + 1}, config_file=run / "config.yaml"))
+    assert (run / "status").read_text().strip() == "finished" and result.history[-1]["epoch"] == ck["state"]["epoch"] + 1
 
 
 def test_sigkill_at_any_moment_leaves_a_resumable_run(fmnist_dir, tmp_path):
@@ -123,7 +123,7 @@ def test_sigkill_at_any_moment_leaves_a_resumable_run(fmnist_dir, tmp_path):
     proc.wait()
     assert (run / "status").read_text().strip() == "running"  # nobody could write otherwise
     ck = load_checkpoint(run / "checkpoints" / "last.pt")  # whole, whatever the moment
-    result = train(load_config({"resume": str(run), "max_epoch": ck["epoch"] + 1}, config_file=run / "config.yaml"))
+    result = train(load_config({"resume": str(run), "max_epoch": ck["state"]["epoch"] + 1}, config_file=run / "config.yaml"))
     assert (run / "status").read_text().strip() == "finished" and result.history
     assert not list((run / "checkpoints").glob(".*tmp*"))
     steps = [r["step"] for r in logged(run) if r["kind"] == "step"]
@@ -145,7 +145,7 @@ def test_truncated_last_falls_back_with_warning(finished):
     (run / "checkpoints" / ".last.pt.tmp-999").write_bytes(b"half a write")
     with pytest.warns(UserWarning, match=r"last\.pt is unreadable.*resuming from .*checkpoints/"):
         train(load_config({"resume": str(run), "max_epoch": 4}, config_file=run / "config.yaml"))
-    assert load_checkpoint(last)["epoch"] == 4
+    assert load_checkpoint(last)["state"]["epoch"] == 4
     assert not (run / "checkpoints" / ".last.pt.tmp-999").exists()
 
 
@@ -156,8 +156,8 @@ def test_top_k_and_archive_after_resume(finished):
     assert sorted(losses) == [1, 2, 3, 4, 5]
     want = sorted(losses, key=lambda e: (losses[e], e))[:2]
     top = Checkpoints(run / "checkpoints", "val_loss").top()
-    assert [load_checkpoint(p)["epoch"] for p in top] == want
-    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == want[0]
+    assert [load_checkpoint(p)["state"]["epoch"] for p in top] == want
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["state"]["epoch"] == want[0]
     assert {p.name for p in (run / "checkpoints").glob("epoch-*.pt")} == {"epoch-0002.pt", "epoch-0004.pt"}
 
 

@@ -15,7 +15,7 @@ from dogcat import load_config, train
 from dogcat.cli import main
 from dogcat.data import BalancedSampler, DataError, ResumableSampler, class_weights
 from dogcat.engine.checkpoint import load_checkpoint
-from dogcat.engine.recipes import Criterion
+from dogcat.engine.criterion import Criterion
 
 LOGITS = torch.tensor([[2.0, 0.0], [0.5, 1.5], [0.0, 0.0], [1.0, -1.0]])
 LABELS = torch.tensor([0, 1, 1, 1])

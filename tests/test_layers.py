@@ -17,7 +17,8 @@ SRC = Path(os.environ.get("DOGCAT_SRC") or Path(__file__).parents[1] / "src")
 # bottom first; a module may import from its own layer or any layer below, never above
 LAYERS = [
     {"dogcat", "config", "metrics", "console"},  # the package root, the typed config and its tables, logging
-    {"io", "locks", "preprocess", "control"},    # safe files, locks, the preprocessing value, the ctl inbox
+    {"io", "locks", "preprocess", "control",     # safe files, locks, the preprocessing value, the ctl inbox,
+     "hardware"},                                # what this CPU is
     {"data", "models"},                          # one file per data layout / per architecture
     {"tracking"},                                # run folders, manifest, TensorBoard, runs table, report pages
     {"engine"},                                  # training state and step, loops, evaluation, checkpoints

@@ -13,7 +13,8 @@ from dogcat import evaluate, load_config, train
 from dogcat.cli import main
 from dogcat.engine.checkpoint import load_checkpoint
 from dogcat.engine.optim import Schedule
-from dogcat.engine.recipes import Criterion, candidates, choose_precision
+from dogcat.engine.criterion import Criterion
+from dogcat.engine.precision import candidates, choose_precision
 from dogcat.models import build_model
 
 from test_checkpoint import base, logged
@@ -96,7 +97,7 @@ def test_lr_find_writes_plot_and_leaves_state(fmnist_dir, tmp_path, capsys):
                                 {"label_smoothing": 0.1}, {"scheduler": "onecycle"}])
 def test_recipe_options_train_a_step(fmnist_dir, tmp_path, kw):
     res = train(load_config(base(fmnist_dir, tmp_path, max_steps=2, **kw)))
-    assert res.stopped and load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["global_step"] == 2
+    assert res.stopped and load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["state"]["global_step"] == 2
 
 
 def test_criterion_targets():
@@ -137,9 +138,9 @@ def test_every_recipe_loads_and_builds_its_model(recipe):
 @pytest.mark.parametrize("recipe", ["fashion-mnist.yaml", "fashion-mnist-94.yaml"])
 def test_fashion_mnist_recipes_fall_back_to_fp32_without_native_bf16(fmnist_dir, tmp_path, monkeypatch, recipe):
     """On a CPU without AVX-512 BF16 / AMX (Zen 3 here) `precision: auto` is fp32 without a probe."""
-    from dogcat.engine import recipes
+    from dogcat.engine import precision
 
-    monkeypatch.setattr(recipes, "candidates", lambda device: ("fp32",))
+    monkeypatch.setattr(precision, "candidates", lambda device: ("fp32",))
     path = next(p for p in RECIPES if p.name == recipe)
     res = train(load_config({"fashion_mnist_root": str(fmnist_dir), "runs_root": str(tmp_path), "max_epoch": 1,
                              "progress": "none", "debug_file": None}, config_file=path))

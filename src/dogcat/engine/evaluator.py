@@ -18,7 +18,7 @@ from ..models.tta import with_tta
 from ..tracking.collect import Collector
 from ..models.gradcam import explainer
 from ..tracking.report import write_report
-from .loading import Loaded, load_model
+from .trained import Loaded, load_model
 from .loop import validate
 from .meters import EvalMeter
 from .submission import check_submission, sample_order, write_submission
