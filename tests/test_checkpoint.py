@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,37 @@ def test_interrupted_and_resumed_equals_uninterrupted(fmnist_dir, tmp_path, work
     a, b = weights(ref.run_dir), weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert logged(ref.run_dir) == logged(run)
+
+
+def as_format_2(ckpt: dict) -> dict:
+    """A checkpoint in the layout dogcat wrote up to format 2: the counters and world_size as top-level keys,
+    ``ema`` None when off, no base lr in the schedule's state."""
+    old = {k: v for k, v in ckpt.items() if k != "state"}
+    old.update(ckpt["state"], format_version=2, ema=ckpt.get("ema"))
+    old["scheduler"] = {k: v for k, v in ckpt["scheduler"].items() if k != "lr"}
+    return old
+
+
+def test_a_format_2_checkpoint_resumes_exactly_and_takes_a_new_lr(fmnist_dir, tmp_path):
+    """A run cut at step 4 whose last.pt is rewritten the old way resumes to the uninterrupted run's weights;
+    with another --lr the old and the new layout resume to the same weights (the old lr comes from the
+    old checkpoint's config)."""
+    opts = base(fmnist_dir, tmp_path, num_workers=0, max_epoch=1)
+    ref = train(load_config({**opts, "env": "ref"}))
+    train(load_config({**opts, "env": "cut", "max_steps": 4}))
+    runs = {name: tmp_path / name for name in ("old", "old-lr", "new-lr")}
+    for name, run in runs.items():
+        shutil.copytree(tmp_path / "cut", run)
+        if name.startswith("old"):
+            last = run / "checkpoints" / "last.pt"
+            torch.save(as_format_2(torch.load(last, weights_only=True)), last)
+        lr = {"lr": 0.001} if name.endswith("lr") else {}
+        train(load_config({"resume": str(run), "max_steps": None, **lr}, config_file=run / "config.yaml"))
+        assert load_checkpoint(run / "checkpoints" / "last.pt")["format_version"] == 3
+    a, b = weights(ref.run_dir), weights(runs["old"])
+    assert all(torch.equal(a[k], b[k]) for k in a) and logged(ref.run_dir) == logged(runs["old"])
+    c, d = weights(runs["old-lr"]), weights(runs["new-lr"])
+    assert all(torch.equal(c[k], d[k]) for k in c) and not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_sampler_resumes_without_touching_earlier_items():
