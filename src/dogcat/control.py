@@ -1,5 +1,6 @@
 """Steering a running training: signals (SIGTERM / SIGINT stop it at the next step boundary, checkpointed
-and resumable) and a file inbox for ``dogcat ctl`` commands (applied by ``engine/steering.py``)."""
+and resumable) and a file inbox for ``dogcat ctl`` commands (read by ``engine/steering.py``, applied by the
+epoch loop's ``after_step``)."""
 
 from __future__ import annotations
 
