@@ -1,6 +1,7 @@
 """Training speed, as ratios measured in the same run (the machine may be shared: absolute numbers drift).
 
-(a) overhead: dogcat's training img/s / a bare PyTorch loop's, same model, in-memory data, precision, batch.
+(a) overhead: dogcat's training img/s / a bare PyTorch loop's, same model, in-memory data, precision, batch;
+    in fp32 and in bf16 (where it is native), ``--a-precision`` to choose.
 (b) the seed's way (ResNet-34 fp32, per-sample PIL pipeline, Adam, DataLoader) vs dogcat's default for
     ResNet-34 (--precision=auto, channels_last, packed-cache data path) on the same generated JPEGs;
     ``--b-variants`` also times dogcat at larger batches and with --compile (what would move the figure).
@@ -89,7 +90,7 @@ def bare_loop(x: torch.Tensor, y: torch.Tensor, model_name: str, batch: int, epo
 def part_a(tmp: Path, quick: bool, precision: str = "fp32") -> float:
     """Median of per-pair ratios; pairs alternate order (bare first, then dogcat first) so that a machine
     warming up or a neighbour's burst does not favour either side."""
-    n, epochs, reps = (2048, 1, 1) if quick else (3072, 1, 12)
+    n, epochs, reps = (2048, 1, 1) if quick else (6144, 1, 12)  # 48 steps a run: the first ones weigh little
     data = _fmnist_subset(tmp / "fm-a", n)
     x, y = fashion_mnist.load_split(data, "train")
     cfg = dict(dataset="fashion-mnist", fashion_mnist_root=str(data), image_size=28, val_split=0.0, augment="none",
@@ -112,7 +113,8 @@ def part_a(tmp: Path, quick: bool, precision: str = "fp32") -> float:
             b, o = bare(), ours()
         ratios.append(o / b)
         best = [max(best[0], o), max(best[1], b)]
-        print(f"  (a) {precision} rep {r}: bare loop {b:.0f} img/s, dogcat {o:.0f} img/s -> {o / b:.3f}", flush=True)
+        print(f"  (a) {precision} rep {r}: bare loop {b:.0f} img/s, dogcat {o:.0f} img/s -> {o / b:.3f} "
+              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     # The fastest run of each is the one least disturbed by the machine's neighbours (timeit's reasoning)
     print(f"  (a) {precision} best of {reps}: dogcat {best[0]:.0f} / bare {best[1]:.0f} img/s -> {best[0] / best[1]:.3f}")
     return statistics.median(ratios)

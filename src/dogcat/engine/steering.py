@@ -44,6 +44,9 @@ class Steering:
         self.debug_seen: tuple | None = None  # the debug file's version last acted on
 
     def poll(self, state: TrainState) -> list[Command]:
+        """The commands due after the optimizer step ``state.global_step``, in this order: the inbox's (oldest
+        first), a Debug for a new debug file (checked every ``print_freq`` steps), a Save every
+        ``save_every_steps``, a Stop for a signal or ``--max-steps``."""
         t = self.cfg.train
         lines = self.inbox.poll() if self.inbox is not None else []  # at most every 0.2 s: a listing
         debug = self.dist.main and state.global_step % t.print_freq == 0 and self.debug_file_changed()
