@@ -157,7 +157,7 @@ def test_two_processes_balanced_weighted_auroc(tmp_path):
 
     epochs = [x for x in _records(run) if x.get("kind") == "epoch"]
     best = load_checkpoint(run / "checkpoints" / "best.pt")
-    logged = epochs[best["epoch"] - 1]
+    logged = epochs[best["state"]["epoch"] - 1]
     res = evaluate(str(run))
     assert res["count"] == logged["val_count"] == 4
     for k in ("auroc", "f1_macro", "accuracy"):

@@ -68,24 +68,30 @@ def train_one_epoch(p: Parts, state: TrainState, steering: Steering, cfg: Config
 
 
 def after_step(p: Parts, state: TrainState, commands: list[Command], steering: Steering, cfg: Config) -> Stop | None:
-    """Apply the commands due after this optimizer step, in order, answering each that came from ``dogcat ctl``
-    (a failing one is answered and the training goes on). A Stop also writes ``last.pt``; it is returned and the
-    epoch ends there. Every rank applies the same commands (saving and validating are collective)."""
+    """Apply the commands due after this optimizer step, in order, answering each that came from ``dogcat ctl``.
+    A Stop also writes ``last.pt``; it is returned and the epoch ends there. Every rank applies the same
+    commands (saving and validating are collective)."""
     stop, saved = None, False
     for command in commands:
-        try:
-            result = {"ok": True, **apply(command, p, state, cfg)}
-            saved = saved or isinstance(command, Save)
-        except (ConfigError, ValueError) as e:
-            result = {"ok": False, "message": str(e)}
-        except Exception as e:  # noqa: BLE001 - a command that fails is answered; the training goes on
-            log.warning(f"ctl {command}: failed: {type(e).__name__}: {e}")
-            result = {"ok": False, "message": f"failed: {type(e).__name__}: {e}"}
+        result = answered(command, p, state, cfg) if command.reply else {"ok": True, **apply(command, p, state, cfg)}
         steering.answer(command, result, state)
+        saved = saved or (isinstance(command, Save) and result["ok"])
         stop = stop or (command if isinstance(command, Stop) else None)
     if stop is not None and not saved:
         write_checkpoint(cfg, p, state)
     return stop
+
+
+def answered(command: Command, p: Parts, state: TrainState, cfg: Config) -> dict[str, Any]:
+    """A ``dogcat ctl`` command's effect, or why it failed: it is answered and the training goes on. (The
+    commands of the run's own making, a due save or a stop's checkpoint, fail the run as any error does.)"""
+    try:
+        return {"ok": True, **apply(command, p, state, cfg)}
+    except (ConfigError, ValueError) as e:
+        return {"ok": False, "message": str(e)}
+    except Exception as e:  # noqa: BLE001
+        log.warning(f"ctl {command}: failed: {type(e).__name__}: {e}")
+        return {"ok": False, "message": f"failed: {type(e).__name__}: {e}"}
 
 
 def apply(command: Command, p: Parts, state: TrainState, cfg: Config) -> dict[str, Any]:
