@@ -258,11 +258,16 @@ def main() -> int:
     ap.add_argument("--only", default="a,b,c,d")
     ap.add_argument("--a-precision", default="fp32,bf16",
                     help="(a): the precisions to compare in (bf16 is skipped where it is not native)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for everything (0: torch's default, one per core). On a machine other jobs "
+                         "share, 1 keeps OpenMP's threads from waiting on each other's time slices")
     ap.add_argument("--b-variants", action="store_true", help="(b): also larger batches and --compile")
     ap.add_argument("--fmnist-precision", default=None, choices=["fp32", "bf16"],
                     help="(c), (d): instead of the recipe's auto (fp32: as on a CPU without native bf16)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_kind()}"
           f"{' (quick)' if args.quick else ''}; load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as d:
