@@ -106,17 +106,26 @@ class TrainStep:
     def _finite(self, state: TrainState) -> tuple[bool, torch.Tensor | None]:
         """(True, the gradients' total norm or None) or (False, None) to skip the step; raises NonFinite.
 
-        The norm is returned so that --clip-grad-norm reuses it rather than computing it again. With fp16 loss
-        scaling an inf gradient is the scaler's business (it skips that step and lowers the scale), so only
-        the loss is checked then. Loss and norm are checked as one sum (finite only when both are): on a GPU
-        this costs one synchronisation per step, the price of never applying a NaN update."""
+        With ``--clip-grad-norm`` the norm is needed anyway: it is checked (with the loss, as one sum, finite only
+        when both are) and returned, so the clipping reuses it. Without, one fused pass over every gradient
+        looks for inf/NaN: GradScaler's own kernel (``_amp_foreach_non_finite_check_and_unscale_``, here
+        scaling by exactly 1), 7 us against 100 us for the norm on a small CNN's 17 tensors (Python's share of
+        a norm over a list). With fp16 loss scaling an inf gradient is the scaler's business (it skips that
+        step and lowers the scale), so only the loss is checked then. Either way one host sync per step: the
+        price of never applying a NaN update."""
         if self.last is None:
             return True, None
         loss, norm = self.last.loss.detach(), None
         grads = [p.grad for p in self.params if p.grad is not None] if not self.scaler.is_enabled() else []
-        if grads:
+        if grads and self.cfg.optim.clip_grad_norm:
             norm = torch.nn.utils.get_total_norm(grads)
-        bad = not bool(torch.isfinite(loss + norm if norm is not None else loss))
+            bad = not bool(torch.isfinite(loss + norm))
+        elif grads:
+            found = torch.zeros(1, device=loss.device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=loss.device))
+            bad = bool(found.bool() | ~torch.isfinite(loss))
+        else:
+            bad = not bool(torch.isfinite(loss))
         if not any_true(bad, self.rt.dist, self.rt.device):  # under DDP all ranks decide together
             state.nonfinite_in_a_row = 0
             return True, norm
