@@ -113,7 +113,7 @@ class Report:
 
 
 def meta() -> dict[str, Any]:
-    from dogcat.tracking.manifest import cpu_name
+    from dogcat.hardware import cpu_name
 
     info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
                             "host": platform.node(), "cpu_cores": os.cpu_count(), "cpu": cpu_name(),

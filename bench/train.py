@@ -1,6 +1,7 @@
 """Training speed, as ratios measured in the same run (the machine may be shared: absolute numbers drift).
 
-(a) overhead: dogcat's training img/s / a bare PyTorch loop's, same model, in-memory data, precision, batch.
+(a) overhead: dogcat's training img/s / a bare PyTorch loop's, same model, in-memory data, precision, batch;
+    in fp32 and in bf16 (where it is native), ``--a-precision`` to choose.
 (b) the seed's way (ResNet-34 fp32, per-sample PIL pipeline, Adam, DataLoader) vs dogcat's default for
     ResNet-34 (--precision=auto, channels_last, packed-cache data path) on the same generated JPEGs;
     ``--b-variants`` also times dogcat at larger batches and with --compile (what would move the figure).
@@ -33,7 +34,7 @@ from PIL import Image
 
 from dogcat import load_config, test, train
 from dogcat.data import fashion_mnist
-from dogcat.engine.recipes import cpu_kind
+from dogcat.hardware import cpu_kind
 from dogcat.models import build_model
 
 QUIET = {"progress": "none", "debug_file": None, "keep_top_k": 0}
@@ -59,8 +60,11 @@ def _fmnist_subset(folder: Path, n: int) -> Path:
 
 
 def bare_loop(x: torch.Tensor, y: torch.Tensor, model_name: str, batch: int, epochs: int, lr: float,
-              wd: float, channels_last: bool) -> float:
-    """The plainest correct loop over uint8 tensors in memory: img/s."""
+              wd: float, channels_last: bool, precision: str = "fp32") -> float:
+    """The plainest correct loop over uint8 tensors in memory (bf16: the forward and the loss under
+    autocast, as dogcat runs them): img/s."""
+    import contextlib
+
     torch.manual_seed(0)
     model = build_model(model_name, 10, 1).to(memory_format=torch.channels_last if channels_last else
                                              torch.contiguous_format)
@@ -73,7 +77,8 @@ def bare_loop(x: torch.Tensor, y: torch.Tensor, model_name: str, batch: int, epo
             idx = perm[i:i + batch]
             xb = ((x[idx].float() / 255 - 0.2860) / 0.3530).contiguous(
                 memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            loss = F.cross_entropy(model(xb), y[idx])
+            with (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()):
+                loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -81,25 +86,25 @@ def bare_loop(x: torch.Tensor, y: torch.Tensor, model_name: str, batch: int, epo
     return n / (time.perf_counter() - t0)
 
 
-def part_a(tmp: Path, quick: bool) -> float:
+def part_a(tmp: Path, quick: bool, precision: str = "fp32") -> float:
     """Median of per-pair ratios; pairs alternate order (bare first, then dogcat first) so that a machine
     warming up or a neighbour's burst does not favour either side."""
-    n, epochs, reps = (2048, 1, 1) if quick else (3072, 1, 12)
+    n, epochs, reps = (2048, 1, 1) if quick else (6144, 1, 12)  # 48 steps a run: the first ones weigh little
     data = _fmnist_subset(tmp / "fm-a", n)
     x, y = fashion_mnist.load_split(data, "train")
     cfg = dict(dataset="fashion-mnist", fashion_mnist_root=str(data), image_size=28, val_split=0.0, augment="none",
                model="smallcnn", batch_size=128, num_workers=0, optimizer="adamw", lr=0.003, weight_decay=0.05,
-               scheduler="none", max_epoch=epochs, channels_last=True, precision="fp32", runs_root=str(tmp / "runs"),
+               scheduler="none", max_epoch=epochs, channels_last=True, precision=precision, runs_root=str(tmp / "runs"),
                save_every_epochs=0, print_freq=50, **QUIET)
-    bare_loop(x, y, "smallcnn", 128, 1, 0.003, 0.05, True)  # warm-up: allocator, oneDNN kernels
+    bare_loop(x, y, "smallcnn", 128, 1, 0.003, 0.05, True, precision)  # warm-up: allocator, oneDNN kernels
     ratios, best = [], [0.0, 0.0]
     for r in range(reps):
         def ours() -> float:
-            res = train(load_config({**cfg, "env": f"a{r}"}))
+            res = train(load_config({**cfg, "env": f"a-{precision}-{r}"}))
             return statistics.fmean(h["train_images_per_s"] for h in res.history)
 
         def bare() -> float:
-            return bare_loop(x, y, "smallcnn", 128, epochs, 0.003, 0.05, True)
+            return bare_loop(x, y, "smallcnn", 128, epochs, 0.003, 0.05, True, precision)
 
         if r % 2:
             o, b = ours(), bare()
@@ -107,9 +112,10 @@ def part_a(tmp: Path, quick: bool) -> float:
             b, o = bare(), ours()
         ratios.append(o / b)
         best = [max(best[0], o), max(best[1], b)]
-        print(f"  (a) rep {r}: bare loop {b:.0f} img/s, dogcat {o:.0f} img/s -> {o / b:.3f}", flush=True)
+        print(f"  (a) {precision} rep {r}: bare loop {b:.0f} img/s, dogcat {o:.0f} img/s -> {o / b:.3f} "
+              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     # The fastest run of each is the one least disturbed by the machine's neighbours (timeit's reasoning)
-    print(f"  (a) best of {reps}: dogcat {best[0]:.0f} / bare {best[1]:.0f} img/s -> {best[0] / best[1]:.3f}")
+    print(f"  (a) {precision} best of {reps}: dogcat {best[0]:.0f} / bare {best[1]:.0f} img/s -> {best[0] / best[1]:.3f}")
     return statistics.median(ratios)
 
 
@@ -249,17 +255,28 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run, figures not meaningful")
     ap.add_argument("--only", default="a,b,c,d")
+    ap.add_argument("--a-precision", default="fp32,bf16",
+                    help="(a): the precisions to compare in (bf16 is skipped where it is not native)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for everything (0: torch's default, one per core). On a machine other jobs "
+                         "share, 1 keeps OpenMP's threads from waiting on each other's time slices")
     ap.add_argument("--b-variants", action="store_true", help="(b): also larger batches and --compile")
     ap.add_argument("--fmnist-precision", default=None, choices=["fp32", "bf16"],
                     help="(c), (d): instead of the recipe's auto (fp32: as on a CPU without native bf16)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_kind()}"
           f"{' (quick)' if args.quick else ''}; load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        if "a" in args.only:
-            print(f"(a) overhead, dogcat / bare loop img/s (target >= 0.97): {part_a(tmp, args.quick):.3f}")
+        for precision in args.a_precision.split(",") if "a" in args.only else ():
+            if precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                print("(a) bf16: skipped, this CPU has no native bf16")
+                continue
+            print(f"(a) overhead in {precision}, dogcat / bare loop img/s (target >= 0.97): "
+                  f"{part_a(tmp, args.quick, precision):.3f}", flush=True)
         if "b" in args.only:
             print(f"(b) dogcat default / seed's way, ResNet-34 img/s (target >= 2.5x): "
                   f"{part_b(tmp, args.quick, args.b_variants):.2f}x")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(fmnist_dir, tmp_path, work
     first = train(load_config(base(fmnist_dir, tmp_path, num_workers=workers, env="cut", max_steps=4)))
     assert first.stopped and (run / "status").read_text().strip() == "stopped"
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert (ck["epoch"], ck["batch_in_epoch"], ck["global_step"]) == (0, 4, 4)
+    assert (ck["state"]["epoch"], ck["state"]["batch_in_epoch"], ck["state"]["global_step"]) == (0, 4, 4)
     for max_steps in (10, 15, None):
         cfg = load_config({"resume": str(run), "max_steps": max_steps}, config_file=run / "config.yaml")
         train(cfg)
@@ -54,6 +55,37 @@ def test_interrupted_and_resumed_equals_uninterrupted(fmnist_dir, tmp_path, work
     a, b = weights(ref.run_dir), weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert logged(ref.run_dir) == logged(run)
+
+
+def as_format_2(ckpt: dict) -> dict:
+    """A checkpoint in the layout dogcat wrote up to format 2: the counters and world_size as top-level keys,
+    ``ema`` None when off, no base lr in the schedule's state."""
+    old = {k: v for k, v in ckpt.items() if k != "state"}
+    old.update(ckpt["state"], format_version=2, ema=ckpt.get("ema"))
+    old["scheduler"] = {k: v for k, v in ckpt["scheduler"].items() if k != "lr"}
+    return old
+
+
+def test_a_format_2_checkpoint_resumes_exactly_and_takes_a_new_lr(fmnist_dir, tmp_path):
+    """A run cut at step 4 whose last.pt is rewritten the old way resumes to the uninterrupted run's weights;
+    with another --lr the old and the new layout resume to the same weights (the old lr comes from the
+    old checkpoint's config)."""
+    opts = base(fmnist_dir, tmp_path, num_workers=0, max_epoch=1)
+    ref = train(load_config({**opts, "env": "ref"}))
+    train(load_config({**opts, "env": "cut", "max_steps": 4}))
+    runs = {name: tmp_path / name for name in ("old", "old-lr", "new-lr")}
+    for name, run in runs.items():
+        shutil.copytree(tmp_path / "cut", run)
+        if name.startswith("old"):
+            last = run / "checkpoints" / "last.pt"
+            torch.save(as_format_2(torch.load(last, weights_only=True)), last)
+        lr = {"lr": 0.001} if name.endswith("lr") else {}
+        train(load_config({"resume": str(run), "max_steps": None, **lr}, config_file=run / "config.yaml"))
+        assert load_checkpoint(run / "checkpoints" / "last.pt")["format_version"] == 3
+    a, b = weights(ref.run_dir), weights(runs["old"])
+    assert all(torch.equal(a[k], b[k]) for k in a) and logged(ref.run_dir) == logged(runs["old"])
+    c, d = weights(runs["old-lr"]), weights(runs["new-lr"])
+    assert all(torch.equal(c[k], d[k]) for k in c) and not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_sampler_resumes_without_touching_earlier_items():
@@ -110,9 +142,9 @@ def test_sigterm_saves_stops_143_and_resumes(fmnist_dir, tmp_path):
     assert proc.returncode == 143, err
     assert (run / "status").read_text().strip() == "stopped" and "--resume" in err
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ck["global_step"] >= 6  # print_freq 3: two step records seen before the signal
-    result = train(load_config({"resume": str(run), "max_epoch": ck["epoch"] + 1}, config_file=run / "config.yaml"))
-    assert (run / "status").read_text().strip() == "finished" and result.history[-1]["epoch"] == ck["epoch"] + 1
+    assert ck["state"]["global_step"] >= 6  # print_freq 3: two step records seen before the signal
+    result = train(load_config({"resume": str(run), "max_epoch": ck["state"]["epoch"] + 1}, config_file=run / "config.yaml"))
+    assert (run / "status").read_text().strip() == "finished" and result.history[-1]["epoch"] == ck["state"]["epoch"] + 1
 
 
 def test_sigkill_at_any_moment_leaves_a_resumable_run(fmnist_dir, tmp_path):
@@ -123,7 +155,7 @@ def test_sigkill_at_any_moment_leaves_a_resumable_run(fmnist_dir, tmp_path):
     proc.wait()
     assert (run / "status").read_text().strip() == "running"  # nobody could write otherwise
     ck = load_checkpoint(run / "checkpoints" / "last.pt")  # whole, whatever the moment
-    result = train(load_config({"resume": str(run), "max_epoch": ck["epoch"] + 1}, config_file=run / "config.yaml"))
+    result = train(load_config({"resume": str(run), "max_epoch": ck["state"]["epoch"] + 1}, config_file=run / "config.yaml"))
     assert (run / "status").read_text().strip() == "finished" and result.history
     assert not list((run / "checkpoints").glob(".*tmp*"))
     steps = [r["step"] for r in logged(run) if r["kind"] == "step"]
@@ -145,7 +177,7 @@ def test_truncated_last_falls_back_with_warning(finished):
     (run / "checkpoints" / ".last.pt.tmp-999").write_bytes(b"half a write")
     with pytest.warns(UserWarning, match=r"last\.pt is unreadable.*resuming from .*checkpoints/"):
         train(load_config({"resume": str(run), "max_epoch": 4}, config_file=run / "config.yaml"))
-    assert load_checkpoint(last)["epoch"] == 4
+    assert load_checkpoint(last)["state"]["epoch"] == 4
     assert not (run / "checkpoints" / ".last.pt.tmp-999").exists()
 
 
@@ -156,8 +188,8 @@ def test_top_k_and_archive_after_resume(finished):
     assert sorted(losses) == [1, 2, 3, 4, 5]
     want = sorted(losses, key=lambda e: (losses[e], e))[:2]
     top = Checkpoints(run / "checkpoints", "val_loss").top()
-    assert [load_checkpoint(p)["epoch"] for p in top] == want
-    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == want[0]
+    assert [load_checkpoint(p)["state"]["epoch"] for p in top] == want
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["state"]["epoch"] == want[0]
     assert {p.name for p in (run / "checkpoints").glob("epoch-*.pt")} == {"epoch-0002.pt", "epoch-0004.pt"}
 
 

@@ -61,7 +61,7 @@ def test_ctl_drives_a_running_training(fmnist_dir, tmp_path, capsys):
 
         code, out = ctl(run, "save", capsys=capsys)
         saved = events(run, "control")[-1]["step"]
-        assert code == 0 and load_checkpoint(run / "checkpoints" / "last.pt")["global_step"] >= saved
+        assert code == 0 and load_checkpoint(run / "checkpoints" / "last.pt")["state"]["global_step"] >= saved
 
         code, out = ctl(run, "eval", capsys=capsys)
         assert code == 0 and "val loss" in out
@@ -91,7 +91,7 @@ def test_ctl_drives_a_running_training(fmnist_dir, tmp_path, capsys):
     acc = EventAccumulator(str(run), size_guidance={"tensors": 0})
     acc.Reload()
     assert "events/control/text_summary" in acc.Tags()["tensors"]  # and of its TensorBoard, as text
-    result = train(load_config({"resume": str(run), "max_epoch": ck["epoch"] + 1}, config_file=run / "config.yaml"))
+    result = train(load_config({"resume": str(run), "max_epoch": ck["state"]["epoch"] + 1}, config_file=run / "config.yaml"))
     assert result.history and (run / "status").read_text().strip() == "finished"
     code, out = ctl(run, "stop", capsys=capsys)
     assert code == 1 and "finished" in out
@@ -135,13 +135,13 @@ def test_nonfinite_stop_keeps_last_good_checkpoint(fmnist_dir, tmp_path, nan_mod
     run = tmp_path / "stop"
     assert (run / "status").read_text().strip() == "failed"
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ck["global_step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values()
+    assert ck["state"]["global_step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values()
                                           if v.is_floating_point())
 
 
 def test_nonfinite_skip_and_too_many_in_a_row(fmnist_dir, tmp_path, nan_model):
     result = train(_nan_run(fmnist_dir, tmp_path, (3, 4), env="skip", nonfinite="skip", nonfinite_max_skips=3))
     assert len(events(result.run_dir, "nonfinite_skip")) == 2
-    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["global_step"] == 10 - 2
+    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["state"]["global_step"] == 10 - 2
     with pytest.raises(NonFinite, match="3 non-finite batches in a row"):
         train(_nan_run(fmnist_dir, tmp_path, (3, 99), env="many", nonfinite="skip", nonfinite_max_skips=3))

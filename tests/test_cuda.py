@@ -14,7 +14,7 @@ from dogcat import load_config, train
 from dogcat.data import ResumableSampler, SeededItems, build_train_val, make_loader
 from dogcat.engine import distributed
 from dogcat.engine.checkpoint import load_checkpoint
-from dogcat.engine.recipes import candidates, choose_precision
+from dogcat.engine.precision import candidates, choose_precision
 from dogcat.models import build_model
 
 from test_checkpoint import base, logged, weights
@@ -114,7 +114,7 @@ def test_one_process_nccl_group_trains_through_ddp(fmnist_dir, tmp_path, monkeyp
     assert not dist.is_initialized()  # shutdown() left the group
     ck = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")
     assert not any(k.startswith("module.") for k in ck["model"])  # unwrapped for a single process
-    assert ck["world_size"] == 1 and len(ck["rng"]) == 1
+    assert ck["state"]["world_size"] == 1 and len(ck["rng"]) == 1
     assert res.history[-1]["val_count"] == 40  # every validation image once
 
 

@@ -161,7 +161,7 @@ def test_resume_two_processes_into_one(images, tmp_path):
     torchrun("--standalone", "--nproc-per-node=2", "-m", "dogcat", "train", *args(images, run, max_steps=2))
     assert (run / "status").read_text().strip() == "stopped"
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ck["world_size"] == 2 and ck["global_step"] == 2
+    assert ck["state"]["world_size"] == 2 and ck["state"]["global_step"] == 2
     result = train(load_config({"resume": str(run)}, config_file=run / "config.yaml"))
     assert (run / "status").read_text().strip() == "finished" and [r["epoch"] for r in result.history] == [1, 2]
 

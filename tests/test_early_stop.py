@@ -83,7 +83,7 @@ def test_resume_keeps_the_counter(tiny, tmp_path):
     first = train(cfg(tiny, tmp_path, env="cut", max_steps=7))  # stops in epoch 3, after epoch 2's checkpoint
     assert first.stopped
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert (ck["epoch"], ck["epochs_without_improvement"]) == (2, 1)
+    assert (ck["state"]["epoch"], ck["state"]["epochs_without_improvement"]) == (2, 1)
     res = train(load_config({"resume": str(run)}, config_file=run / "config.yaml"))
     assert _epochs(run) == [1, 2, 3] and res.early_stop  # a lost counter would train a 4th epoch
     assert (run / "status").read_text().strip() == "finished"

@@ -119,7 +119,7 @@ def test_accumulation_clipping_and_bf16_channels_last(tiny_kaggle, tmp_path):
              max_epoch=2)
     ckpt = load_checkpoint(r.run_dir / "checkpoints" / "last.pt")
     batches = math.ceil(8 / 4)  # 12 images, 30 % held out -> 8 training images, batch 4
-    assert ckpt["global_step"] == 2 * math.ceil(batches / 2)
+    assert ckpt["state"]["global_step"] == 2 * math.ceil(batches / 2)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 

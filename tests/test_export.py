@@ -19,7 +19,7 @@ import dogcat
 from dogcat import load_config, test, train
 from dogcat.cli import main
 from dogcat.data import DataError
-from dogcat.engine.loading import load_model
+from dogcat.engine.trained import load_model
 from dogcat.engine.submission import SubmissionError
 from dogcat.export import ExportError, export, sidecar_path
 from dogcat.models.weights import WeightsError

@@ -15,7 +15,7 @@ from dogcat import load_config, train
 from dogcat.cli import main
 from dogcat.data import BalancedSampler, DataError, ResumableSampler, class_weights
 from dogcat.engine.checkpoint import load_checkpoint
-from dogcat.engine.recipes import Criterion
+from dogcat.engine.criterion import Criterion
 
 LOGITS = torch.tensor([[2.0, 0.0], [0.5, 1.5], [0.0, 0.0], [1.0, -1.0]])
 LABELS = torch.tensor([0, 1, 1, 1])
@@ -157,7 +157,7 @@ def test_two_processes_balanced_weighted_auroc(tmp_path):
 
     epochs = [x for x in _records(run) if x.get("kind") == "epoch"]
     best = load_checkpoint(run / "checkpoints" / "best.pt")
-    logged = epochs[best["epoch"] - 1]
+    logged = epochs[best["state"]["epoch"] - 1]
     res = evaluate(str(run))
     assert res["count"] == logged["val_count"] == 4
     for k in ("auroc", "f1_macro", "accuracy"):

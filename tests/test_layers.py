@@ -23,7 +23,7 @@ LAYERS = [
     {"dogcat", "config", "metrics", "console",   # the package root, the typed config and its tables, logging,
      "reading"},                                 # bounded reads and parsing
     {"io", "locks", "processes",                 # safe files, locks, which process of a job this is (Dist),
-     "preprocess", "control"},                   # the preprocessing value, the ctl inbox
+     "preprocess", "control", "hardware"},       # the preprocessing value, the ctl inbox, what this CPU is
     {"data", "models"},                          # one file per data layout / per architecture
     {"tracking"},                                # run folders, manifest, TensorBoard, runs table, report pages
     {"engine"},                                  # training state and step, loops, evaluation, checkpoints

@@ -112,7 +112,7 @@ def test_monitor_f1_macro_end_to_end(folder_dir, tmp_path):
     values = [r["val_f1_macro"] for r in epochs]
     assert res.best_metric == max(values) and res.best_epoch == values.index(max(values)) + 1
     best = load_checkpoint(res.run_dir / "checkpoints" / "best.pt")
-    assert best["epoch"] == res.best_epoch and best["monitor"] == "val_f1_macro"
+    assert best["state"]["epoch"] == res.best_epoch and best["monitor"] == "val_f1_macro"
     out = evaluate(str(res.run_dir), report=True)
     saved = json.loads((res.run_dir / "result.json").read_text())
     assert saved["f1_macro"] == pytest.approx(res.best_metric, abs=1e-9)

@@ -14,7 +14,8 @@ from dogcat.cli import main
 from dogcat.config import builtin
 from dogcat.engine.checkpoint import load_checkpoint
 from dogcat.engine.optim import Schedule
-from dogcat.engine.recipes import Criterion, candidates, choose_precision
+from dogcat.engine.criterion import Criterion
+from dogcat.engine.precision import candidates, choose_precision
 from dogcat.models import build_model
 
 from test_checkpoint import base, logged
@@ -93,11 +94,90 @@ def test_lr_find_writes_plot_and_leaves_state(fmnist_dir, tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "suggested lr" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("kw", [{"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.2, "cutmix": 1.0, "label_smoothing": 0.1},
-                                {"label_smoothing": 0.1}, {"scheduler": "onecycle"}])
-def test_recipe_options_train_a_step(fmnist_dir, tmp_path, kw):
-    res = train(load_config(base(fmnist_dir, tmp_path, max_steps=2, **kw)))
-    assert res.stopped and load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["global_step"] == 2
+@pytest.fixture
+def seen(monkeypatch):
+    """What the training's criterion was given and gave, step by step: (images in, images out, labels, targets)
+    and (logits, targets, loss)."""
+    calls: dict[str, list] = {"mix": [], "loss": []}
+    mix, loss = Criterion.__call__, Criterion.loss
+
+    def spy_mix(self, images, labels):
+        out, targets = mix(self, images, labels)
+        calls["mix"].append((images.clone(), out.detach().clone(), labels.clone(), targets.detach().clone()))
+        return out, targets
+
+    def spy_loss(self, logits, targets):
+        value = loss(self, logits, targets)
+        calls["loss"].append((logits.detach().clone(), targets.detach().clone(), value.detach().clone()))
+        return value
+
+    monkeypatch.setattr(Criterion, "__call__", spy_mix)
+    monkeypatch.setattr(Criterion, "loss", spy_loss)
+    return calls
+
+
+def how_mixed(x: torch.Tensor, out: torch.Tensor, y: torch.Tensor, t: torch.Tensor, smoothing: float) -> str:
+    """Which of timm's two mixes made (out, t) from (x, y), checked exactly: "mixup" (out = lam x + (1 - lam)
+    x.flip(0)) or "cutmix" (a box of x.flip(0) of area 1 - lam pasted into x), with t = lam t(y) + (1 - lam)
+    t(y.flip(0)) for smoothed one-hot t(.); else an AssertionError."""
+    c = t.shape[1]
+    hot = lambda labels: torch.nn.functional.one_hot(labels, c) * (1 - smoothing) + smoothing / c  # noqa: E731
+    i = int((y != y.flip(0)).nonzero()[0])  # an image whose partner has another class: lam is readable there
+    lam = float((t[i, y[i]] - smoothing / c) / (1 - smoothing))
+    assert torch.allclose(t, lam * hot(y) + (1 - lam) * hot(y.flip(0)), atol=1e-6)
+    if torch.allclose(out, lam * x + (1 - lam) * x.flip(0), atol=1e-5):
+        return "mixup"
+    diff = (out != x).any(1).any(0)  # (H, W): where the pasted box changed a pixel of some image
+    rows, cols = diff.any(1).nonzero().flatten(), diff.any(0).nonzero().flatten()
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    assert torch.equal(out[..., box[0], box[1]], x.flip(0)[..., box[0], box[1]])
+    outside = torch.ones_like(diff)
+    outside[box] = False
+    assert torch.equal(out[..., outside], x[..., outside])
+    assert len(rows) * len(cols) <= round((1 - lam) * diff.numel())  # timm's lam is the box's area, exactly
+    return "cutmix"
+
+
+@pytest.mark.parametrize("kw, kinds", [({"mixup": 0.4}, {"mixup"}), ({"cutmix": 1.0}, {"cutmix"}),
+                                       ({"mixup": 0.2, "cutmix": 1.0, "label_smoothing": 0.1}, {"mixup", "cutmix"})])
+def test_mixup_and_cutmix_mix_the_training_batches(fmnist_dir, tmp_path, seen, kw, kinds):
+    res = train(load_config(base(fmnist_dir, tmp_path, max_steps=6, **kw)))
+    assert res.stopped and len(seen["mix"]) == 6
+    found = {how_mixed(*step, kw.get("label_smoothing", 0.0)) for step in seen["mix"]}
+    assert found <= kinds and (found == kinds or len(kinds) == 2)  # both: a coin per batch decides which
+    assert all(torch.equal(t, t2) for (*_, t), (_, t2, _) in zip(seen["mix"], seen["loss"]))  # scored on them
+
+
+def test_label_smoothing_is_in_the_training_loss(fmnist_dir, tmp_path, seen):
+    train(load_config(base(fmnist_dir, tmp_path, max_steps=2, label_smoothing=0.1)))
+    for logits, targets, loss in seen["loss"]:
+        assert targets.dtype == torch.long  # hard labels, smoothed inside the loss
+        smooth = torch.nn.functional.cross_entropy(logits.float(), targets, label_smoothing=0.1)
+        assert loss.item() == pytest.approx(smooth.item(), rel=1e-5)
+        assert abs(loss.item() - torch.nn.functional.cross_entropy(logits.float(), targets).item()) > 1e-3
+
+
+def test_onecycle_lr_follows_the_one_cycle_over_the_whole_run(fmnist_dir, tmp_path):
+    """Logged every step (print_freq 1) over 2 epochs of 10 steps: torch's OneCycleLR shape, as its doc says."""
+    res = train(load_config(base(fmnist_dir, tmp_path, scheduler="onecycle", lr=0.01, print_freq=1, warmup_epochs=0)))
+    lrs = [r["lr"] for r in map(json.loads, (res.run_dir / "metrics.jsonl").read_text().splitlines())
+           if r.get("kind") == "step"]  # the lr after each step: what the next step uses
+    assert len(lrs) == 20
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(0.01, rel=0.03) and peak + 1 == 6  # 30 % of the 20 steps rising
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))  # up from lr/25 ...
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # ... then down to lr/25/1e4
+    assert lrs[-1] < 0.01 / 25 / 1e3
+    p = torch.nn.Parameter(torch.zeros(1))
+    ref = torch.optim.SGD([p], lr=0.01)
+    # torch's phases end at step pct x total - 1 and total - 1: the same cycle is 6 steps up, 14 down
+    cycle = torch.optim.lr_scheduler.OneCycleLR(ref, max_lr=0.01, total_steps=21, pct_start=7 / 21)
+    want = []
+    for _ in range(20):
+        ref.step()
+        cycle.step()
+        want.append(ref.param_groups[0]["lr"])
+    assert lrs == pytest.approx(want, rel=1e-6)
 
 
 def test_criterion_targets():
@@ -137,9 +217,9 @@ def test_every_recipe_loads_and_builds_its_model(recipe):
 @pytest.mark.parametrize("recipe", ["fashion-mnist", "fashion-mnist-94"])
 def test_fashion_mnist_recipes_fall_back_to_fp32_without_native_bf16(fmnist_dir, tmp_path, monkeypatch, recipe):
     """On a CPU without AVX-512 BF16 / AMX (Zen 3 here) `precision: auto` is fp32 without a probe."""
-    from dogcat.engine import recipes
+    from dogcat.engine import precision
 
-    monkeypatch.setattr(recipes, "candidates", lambda device: ("fp32",))
+    monkeypatch.setattr(precision, "candidates", lambda device: ("fp32",))
     res = train(load_config({"fashion_mnist_root": str(fmnist_dir), "runs_root": str(tmp_path), "max_epoch": 1,
                              "progress": "none", "debug_file": None}, config_file=recipe))
     (ev,) = events(res.run_dir, "precision")

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -102,7 +101,10 @@ def test_an_export_must_be_the_file_its_sidecar_vouches_for(tiny, tmp_path, caps
 # ---- 2. the debug trigger ------------------------------------------------------------------------------------
 
 def test_debug_trigger_defaults_to_the_run_folder_and_fires_once_per_version(fmnist_dir, tmp_path):
-    from dogcat.engine.step_end import StepEnd
+    from dogcat.engine.commands import Debug
+    from dogcat.engine.distributed import Dist
+    from dogcat.engine.state import TrainState
+    from dogcat.engine.steering import Steering
 
     assert Config().train.debug_file is None  # no shared /tmp/debug by default
     run_dir = tmp_path / "dbg"
@@ -114,23 +116,19 @@ def test_debug_trigger_defaults_to_the_run_folder_and_fires_once_per_version(fmn
     assert len(list((run_dir / "debug").iterdir())) == 1  # 10 log steps, one version of the file: one dump
 
     trigger = tmp_path / "trigger"
-    calls: list = []
-    end = StepEnd.__new__(StepEnd)  # the trigger alone: a debug that counts its calls
-    end.debug_file, end.debug_seen = str(trigger), None
-    end.steering = SimpleNamespace(debug=lambda: calls.append(1) or "ok")
-    end.debug_trigger()
-    assert calls == []  # no file, nothing
+    steering = Steering(load_config({"print_freq": 1}), tmp_path / "run", Dist(), torch.device("cpu"),
+                        debug_file=str(trigger))
+    state = TrainState(global_step=1)
+    debugs = lambda: sum(isinstance(c, Debug) for c in steering.poll(state))  # noqa: E731
+    assert debugs() == 0  # no file, nothing
     trigger.write_text("1")
-    for _ in range(3):
-        end.debug_trigger()
-    assert calls == [1]  # once per version, at whatever log step, on a terminal or not
+    assert [debugs() for _ in range(3)] == [1, 0, 0]  # once per version, at whatever log step
     trigger.write_text("22")
-    end.debug_trigger()
-    assert calls == [1, 1]
+    assert debugs() == 1
     os.chown(trigger, 54321, -1)  # somebody else's file (anyone can create /tmp/debug): ignored
     trigger.write_text("333")
-    end.debug_trigger()
-    assert calls == [1, 1]
+    assert debugs() == 0
+    steering.close()
 
 
 # ---- 4. ranges and finiteness ---------------------------------------------------------------------------------

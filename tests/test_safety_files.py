@@ -287,7 +287,7 @@ def test_damaged_run_files_are_one_line_and_runs_lists_the_rest(tiny, tmp_path, 
 
 
 def test_damaged_caches_of_ours_warn_and_are_rebuilt(tmp_path, monkeypatch):
-    from dogcat.engine import recipes
+    from dogcat.engine import precision
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cache = tmp_path / "dogcat" / "precision.json"
@@ -296,8 +296,8 @@ def test_damaged_caches_of_ours_warn_and_are_rebuilt(tmp_path, monkeypatch):
     model(torch.zeros(1, 3, 8, 8))
     for bad in ("[1, 2]", "{not json", json.dumps({"k": {"seconds": "fast"}})):
         cache.write_text(bad)
-        choice, info = recipes.choose_precision(model, torch.device("cpu"), (3, 8, 8), 2, False, "m", 2, steps=1,
-                                                options=("fp32", "bf16"))
+        choice, info = precision.choose_precision(model, torch.device("cpu"), (3, 8, 8), 2, False, "m", 2,
+                                                  steps=1, options=("fp32", "bf16"))
         assert choice in ("fp32", "bf16") and not info["cached"]
         assert isinstance(json.loads(cache.read_text()), dict)  # written again, whole
 
@@ -308,22 +308,18 @@ def test_ctl_debug_runs_on_the_unwrapped_model(monkeypatch, tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from dogcat.engine import steering
+    from dogcat.engine import debug
+    from dogcat.engine.step import LastBatch
 
     seen = []
-    monkeypatch.setattr(steering, "debug_dump", lambda model, *a: seen.append(model) or a[-1])
+    monkeypatch.setattr(debug, "debug_dump", lambda model, *a: seen.append(model) or a[-1])
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         inner = torch.nn.Linear(4, 2)
-        from dogcat.engine.step import LastBatch
-
-        s = steering.Steering.__new__(steering.Steering)
         last = LastBatch(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), ["a", "b"], torch.zeros(()))
-        s.step = SimpleNamespace(model=DDP(inner), optimizer=None, last=last)
-        s.state = SimpleNamespace(global_step=3)
-        s.dist, s.run, s.cfg = SimpleNamespace(main=True), SimpleNamespace(path=tmp_path), None
-        s.debug()
+        step = SimpleNamespace(model=DDP(inner), optimizer=None, last=last)
+        assert "debug dump" in debug.debug_step(step, None, tmp_path / "dump")
     finally:
         dist.destroy_process_group()
     assert seen == [inner]  # rank 0 alone runs this forward: never through the DDP wrapper

@@ -105,7 +105,7 @@ def test_lock_inbox_and_kill_9_against_a_live_training(fmnist_dir, tmp_path, cap
     # a command queued for the dead process does not fire in the next session
     (run / "control" / "inbox" / "0-queued.json").write_text(json.dumps({"command": "stop", "sent": time.time()}))
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert main(["train", f"--resume={run}", f"--max-epoch={ck['epoch'] + 1}"]) == 0
+    assert main(["train", f"--resume={run}", f"--max-epoch={ck['state']['epoch'] + 1}"]) == 0
     assert (run / "status").read_text().strip() == "finished"
     assert "discarded" in json.loads((run / "control" / "done" / "0-queued.json").read_text())["message"]
 
@@ -220,7 +220,7 @@ def test_a_real_full_disk_fails_in_one_line_keeping_the_last_checkpoint(fmnist_d
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["exit"]["status"] == "failed" and "disk full" in manifest["exit"]["error"]
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)  # the previous one, whole
-    assert ck["global_step"] == 4
+    assert ck["state"]["global_step"] == 4
     assert not [p for p in run.rglob("*") if ".tmp-" in p.name] and not (run / ".disk-reserve").exists()
     assert all(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines())  # no half line
 

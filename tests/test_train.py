@@ -50,7 +50,7 @@ def test_kaggle_run_folder(kaggle_run):
     bad_listed = (run / "bad_files.txt").read_text()
     assert all(Path(p).name in bad_listed for p in info["bad"])  # each bad kind skipped and counted
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ckpt["epoch"] == 4 and ckpt["preprocess"]["classes"] == ["cat", "dog"] and "optimizer" in ckpt
+    assert ckpt["state"]["epoch"] == 4 and ckpt["preprocess"]["classes"] == ["cat", "dog"] and "optimizer" in ckpt
 
 
 def test_val_reproduces_logged_metrics(kaggle_run):
@@ -105,7 +105,7 @@ def test_resume_continues_same_folder(kaggle_run):
     assert [r["epoch"] for r in records if "val_accuracy" in r] == [1, 2, 3, 4, 5]
     steps = [r["step"] for r in records if "step" in r and "event" not in r]
     assert steps == sorted(steps)  # one step axis across the resume
-    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["epoch"] == 5
+    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["state"]["epoch"] == 5
     assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["train"]["max_epoch"] == 5
 
 

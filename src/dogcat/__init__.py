@@ -27,7 +27,7 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject.toml re
 _LAZY = {
     "Config": "config", "ConfigError": "config", "load_config": "config",
     "evaluate": "engine.evaluator", "report": "engine.evaluator", "test": "engine.evaluator",
-    "load_model": "engine.loading", "Result": "engine.trainer", "train": "engine.trainer",
+    "load_model": "engine.trained", "Result": "engine.trainer", "train": "engine.trainer",
     "Classifier": "inference", "load": "inference", "predict": "inference",
     "explain": "explanation", "summarize": "models.summary",
 }
@@ -51,7 +51,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .config import Config, ConfigError, load_config
     from .engine.evaluator import evaluate, report, test
-    from .engine.loading import load_model
+    from .engine.trained import load_model
     from .engine.trainer import Result, train
     from .explanation import explain
     from .inference import Classifier, load, predict

@@ -1,5 +1,6 @@
 """Steering a running training: signals (SIGTERM / SIGINT stop it at the next step boundary, checkpointed
-and resumable) and a file inbox for ``dogcat ctl`` commands (applied by ``engine/steering.py``).
+and resumable) and a file inbox for ``dogcat ctl`` commands (read by ``engine/steering.py``, applied by the
+epoch loop's ``after_step``).
 
 The inbox lives in a folder it is given: a run's ``control/`` (``RunFolder.control``, which knows the run
 folder's layout; this module sits below it and knows only the inbox's own files)."""

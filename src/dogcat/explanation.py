@@ -20,7 +20,7 @@ import torch
 
 from .config import ConfigError
 from .console import escape
-from .engine.loading import resolve_checkpoint
+from .engine.trained import resolve_checkpoint
 from .exported import ExportError, read_sidecar, sidecar_path
 from .inference import Classifier, Input, is_torchscript, load
 from .io import atomic_write_figure, safe_dir

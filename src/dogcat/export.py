@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .engine.loading import Loaded, load_model
+from .engine.trained import Loaded, load_model
 from .exported import FORMATS, ExportError, Runner, _quiet, _require, external_data_files, runner, sidecar_path
 from .io import atomic_write_text, disk_full_as, ensure_free, safe_dir, sha256_file, temp_file
 

@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 from .config import Config, load_config
 from .data import DataError, decode_image, expand_paths
 from .data.transforms import eval_transform_for
-from .engine.loading import Loaded, load_model
+from .engine.trained import Loaded, load_model
 from .exported import (check_file, check_io, module_runner, preprocess_of, read_sidecar, runner, safetensors_module,
                        sidecar_path)
 from .models.tta import FlipTTA

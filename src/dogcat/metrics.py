@@ -6,8 +6,8 @@ and the epoch log line. Adding a metric is one entry below: it is then computed 
 metrics.jsonl as ``val_<name>``, drawn in TensorBoard, shown in the report, and can be ``--monitor``.
 
 Formulas take a :class:`Tally`, the sums one validation pass accumulates (``engine/meters.py``). Under DDP
-every process's tally is summed first (``reduce="sum"``), so a metric is exact over the whole validation
-set whatever the number of processes. Plain Python, no torch: the CLI reads the table without loading it.
+every process's tally is summed first, so a metric is exact over the whole validation set whatever the
+number of processes. Plain Python, no torch: the CLI reads the table without loading it.
 A metric that says nothing for some class counts (top-5 of 5 classes, ROC-AUC of 3) has ``applies``: it is
 then left out of the results, and ``--monitor`` cannot name it (:func:`check_monitor`).
 """
@@ -55,7 +55,6 @@ class Metric:
     compute: Callable[[Tally], float]
     doc: str
     fmt: str = ".4f"
-    reduce: str = "sum"                       # how processes combine: their tallies are summed, then computed
     applies: Callable[[int], bool] = lambda num_classes: True   # for how many classes it means something
 
 

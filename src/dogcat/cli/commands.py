@@ -225,7 +225,7 @@ def inspect(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     """``dogcat inspect RUN|CKPT|SNAPSHOT``: per-layer parameter (and saved gradient) statistics."""
     import torch
 
-    from ..engine.steering import layer_stats
+    from ..engine.debug import layer_stats
     from ..models.weights import torch_load
 
     from ..tracking.folder import RunFolder

@@ -1,11 +1,21 @@
-"""Checkpoints: full-state dicts of tensors and plain data, written atomically, loaded with weights_only."""
+"""Checkpoints: full-state dicts of tensors and plain data, written atomically, loaded with weights_only.
+
+A checkpoint holds one entry per *part* of the training, each an object with ``state_dict()`` and
+``load_state_dict()`` (torch's ``Stateful`` protocol, as torchtitan's checkpointer uses it): model, EMA,
+optimizer, scheduler, scaler, loss sums, RNGs and the :class:`TrainState` (``state``), plus plain metadata
+(config, preprocess, precision, ...). Saving is :func:`state_of`, a resume :func:`restore`: a loop each; the
+special cases (a changed lr, EMA switched on, another number of processes) are methods of those parts.
+
+The sampler has no entry: the training order and augmentations are functions of (seed, epoch, position), and
+the position is ``state``'s.
+"""
 
 from __future__ import annotations
 
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 import torch
 
@@ -14,8 +24,43 @@ from ..io import atomic_write_bytes, one_line
 from ..metrics import DEFAULT_MONITOR, sort_key
 from ..models.weights import WeightsError, torch_load
 from ..preprocess import Preprocess, PreprocessError
+from .state import KEYS as STATE_KEYS
 
-FORMAT_VERSION = 2  # 2: one "preprocess" entry instead of class_names, in_chans, mean, std (1 still loads)
+# 2: one "preprocess" entry instead of class_names, in_chans, mean, std; 3: the counters (epoch, global_step,
+# ...) and world_size under "state", the schedule's base lr in "scheduler". 1 and 2 still load (upgrade()).
+FORMAT_VERSION = 3
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+def state_of(parts: Mapping[str, Stateful], meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint of ``parts`` with ``meta``. Collective under DDP (parts gather every rank's share)."""
+    return {**meta, **{key: part.state_dict() for key, part in parts.items()}}
+
+
+def restore(parts: Mapping[str, Stateful], ckpt: dict[str, Any]) -> None:
+    """Put every part back, in the order of ``parts`` (the RNGs last: building the parts drew from them). A
+    part the checkpoint lacks gets None (an EMA switched on at this resume starts from the weights)."""
+    for key, part in parts.items():
+        part.load_state_dict(ckpt.get(key))
+
+
+def upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 or 2 checkpoint in format 3's layout: the counters, top-level keys then, under ``state``,
+    and the base lr its schedule ran with (its config's) in ``scheduler``. Anything else is read as it was."""
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version >= 3:
+        return ckpt
+    old = dict(ckpt)
+    state = {key: old.pop(key) for key in (*STATE_KEYS, "world_size") if key in old}
+    optim = (old.get("config") or {}).get("optim") if isinstance(old.get("config"), dict) else None
+    if isinstance(old.get("scheduler"), dict) and isinstance(optim, dict) and "lr" in optim:
+        old["scheduler"] = {**old["scheduler"], "lr": optim["lr"]}
+    return {**old, "state": state}
 
 
 def state_bytes(obj: Any) -> int:
@@ -37,9 +82,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, lambda f: torch.save(state, f), need, f"saving checkpoint {path.name}")
 
 
-REQUIRED = ("format_version", "model", "epoch", "global_step", "config")
+REQUIRED = ("format_version", "model", "config")
 # what a resume reads besides: a file without them is refused
-TRAINING = ("optimizer", "scheduler", "scaler", "batch_in_epoch", "loss_meter", "rng", "best_metric", "best_epoch")
+TRAINING = ("optimizer", "scheduler", "scaler", "loss_meter", "rng")
+COUNTS = ("epoch", "global_step")  # in "state", as every reader needs them; a resume also needs batch_in_epoch
 
 
 class CheckpointError(WeightsError):
@@ -47,11 +93,16 @@ class CheckpointError(WeightsError):
 
 
 def check_checkpoint(ckpt: Any, path: Path | str, training: bool = False) -> dict[str, Any]:
-    """``ckpt`` if it has the keys and types a dogcat checkpoint has, else :class:`CheckpointError` naming
-    ``path`` and the problems. A checkpoint is data from elsewhere: nothing in it is trusted blindly."""
+    """``ckpt`` in the current layout (:func:`upgrade`) if it has the keys and types a dogcat checkpoint has,
+    else :class:`CheckpointError` naming ``path`` and the problems. A checkpoint is data from elsewhere:
+    nothing in it is trusted blindly."""
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a dogcat checkpoint")
+    ckpt = upgrade(ckpt)
+    state = ckpt.get("state") if isinstance(ckpt.get("state"), dict) else {}
+    counts = COUNTS + (("batch_in_epoch",) if training else ())
     missing = [k for k in REQUIRED + (TRAINING if training else ()) if k not in ckpt]
+    missing += [k for k in counts if k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a complete dogcat checkpoint (missing {', '.join(missing)})")
     problems = []
@@ -59,9 +110,9 @@ def check_checkpoint(ckpt: Any, path: Path | str, training: bool = False) -> dic
         problems.append("config is not a mapping")
     if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         problems.append("model is not a state_dict of tensors")
-    for key in ("epoch", "global_step") + (("batch_in_epoch",) if training else ()):
-        if not isinstance(ckpt[key], int) or isinstance(ckpt[key], bool) or ckpt[key] < 0:
-            problems.append(f"{key} is {ckpt[key]!r}, not a count")
+    for key in counts:
+        if not isinstance(state[key], int) or isinstance(state[key], bool) or state[key] < 0:
+            problems.append(f"{key} is {state[key]!r}, not a count")
     try:
         checkpoint_preprocess(ckpt, path)
     except CheckpointError as e:
@@ -124,7 +175,7 @@ class Checkpoints:
         save_checkpoint(self.last, state)
         if not epoch_end:
             return
-        epoch = int(state["epoch"])
+        epoch = int(state["state"]["epoch"])
         if is_best:
             link_or_copy(self.last, self.best)
         if self.every and epoch % self.every == 0:
@@ -153,7 +204,8 @@ class Checkpoints:
                 except Exception:  # noqa: BLE001
                     continue
                 warnings.warn(f"{self.last} is unreadable ({one_line(first, 200)}); "
-                              f"resuming from {other} (epoch {ckpt['epoch']}, step {ckpt['global_step']}) instead")
+                              f"resuming from {other} (epoch {ckpt['state']['epoch']}, step "
+                              f"{ckpt['state']['global_step']}) instead")
                 return ckpt, other
             raise CheckpointError(f"no readable checkpoint in {self.folder}: {self.last} failed with "
                                   f"{one_line(first)}") from first

@@ -38,8 +38,8 @@ def shutdown(d: Dist) -> None:
     """Leave the process group and let its threads end while Python is still fully alive.
 
     ``destroy_process_group`` leaves gloo's worker threads running as long as the DDP wrapper holds the
-    group, and the wrapper sits in reference cycles (loop <-> steering) that only the collector frees. At
-    interpreter exit a worker thread releasing the last collective's tensors then needs the GIL and aborts
+    group, and the wrapper can sit in reference cycles that only the collector frees. At interpreter exit a
+    worker thread releasing the last collective's tensors then needs the GIL and aborts
     the process ("terminate called without an active exception", pytorch#190489; about one 2-process run
     in 15 here). Collecting now runs the group's destructor, which joins those threads."""
     if d.enabled and dist.is_initialized():

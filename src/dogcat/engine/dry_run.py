@@ -44,7 +44,7 @@ from ..tracking.records import epochs
 from ..tracking.run import make_folder, refuse_taken
 from ..tracking.tracker import check_loggers
 from .checkpoint import Checkpoints
-from .loading import load_model
+from .trained import load_model
 from .runtime import pick_device
 from .trainer import train
 

@@ -19,7 +19,7 @@ from ..models.gradcam import explainer
 from ..tracking.collect import Collector
 from ..tracking.folder import RunFolder
 from ..tracking.report import write_report
-from .loading import Loaded, load_model
+from .trained import Loaded, load_model
 from .loop import validate
 from .meters import EvalMeter
 from .submission import check_submission, sample_order, write_submission

@@ -1,37 +1,51 @@
-"""The two loops, read top to bottom: ``train_one_epoch`` (what one epoch of training does) and ``validate``
-(metrics over a loader, with nothing of training needed). ``trainer.py`` builds the parts and runs the epochs."""
+"""The loops, read top to bottom: ``train_one_epoch`` (what one epoch of training does), ``after_step`` (the
+commands due after an optimizer step, applied in one place) and ``validate`` (metrics over a loader, with
+nothing of training needed). ``trainer.py`` builds the parts and runs the epochs."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, ConfigError, to_yaml
 from ..data import BadFiles, Batch
+from ..io import atomic_write_text
+from ..metrics import summary
 from ..tracking.collect import Collector
 from ..tracking.progress import Progress
 from ..tracking.records import step_record
 from . import distributed
+from .commands import Command, Debug, Eval, Invalid, Save, Set, Stop
+from .debug import debug_step
 from .distributed import unwrap
 from .meters import EvalMeter
-from .parts import Parts
+from .parts import Parts, write_checkpoint
 from .runtime import Runtime
 from .state import TrainState
-from .step_end import StepEnd
+from .steering import Steering, set_live
 
 log = logging.getLogger("dogcat")
 
 
-def train_one_epoch(p: Parts, state: TrainState, step_end: StepEnd, cfg: Config) -> dict[str, float]:
-    """Train the rest of the epoch from ``state.batch`` (0, or where a resumed run stopped); returns the epoch's
-    mean loss and throughput. Leaves early, checkpointed, when ``step_end`` says stop."""
+class Epoch(NamedTuple):
+    """What an epoch's training gives: its mean loss, its throughput, and the Stop that ended it early."""
+
+    loss: float
+    images_per_s: float
+    stop: Stop | None
+
+
+def train_one_epoch(p: Parts, state: TrainState, steering: Steering, cfg: Config) -> Epoch:
+    """Train the rest of the epoch from ``state.batch`` (0, or where a resumed run stopped). Leaves early,
+    checkpointed, when a command says stop."""
     step, rt, t = p.step, p.runtime, cfg.train
     step.model.train()
     progress = Progress(len(p.train_loader), f"epoch {state.epoch + 1}/{t.max_epoch}", p.progress, t.print_freq)
     step.optimizer.zero_grad(set_to_none=True)
+    stop = None
     for batch in p.train_loader:
         state.batch += 1
         p.bad.add(batch.bad)
@@ -46,11 +60,61 @@ def train_one_epoch(p: Parts, state: TrainState, step_end: StepEnd, cfg: Config)
         if boundary and step.update(state):  # False: a non-finite step, skipped (--nonfinite=skip)
             if state.global_step % t.print_freq == 0:
                 _log_window(p, state, progress)
-            if step_end(state):
+            stop = after_step(p, state, steering.poll(state), steering, cfg)
+            if stop is not None:
                 break
         progress.update(len(batch.labels))
     progress.close()
-    return {"loss": step.meter.mean(), "images_per_s": progress.throughput}
+    return Epoch(step.meter.mean(), progress.throughput, stop)
+
+
+def after_step(p: Parts, state: TrainState, commands: list[Command], steering: Steering, cfg: Config) -> Stop | None:
+    """Apply the commands due after this optimizer step, in order, answering each that came from ``dogcat ctl``.
+    A Stop also writes ``last.pt``; it is returned and the epoch ends there. Every rank applies the same
+    commands (saving and validating are collective)."""
+    stop, saved = None, False
+    for command in commands:
+        result = answered(command, p, state, cfg) if command.reply else {"ok": True, **apply(command, p, state, cfg)}
+        steering.answer(command, result, state)
+        saved = saved or (isinstance(command, Save) and result["ok"])
+        stop = stop or (command if isinstance(command, Stop) else None)
+    if stop is not None and not saved:
+        write_checkpoint(cfg, p, state)
+    return stop
+
+
+def answered(command: Command, p: Parts, state: TrainState, cfg: Config) -> dict[str, Any]:
+    """A ``dogcat ctl`` command's effect, or why it failed: it is answered and the training goes on. (The
+    commands of the run's own making, a due save or a stop's checkpoint, fail the run as any error does.)"""
+    try:
+        return {"ok": True, **apply(command, p, state, cfg)}
+    except (ConfigError, ValueError) as e:
+        return {"ok": False, "message": str(e)}
+    except Exception as e:  # noqa: BLE001
+        log.warning(f"ctl {command}: failed: {type(e).__name__}: {e}")
+        return {"ok": False, "message": f"failed: {type(e).__name__}: {e}"}
+
+
+def apply(command: Command, p: Parts, state: TrainState, cfg: Config) -> dict[str, Any]:
+    """One command's effect; returns the answer's fields (a ``message`` at least)."""
+    main = p.runtime.dist.main
+    if isinstance(command, Set):
+        key, old, new = set_live(cfg, p.step, command.key, command.value)
+        if main:  # the run's record says where it was steered
+            atomic_write_text(p.run.folder.config, to_yaml(cfg))
+        return {"message": f"{key}: {old} -> {new}", "key": key, "old": old, "new": new}
+    if isinstance(command, Save):
+        write_checkpoint(cfg, p, state)
+        return {"message": f"saved {p.checkpoints.last} at step {state.global_step}"}
+    if isinstance(command, Eval):
+        m = validate_now(p, cfg)
+        return {"message": f"val {summary(m)}", "metrics": {k: v for k, v in m.items() if k != "confusion"}}
+    if isinstance(command, Stop):
+        return {"message": "stopping: checkpoint now, status 'stopped'; continue with --resume"}
+    if isinstance(command, Debug):
+        return {"message": debug_step(p.step, cfg, p.run.path / "debug" / f"step-{state.global_step:07d}", main,
+                                       top=p.run.path)}
+    raise ValueError(command.reason if isinstance(command, Invalid) else f"not a command: {command!r}")
 
 
 def usable(batch: Batch, batch_size: int | None) -> bool:
@@ -64,6 +128,14 @@ def _log_window(p: Parts, state: TrainState, progress: Progress) -> None:
     window_loss, lr = p.step.meter.window(), p.step.optimizer.param_groups[0]["lr"]
     p.run.log(step_record(state.global_step, state.epoch + 1, window_loss, lr, progress.throughput))
     progress.note(loss=window_loss, lr=lr)
+
+
+def validate_now(p: Parts, cfg: Config) -> dict[str, Any]:
+    """A validation pass in the middle of training (``dogcat ctl RUN eval``)."""
+    if p.val_loader is None:
+        raise ValueError("this run has no validation set")
+    return validate(p.step.eval_model, p.val_loader, p.runtime, len(p.data.pre.classes), p.bad, p.progress,
+                    cfg.train.print_freq)
 
 
 @torch.no_grad()

@@ -121,7 +121,7 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
     from ..models import build_model
     from ..models.weights import load_weights
     from .optim import build_optimizer
-    from .recipes import build_criterion
+    from .criterion import build_criterion
     from .runtime import pick_device, seed_everything
 
     if not (0 < start < end < math.inf and 2 <= steps <= 100_000):

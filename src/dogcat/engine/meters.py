@@ -97,19 +97,21 @@ class EvalMeter:
 
 class LossMeter:
     """Loss sums of the epoch and of the logging window, kept on the device (a ``.item()`` per step would
-    sync a GPU) and checkpointed mid-epoch so a resumed epoch reports the same mean."""
+    sync a GPU) and checkpointed mid-epoch so a resumed epoch reports the same mean. A checkpoint part: its
+    ``state_dict`` is every rank's sums (gathered: collective under DDP)."""
 
     def __init__(self, device: torch.device, d: Dist | None = None) -> None:
         self.device, self.dist = device, d or Dist()
         self.reset()
 
     def reset(self) -> None:
-        z = torch.zeros((), device=self.device)
-        self.sum, self.n, self.win_sum, self.win_n = z, 0, z.clone(), 0
+        self.sum, self.n = torch.zeros((), device=self.device), 0
+        self.win_sum, self.win_n = torch.zeros((), device=self.device), 0
 
     def add(self, loss: torch.Tensor, n: int) -> None:
-        self.sum = self.sum + loss.detach().float() * n
-        self.win_sum = self.win_sum + loss.detach().float() * n
+        loss = loss.detach().float()
+        self.sum.add_(loss, alpha=n)  # in place: two kernels a step, no new tensors
+        self.win_sum.add_(loss, alpha=n)
         self.n, self.win_n = self.n + n, self.win_n + n
 
     def _mean(self, total: torch.Tensor, n: int) -> float:
@@ -127,9 +129,20 @@ class LossMeter:
     def mean(self) -> float:
         return self._mean(self.sum, self.n)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"sum": self.sum.cpu(), "n": self.n, "win_sum": self.win_sum.cpu(), "win_n": self.win_n}
+    def state_dict(self) -> list[dict[str, Any]]:
+        mine = {"sum": self.sum.detach().cpu().clone(), "n": self.n, "win_sum": self.win_sum.detach().cpu().clone(),
+                "win_n": self.win_n}
+        return distributed.gather(mine, self.dist)
 
-    def load_state_dict(self, s: dict[str, Any]) -> None:
-        self.sum, self.win_sum = s["sum"].to(self.device), s["win_sum"].to(self.device)
-        self.n, self.win_n = s["n"], s["win_n"]
+    def load_state_dict(self, ranks: list[dict[str, Any]]) -> None:
+        """This rank's sums; from a run of another number of processes rank 0 takes them all (the epoch's mean
+        stays the same) and the others start at zero."""
+        self.reset()
+        if len(ranks) == self.dist.world:
+            mine = ranks[self.dist.rank]
+        elif self.dist.main:
+            mine = {k: sum(r[k] for r in ranks) for k in ranks[0]}
+        else:
+            return
+        self.sum, self.win_sum = mine["sum"].to(self.device).clone(), mine["win_sum"].to(self.device).clone()
+        self.n, self.win_n = mine["n"], mine["win_n"]

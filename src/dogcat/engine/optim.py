@@ -78,6 +78,25 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return cls(param_groups(model, cfg), **kwargs)
 
 
+class OptimizerPart:
+    """The optimizer as a checkpoint part. A resume keeps this run's own per-group ``lr_mult`` (a checkpoint may
+    predate it) and ``weight_decay`` (it may change on resume: the groups were built from the new config)."""
+
+    KEPT = ("lr_mult", "weight_decay")
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        kept = [{k: g[k] for k in self.KEPT if k in g} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state)
+        for group, own in zip(self.optimizer.param_groups, kept):
+            group.update(own)
+
+
 class Schedule(LRScheduler):
     """Linear warm-up, then ``none | loss-rise | step | multistep | cosine``, or ``onecycle``; stepped once per optimizer step.
 
@@ -89,6 +108,7 @@ class Schedule(LRScheduler):
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int,
                  max_epoch: int) -> None:
         self.kind = cfg.scheduler
+        self.lr = cfg.lr  # the base lr (x each group's lr_mult); `dogcat ctl set lr` and a resume may change it
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.total_steps = max(1, steps_per_epoch * max_epoch)
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
@@ -129,13 +149,18 @@ class Schedule(LRScheduler):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore progress only: the shape (kind, horizon, warm-up, milestones) comes from the current
-        config, so a resumed run with a larger ``max_epoch`` stretches its cosine to the new end."""
+        config, so a resumed run with a larger ``max_epoch`` stretches its cosine to the new end. A resume
+        with another ``--lr`` makes it the new base lr, keeping the schedule's shape (see :meth:`set_base_lr`);
+        the optimizer's state is loaded before this."""
         self.__dict__.update({k: v for k, v in state_dict.items() if k in self.PROGRESS})
+        if state_dict.get("lr", self.lr) != self.lr:
+            self.set_base_lr(self.lr)
 
     def set_base_lr(self, lr: float) -> None:
         """Make ``lr`` the base learning rate (each group's: ``lr`` x its ``lr_mult``) and apply it at once, at
         the schedule's current point: the shape (warm-up, decays so far, cosine) is kept. A value, never a
         ratio of the old one, so an lr of 0 can be set and later changed again."""
+        self.lr = lr
         self.base_lrs = [lr * g.get("lr_mult", 1.0) for g in self.optimizer.param_groups]
         self.min_ratio = self.min_lr / lr if lr > 0 else 0.0
         for group, new in zip(self.optimizer.param_groups, self.get_lr()):
@@ -144,6 +169,10 @@ class Schedule(LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [base * self._scale(self.last_epoch) for base in self.base_lrs]
+
+    def set_max_epoch(self, max_epoch: int) -> None:
+        """A new horizon (``dogcat ctl set max_epoch``): cosine and one-cycle stretch to the new end."""
+        self.total_steps = max(1, self.steps_per_epoch * max_epoch)
 
     def epoch_end(self, train_loss: float) -> None:
         """The seed's rule: decay when the epoch's training loss rose."""

@@ -1,4 +1,5 @@
-"""What a run trains with (:class:`Parts`), built from the config: data, loaders, the model and its step."""
+"""What a run trains with (:class:`Parts`), built from the config: data, loaders, the model and its training
+step; which of them a checkpoint holds (:func:`checkpoint_parts`) and the checkpoint at a position."""
 
 from __future__ import annotations
 
@@ -10,19 +11,26 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, to_dict
 from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, class_counts, class_weights,
                     make_loader, train_sampler, write_splits)
+from ..io import one_line
 from ..models import build_model
 from ..models.weights import load_weights
 from ..tracking.records import event_record
 from ..tracking.run import Run
+from ..tracking.tracker import Tracker
 from . import distributed
-from .distributed import Dist
-from .optim import Schedule, build_optimizer
-from .recipes import build_criterion, build_ema, choose_precision
+from .checkpoint import CheckpointError, Checkpoints, Stateful, restore, state_of
+from .criterion import build_criterion
+from .distributed import Dist, unwrap
+from .ema import build_ema
+from .optim import OptimizerPart, Schedule, build_optimizer
+from .precision import choose_precision
+from .resume import RngStates
 from .runtime import Runtime, grad_scaler, memory_format, seed_everything
-from .step import Step
+from .state import TrainState
+from .step import TrainStep
 
 log = logging.getLogger("dogcat")
 
@@ -35,12 +43,59 @@ class Parts:
     sampler: ResumableSampler
     train_loader: Any
     val_loader: Any | None
-    step: Step
+    step: TrainStep
     runtime: Runtime
     run: Run
     bad: BadFiles
     batches_per_epoch: int  # of a whole epoch (a resumed one starts part-way: the loader is shorter)
     progress: str           # the display of this process ("none" on ranks other than 0)
+    checkpoints: Checkpoints
+    tracker: Tracker | None = None  # rank 0's manifest and TensorBoard (set by the trainer once started)
+
+
+def checkpoint_parts(p: Parts, state: TrainState) -> dict[str, Stateful]:
+    """What a checkpoint holds besides metadata, by key, in the order a resume loads them: the weights before
+    their EMA (which may start from them), the optimizer before the schedule (which may set a new lr in it),
+    the RNGs last (building the parts drew from them)."""
+    s = p.step
+    parts: dict[str, Stateful] = {"model": unwrap(s.model)}  # the plain module: no `module.` prefixes
+    if s.ema is not None:
+        parts["ema"] = s.ema
+    parts.update(optimizer=OptimizerPart(s.optimizer), scheduler=s.scheduler, scaler=s.scaler,
+                 loss_meter=s.meter, state=state, rng=RngStates(p.runtime.dist))
+    return parts
+
+
+def checkpoint_state(cfg: Config, p: Parts, state: TrainState) -> dict[str, Any]:
+    """The full training state at this position: tensors and plain data only (weights_only loads). Collective
+    under DDP (every rank's RNG and loss sums are gathered), so every rank calls it."""
+    rt = p.runtime
+    meta = {"precision": rt.precision, "device_type": rt.device.type, "monitor": cfg.train.monitor,
+            "config": to_dict(cfg), "preprocess": p.data.pre.to_dict(), "data_kind": p.data.layout}
+    return state_of(checkpoint_parts(p, state), meta)
+
+
+def write_checkpoint(cfg: Config, p: Parts, state: TrainState, **epoch_end: Any) -> None:
+    """``last.pt`` at this position (and at an epoch's end best / top-k / archive: see ``Checkpoints.save``):
+    every rank gathers its share, rank 0 writes."""
+    ckpt = checkpoint_state(cfg, p, state)
+    if p.runtime.dist.main:
+        p.checkpoints.save(ckpt, **epoch_end)
+
+
+def restore_run(p: Parts, state: TrainState, ckpt: dict[str, Any], changes: dict[str, list]) -> None:
+    """Put a resumed run back exactly where its checkpoint left it and record that in metrics.jsonl. A
+    checkpoint whose parts do not fit this run (damaged, or of another model) is one CheckpointError line."""
+    try:
+        restore(checkpoint_parts(p, state), ckpt)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"cannot resume {p.run.path} from its checkpoint: {type(e).__name__}: "
+                              f"{one_line(e, 300)}") from e
+    dropped = p.run.rewind_log(state.global_step, state.epoch)  # what a killed session logged after it
+    p.run.log(event_record("resume", epoch=state.epoch, batch_in_epoch=state.batch, step=state.global_step,
+                           changed=changes, dropped_log_records=dropped))
+    log.info(f"resuming {p.run.path} at epoch {state.epoch + 1}, batch {state.batch} "
+             f"(step {state.global_step})" + (f"; changed: {changes}" if changes else ""))
 
 
 def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, resuming: bool) -> Parts:
@@ -80,11 +135,12 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
                          lr=cfg.optim.lr * lr_factor))
     batches = math.ceil(sampler.per_rank / cfg.data.batch_size)
     scheduler = Schedule(optimizer, cfg.optim, math.ceil(batches / cfg.optim.accum_steps), cfg.train.max_epoch)
-    step = Step(cfg, model, optimizer, scheduler, grad_scaler(device, rt.precision),
-                build_criterion(cfg, len(pre.classes), _class_weights(cfg, data, run)), ema, rt, run.log)
+    step = TrainStep(cfg, model, optimizer, scheduler, grad_scaler(device, rt.precision),
+                     build_criterion(cfg, len(pre.classes), _class_weights(cfg, data, run)), ema, rt, run.log)
+    t = cfg.train
     return Parts(data, sampler, train_loader, val_loader, step, rt, run,
-                 BadFiles(run.folder.bad_files if d.main else None), batches,
-                 cfg.train.progress if d.main else "none")
+                 BadFiles(run.folder.bad_files if d.main else None), batches, t.progress if d.main else "none",
+                 Checkpoints(run.ckpt_dir, t.monitor, t.keep_top_k, t.save_every_epochs))
 
 
 def _precision(cfg: Config, model: nn.Module, data: DataBundle, run: Run, d: Dist, device: torch.device) -> str:

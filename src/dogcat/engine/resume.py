@@ -1,5 +1,5 @@
-"""What exact resume needs besides state_dicts: every RNG's state, and which options may change (:data:`RESUMABLE`,
-derived from each option's facts in config/options.py)."""
+"""What exact resume needs besides state_dicts: every RNG's state (:class:`RngStates`, a checkpoint part),
+and which options may change (:data:`RESUMABLE`, derived from each option's facts in config/options.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import numpy as np
 import torch
 
 from ..config import OPTIONS, RESUMABLE, Config, ConfigError, flag, to_dict
+from . import distributed
+from .distributed import Dist
+
 
 
 def rng_state() -> dict[str, Any]:
@@ -33,6 +36,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RngStates:
+    """Every rank's RNGs as a checkpoint part: ``state_dict`` gathers them (collective under DDP), so a resume
+    with the same number of processes puts each rank's back exactly; with another number rank r takes rank
+    (r mod the old number)'s."""
+
+    def __init__(self, d: Dist) -> None:
+        self.dist = d
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return distributed.gather(rng_state(), self.dist)
+
+    def load_state_dict(self, ranks: list[dict[str, Any]]) -> None:
+        set_rng_state(ranks[self.dist.rank % len(ranks)])
 
 
 def resume_changes(saved: dict[str, Any], cfg: Config) -> dict[str, list]:

@@ -1,186 +1,129 @@
-"""``dogcat ctl`` commands applied at a step boundary (:class:`Steering`), and the debug tools they use: per-layer
-statistics, the debug dump, the interactive debugger."""
+"""What steers a running training, read after each optimizer step (:class:`Steering`): the ``dogcat ctl``
+inbox, a signal, the debug trigger file, ``--max-steps`` and ``--save-every-steps``. ``poll`` turns them into
+the commands due at this step (commands.py); the epoch loop applies them (``loop.after_step``), the live
+options through :func:`set_live`."""
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from ..config import LIVE, OPTIONS, Config, ConfigError, flag, load_config, parse_overrides, resolve_key, to_yaml
-from ..console import escape
-from ..control import Inbox
-from ..io import atomic_write_bytes, atomic_write_text, safe_dir
-from ..metrics import summary
+from ..config import LIVE, OPTIONS, Config, flag, load_config, parse_overrides, resolve_key
+from ..control import Inbox, StopFlag
 from ..tracking.records import event_record
-from .distributed import broadcast, unwrap
+from .commands import Command, Debug, Eval, Invalid, Save, Set, Stop
+from .distributed import Dist, any_true, broadcast
 from .state import TrainState
-from .step import Step
+from .step import TrainStep
 
 log = logging.getLogger("dogcat")
 
 
-def layer_stats(model: nn.Module, grads: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
-    """Per-parameter mean / std / abs-max (and the gradient's), the seed's way to find a layer gone wrong."""
-    rows = []
-    for name, p in model.named_parameters() if isinstance(model, nn.Module) else model.items():
-        if p.numel() == 0:
-            continue  # nothing to describe (and max() of nothing raises)
-        t = p.detach().float()
-        row = {"name": name, "shape": list(t.shape), "mean": t.mean().item(),
-               "std": t.std().item() if t.numel() > 1 else 0.0, "absmax": t.abs().max().item(),
-               "finite": bool(torch.isfinite(t).all())}
-        g = (grads or {}).get(name)
-        if isinstance(g, torch.Tensor) and g.numel():
-            g = g.float()
-            row.update(grad_mean=g.mean().item(), grad_std=g.std().item() if g.numel() > 1 else 0.0,
-                       grad_absmax=g.abs().max().item(), grad_finite=bool(torch.isfinite(g).all()))
-        rows.append(row)
-    return rows
-
-
-def debug_dump(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ids: list[str], out: Path) -> Path:
-    """Per-layer activation and gradient statistics on ``images``, the batch's ids and a snapshot, written
-    to ``out``. Eval mode, gradients via ``autograd.grad`` and a forked RNG: the training is not disturbed."""
-    acts: dict[str, dict[str, float]] = {}
-
-    def hook(name: str) -> Callable:
-        def record(mod: nn.Module, inp: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                o = output.detach().float()
-                acts[name] = {"type": type(mod).__name__, "mean": o.mean().item(), "std": o.std().item(),
-                              "absmax": o.abs().max().item(), "finite": bool(torch.isfinite(o).all())}
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if not list(m.children())]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            loss = F.cross_entropy(model(images), labels)
-            params = [p for p in model.parameters() if p.requires_grad]
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    grad_map = {n: g for n, g in zip(names, grads) if g is not None}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "layers.json", json.dumps({"loss": loss.item(), "activations": acts,
-                                                       "parameters": layer_stats(model, grad_map)}, indent=1))
-    atomic_write_text(out / "batch_ids.txt", "".join(f"{escape(i, keep_bytes=True)}\n" for i in ids))  # one a line
-    snapshot = {"model": model.state_dict(), "grads": grad_map, "images": images.cpu(), "labels": labels.cpu(),
-                "ids": list(map(str, ids))}
-    atomic_write_bytes(out / "snapshot.pt", lambda f: torch.save(snapshot, f))
-    return out
+COMMANDS = {"save": Save, "eval": Eval, "stop": Stop, "debug": Debug}  # and set: what `dogcat ctl` may send
 
 
 class Steering:
-    """Reads the inbox at step boundaries and applies ``set``, ``save``, ``eval``, ``stop``, ``debug``.
+    """Reads what steers the run and says which commands are due at a step, the same on every rank.
 
-    Rank 0 reads the inbox and broadcasts what it read, so every rank applies the same commands at the same
-    step. ``set`` changes the config (every part reads its settings from there) plus the few parts that hold a
-    value of their own: the schedule's base lr and horizon, the optimizer's weight decay."""
+    Rank 0 alone reads the inbox and the debug file and broadcasts what it read; a signal may reach one process
+    only, so every rank's flag counts. ``answer`` replies to a command from the inbox (rank 0) and records it in
+    metrics.jsonl, before the reply, so that when ``dogcat ctl`` has its answer the record is there."""
 
-    def __init__(self, cfg: Config, step: Step, state: TrainState, run: Any, save: Callable[[], None],
-                 validate_now: Callable[[], dict], request_stop: Callable[[], None]) -> None:
-        self.cfg, self.step, self.state, self.run = cfg, step, state, run
-        self.save, self.validate_now, self.request_stop = save, validate_now, request_stop
-        self.dist = step.rt.dist
-        self.inbox = Inbox(run.folder.control) if self.dist.main else None
+    def __init__(self, cfg: Config, control: Path, dist: Dist, device: torch.device, signals: StopFlag | None = None,
+                 debug_file: str | None = None, log_event: Callable[[dict], None] | None = None) -> None:
+        self.cfg, self.dist, self.device, self.signals = cfg, dist, device, signals
+        self.debug_file = debug_file
+        self.log_event = log_event or (lambda record: None)
+        self.inbox = Inbox(control) if dist.main else None  # the run's control/ folder
+        self.debug_seen: tuple | None = None  # the debug file's version last acted on
 
-    def __call__(self) -> None:
-        commands = self.inbox.poll() if self.inbox is not None else []
+    def poll(self, state: TrainState) -> list[Command]:
+        """The commands due after the optimizer step ``state.global_step``, in this order: the inbox's (oldest
+        first), a Debug for a new debug file (checked every ``print_freq`` steps), a Save every
+        ``save_every_steps``, a Stop for a signal or ``--max-steps``."""
+        t = self.cfg.train
+        lines = self.inbox.poll() if self.inbox is not None else []  # at most every 0.2 s: a listing
+        debug = self.dist.main and state.global_step % t.print_freq == 0 and self.debug_file_changed()
         if self.dist.enabled:
-            commands = broadcast(commands, self.dist)
-        for name, command in commands:
-            try:
-                result = {"ok": True, **self.apply(command)}
-            except (ConfigError, ValueError) as e:
-                result = {"ok": False, "message": str(e)}
-            except Exception as e:  # noqa: BLE001 - a command that fails is answered; the training goes on
-                log.warning(f"ctl {command}: failed: {type(e).__name__}: {e}")
-                result = {"ok": False, "message": f"failed: {type(e).__name__}: {e}"}
-            result.update(step=self.state.global_step, epoch=self.state.epoch + 1)
-            if self.inbox is not None:  # logged first: when `dogcat ctl` has its answer, the record is there
-                self.run.log(event_record("control", command=command, **result))
-                self.inbox.ack(name, result)
-                log.info(f"ctl {command}: {result['message']}")
+            lines, debug = broadcast((lines, debug), self.dist)
+        commands = [parse(text, reply=name) for name, text in lines]
+        if debug:
+            commands.append(Debug(source=f"debug file {self.debug_file}"))
+        if t.save_every_steps and state.global_step % t.save_every_steps == 0:
+            commands.append(Save())
+        signalled = self.signals is not None and self.signals.signum is not None
+        max_steps = bool(t.max_steps and state.global_step >= t.max_steps)
+        if any_true(signalled or max_steps, self.dist, self.device):
+            commands.append(Stop(why="max_steps" if max_steps and not signalled else "signal"))
+        return commands
+
+    def debug_file_changed(self) -> bool:
+        """The seed's trick, made safe for shared machines: each new version (inode, size, mtime) of
+        ``--debug-file`` (default ``RUN/control/debug``) asks for one debug, on a terminal the debugger, else a
+        dump. A file owned by another user is ignored (with one warning): on a shared /tmp anyone could make it."""
+        try:
+            st = os.stat(self.debug_file) if self.debug_file else None
+        except OSError:
+            return False
+        version = st and (st.st_ino, st.st_size, st.st_mtime_ns)
+        if st is None or version == self.debug_seen:
+            return False
+        self.debug_seen = version
+        if st.st_uid != os.getuid():
+            log.warning(f"ignoring debug file {self.debug_file}: it belongs to user id {st.st_uid}, not to you")
+            return False
+        return True
+
+    def answer(self, command: Command, result: dict[str, Any], state: TrainState) -> None:
+        """Reply to ``command`` and record it; a command of our own (a due save, --max-steps) needs neither."""
+        if isinstance(command, Debug) and command.reply is None and self.dist.main:
+            log.info(f"{command.source}: {result['message']}")
+        if command.reply is None or self.inbox is None:
+            return
+        result = {**result, "step": state.global_step, "epoch": state.epoch + 1}
+        self.log_event(event_record("control", command=str(command), **result))
+        self.inbox.ack(command.reply, result)
+        log.info(f"ctl {command}: {result['message']}")
 
     def close(self) -> None:
         if self.inbox is not None:
             self.inbox.close()  # `dogcat ctl` now says: no process running
 
-    def apply(self, command: str) -> dict[str, Any]:
-        verb, _, arg = command.strip().partition(" ")
-        if verb == "set":
-            return self.set(arg)
-        if verb == "save":
-            self.save()
-            return {"message": f"saved {self.run.ckpt_dir / 'last.pt'} at step {self.state.global_step}"}
-        if verb == "eval":
-            m = self.validate_now()
-            return {"message": f"val {summary(m)}",
-                    "metrics": {k: v for k, v in m.items() if k != "confusion"}}
-        if verb == "stop":
-            self.request_stop()
-            return {"message": "stopping: checkpoint now, status 'stopped'; continue with --resume"}
-        if verb == "debug":
-            return {"message": self.debug()}
-        raise ValueError(f"unknown command {command!r}; commands: set KEY=VALUE, save, eval, stop, debug")
 
-    def set(self, arg: str) -> dict[str, Any]:
-        key, eq, raw = arg.partition("=")
+def parse(text: str, reply: str | None = None) -> Command:
+    """A ``dogcat ctl`` line as a command (``set lr=0.01``, ``save``, ...); anything else is :class:`Invalid`."""
+    verb, _, arg = text.strip().partition(" ")
+    if verb == "set":
+        key, eq, value = arg.strip().partition("=")
         if not eq:
-            raise ValueError(f"set needs KEY=VALUE, got {arg!r}; live options: {', '.join(LIVE)}")
-        leaf = resolve_key(key).split(".")[1]
-        if leaf not in LIVE:
-            raise ValueError(f"{flag(leaf)} cannot change while training; live options: "
-                             f"{', '.join(LIVE)} (others: stop, then --resume)")
-        sec = OPTIONS[leaf][0]
-        new_cfg = load_config(parse_overrides([f"--{leaf}={raw}"]), base=self.cfg)  # validated like the CLI
-        old, new = getattr(getattr(self.cfg, sec), leaf), getattr(getattr(new_cfg, sec), leaf)
-        setattr(getattr(self.cfg, sec), leaf, new)
-        scheduler = self.step.scheduler
-        if leaf == "lr":  # the new base lr, at the schedule's current point (never a ratio of the old one)
-            scheduler.set_base_lr(new)
-        elif leaf == "weight_decay":
-            for g in self.step.optimizer.param_groups:
-                g["weight_decay"] = new
-        elif leaf == "max_epoch":
-            scheduler.total_steps = max(1, scheduler.steps_per_epoch * new)
-        atomic_write_text(self.run.folder.config, to_yaml(self.cfg))
-        return {"message": f"{leaf}: {old} -> {new}", "key": leaf, "old": old, "new": new}
-
-    def debug(self) -> str:
-        last = self.step.last
-        if last is None:
-            raise ValueError("no batch yet to debug on")
-        if not self.dist.main:
-            return "rank 0 debugs"
-        model = unwrap(self.step.model)  # rank 0 alone runs this forward: the DDP wrapper would wait for the others
-        if sys.stdin.isatty():
-            return interactive(model, self.step.optimizer, last, last.loss, self.cfg)
-        out = debug_dump(model, last.images, last.labels, last.ids,
-                         safe_dir(self.run.path / "debug" / f"step-{self.state.global_step:07d}", top=self.run.path))
-        return f"no terminal: wrote the debug dump {out} (layers.json, batch_ids.txt, snapshot.pt)"
+            return Invalid(text, f"set needs KEY=VALUE, got {arg!r}; live options: {', '.join(LIVE)}", reply=reply)
+        return Set(key.strip(), value.strip(), reply=reply)
+    if verb in COMMANDS:
+        return COMMANDS[verb](reply=reply)
+    return Invalid(text, f"unknown command {text!r}; commands: set KEY=VALUE, save, eval, stop, debug", reply=reply)
 
 
-def interactive(model: nn.Module, optimizer: Any, batch: Any, loss: Any, cfg: Config) -> str:
-    """Stop in (i)pdb with the model, optimizer, batch, loss and config in scope; ``c`` continues."""
-    try:
-        import ipdb as debugger  # type: ignore[import-not-found]
-    except ImportError:
-        import pdb as debugger
-    print("debugger: model, optimizer, batch, loss, cfg are in scope; 'c' continues training", flush=True)
-    t0 = time.time()
-    debugger.set_trace()
-    return f"debugger session of {time.time() - t0:.0f}s"
+def set_live(cfg: Config, step: TrainStep, key: str, raw: str) -> tuple[str, Any, Any]:
+    """``dogcat ctl set KEY=VALUE``: check the value as the command line would, put it in the config (every part
+    reads its settings from there) and in the two parts that hold a value of their own, the schedule (its base
+    lr, its horizon) and the optimizer (its weight decay). Returns ``(option, old, new)``."""
+    leaf = resolve_key(key).split(".")[1]
+    if leaf not in LIVE:
+        raise ValueError(f"{flag(leaf)} cannot change while training; live options: "
+                         f"{', '.join(LIVE)} (others: stop, then --resume)")
+    sec = OPTIONS[leaf][0]
+    new_cfg = load_config(parse_overrides([f"--{leaf}={raw}"]), base=cfg)  # validated like the CLI
+    old, new = getattr(getattr(cfg, sec), leaf), getattr(getattr(new_cfg, sec), leaf)
+    setattr(getattr(cfg, sec), leaf, new)
+    if leaf == "lr":  # the new base lr, at the schedule's current point (never a ratio of the old one)
+        step.scheduler.set_base_lr(new)
+    elif leaf == "weight_decay":
+        for g in step.optimizer.param_groups:
+            g["weight_decay"] = new
+    elif leaf == "max_epoch":
+        step.scheduler.set_max_epoch(new)
+    return leaf, old, new

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from ..config import Config, ConfigError, as_config, from_dict, parse_class_weights, to_dict, to_yaml
+from ..config import Config, ConfigError, as_config, parse_class_weights, to_yaml
 from ..control import StopFlag, TrainingStopped
 from ..data import DataBundle, build_train_val, class_weights
 from ..io import atomic_write_text, one_line
@@ -27,15 +27,16 @@ from ..tracking.records import epoch_record, event_record
 from ..tracking.run import Run, RunFolder, find_run
 from ..tracking.tracker import Tracker, check_loggers
 from . import distributed
-from .checkpoint import CheckpointError, Checkpoints
+from .checkpoint import Checkpoints
+from .commands import Stop
 from .distributed import Dist, unwrap
-from .loop import train_one_epoch, validate
+from .loop import Epoch, train_one_epoch, validate
 from .optim import check_optimizer
-from .parts import Parts, build_parts
-from .resume import resume_changes, rng_state, set_rng_state
+from .parts import Parts, build_parts, restore_run, write_checkpoint
+from .resume import resume_changes
 from .runtime import pick_device
 from .state import TrainState
-from .step_end import StepEnd
+from .steering import Steering
 
 log = logging.getLogger("dogcat")
 
@@ -110,7 +111,7 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
             ckpts.clean_temps()  # ours to clean: the lock says no other process is writing here
         ckpt, _ = ckpts.load_latest()
         resume = Resume(ckpt, resume_changes(ckpt["config"], cfg))
-        if cfg.train.max_steps and ckpt["global_step"] >= cfg.train.max_steps:
+        if cfg.train.max_steps and ckpt["state"]["global_step"] >= cfg.train.max_steps:
             log.info(f"--max-steps={cfg.train.max_steps} was reached before this resume; training on to max_epoch")
             cfg.train.max_steps = None
         if d.main:
@@ -138,7 +139,7 @@ def check_options(cfg: Config, data: DataBundle) -> None:
 def _tracked(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device,
              resume: Resume | None, on_epoch: OnEpoch | None = None) -> Result:
     """Train in the (locked) run folder, keeping its status and manifest up to date."""
-    tracker = Tracker.start(run.folder, cfg, d, resume.ckpt["global_step"] if resume else None)  # rank 0's
+    tracker = Tracker.start(run.folder, cfg, d, resume.ckpt["state"]["global_step"] if resume else None)  # rank 0's
     if tracker is not None:  # manifest.json, TensorBoard: every record and the final status reach it via the run
         run.sinks.append(tracker)
     run.set_status("running")
@@ -156,8 +157,7 @@ def _tracked(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.dev
 
 
 def _final_status(run: Run, status: str, error: BaseException) -> None:
-    """Record how the run ended; a failure to write that (the disk that ended it is still full) must not hide
-    the error that ended the run, so it is only a warning."""
+    """Record how the run ended; failing to (the full disk that ended it) only warns: the run's error shows."""
     try:
         run.set_status(status, error)
     except Exception as e:  # noqa: BLE001
@@ -168,29 +168,23 @@ def fit(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, 
         resume: Resume | None = None, on_epoch: OnEpoch | None = None, tracker: Tracker | None = None) -> Result:
     """Build the parts, put a resumed run back where it was, and run the epochs."""
     p = build_parts(cfg, run, data, d, device, resuming=resume is not None)
-    state = TrainState()
+    p.tracker = tracker
+    state = TrainState(world=d.world)
     if resume is not None:
-        restore(p, state, resume, cfg)
+        restore_run(p, state, *resume)
     if tracker is not None:  # data fingerprint; TensorBoard, purged after the checkpoint's step
         tracker.setup(p.data, str(device))
         tracker.model_graph(unwrap(p.step.model), device)
-    ckpts = Checkpoints(run.ckpt_dir, cfg.train.monitor, cfg.train.keep_top_k, cfg.train.save_every_epochs)
-
-    def save() -> None:  # a step checkpoint (last.pt): every rank gathers, rank 0 writes
-        state_now = checkpoint_state(cfg, p, state)
-        if d.main:
-            ckpts.save(state_now)
-
-    step_end = StepEnd(cfg, p, state, signals, save, lambda: validate_now(p, cfg),
-                       cfg.train.debug_file or str(run.folder.debug_trigger))
+    debug_file = cfg.train.debug_file or str(run.folder.debug_trigger)
+    steering = Steering(cfg, run.folder.control, d, device, signals, debug_file, run.log)
     try:
-        return run_epochs(cfg, p, state, step_end, ckpts, on_epoch, tracker)
+        return run_epochs(cfg, p, state, steering, on_epoch)
     finally:
-        step_end.close()
+        steering.close()
 
 
-def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpts: Checkpoints,
-               on_epoch: OnEpoch | None = None, tracker: Tracker | None = None) -> Result:
+def run_epochs(cfg: Config, p: Parts, state: TrainState, steering: Steering, on_epoch: OnEpoch | None = None
+               ) -> Result:
     """The epoch loop: train, validate, log, checkpoint; leaves early when asked to stop."""
     run, monitor, names = p.run, cfg.train.monitor, list(p.data.pre.classes)
     log.info(f"run folder: {run.path}")
@@ -204,10 +198,10 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
             break
         t0 = time.perf_counter()
         p.sampler.set_epoch(state.epoch, start=state.batch * cfg.data.batch_size)
-        train_stats = train_one_epoch(p, state, step_end, cfg)
-        if step_end.stopping:  # last.pt was written at the step boundary
-            return _stopped(p, state, step_end, ckpts, history)
-        record = _validate_and_log(cfg, p, state, train_stats, t0, tracker)
+        epoch = train_one_epoch(p, state, steering, cfg)
+        if epoch.stop is not None:  # last.pt was written at the step boundary
+            return _stopped(p, state, epoch.stop, steering, history)
+        record = _validate_and_log(cfg, p, state, epoch, t0)
         history.append(record)
 
         value = record.get(monitor)
@@ -216,9 +210,7 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
         is_best = state.observe(monitor, value, cfg.train.min_delta)
         state.next_epoch()
         p.step.meter.reset()
-        epoch_state = checkpoint_state(cfg, p, state)
-        if p.runtime.dist.main:
-            ckpts.save(epoch_state, epoch_end=True, is_best=is_best, metric=record.get(monitor))
+        write_checkpoint(cfg, p, state, epoch_end=True, is_best=is_best, metric=record.get(monitor))
         if on_epoch is not None and (reason := _epoch_verdict(on_epoch, record, p)):
             return _pruned(p, state, reason, history)
     _report_bad_files(p)
@@ -226,16 +218,15 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, step_end: StepEnd, ckpt
     return Result(run.path, state.best, state.best_epoch, history, early_stop=early)
 
 
-def _validate_and_log(cfg: Config, p: Parts, state: TrainState, train_stats: dict[str, float],
-                      t0: float, tracker: Tracker | None = None) -> dict[str, Any]:
+def _validate_and_log(cfg: Config, p: Parts, state: TrainState, trained: Epoch, t0: float) -> dict[str, Any]:
     """The end of an epoch's training: validate, step the epoch scheduler, log the epoch record (metrics.jsonl,
     trackers, the console) and, when due, the projector's embeddings. Returns the record."""
-    run, names = p.run, list(p.data.pre.classes)
+    run, names, tracker = p.run, list(p.data.pre.classes), p.tracker
     collect = tracker.collector() if tracker is not None else None  # mistakes, PR curve
     val = validate(p.step.eval_model, p.val_loader, p.runtime, len(names), p.bad, p.progress,
                    cfg.train.print_freq, collect) if p.val_loader else {}
-    p.step.scheduler.epoch_end(train_stats["loss"])
-    record = epoch_record(state.epoch + 1, state.global_step, train_stats["loss"], train_stats["images_per_s"],
+    p.step.scheduler.epoch_end(trained.loss)
+    record = epoch_record(state.epoch + 1, state.global_step, trained.loss, trained.images_per_s,
                           p.step.optimizer.param_groups[0]["lr"], time.perf_counter() - t0, val)
     run.log(record)
     if tracker is not None:
@@ -244,7 +235,7 @@ def _validate_and_log(cfg: Config, p: Parts, state: TrainState, train_stats: dic
     every, epoch = cfg.train.embeddings_every, state.epoch + 1
     if tracker is not None and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
         tracker.embeddings(state.global_step, unwrap(p.step.eval_model), p.data.val, p.runtime.device,
-                               cfg.data.batch_size)
+                           cfg.data.batch_size)
     return record
 
 
@@ -270,10 +261,11 @@ def _early_stop(cfg: Config, state: TrainState, run: Run) -> str:
     return reason
 
 
-def _stopped(p: Parts, state: TrainState, step_end: StepEnd, ckpts: Checkpoints, history: list[dict]) -> Result:
-    if step_end.signals.signum is not None:
-        raise TrainingStopped(step_end.signals.signum, str(ckpts.last))
-    why = "dogcat ctl stop" if step_end.stop_requested else "--max-steps"
+def _stopped(p: Parts, state: TrainState, stop: Stop, steering: Steering, history: list[dict]) -> Result:
+    signals = steering.signals
+    if signals is not None and signals.signum is not None:  # exit 128 + N, as a shell expects of a signal
+        raise TrainingStopped(signals.signum, str(p.checkpoints.last))
+    why = {"ctl": "dogcat ctl stop", "max_steps": "--max-steps"}.get(stop.why, "a signal to another process")
     log.info(f"stopped after step {state.global_step} ({why}); resume with --resume={p.run.path}")
     return Result(p.run.path, state.best, state.best_epoch, history, stopped=True)
 
@@ -296,72 +288,6 @@ def _report_bad_files(p: Parts) -> None:
         p.bad.add(list(files.items()))
     if p.bad.count:
         log.warning(f"{p.bad.count} unreadable image(s) were skipped; list in {p.run.folder.bad_files}")
-
-
-def validate_now(p: Parts, cfg: Config) -> dict[str, Any]:
-    """A validation pass in the middle of training (``dogcat ctl RUN eval``)."""
-    if p.val_loader is None:
-        raise ValueError("this run has no validation set")
-    return validate(p.step.eval_model, p.val_loader, p.runtime, len(p.data.pre.classes), p.bad, p.progress,
-                    cfg.train.print_freq)
-
-
-def checkpoint_state(cfg: Config, p: Parts, state: TrainState) -> dict[str, Any]:
-    """The full training state at this position: tensors and plain data only (weights_only loads).
-    Collective under DDP (every rank's RNG and loss sums are gathered), so every rank calls it."""
-    d, rt = p.runtime.dist, p.runtime
-    return {**p.step.state_dict(), **state.state_dict(), "precision": rt.precision, "device_type": rt.device.type,
-            "world_size": d.world, "loss_meter": distributed.gather(p.step.meter.state_dict(), d),
-            "rng": distributed.gather(rng_state(), d), "monitor": cfg.train.monitor, "config": to_dict(cfg),
-            "preprocess": p.data.pre.to_dict(), "data_kind": p.data.layout}
-
-
-def restore(p: Parts, state: TrainState, resume: Resume, cfg: Config) -> None:
-    """Put a resumed run back exactly where its checkpoint left it (RNG last: setup consumed some). A
-    checkpoint whose parts do not fit this run (damaged, or of another model) is one CheckpointError line."""
-    ckpt, changes = resume
-    try:
-        _restore(p, state, ckpt, cfg)
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
-        raise CheckpointError(f"cannot resume {p.run.path} from its checkpoint: {type(e).__name__}: "
-                              f"{one_line(e, 300)}") from e
-    dropped = p.run.rewind_log(ckpt["global_step"], ckpt["epoch"])  # what a killed session logged after it
-    p.run.log(event_record("resume", epoch=ckpt["epoch"], batch_in_epoch=ckpt["batch_in_epoch"],
-                           step=ckpt["global_step"], changed=changes, dropped_log_records=dropped))
-    log.info(f"resuming {p.run.path} at epoch {ckpt['epoch'] + 1}, batch {ckpt['batch_in_epoch']} "
-             f"(step {ckpt['global_step']})" + (f"; changed: {changes}" if changes else ""))
-
-
-def _restore(p: Parts, state: TrainState, ckpt: dict[str, Any], cfg: Config) -> None:
-    step = p.step
-    unwrap(step.model).load_state_dict(ckpt["model"])
-    if step.ema is not None:  # EMA switched on at this resume: it starts from the current weights
-        step.ema.module.load_state_dict(ckpt.get("ema") or ckpt["model"])
-    mults = [g["lr_mult"] for g in step.optimizer.param_groups]  # this run's: the checkpoint may predate them
-    step.optimizer.load_state_dict(ckpt["optimizer"])
-    for g, m in zip(step.optimizer.param_groups, mults):
-        g["lr_mult"] = m
-    step.scheduler.load_state_dict(ckpt["scheduler"])
-    step.scaler.load_state_dict(ckpt["scaler"])
-    old = from_dict(ckpt["config"], "the checkpoint's config")
-    if cfg.optim.lr != old.optim.lr:  # a changed lr is set as the new base, keeping the schedule's shape
-        step.scheduler.set_base_lr(cfg.optim.lr)
-    for g in step.optimizer.param_groups:
-        if "weight_decay" in g:
-            g["weight_decay"] = cfg.optim.weight_decay
-    state.load_state_dict(ckpt)
-    d, old_world = p.runtime.dist, ckpt.get("world_size", 1)
-    meters, rngs = ckpt["loss_meter"], ckpt["rng"]
-    if old_world == d.world:  # each rank back exactly where it was
-        step.meter.load_state_dict(meters[d.rank])
-        set_rng_state(rngs[d.rank])
-    else:  # another world size: same samples seen in all, approximately; exactness is not promised
-        state.batch = ckpt["batch_in_epoch"] * old_world // d.world
-        if d.main:
-            step.meter.load_state_dict({k: sum(m[k] for m in meters) for k in meters[0]})
-        set_rng_state(rngs[d.rank % old_world])
-        log.warning(f"resuming a {old_world}-process run with {d.world}: continuing at batch {state.batch} of "
-                    "the epoch; the result is not bit-identical to an uninterrupted run")
 
 
 def _print_epoch(record: dict, val: dict, class_names: list[str], max_epoch: int) -> None:

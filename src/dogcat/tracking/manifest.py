@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..console import redact
+from ..hardware import cpu_name
 from ..io import MalformedFile, atomic_write_text, read_json
 from ..locks import process_alive, process_start
 from .folder import RunFolder
@@ -155,27 +156,6 @@ def pip_freeze() -> list[str]:
     """``name==version`` of every installed distribution (importlib.metadata: no pip subprocess)."""
     pkgs = {(d.metadata["Name"] or "?"): d.version for d in importlib.metadata.distributions()}
     return sorted(f"{n}=={v}" for n, v in pkgs.items())
-
-
-def cpu_info() -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo (``model name``, ``vendor_id``, ``cpu family``, ``model``,
-    ``flags``, ...); empty where there is no such file."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())
-                if key.strip() == "flags":  # the first processor's block is complete by then
-                    break
-    except OSError:
-        pass
-    return info
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``AMD EPYC 9R14 96-Core Processor``), or what ``platform`` knows."""
-    return cpu_info().get("model name") or platform.processor() or platform.machine()
 
 
 def environment() -> dict[str, Any]:

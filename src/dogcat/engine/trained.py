@@ -72,7 +72,7 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
     ckpt_path, run_dir = resolve_checkpoint(target, overrides)
     obj = torch_load(ckpt_path) if ckpt_path.suffix != ".safetensors" else {}
     if isinstance(obj, dict) and "format_version" in obj:  # data from elsewhere: checked, output places not taken
-        check_checkpoint(obj, ckpt_path)
+        obj = check_checkpoint(obj, ckpt_path)  # in the current layout, whatever format it was written in
         base = from_dict(obj["config"], f"the config stored in {ckpt_path}")
         base.train.resume = None
         cfg = load_config(overrides, base=base)
@@ -85,7 +85,8 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
             same = obj.get("device_type") == pick_device(cfg.train).type
             stored = obj.get("precision")
             cfg.train.precision = stored if same and stored in ("fp32", "bf16", "fp16") else "fp32"
-        meta = {k: obj.get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch", "monitor")}
+        meta = {**{k: obj["state"].get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch")},
+                "monitor": obj.get("monitor")}
     else:
         cfg = load_config(overrides)
         sd, _ = read_state_dict(ckpt_path)
