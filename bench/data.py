@@ -1,11 +1,11 @@
-"""Data-loading throughput: the seed's pipeline against dogcat's, on the same files, in the same run.
+"""Data-loading throughput: the template's pipeline against dogcat's, on the same files, in the same run.
 
     .venv/bin/python bench/data.py [--images=2000] [--workers=N] [--rounds=5] [--batch-size=128] [--threads=1]
 
 Generates (once, into ~/.cache/dogcat/bench/) a Kaggle-layout folder of photo-like JPEGs, 300-500 px, then
 measures images per second per core, each through a DataLoader made with the same worker setting, of:
 
-  a  the seed: PIL.Image.open + Resize(256) + RandomResizedCrop(224) + flip + ToTensor + Normalize, per sample
+  a  the template: PIL.Image.open + Resize(256) + RandomResizedCrop(224) + flip + ToTensor + Normalize, per sample
      (torchvision.transforms v1; the pytorch-book chapter's Scale(256) is today's Resize(256))
   b  dogcat without a cache: the trainer's loader over ImageFiles (simplejpeg, v2 on uint8 tensors) in worker
      processes, then ``batch_transform`` (normalise) in the main process, as the trainer runs it
@@ -83,7 +83,7 @@ class SeedPipeline(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        data = Image.open(self.files[i])  # as the seed has it: no convert (these JPEGs are RGB), no close
+        data = Image.open(self.files[i])  # as the template has it: no convert (these JPEGs are RGB), no close
         return self.transform(data), int(self.files[i].name.startswith("dog"))
 
 

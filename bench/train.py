@@ -2,7 +2,7 @@
 
 (a) overhead: dogcat's training img/s / a bare PyTorch loop's, same model, in-memory data, precision, batch;
     in fp32 and in bf16 (where it is native), ``--a-precision`` to choose.
-(b) the seed's way (ResNet-34 fp32, per-sample PIL pipeline, Adam, DataLoader) vs dogcat's default for
+(b) the template's way (ResNet-34 fp32, per-sample PIL pipeline, Adam, DataLoader) vs dogcat's default for
     ResNet-34 (--precision=auto, channels_last, packed-cache data path) on the same generated JPEGs;
     ``--b-variants`` also times dogcat at larger batches and with --compile (what would move the figure).
 (c) the built-in recipe fashion-mnist (the demo): test accuracy after each epoch against training time, and when
@@ -133,7 +133,7 @@ def make_jpegs(root: Path, n: int) -> None:
 
 
 def seed_way(root: Path, size: int, batch: int, steps: int) -> float:
-    """The seed's chapter-9 loop: per-sample PIL decode + torchvision transforms, ResNet-34 fp32, Adam."""
+    """The template's chapter-9 loop: per-sample PIL decode + torchvision transforms, ResNet-34 fp32, Adam."""
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Dataset
     from torchvision.models import resnet34
@@ -171,7 +171,7 @@ def seed_way(root: Path, size: int, batch: int, steps: int) -> float:
 
 
 def _dogcat_rate(cfg: dict, env: str) -> tuple[float, float]:
-    """img/s of ``dogcat.train`` over steps 3..N (the first two are warm-up, as for the seed's loop), and
+    """img/s of ``dogcat.train`` over steps 3..N (the first two are warm-up, as for the template's loop), and
     the whole call's seconds (set-up, a first compile, the checkpoint)."""
     t0 = time.perf_counter()
     res = train(load_config({**cfg, "env": env}))
@@ -203,7 +203,7 @@ def part_b(tmp: Path, quick: bool, variants: bool) -> float:
         ours, _ = _dogcat_rate(cfg, f"b{r}")
         ratios.append(ours / seed)
         seeds.append(seed)
-        print(f"  (b) rep {r}: seed's way {seed:.1f} img/s, dogcat {ours:.1f} img/s -> {ours / seed:.2f}x",
+        print(f"  (b) rep {r}: template's way {seed:.1f} img/s, dogcat {ours:.1f} img/s -> {ours / seed:.2f}x",
               flush=True)
     if variants:  # what would move (b): larger batches, compile (its first steps compile: see the wall)
         seed = statistics.median(seeds)
@@ -214,7 +214,7 @@ def part_b(tmp: Path, quick: bool, variants: bool) -> float:
                 continue
             rate, wall = _dogcat_rate({**cfg, "batch_size": b, "max_steps": k, "compile": comp},
                                       f"b-{b}{'-compiled' if comp else ''}")
-            print(f"  (b) variant {name}: dogcat {rate:.1f} img/s -> {rate / seed:.2f}x the seed's way "
+            print(f"  (b) variant {name}: dogcat {rate:.1f} img/s -> {rate / seed:.2f}x the template's way "
                   f"(the whole run of {k} steps: {wall:.0f} s)", flush=True)
     return statistics.median(ratios)
 
@@ -278,7 +278,7 @@ def main() -> int:
             print(f"(a) overhead in {precision}, dogcat / bare loop img/s (target >= 0.97): "
                   f"{part_a(tmp, args.quick, precision):.3f}", flush=True)
         if "b" in args.only:
-            print(f"(b) dogcat default / seed's way, ResNet-34 img/s (target >= 2.5x): "
+            print(f"(b) dogcat default / template's way, ResNet-34 img/s (target >= 2.5x): "
                   f"{part_b(tmp, args.quick, args.b_variants):.2f}x")
         for tag, recipe, target in (("c", "fashion-mnist", 0.93), ("d", "fashion-mnist-94", 0.94)):
             if tag in args.only:

@@ -1,4 +1,4 @@
-"""Config: the seed's option names, YAML recipes, overrides, and errors that name the key."""
+"""Config: the template's option names, YAML recipes, overrides, and errors that name the key."""
 
 from __future__ import annotations
 

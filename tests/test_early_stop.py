@@ -12,7 +12,7 @@ from dogcat import load_config, train
 from dogcat.cli import main
 from dogcat.engine.checkpoint import load_checkpoint
 from dogcat.engine.state import TrainState
-from dogcat.tracking.runs import find_runs, runs_table, show
+from dogcat.tracking.listing import find_runs, runs_table, show
 
 
 def test_counter_counts_only_gains_above_min_delta():

@@ -336,7 +336,7 @@ def test_fuzz_manifest_types_read_or_one_malformed_file(a_run, fields):
     import json
 
     from dogcat.io import MalformedFile
-    from dogcat.tracking import runs
+    from dogcat.tracking import listing
     from dogcat.tracking.manifest import read_manifest
 
     ran["manifests"] += 1
@@ -347,9 +347,9 @@ def test_fuzz_manifest_types_read_or_one_malformed_file(a_run, fields):
     except MalformedFile as e:
         assert "manifest" in str(e) and "\n" not in str(e)
         return
-    info = runs.load_run(a_run)  # everything runs, runs show, runs diff and the report compute from it
-    runs.show(a_run), runs.summary(info), runs.manifest_summary(info.manifest), info.duration(), info.data()
-    runs.diff(a_run, a_run)
+    info = listing.load_run(a_run)  # everything runs, runs show, runs diff and the report compute from it
+    listing.show(a_run), listing.summary(info), listing.manifest_summary(info.manifest), info.duration(), info.data()
+    listing.diff(a_run, a_run)
 
 
 # ---- (d) credentials in URIs are masked wherever they sit in a line (issue 21 item 3) -----------------------

@@ -27,7 +27,7 @@ LAYERS = [
     {"data", "models"},                          # one file per data layout / per architecture
     {"tracking"},                                # run folders, manifest, TensorBoard, runs table, report pages
     {"engine"},                                  # training state and step, loops, evaluation, checkpoints
-    {"exported", "inference"},                   # reading exported models; dogcat.load / predict
+    {"runners", "inference"},                    # reading exported models; dogcat.load / predict
     {"export", "explanation", "sweep"},          # writing exported models; Grad-CAM pictures; Optuna sweeps
     {"cli", "demo", "__main__"},                 # the command line and the demo
 ]

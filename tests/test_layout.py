@@ -17,7 +17,7 @@ import dogcat
 import dogcat.data as D
 import npz_layout  # noqa: F401  # registers "npz": all it takes to add a layout
 from dogcat.config import DataConfig, load_config
-from dogcat.tracking.runs import load_run
+from dogcat.tracking.listing import load_run
 
 
 def test_builtin_layouts_registered_in_detection_order():
@@ -94,11 +94,16 @@ def test_a_layout_in_one_file_trains_validates_and_tests(tmp_path):
     rows = list(csv.reader((run / "splits" / "val.csv").open(newline="")))
     assert rows[0] == ["path", "label"] and len(rows) == 1 + 24 and rows[1][0].startswith("npz/train/")  # as is
     manifest = json.loads((run / "manifest.json").read_text())["data"]
-    assert manifest["kind"] == "npz" and manifest["method"] == "sha256 of the .npz file"
+    assert manifest["layout"] == "npz" and manifest["method"] == "sha256 of the .npz file"
     assert load_run(run).data().startswith("npz:halves.npz (")  # `dogcat runs` names it after its source
     val = dogcat.evaluate(str(run))
     assert val["accuracy"] == pytest.approx(result.history[-1]["val_accuracy"]) and val["count"] == 24
     tested = dogcat.test(str(run), {"result_file": str(tmp_path / "submission.csv")})
     assert tested["rows"] == 24 and tested["metrics"]["accuracy"] >= 0.9  # a labelled test set: scored
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert ckpt["layout"] == "npz" and dogcat.load_model(str(run)).layout == "npz"
+    ckpt["data_kind"] = ckpt.pop("layout")  # the key's older name, in checkpoints written before it changed
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert dogcat.load_model(str(tmp_path / "old.pt")).layout == "npz"
     cfg = load_config({"dataset": "npz", "train_data_root": str(data)})
     assert cfg.data.dataset == "npz"  # the config takes any name: the registry decides

@@ -10,7 +10,7 @@ import pytest
 from dogcat import load_config, train
 from dogcat.engine.evaluator import report
 from dogcat.metrics import METRICS, Tally, compute, metric, monitors
-from dogcat.tracking.runs import load_run
+from dogcat.tracking.listing import load_run
 
 # 3 classes, true rows x predicted columns: 10 ants (8 right), 5 bees (1 right), 5 cows (5 right)
 CM = [[8, 1, 1], [3, 1, 1], [0, 0, 5]]

@@ -57,7 +57,7 @@ def test_a_deeply_nested_command_file_is_answered_not_raised(tmp_path):
 @pytest.mark.parametrize("kind", ["sidecar", "manifest"])
 def test_deeply_nested_files_of_ours_are_one_line(tmp_path, kind, capsys):
     if kind == "sidecar":
-        from dogcat.exported import ExportError, read_sidecar
+        from dogcat.runners import ExportError, read_sidecar
 
         (tmp_path / "m.onnx").write_bytes(b"x")
         (tmp_path / "m.onnx.json").write_text(deep_json())

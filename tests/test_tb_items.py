@@ -1,4 +1,4 @@
-"""The seed's last TensorBoard items, read back with TensorBoard's own readers: the model graph (event_accumulator)
+"""The template's last TensorBoard items, read back with TensorBoard's own readers: the model graph (event_accumulator)
 and the projector's embeddings (projector_config.pbtxt, its tensors, metadata and sprite)."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from dogcat import evaluate, load_config, train
 from dogcat.cli import main
 from dogcat.data import build_train_val
 from dogcat.tracking.manifest import data_fingerprint, git_info
-from dogcat.tracking.runs import find_runs, load_run
+from dogcat.tracking.listing import find_runs, load_run
 
 EVERYTHING = {k: 0 for k in ("scalars", "images", "tensors", "histograms", "compressedHistograms", "audio")}
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -127,7 +127,7 @@ def test_manifest_fields(tracked):
     assert m["versions"]["torch"] == torch.__version__ and m["versions"]["python"].count(".") == 2
     assert {"cuda", "cudnn", "torchvision"} <= set(m["versions"]) and m["devices"]["cpu"] and m["device"] == "cpu"
     assert any(p.startswith("torch==") for p in m["pip_freeze"]) and m["host"] and m["command"]
-    assert m["seed"] == 0 and m["data"]["kind"] == "folder" and re.fullmatch(r"[0-9a-f]{64}", m["data"]["sha256"])
+    assert m["seed"] == 0 and m["data"]["layout"] == "folder" and re.fullmatch(r"[0-9a-f]{64}", m["data"]["sha256"])
     assert m["data"]["count"] == 28 and m["splits"] == ["splits/train.csv", "splits/val.csv"]
     assert all((run / s).is_file() for s in m["splits"])
     git = m["git"]

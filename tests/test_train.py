@@ -149,7 +149,7 @@ def test_fashion_mnist_recipe_on_tiny_idx(fmnist_dir, tmp_path):
 
 
 def test_seed_style_weights_file(kaggle_run, tmp_path):
-    """A bare state_dict (the seed's BasicModule.save) works with --load-model-path and --model."""
+    """A bare state_dict (the template's BasicModule.save) works with --load-model-path and --model."""
     root, _, result = kaggle_run
     sd = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")["model"]
     torch.save({"module." + k: v for k, v in sd.items()}, tmp_path / "seed.pth")

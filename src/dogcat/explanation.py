@@ -21,7 +21,7 @@ import torch
 from .config import ConfigError
 from .console import escape
 from .engine.trained import resolve_checkpoint
-from .exported import ExportError, read_sidecar, sidecar_path
+from .runners import ExportError, read_sidecar, sidecar_path
 from .inference import Classifier, Input, is_torchscript, load
 from .io import atomic_write_figure, safe_dir
 from .models.gradcam import get_layer, gradcam, pick_layer, require_captum

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from . import __version__
 from .engine.trained import Loaded, load_model
-from .exported import FORMATS, ExportError, Runner, _quiet, _require, external_data_files, runner, sidecar_path
+from .runners import FORMATS, ExportError, Runner, _quiet, _require, external_data_files, runner, sidecar_path
 from .io import atomic_write_text, disk_full_as, ensure_free, safe_dir, sha256_file, temp_file
 
 CHECK_BATCHES = (1, 3, 3)  # odd sizes on purpose: the traced / exported batch is 2

@@ -27,7 +27,7 @@ from .config import Config, load_config
 from .data import DataError, decode_image, expand_paths
 from .data.transforms import eval_transform_for
 from .engine.trained import Loaded, load_model
-from .exported import (check_file, check_io, module_runner, preprocess_of, read_sidecar, runner, safetensors_module,
+from .runners import (check_file, check_io, module_runner, preprocess_of, read_sidecar, runner, safetensors_module,
                        sidecar_path)
 from .models.tta import FlipTTA
 from .preprocess import Preprocess

@@ -259,7 +259,7 @@ RUNS_USAGE = "dogcat runs [FOLDER] | dogcat runs show RUN | dogcat runs diff RUN
 
 
 def runs(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    from ..tracking import runs as table
+    from ..tracking import listing as table
     from ..tracking.folder import find_run
 
     root, words = str(ov.get("runs_root", "runs")), a.words

@@ -21,7 +21,7 @@ from .step import TrainStep
 
 
 def layer_stats(model: nn.Module, grads: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
-    """Per-parameter mean / std / abs-max (and the gradient's), the seed's way to find a layer gone wrong."""
+    """Per-parameter mean / std / abs-max (and the gradient's), the template's way to find a layer gone wrong."""
     rows = []
     for name, p in model.named_parameters() if isinstance(model, nn.Module) else model.items():
         if p.numel() == 0:

@@ -108,7 +108,7 @@ def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
     ``overrides`` / ``options``: config options, e.g. ``test(run, test_data_root="data/test1")``."""
     lm = load_model(target, {**(overrides or {}), **options})
     # the training layout decides the test layout; a bare state_dict has none: test_list or test_data_root
-    dataset = build_test(lm.cfg.data, lm.kind, lm.pre)
+    dataset = build_test(lm.cfg.data, lm.layout, lm.pre)
     bad = BadFiles(RunFolder(lm.out_dir).bad_test_files)  # its own list: training's must not become rows
     ids, probs, labels = _probabilities(lm, dataset, bad)
     names = list(lm.pre.classes)

@@ -100,7 +100,7 @@ class OptimizerPart:
 class Schedule(LRScheduler):
     """Linear warm-up, then ``none | loss-rise | step | multistep | cosine``, or ``onecycle``; stepped once per optimizer step.
 
-    ``loss-rise`` is the seed's rule: at the end of an epoch whose mean training loss is higher than the
+    ``loss-rise`` is the template's rule: at the end of an epoch whose mean training loss is higher than the
     previous epoch's, every learning rate is multiplied by ``lr_decay``. All state is plain numbers, so
     it is checkpointed by ``state_dict()`` and restored exactly.
     """
@@ -175,7 +175,7 @@ class Schedule(LRScheduler):
         self.total_steps = max(1, self.steps_per_epoch * max_epoch)
 
     def epoch_end(self, train_loss: float) -> None:
-        """The seed's rule: decay when the epoch's training loss rose."""
+        """The template's rule: decay when the epoch's training loss rose."""
         if self.kind == "loss-rise" and self.prev_loss is not None and train_loss > self.prev_loss:
             self.factor *= self.gamma
             for group, lr in zip(self.optimizer.param_groups, self.get_lr()):

@@ -71,7 +71,7 @@ def checkpoint_state(cfg: Config, p: Parts, state: TrainState) -> dict[str, Any]
     under DDP (every rank's RNG and loss sums are gathered), so every rank calls it."""
     rt = p.runtime
     meta = {"precision": rt.precision, "device_type": rt.device.type, "monitor": cfg.train.monitor,
-            "config": to_dict(cfg), "preprocess": p.data.pre.to_dict(), "data_kind": p.data.layout}
+            "config": to_dict(cfg), "preprocess": p.data.pre.to_dict(), "layout": p.data.layout}
     return state_of(checkpoint_parts(p, state), meta)
 
 

@@ -62,7 +62,7 @@ class Steering:
         return commands
 
     def debug_file_changed(self) -> bool:
-        """The seed's trick, made safe for shared machines: each new version (inode, size, mtime) of
+        """The template's trick, made safe for shared machines: each new version (inode, size, mtime) of
         ``--debug-file`` (default ``RUN/control/debug``) asks for one debug, on a terminal the debugger, else a
         dump. A file owned by another user is ignored (with one warning): on a shared /tmp anyone could make it."""
         try:

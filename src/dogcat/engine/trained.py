@@ -1,5 +1,5 @@
 """Loading a trained model for inference (:func:`load_model`): a run folder, a dogcat checkpoint, or a bare
-state_dict (the seed's ``model.save()`` output). Evaluation, prediction and export all start here."""
+state_dict (the template's ``model.save()`` output). Evaluation, prediction and export all start here."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Loaded:
     model: nn.Module
     cfg: Config
     pre: Preprocess
-    kind: str | None  # the training data's layout (None: unknown, a bare state_dict)
+    layout: str | None  # the training data's layout (None: unknown, a bare state_dict)
     checkpoint: Path
     run_dir: Path | None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -67,7 +67,7 @@ def resolve_checkpoint(target: str | Path | None, overrides: dict[str, Any]) -> 
 
 def load_model(target: str | Path | None, overrides: dict[str, Any] | None = None) -> Loaded:
     """Rebuild the trained model. A dogcat checkpoint carries its config and classes; a bare state_dict
-    (the seed's ``BasicModule.save``) needs ``--model`` and takes its class count from the head's shape."""
+    (the template's ``BasicModule.save``) needs ``--model`` and takes its class count from the head's shape."""
     overrides = dict(overrides or {})
     ckpt_path, run_dir = resolve_checkpoint(target, overrides)
     obj = torch_load(ckpt_path) if ckpt_path.suffix != ".safetensors" else {}
@@ -78,7 +78,8 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
         cfg = load_config(overrides, base=base)
         cfg.model.model = base.model.model  # the architecture is the checkpoint's, whatever --model says
         pre = dataclasses.replace(checkpoint_preprocess(obj, ckpt_path), size=cfg.data.image_size)
-        kind = obj.get("data_kind") if obj.get("data_kind") in layout_names() else None
+        layout = obj.get("layout", obj.get("data_kind"))  # "data_kind": its older name, in older checkpoints
+        layout = layout if layout in layout_names() else None
         model = build_model(cfg.model.model, len(pre.classes), pre.in_chans)
         load_weights(model, obj.get("ema") or obj["model"], strict=True, source=str(ckpt_path))  # EMA first
         if cfg.train.precision == "auto":  # the training's probed choice, on the same kind of device
@@ -97,10 +98,10 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
             load_weights(model, sd, strict=not cfg.model.load_not_strict, source=str(ckpt_path))
         except WeightsError as e:
             raise WeightsError(_architecture_hint(ckpt_path, cfg.model.model, sd, e)) from None
-        kind, meta = None, {}
+        layout, meta = None, {}
     device = pick_device(cfg.train)
     model.to(device, memory_format=memory_format(cfg.train.channels_last)).eval()
-    return Loaded(model, cfg, pre, kind, ckpt_path, run_dir, meta)
+    return Loaded(model, cfg, pre, layout, ckpt_path, run_dir, meta)
 
 
 def _infer_classes(model_name: str, sd: dict[str, torch.Tensor]) -> tuple[list[str], int]:

@@ -63,7 +63,7 @@ class Result:
 
 
 # Called after each epoch (rank 0, once the epoch is logged and checkpointed) with its metrics.jsonl record;
-# a returned reason ends the run there, status "pruned" (a hyperparameter sweep's pruner: dogcat/sweep.py).
+# a returned reason ends the run there, status "pruned" (a hyperparameter sweep's pruner: dogcat/sweep/study.py).
 OnEpoch = Callable[[dict[str, Any]], "str | None"]
 
 

@@ -1,7 +1,7 @@
 """Models by name: the registry (``registry.py``), one file per architecture, weight loading (``weights.py``).
 
 A builder takes ``(num_classes, in_chans, pretrained)`` and returns an ``nn.Module``; names are case-insensitive
-(the seed's ``--model=ResNet34`` works); ``timm:<name>`` and ``torchvision:<name>`` build any model of those
+(the template's ``--model=ResNet34`` works); ``timm:<name>`` and ``torchvision:<name>`` build any model of those
 libraries. Importing this package registers the built-in architectures.
 """
 

@@ -2,7 +2,7 @@
 ``register`` from here, and ``models/__init__.py`` imports them all, so nothing imports in a circle.
 
 A builder takes ``(num_classes, in_chans, pretrained)`` and returns an ``nn.Module``. Names are
-case-insensitive (the seed's ``--model=ResNet34`` works). Besides the registered names,
+case-insensitive (the template's ``--model=ResNet34`` works). Besides the registered names,
 ``timm:<name>`` and ``torchvision:<name>`` build any model of those libraries.
 """
 

@@ -1,4 +1,4 @@
-"""ResNet-18 / ResNet-34 (the seed's ResNet34 is the same architecture as torchvision's)."""
+"""ResNet-18 / ResNet-34 (the template's ResNet34 is the same architecture as torchvision's)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .registry import register
 from .adapt import load_pretrained, set_in_chans
 
 
-@register("resnet34", "ResNet-34 (the seed's second model)")
+@register("resnet34", "ResNet-34 (the template's second model)")
 def build_resnet34(num_classes: int, in_chans: int = 3, pretrained: str | None = None) -> nn.Module:
     model = set_in_chans(resnet34(num_classes=num_classes), in_chans)
     load_pretrained(model, pretrained, ResNet34_Weights.DEFAULT)

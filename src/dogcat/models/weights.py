@@ -1,8 +1,8 @@
-"""Reading weight files safely and loading them strictly or partly (the seed's ``load_not_strict``, done right).
+"""Reading weight files safely and loading them strictly or partly (the template's ``load_not_strict``, done right).
 
 Every ``torch.load`` uses ``weights_only=True``: a pickle that would run code is refused, not executed.
 Accepted files: a dogcat checkpoint (``{"model": state_dict, "format_version": ...}``), a bare
-``state_dict`` (what the seed's ``BasicModule.save`` writes), common wrappers (``state_dict``,
+``state_dict`` (what the template's ``BasicModule.save`` writes), common wrappers (``state_dict``,
 ``model_state_dict``) and ``.safetensors``. ``module.`` (DataParallel/DDP) and ``_orig_mod.``
 (torch.compile) prefixes are handled in both directions.
 """

@@ -1,4 +1,4 @@
-"""The seed's last two TensorBoard items: the model graph and the projector's embeddings.
+"""The template's last two TensorBoard items: the model graph and the projector's embeddings.
 
 - graph: ``SummaryWriter.add_graph`` traces the model (eval mode, so BatchNorm statistics are untouched) on one
   input of the data's shape, once per run; a model that cannot be traced (compiled, data-dependent control

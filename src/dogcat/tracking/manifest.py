@@ -54,7 +54,7 @@ FIELDS: dict[str, tuple] = {
 INNER: dict[str, dict[str, tuple]] = {
     "git": {"commit": (str, None), "branch": (str, None), "error": (str, None), "patch": (str, None),
             "patch_sha256": (str, None), "dirty": (bool,)},
-    "data": {"kind": (str, None), "source": (str, None), "sha256": (str, None), "count": (int, None)},
+    "data": {"layout": (str, None), "kind": (str, None), "source": (str, None), "sha256": (str, None), "count": (int, None)},
     "exit": {"status": (str, None), "code": (int, None), "error": (str, None)},
     "devices": {"cuda": LIST, "cpu": (str, None)},
 }
@@ -183,12 +183,12 @@ def environment() -> dict[str, Any]:
 
 
 def data_fingerprint(bundle: DataBundle, cfg: Config) -> dict[str, Any]:
-    """The manifest's record of the data: its layout (``kind``), what the layout fingerprints (``sha256``,
+    """The manifest's record of the data: its layout (``layout``; ``kind`` in older manifests), what the layout fingerprints (``sha256``,
     ``method``, ...) and ``source``, the folder or file ``dogcat runs`` names the data after."""
     from ..data import get_layout  # here, not at the top: `dogcat runs` reads manifests without torch
 
     layout = get_layout(bundle.layout)
-    return {"kind": bundle.layout, **layout.fingerprint(bundle, cfg.data), "source": layout.sources(cfg.data)[0]}
+    return {"layout": bundle.layout, **layout.fingerprint(bundle, cfg.data), "source": layout.sources(cfg.data)[0]}
 
 
 class Manifest:

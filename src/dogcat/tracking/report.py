@@ -23,7 +23,7 @@ from .collect import Collector, Mistake
 from .figures import confusion_figure, curves, mistakes_figure
 from .folder import RunFolder
 from .manifest import read_manifest
-from .runs import fmt_duration, load_run, manifest_summary
+from .listing import fmt_duration, load_run, manifest_summary
 
 log = logging.getLogger("dogcat")
 

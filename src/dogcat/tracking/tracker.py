@@ -88,7 +88,7 @@ class Tracker:
         try:
             data = data_fingerprint(bundle, self.cfg)
         except Exception as e:  # noqa: BLE001  # a record of the data must not stop the training on it
-            data = {"kind": bundle.layout, "error": f"{type(e).__name__}: {e}"}
+            data = {"layout": bundle.layout, "error": f"{type(e).__name__}: {e}"}
         self.manifest.update(device=device, data=data, splits=splits)
         saved = self._saved() if self.resume_step is not None else {}
         params = tracker_params(flat_config(to_dict(self.cfg)), self.folder.path)

@@ -64,11 +64,11 @@ class RunInfo:
 
     def data(self) -> str:
         d = self.manifest.get("data") or {}
-        kind = d.get("kind") or self.config.get("dataset", "?")
+        layout = d.get("layout") or d.get("kind") or self.config.get("dataset", "?")  # "kind": older manifests
         # what the layout named its source in the manifest; runs recorded before that: the training option
         root = d["source"] if "source" in d else self.config.get("train_list") or self.config.get("train_data_root")
         root = root or ""
-        label = f"{kind}:{Path(str(root)).name}" if root else str(kind)
+        label = f"{layout}:{Path(str(root)).name}" if root else str(layout)
         return label + (f" ({d['sha256'][:8]})" if d.get("sha256") else "")
 
 
@@ -184,7 +184,7 @@ def manifest_summary(m: dict[str, Any]) -> list[tuple[str, str]]:
     exit_ = m.get("exit") or {}
     return [
         ("git commit", commit),
-        ("data", f"{d.get('kind', '-')} sha256 {d.get('sha256', '-')} "
+        ("data", f"{d.get('layout', d.get('kind', '-'))} sha256 {d.get('sha256', '-')} "
                  f"({d.get('count', '?')} files, {d.get('root', '')})"),
         ("splits", ", ".join(m.get("splits") or []) or "-"),
         ("versions", ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "torchvision", "cuda", "cudnn", "dogcat")

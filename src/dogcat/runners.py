@@ -1,6 +1,6 @@
-"""Reading an exported model: its JSON sidecar (checked: it is data from elsewhere), the file's sha256, and a
-runner (``normalised NCHW batch -> logits``) per format. ``export.py`` writes these files; ``inference.py``
-turns them into a Classifier. ONNX and safetensors are data; TorchScript is a program and runs only when trusted.
+"""Running an exported model (what ``dogcat export`` wrote): its JSON sidecar (checked: it is data from
+elsewhere), the file's sha256, and a runner (``normalised NCHW batch -> logits``) per format. ``export.py`` writes
+these files; ``inference.py`` turns them into a Classifier. ONNX and safetensors are data; TorchScript is a program and runs only when trusted.
 """
 
 from __future__ import annotations
