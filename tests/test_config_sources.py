@@ -282,3 +282,18 @@ def test_the_nproc_relaunch_passes_every_config_in_order(recipes, tmp_path, monk
     ns, ov = parse(COMMANDS["train"], args)
     cfg = load_config(ov, ns.config)
     assert (cfg.optim.lr, cfg.data.batch_size, cfg.train.max_epoch) == (0.02, 6, 5)
+
+
+def test_a_whole_config_from_elsewhere_sets_no_places_but_a_resume_keeps_its_own(tmp_path):
+    """Only the caller decides that a file is a run's own config.yaml (a resume): a stranger's file naming every
+    option (a copied config.yaml) is a recipe like any other, its places ignored with a warning."""
+    from dogcat.config import to_yaml
+
+    whole = to_yaml(load_config({"runs_root": str(tmp_path / "elsewhere"), "cache_dir": "/tmp/theirs", "lr": 0.5}))
+    path = tmp_path / "config.yaml"
+    path.write_text(whole)
+    with pytest.warns(UserWarning, match="--runs-root=.* ignored"):
+        cfg = load_config(config_file=path)
+    assert cfg.optim.lr == 0.5 and cfg.train.runs_root == "runs" and cfg.data.cache_dir != "/tmp/theirs"
+    own = load_config(config_file=path, run_config=True)
+    assert own.train.runs_root == str(tmp_path / "elsewhere") and own.data.cache_dir == "/tmp/theirs"

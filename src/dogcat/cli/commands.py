@@ -47,19 +47,19 @@ def train(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
     if a.dry_run is not None and not a.print_config:  # a dry run never resumes (it says so): the recipes alone
         return dry_run(load_config(ov, a.config), a.dry_run)
-    configs = train_recipes(a, ov)
+    configs, own = train_recipes(a, ov), not a.config and bool(ov.get("resume"))
     if a.print_config:
-        return print_config(load_config(ov, configs))
+        return print_config(load_config(ov, configs, run_config=own))
     from ..engine.distributed import launch
     from ..engine.trainer import train as run_training
 
     raw = str(ov.get("nproc", 1)).strip()
     nproc = int(raw) if re.fullmatch(r"[+-]?\d+", raw) else 1  # not a number: load_config names it below
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # the shortcut: relaunch under torchrun
-        load_config(ov, configs)  # a bad option fails here, once, not in every process
+        load_config(ov, configs, run_config=own)  # a bad option fails here, once, not in every process
         rest = {k: v for k, v in ov.items() if k != "nproc"}
         return launch(nproc, [f"--config={c}" for c in a.config or []] + to_argv(rest))
-    result = run_training(configs or None, **ov)
+    result = run_training(None if own else configs or None, **ov)  # a resume finds its own config.yaml
     if os.environ.get("RANK", "0") == "0":  # under torchrun: one result line, from rank 0
         print(f"run folder: {result.run_dir}")
     return 0

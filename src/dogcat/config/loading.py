@@ -230,22 +230,23 @@ def recipe_list(config_file: Recipes) -> list[str | Path]:
 
 def load_config(overrides: dict[str, Any] | None = None, config_file: Recipes = None,
                 base: Config | dict | None = None, source: str = "on the command line",
-                recipe: dict[str, Any] | None = None) -> Config:
+                recipe: dict[str, Any] | None = None, run_config: bool = False) -> Config:
     """Build the resolved config: defaults (or ``base``) -> each YAML file in order -> overrides, validated.
     ``config_file``: a file, a built-in recipe's name, or a list of them (a later file's value wins; each file's
-    ``local`` options are ignored, unless it is a whole resolved config). ``source`` names where the overrides
-    came from, for the messages. ``recipe``: the mapping of a single ``config_file`` when the caller has read it
-    already (a sweep's space file, less its ``search`` block)."""
+    ``local`` options, the places written to, are ignored with a warning). ``run_config``: the one file is the
+    resumed run's own config.yaml, whose places are the run's and kept (the caller knows; nothing in a file's
+    contents can claim it). ``source`` names where the overrides came from, for the messages. ``recipe``: the
+    mapping of a single ``config_file`` when the caller has read it already (a sweep's space file, less its
+    ``search`` block)."""
     cfg = OmegaConf.structured(Config)
     if base is not None:
         cfg = OmegaConf.merge(cfg, OmegaConf.structured(base) if is_dataclass(base) else base)
     files = recipe_list(config_file)
-    if recipe is not None and len(files) != 1:
-        raise ValueError("load_config(recipe=...) goes with exactly one config_file")
+    if (recipe is not None or run_config) and len(files) != 1:
+        raise ValueError("load_config(recipe=... or run_config=True) goes with exactly one config_file")
     for path in files:
         flat = _flatten(read_recipe(path) if recipe is None else recipe)
-        dump = len(flat) == len(OPTIONS)  # a whole resolved config (a run's config.yaml): its places are its run's
-        _apply(cfg, _drop_local(flat, f"{path}", warn=not dump), f"in {path}")
+        _apply(cfg, flat if run_config else _drop_local(flat, f"{path}", warn=True), f"in {path}")
     _apply(cfg, overrides or {}, source)
     _check_choices(cfg)
     _check_values(cfg)
@@ -254,11 +255,13 @@ def load_config(overrides: dict[str, Any] | None = None, config_file: Recipes = 
     return obj
 
 
-def as_config(cfg: Config | str | Path | list | tuple | dict | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def as_config(cfg: Config | str | Path | list | tuple | dict | None = None, overrides: dict[str, Any] | None = None,
+              run_config: bool = False) -> Config:
     """What the library functions accept as a config: a :class:`Config`, a YAML recipe's path (or a list of
-    them, merged in order), a dict of options, or None (the defaults), each with keyword ``overrides`` on top; always validated."""
+    them, merged in order), a dict of options, or None (the defaults), each with keyword ``overrides`` on top;
+    always validated. ``run_config``: ``cfg`` is a resumed run's own config.yaml (see :func:`load_config`)."""
     if isinstance(cfg, (str, Path, list, tuple)):  # one recipe, or several merged in order
-        return load_config(overrides, config_file=cfg)
+        return load_config(overrides, config_file=cfg, run_config=run_config)
     if isinstance(cfg, dict):
         return load_config({**cfg, **(overrides or {})})
     return load_config(overrides, base=cfg)

@@ -73,9 +73,10 @@ def train(cfg: Config | str | Path | dict | None = None, /, *, on_epoch: OnEpoch
     defaults) with keyword ``overrides`` on top: ``train(model="resnet18", train_data_root="data/train")``.
     ``resume=RUN`` continues a run in its own folder where it stopped, from its own recorded config.
     ``on_epoch(record)`` may end the run after any epoch by returning a reason (see :data:`OnEpoch`)."""
-    if cfg is None and overrides.get("resume"):
+    own = cfg is None and bool(overrides.get("resume"))  # the run's own config.yaml: its places are the run's
+    if own:
         cfg = RunFolder(find_run(str(overrides["resume"]), str(overrides.get("runs_root", "runs")))).config
-    cfg = as_config(cfg, overrides)
+    cfg = as_config(cfg, overrides, run_config=own)
     d, device = distributed.setup(pick_device(cfg.train))
     try:
         run, resume, data = open_run(cfg, d)
