@@ -48,6 +48,11 @@ def build_train_val(cfg: DataConfig, processes: int = 1) -> DataBundle:
     many training processes read it (DDP: a packed cache is then memory-mapped, one copy for all)."""
     layout = get_layout(detect(cfg))
     check_val_split(cfg.val_split)
+    if cfg.task == "multilabel" and layout.name != "list":
+        raise DataError(f"--task=multilabel reads several labels per image from a list file: pass "
+                        f"--train-list=FILE (--dataset={layout.name} gives one class per image)")
+    if cfg.label_columns and cfg.task != "multilabel":
+        raise DataError(f"--label-columns={cfg.label_columns} gives each image several labels: add --task=multilabel")
     # --normalize=dataset: the training split's statistics need the split itself, so build it once with the
     # layout's own statistics, then again with the computed ones (cached for image files; see normalize.py)
     first = layout.train_val(cfg, processes) if cfg.normalize == "dataset" else None

@@ -3,6 +3,7 @@ step; which of them a checkpoint holds (:func:`checkpoint_parts`) and the checkp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ import torch.nn as nn
 
 from ..config import Config, to_dict
 from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, class_counts, class_weights,
-                    make_loader, train_sampler, write_splits)
+                    make_loader, targets, train_sampler, write_splits)
+from ..data.multilabel import label_counts, multilabel_weights
 from ..io import one_line
 from ..models import build_model
 from ..models.weights import load_weights
@@ -21,7 +23,7 @@ from ..tracking.records import event_record
 from ..tracking.run import Run
 from ..tracking.tracker import Tracker
 from . import distributed
-from .checkpoint import CheckpointError, Checkpoints, Stateful, restore, state_of
+from .checkpoint import CheckpointError, Checkpoints, Stateful, checkpoint_preprocess, restore, state_of
 from .criterion import build_criterion
 from .distributed import Dist, unwrap
 from .ema import build_ema
@@ -88,6 +90,8 @@ def restore_run(p: Parts, state: TrainState, ckpt: dict[str, Any], changes: dict
     checkpoint whose parts do not fit this run (damaged, or of another model) is one CheckpointError line."""
     try:
         restore(checkpoint_parts(p, state), ckpt)
+        if p.data.pre.multilabel:  # the thresholds of the last validation before the stop
+            p.data.pre = dataclasses.replace(p.data.pre, thresholds=checkpoint_preprocess(ckpt, p.run.path).thresholds)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
         raise CheckpointError(f"cannot resume {p.run.path} from its checkpoint: {type(e).__name__}: "
                               f"{one_line(e, 300)}") from e
@@ -161,8 +165,13 @@ def _class_weights(cfg: Config, data: DataBundle, run: Run) -> list[float] | Non
     """``--class-weights`` resolved on the training set; logged (and into metrics.jsonl) with the class counts
     they came from."""
     names = list(data.pre.classes)
-    counts = class_counts(data.train, len(names))
-    weights = class_weights(cfg.optim.class_weights, counts, names)
+    if data.pre.multilabel:  # per label: images with it, and BCE's pos_weight
+        ys = targets(data.train)
+        counts = label_counts(ys, len(names))
+        weights = multilabel_weights(cfg.optim.class_weights, counts, len(ys or []), names)
+    else:
+        counts = class_counts(data.train, len(names))
+        weights = class_weights(cfg.optim.class_weights, counts, names)
     run.log(event_record("classes", train_counts=dict(zip(names, counts)) if counts else None,
                          class_weights=dict(zip(names, weights)) if weights else None, sampler=cfg.data.sampler))
     if weights is not None:
