@@ -95,6 +95,23 @@ def test_preprocess_carries_task_and_checks_stored_thresholds():
         Preprocess.from_dict({**pre.to_dict(), "task": "regression"})
 
 
+def test_the_loss_is_bce_with_logits_and_auto_weights_are_negatives_over_positives(tmp_path):
+    from dogcat.data import loss_weights
+    from dogcat.data.images import ImageFiles
+    from dogcat.data.multilabel import encode, multi_hot
+    from dogcat.engine.criterion import Criterion
+
+    masks = torch.tensor([encode([0, 2]), encode([1]), encode([0, 1, 2]), encode([0])])
+    logits = torch.randn(4, 3)
+    hot = multi_hot(masks, 3)
+    assert hot.tolist() == [[1, 0, 1], [0, 1, 0], [1, 1, 1], [1, 0, 0]]
+    ds = ImageFiles([(f"{i}.png", int(m)) for i, m in enumerate(masks)], [str(i) for i in range(4)], lambda x: x)
+    counts, w = loss_weights("auto", ds, ["a", "b", "c"], multilabel=True)
+    assert counts == [3, 2, 2] and w == pytest.approx([1 / 3, 1.0, 1.0])
+    want = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(w))(logits, hot)
+    assert torch.allclose(Criterion(3, weight=w, multilabel=True).loss(logits, masks), want)
+
+
 # --- reading list files --------------------------------------------------------------------------------------
 
 def test_list_formats_give_the_same_masks(tmp_path):

@@ -18,7 +18,7 @@ from ..preprocess import EVAL_CROP_RATIO, FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN
 from . import fashion_mnist, folder, kaggle, listfile  # noqa: F401  # the built-in layouts: imported, registered
 from . import normalize
 from .arrays import ArrayImages
-from .balance import BalancedSampler, class_counts, class_weights, targets, train_sampler
+from .balance import BalancedSampler, class_counts, class_weights, loss_weights, targets, train_sampler
 from .cache import Packed, ensure, packed_dataset  # noqa: F401
 from .fashion_mnist import FashionMNIST
 from .images import (BadFiles, BadImageWarning, Batch, DataError, ImageFiles, Item, collate_items, decode_image,
@@ -40,7 +40,7 @@ __all__ = [
     "resolve_workers", "ResumableSampler", "SeededItems", "ShardSampler", "ImageFiles", "FashionMNIST",
     "decode_image", "stratified_split", "train_transform", "eval_transform", "eval_transform_for", "Preprocess",
     "IMAGENET_MEAN", "IMAGENET_STD", "FMNIST_MEAN", "FMNIST_STD",
-    "BalancedSampler", "class_counts", "class_weights", "targets", "train_sampler",
+    "BalancedSampler", "class_counts", "class_weights", "loss_weights", "targets", "train_sampler",
 ]
 
 def build_train_val(cfg: DataConfig, processes: int = 1) -> DataBundle:

@@ -13,9 +13,8 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, to_dict
-from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, class_counts, class_weights,
-                    make_loader, targets, train_sampler, write_splits)
-from ..data.multilabel import label_counts, multilabel_weights
+from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, loss_weights, make_loader,
+                    train_sampler, write_splits)
 from ..io import one_line
 from ..models import build_model
 from ..models.weights import load_weights
@@ -165,13 +164,7 @@ def _class_weights(cfg: Config, data: DataBundle, run: Run) -> list[float] | Non
     """``--class-weights`` resolved on the training set; logged (and into metrics.jsonl) with the class counts
     they came from."""
     names = list(data.pre.classes)
-    if data.pre.multilabel:  # per label: images with it, and BCE's pos_weight
-        ys = targets(data.train)
-        counts = label_counts(ys, len(names))
-        weights = multilabel_weights(cfg.optim.class_weights, counts, len(ys or []), names)
-    else:
-        counts = class_counts(data.train, len(names))
-        weights = class_weights(cfg.optim.class_weights, counts, names)
+    counts, weights = loss_weights(cfg.optim.class_weights, data.train, names, data.pre.multilabel)
     run.log(event_record("classes", train_counts=dict(zip(names, counts)) if counts else None,
                          class_weights=dict(zip(names, weights)) if weights else None, sampler=cfg.data.sampler))
     if weights is not None:
