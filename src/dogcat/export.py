@@ -40,6 +40,11 @@ def make_sidecar(lm: Loaded, fmt: str, path: Path) -> dict[str, Any]:
     documented top-level keys, and the eval preprocessing spelled out for other runtimes)."""
     pre = lm.pre
     size, chans, n = pre.size, pre.in_chans, len(pre.classes)
+    task: dict[str, Any] = {}
+    if pre.multilabel:  # a sigmoid per label, and the thresholds that decide which labels apply
+        task = {"task": pre.task, "thresholds": list(pre.cutoffs), "output": {
+            "name": "logits", "shape": ["batch", n], "note": "a sigmoid of each output gives its label's probability; "
+            "the label applies when that probability is at least its entry in thresholds"}}
     return {
         "format": fmt, "file": path.name, "model": lm.cfg.model.model, "class_names": list(pre.classes),
         "num_classes": n, "image_size": size, "in_chans": chans, "channels": pre.mode,
@@ -47,7 +52,7 @@ def make_sidecar(lm: Loaded, fmt: str, path: Path) -> dict[str, Any]:
         "input": {"name": "input", "shape": ["batch", chans, size, size], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["batch", n], "note": "softmax over dim 1 gives the probabilities"},
         "dogcat_version": __version__, "torch_version": torch.__version__,
-        "source_checkpoint": str(Path(lm.checkpoint).resolve()),
+        "source_checkpoint": str(Path(lm.checkpoint).resolve()), **task,
     }
 
 

@@ -64,14 +64,17 @@ class Classifier:
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """Class probabilities (N, C) of a normalised batch; ``tta`` averages with the horizontal flip."""
-        forward = FlipTTA(self.forward) if tta else self.forward
-        return forward(images).float().softmax(1).cpu()
+        """Class probabilities (N, C) of a normalised batch (a multi-label model's: one sigmoid per label);
+        ``tta`` averages with the horizontal flip."""
+        forward = FlipTTA(self.forward, self.pre.multilabel) if tta else self.forward
+        logits = forward(images).float()
+        return (logits.sigmoid() if self.pre.multilabel else logits.softmax(1)).cpu()
 
     def predict(self, inputs: Input | Iterable[Input], tta: bool = False, batch_size: int = 32,
                 num_threads: int | None = None) -> list[dict[str, Any]]:
         """One dict per image, in input order: ``path`` (files) or ``index`` (images, tensors), ``class``,
-        ``probability``, ``probs`` {class: p}. Paths may be files, folders (recursive) or globs; an
+        ``probability``, ``probs`` {class: p}; a multi-label model's: ``labels`` (those whose probability reaches
+        their threshold, in label order) and ``probs`` {label: p}. Paths may be files, folders (recursive) or globs; an
         unreadable file gives ``{"path", "error"}``. Tensors are CHW, uint8 (or float in [0, 1])."""
         items = self._expand(inputs)
         threads = num_threads or min(4, os.cpu_count() or 1)  # decoding and resizing release the GIL
@@ -92,6 +95,9 @@ class Classifier:
         return rows
 
     def _row(self, p: list[float]) -> dict[str, Any]:
+        if self.pre.multilabel:
+            return {"labels": [n for n, x, t in zip(self.class_names, p, self.pre.cutoffs) if x >= t],
+                    "probs": dict(zip(self.class_names, p))}
         k = max(range(len(p)), key=p.__getitem__)
         return {"class": self.class_names[k], "probability": p[k], "probs": dict(zip(self.class_names, p))}
 

@@ -8,6 +8,12 @@ Eval resize rules:
 - ``crop`` (photos): resize the short side to ``round(size / 0.875)`` (antialiased), centre-crop ``size``: the
   usual ImageNet evaluation protocol;
 - ``squash`` (grayscale models such as Fashion-MNIST's, shown photos): resize the whole picture to ``size``.
+
+The task travels here too, because every reader of a model needs it to read the outputs: ``multiclass`` (one
+class per image, softmax) or ``multilabel`` (any number of labels per image, a sigmoid per label, and a label
+applies when its probability is at least its ``thresholds`` entry, chosen on the validation set: see
+docs/multilabel.md). A multi-label model's labels are at most :data:`MAX_LABELS`: an image's label set travels
+through the data pipeline as one 64-bit integer, bit ``i`` set for label ``i`` (:meth:`Preprocess.label_text`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
 EVAL_CROP_RATIO = 0.875  # resize to size/0.875 then centre-crop: the usual ImageNet eval protocol
 RESIZE_RULES = ("crop", "squash")
+TASKS = ("multiclass", "multilabel")
+MAX_LABELS = 63  # a label set is one int64 bit mask in the loaders (bit 63 would make it negative: "unknown")
+DEFAULT_THRESHOLD = 0.5  # a multi-label model's decision threshold before a validation pass chose one
 STD_MIN = 1e-6  # the least std a channel may have: a constant channel's (data/stats.py floors it here); 1e-45 is
 # 0 in float32, and (x - mean) / std then infinite
 
@@ -42,6 +51,24 @@ class Preprocess:
     std: tuple[float, ...]
     size: int
     resize: str = "crop"
+    task: str = "multiclass"
+    thresholds: tuple[float, ...] | None = None  # multilabel: one per label (None: DEFAULT_THRESHOLD each)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    @property
+    def cutoffs(self) -> tuple[float, ...]:
+        """A multi-label model's decision thresholds, one per label."""
+        return self.thresholds or (DEFAULT_THRESHOLD,) * len(self.classes)
+
+    def label_text(self, y: int, sep: str = ";") -> str:
+        """A sample's label as written in split files and fingerprints: the class name, or for a multi-label
+        model the names of the bits set in ``y``, joined by ``sep``."""
+        if not self.multilabel:
+            return self.classes[y]
+        return sep.join(name for i, name in enumerate(self.classes) if y >> i & 1)
 
     @property
     def resize_to(self) -> int:
@@ -56,7 +83,11 @@ class Preprocess:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, numbers, strings): what a checkpoint and a sidecar store."""
         d = asdict(self)
-        return {**d, "classes": list(self.classes), "mean": list(self.mean), "std": list(self.std)}
+        d = {**d, "classes": list(self.classes), "mean": list(self.mean), "std": list(self.std)}
+        del d["task"], d["thresholds"]  # a multi-class model's dict stays what it always was
+        if self.multilabel:
+            d.update(task=self.task, thresholds=list(self.cutoffs))
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "stored preprocessing") -> Preprocess:
@@ -64,11 +95,11 @@ class Preprocess:
         if not isinstance(d, dict):
             raise PreprocessError(f"{source}: the preprocessing is a {type(d).__name__}, not a mapping")
         return cls.checked(d.get("classes"), d.get("in_chans"), d.get("mean"), d.get("std"), d.get("size"),
-                           d.get("resize", "crop"), source)
+                           d.get("resize", "crop"), source, d.get("task", "multiclass"), d.get("thresholds"))
 
     @classmethod
     def checked(cls, classes: Any, in_chans: Any, mean: Any, std: Any, size: Any, resize: Any = "crop",
-                source: str = "preprocessing") -> Preprocess:
+                source: str = "preprocessing", task: Any = "multiclass", thresholds: Any = None) -> Preprocess:
         """A Preprocess from loose values, or one :class:`PreprocessError` line naming ``source`` and every
         problem."""
         problems = []
@@ -88,10 +119,12 @@ class Preprocess:
             problems.append(f"size is {size!r}, not a pixel count in [1, 16384]")
         if resize not in RESIZE_RULES:
             problems.append(f"resize is {resize!r}, not one of {', '.join(RESIZE_RULES)}")
+        problems += _task_problems(task, thresholds, classes)
         if problems:
             raise PreprocessError(f"{source} is not usable: {'; '.join(problems)}")
+        cuts = tuple(float(x) for x in thresholds) if task == "multilabel" and thresholds is not None else None
         return cls(tuple(classes), int(in_chans), tuple(float(x) for x in mean), tuple(float(x) for x in std),
-                   int(size), str(resize))
+                   int(size), str(resize), str(task), cuts)
 
     @classmethod
     def default(cls, classes: list[str] | tuple[str, ...], in_chans: int, size: int) -> Preprocess:
@@ -108,6 +141,23 @@ class Preprocess:
         if self.resize == "squash":
             return {**spec, "resize": [self.size, self.size], "center_crop": None}
         return {**spec, "resize": self.resize_to, "resize_side": "shorter", "center_crop": self.size}
+
+
+def _task_problems(task: Any, thresholds: Any, classes: Any) -> list[str]:
+    """What is wrong with stored ``task`` and ``thresholds`` facts (data from elsewhere)."""
+    if task not in TASKS:
+        return [f"task is {task!r}, not one of {', '.join(TASKS)}"]
+    if task != "multilabel":
+        return [] if thresholds is None else ["thresholds are given for a multiclass model"]
+    problems = []
+    n = len(classes) if isinstance(classes, (list, tuple)) else 0
+    if n > MAX_LABELS:
+        problems.append(f"{n} labels, more than the {MAX_LABELS} a multi-label model may have")
+    if thresholds is not None and not (
+            isinstance(thresholds, (list, tuple)) and len(thresholds) == n
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in thresholds)):
+        problems.append(f"thresholds is not {n} numbers in [0, 1], one per label")
+    return problems
 
 
 def stored_side(image_size: int) -> int:

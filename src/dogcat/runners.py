@@ -94,7 +94,8 @@ def preprocess_of(meta: dict[str, Any]) -> Preprocess:
     """The sidecar's preprocessing facts (its documented top-level keys) as the one value object."""
     crop = isinstance(meta.get("preprocess"), dict) and meta["preprocess"].get("center_crop") is not None
     return Preprocess.checked(meta.get("class_names"), meta.get("in_chans"), meta.get("mean"), meta.get("std"),
-                              meta.get("image_size"), "crop" if crop else "squash", "the sidecar's preprocessing")
+                              meta.get("image_size"), "crop" if crop else "squash", "the sidecar's preprocessing",
+                              meta.get("task", "multiclass"), meta.get("thresholds"))
 
 
 def check_file(path: Path, meta: dict[str, Any], trust: bool = False) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from ..config import COUNT, Config, ConfigError, load_config, to_yaml
 from ..console import escape, printable
 from ..io import atomic_write_text, to_json
-from ..metrics import format_confusion, summary as metrics_line
+from ..metrics import format_confusion, format_per_label, summary as metrics_line
 
 
 def _json(obj: Any) -> None:
@@ -76,7 +76,8 @@ def dry_run(cfg: Config, batches: int) -> int:
 
 
 def _metrics_text(m: dict[str, Any], what: str, class_names: list[str]) -> str:
-    text = f"{what}: {metrics_line(m)} on {m['count']} images\n{format_confusion(m['confusion'], class_names)}"
+    table = format_per_label(m["per_label"]) if "per_label" in m else format_confusion(m["confusion"], class_names)
+    text = f"{what}: {metrics_line(m)} on {m['count']} images\n{table}"
     return printable(text)  # a class named by a non-UTF-8 folder: shown as \xNN in a table
 
 
@@ -118,22 +119,33 @@ def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
         print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
     else:
         width = max([len(escape(r["path"])) for r in rows] + [4])  # names escaped: one row each, no ESC
-        print(f"{'path':<{width}}  {'class':<14} probability")
+        multilabel = any("labels" in r for r in rows)
+        print(f"{'path':<{width}}  " + ("labels (probability)" if multilabel else f"{'class':<14} probability"))
         for r in rows:
             if "error" in r:
                 print(f"{escape(r['path']):<{width}}  {'(unreadable)':<14} {escape(r['error'])}")
+            elif multilabel:
+                shown = ", ".join(f"{escape(n)} ({r['probs'][n]:.4f})" for n in r["labels"]) or "(none)"
+                print(f"{escape(r['path']):<{width}}  {shown}")
             else:
                 print(f"{escape(r['path']):<{width}}  {escape(r['class']):<14} {r['probability']:.4f}")
     return 0
 
 
 def write_predictions(rows: list[dict], f: TextIO, fmt: str) -> None:
-    """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class."""
+    """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class; a
+    multi-label model's: path, labels (those over their thresholds, joined by ;), one column per label."""
     if fmt == "json":
         f.write(to_json(rows, indent=2) + "\n")
         return
     names = list(next((r["probs"] for r in rows if "probs" in r), {}))
     w = csv.writer(f)
+    if any("labels" in r for r in rows):
+        w.writerow(["path", "labels", *names, "error"])
+        for r in rows:
+            probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
+            w.writerow([r.get("path", r.get("index", "")), ";".join(r.get("labels", [])), *probs, r.get("error", "")])
+        return
     w.writerow(["path", "class", "probability", *names, "error"])
     for r in rows:
         probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)

@@ -99,6 +99,16 @@ class DataConfig:
                                     changes="resume")
     val_list: Optional[str] = opt(None, "list file for validation (same format)", changes="resume")
     test_list: Optional[str] = opt(None, "list file for test (labels optional)", changes="resume")
+    task: str = opt("multiclass", "multiclass (one class per image, softmax) or multilabel (any number of labels "
+                    "per image from a list file, a sigmoid and a threshold per label; docs/multilabel.md)",
+                    ("multiclass", "multilabel"))
+    path_column: str = opt("path", "CSV list files: the column that holds the image paths")
+    label_column: str = opt("label", "CSV list files: the column that holds the label (multilabel: the labels, "
+                            "separated by --label-sep; 'labels' is read when there is no 'label' column)")
+    label_columns: Optional[str] = opt(None, "CSV list files, multilabel: one 0/1 column per label, named "
+                                       "comma-separated (e.g. sky,water,tree), or * for every column but the path")
+    label_sep: str = opt(";", "multilabel list files: what separates the labels of one image; 'space' for "
+                         "whitespace")
     fashion_mnist_root: Optional[str] = opt(None, "folder with Fashion-MNIST IDX files; default: Debian's, else "
                                             "download", changes="resume")
     val_split: float = opt(0.3, "fraction of the training images held out for validation (stratified)",

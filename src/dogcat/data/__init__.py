@@ -18,7 +18,7 @@ from ..preprocess import EVAL_CROP_RATIO, FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN
 from . import fashion_mnist, folder, kaggle, listfile  # noqa: F401  # the built-in layouts: imported, registered
 from . import normalize
 from .arrays import ArrayImages
-from .balance import BalancedSampler, class_counts, class_weights, targets, train_sampler
+from .balance import BalancedSampler, class_counts, class_weights, loss_weights, targets, train_sampler
 from .cache import Packed, ensure, packed_dataset  # noqa: F401
 from .fashion_mnist import FashionMNIST
 from .images import (BadFiles, BadImageWarning, Batch, DataError, ImageFiles, Item, collate_items, decode_image,
@@ -40,7 +40,7 @@ __all__ = [
     "resolve_workers", "ResumableSampler", "SeededItems", "ShardSampler", "ImageFiles", "FashionMNIST",
     "decode_image", "stratified_split", "train_transform", "eval_transform", "eval_transform_for", "Preprocess",
     "IMAGENET_MEAN", "IMAGENET_STD", "FMNIST_MEAN", "FMNIST_STD",
-    "BalancedSampler", "class_counts", "class_weights", "targets", "train_sampler",
+    "BalancedSampler", "class_counts", "class_weights", "loss_weights", "targets", "train_sampler",
 ]
 
 def build_train_val(cfg: DataConfig, processes: int = 1) -> DataBundle:
@@ -48,6 +48,11 @@ def build_train_val(cfg: DataConfig, processes: int = 1) -> DataBundle:
     many training processes read it (DDP: a packed cache is then memory-mapped, one copy for all)."""
     layout = get_layout(detect(cfg))
     check_val_split(cfg.val_split)
+    if cfg.task == "multilabel" and layout.name != "list":
+        raise DataError(f"--task=multilabel reads several labels per image from a list file: pass "
+                        f"--train-list=FILE (--dataset={layout.name} gives one class per image)")
+    if cfg.label_columns and cfg.task != "multilabel":
+        raise DataError(f"--label-columns={cfg.label_columns} gives each image several labels: add --task=multilabel")
     # --normalize=dataset: the training split's statistics need the split itself, so build it once with the
     # layout's own statistics, then again with the computed ones (cached for image files; see normalize.py)
     first = layout.train_val(cfg, processes) if cfg.normalize == "dataset" else None

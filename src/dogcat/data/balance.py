@@ -10,6 +10,7 @@ import torch
 from ..config import ClassWeights, parse_class_weights
 from .images import DataError
 from .loader import ResumableSampler
+from .multilabel import label_counts, multilabel_weights
 
 
 def targets(dataset: Any) -> list[int] | None:
@@ -50,6 +51,18 @@ def class_weights(spec: ClassWeights | str, counts: Sequence[int] | None,
         raise DataError(f"--class-weights={given} gives {len(weights)} weight(s) for {c} classes "
                         f"({', '.join(class_names)}): allowed is auto, none, or one weight per class")
     return weights
+
+
+def loss_weights(spec: ClassWeights | str, dataset: Any, class_names: Sequence[str], multilabel: bool = False
+                 ) -> tuple[list[int] | None, list[float] | None]:
+    """``(counts, weights)`` of a training set for the loss: images per class and :func:`class_weights`, or for a
+    multi-label model images per label and BCE's ``pos_weight`` (``multilabel.multilabel_weights``)."""
+    if multilabel:
+        ys = targets(dataset)
+        counts = label_counts(ys, len(class_names))
+        return counts, multilabel_weights(spec, counts, len(ys or []), class_names)
+    counts = class_counts(dataset, len(class_names))
+    return counts, class_weights(spec, counts, class_names)
 
 
 class BalancedSampler(ResumableSampler):

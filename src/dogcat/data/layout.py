@@ -81,7 +81,7 @@ class Layout:
 
     def fingerprint(self, bundle: DataBundle, cfg: DataConfig) -> dict[str, Any]:
         """The manifest's record of the data (``sha256``, ``method``, ...). Default: the split rows only."""
-        rows = sorted(f"{p}\t{bundle.pre.classes[y]}" for part in bundle.splits.values() for p, y in part)
+        rows = sorted(f"{p}\t{bundle.pre.label_text(y)}" for part in bundle.splits.values() for p, y in part)
         digest = hashlib.sha256("\n".join(rows).encode(**TEXT)).hexdigest()
         return {"sha256": digest, "method": "sha256 of the sorted split rows (path, label)", "count": len(rows)}
 

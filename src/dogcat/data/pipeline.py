@@ -7,6 +7,7 @@ folder's samples and class names) or all of ``train_files``, plus ``test_files``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
@@ -82,7 +83,10 @@ class ImageLayout(Layout):
         train, val, names = self.train_files(cfg)
         if len(names) < 2:
             raise DataError(f"the training data has {len(names)} class(es) {names}; a classifier needs at least 2")
-        return image_bundle(cfg, self.name, self.preprocess(names, cfg.image_size), train, val, processes)
+        pre = self.preprocess(names, cfg.image_size)
+        if cfg.task == "multilabel":
+            pre = dataclasses.replace(pre, task="multilabel")
+        return image_bundle(cfg, self.name, pre, train, val, processes)
 
     def test_set(self, cfg: DataConfig, pre: Preprocess) -> Dataset:
         return image_test_set(cfg, pre)
@@ -91,7 +95,7 @@ class ImageLayout(Layout):
         """sha256 over the sorted (relative path, size, label) of the training and validation files. Files
         are not read (fast on 25,000 JPEGs): an edit that keeps a file's size is not seen, a changed, added,
         removed or relabelled one is."""
-        rows = [(os.path.abspath(p), bundle.pre.classes[y]) for part in ("train", "val")
+        rows = [(os.path.abspath(p), bundle.pre.label_text(y)) for part in ("train", "val")
                 for p, y in bundle.splits.get(part, [])]
         base = os.path.commonpath([p for p, _ in rows]) if rows else ""
         if rows and os.path.isfile(base):

@@ -69,7 +69,7 @@ def write_splits(bundle: DataBundle, out_dir: Path) -> list[Path]:
         rows = bundle.splits.get(name)
         if not rows:
             continue
-        lines = [(os.path.abspath(p) if absolute else p, bundle.pre.classes[y]) for p, y in rows]
+        lines = [(os.path.abspath(p) if absolute else p, bundle.pre.label_text(y)) for p, y in rows]
         path = out_dir / f"{name}.csv"
         _write_atomic(path, lines)
         written.append(path)

@@ -1,5 +1,6 @@
 """The training loss: cross-entropy with label smoothing, mixup / cutmix (timm's ``Mixup``, soft targets) and
-class weights, as one :class:`Criterion`."""
+class weights, as one :class:`Criterion`; for a multi-label model (``--task=multilabel``) binary cross-entropy
+of a sigmoid per label (``BCEWithLogitsLoss``), with ``--class-weights`` as its ``pos_weight``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
+from ..config import Config, ConfigError
+from ..data.multilabel import multi_hot
 
 
 class Criterion:
@@ -20,11 +22,15 @@ class Criterion:
 
     ``weight`` (``--class-weights``): per-class weights of the loss, as ``F.cross_entropy(weight=...)`` takes
     them: a weighted mean, each image weighing its class's weight. Soft targets get the same rule: an image's
-    loss term and its share of the denominator are weighted by its target's weighted mass sum_c t_c w_c."""
+    loss term and its share of the denominator are weighted by its target's weighted mass sum_c t_c w_c.
+
+    ``multilabel``: labels are bit masks (``data/multilabel.py``), the loss is ``binary_cross_entropy_with_logits``
+    averaged over images and labels, and ``weight`` is its ``pos_weight`` (per label: how much a positive weighs
+    against a negative). Mixup, cutmix and label smoothing are refused for it (:func:`check_multilabel`)."""
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup: float = 0.0,
-                 cutmix: float = 0.0, weight: Sequence[float] | None = None) -> None:
-        self.num_classes, self.smoothing = num_classes, label_smoothing
+                 cutmix: float = 0.0, weight: Sequence[float] | None = None, multilabel: bool = False) -> None:
+        self.num_classes, self.smoothing, self.multilabel = num_classes, label_smoothing, multilabel
         self.weight = torch.tensor(list(weight), dtype=torch.float32) if weight is not None else None
         self.mixup_fn = None
         if mixup > 0 or cutmix > 0:
@@ -49,6 +55,9 @@ class Criterion:
             if self.weight.device != logits.device:  # moved once, not every step
                 self.weight = self.weight.to(logits.device)
             w = self.weight
+        if self.multilabel:
+            hot = multi_hot(targets, self.num_classes) if not targets.dtype.is_floating_point else targets
+            return F.binary_cross_entropy_with_logits(logits.float(), hot, pos_weight=w)
         if targets.dtype.is_floating_point:  # soft targets (timm's SoftTargetCrossEntropy)
             terms = -targets * F.log_softmax(logits.float(), dim=-1)
             if w is None:
@@ -61,7 +70,22 @@ class Criterion:
         return F.cross_entropy(logits, targets, weight=w, label_smoothing=self.smoothing)
 
 
+def check_multilabel(cfg: Config) -> None:
+    """Options a multi-label model cannot train with: one ConfigError line, before a run folder exists. Mixup,
+    cutmix and label smoothing are about one class per image (timm's Mixup mixes one-hot targets); mixing
+    multi-label targets is possible but another experiment than the one these options name, so they are
+    refused rather than reinterpreted."""
+    o = cfg.optim
+    for key, value in (("mixup", o.mixup), ("cutmix", o.cutmix), ("label_smoothing", o.label_smoothing)):
+        if value:
+            raise ConfigError(f"option --{key.replace('_', '-')}={value:g} is not allowed with --task=multilabel: "
+                              "it assumes one class per image; allowed is 0")
+    if cfg.data.sampler != "shuffle":
+        raise ConfigError(f"option --sampler={cfg.data.sampler} is not allowed with --task=multilabel: it balances "
+                          "single classes; allowed is shuffle")
+
+
 def build_criterion(cfg: Config, num_classes: int, weight: Sequence[float] | None = None) -> Criterion:
     """The training loss of ``cfg``; ``weight``: the class weights ``--class-weights`` resolved to (or None)."""
     o = cfg.optim
-    return Criterion(num_classes, o.label_smoothing, o.mixup, o.cutmix, weight)
+    return Criterion(num_classes, o.label_smoothing, o.mixup, o.cutmix, weight, cfg.data.task == "multilabel")

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from ..data import BadFiles, DataError, build_test, build_train_val, class_counts, make_loader
+from ..data import BadFiles, DataError, build_test, build_train_val, class_counts, make_loader, targets
+from ..data.multilabel import label_counts
 from ..io import atomic_write_text
 from ..metrics import per_class_named
 from ..models.tta import with_tta
@@ -21,7 +22,7 @@ from ..tracking.folder import RunFolder
 from ..tracking.report import write_report
 from .trained import Loaded, load_model
 from .loop import validate
-from .meters import EvalMeter
+from .meters import EvalMeter, MultiLabelMeter, eval_meter
 from .submission import check_submission, sample_order, write_submission
 
 log = logging.getLogger("dogcat")
@@ -39,15 +40,17 @@ def evaluate(target: str | Path | None, overrides: dict[str, Any] | None = None,
         raise DataError(f"the data's classes {list(data.pre.classes)} differ from the model's {names}")
     loader = make_loader(data.val, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
                          shuffle=False, seed=lm.cfg.train.seed)
-    collect = Collector(len(names)) if lm.cfg.eval.report else None  # the report's worst mistakes
-    metrics = validate(with_tta(lm.model, lm.cfg.eval.tta), loader, lm.runtime, len(names), BadFiles(None),
-                       lm.cfg.train.progress, lm.cfg.train.print_freq, collect)
-    result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": names, **metrics,
-              "per_class": per_class_named(metrics["confusion"], names)}
-    if collect is not None:
+    multilabel = lm.pre.multilabel  # its thresholds are chosen on this pass again, as in training
+    collect = Collector(len(names)) if lm.cfg.eval.report and not multilabel else None  # the worst mistakes
+    metrics = validate(with_tta(lm.model, lm.cfg.eval.tta, lm.pre.multilabel), loader, lm.runtime, len(names), BadFiles(None),
+                       lm.cfg.train.progress, lm.cfg.train.print_freq, collect, eval_meter(names, multilabel))
+    result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": names, **metrics}
+    if not multilabel:
+        result["per_class"] = per_class_named(metrics["confusion"], names)
+    if lm.cfg.eval.report:
+        counts = label_counts(targets(data.train), len(names)) if multilabel else class_counts(data.train, len(names))
         result["report"] = str(write_report(lm.out_dir, lm.run_dir, metrics, collect, names, lm.pre.mean,
-                                            lm.pre.std, str(lm.checkpoint), explainer(lm.model),
-                                            class_counts(data.train, len(names))))
+                                            lm.pre.std, str(lm.checkpoint), explainer(lm.model), counts))
         log.info(f"wrote {result['report']}")
     out = RunFolder(lm.out_dir).result
     atomic_write_text(out, json.dumps(result, indent=2, default=str))
@@ -73,7 +76,7 @@ def _probabilities(lm: Loaded, dataset: Any, bad: BadFiles) -> tuple[list[str], 
     """ids, class probabilities (N, C) and labels (-1 unknown) over a dataset, in its order."""
     loader = make_loader(dataset, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
                          shuffle=False, seed=lm.cfg.train.seed)
-    rt, model = lm.runtime, with_tta(lm.model, lm.cfg.eval.tta)
+    rt, model = lm.runtime, with_tta(lm.model, lm.cfg.eval.tta, lm.pre.multilabel)
     ids, probs, labels = [], [], []
     for batch in loader:
         bad.add(batch.bad)
@@ -83,7 +86,7 @@ def _probabilities(lm: Loaded, dataset: Any, bad: BadFiles) -> tuple[list[str], 
         with rt.autocast():
             logits = model(images)
         ids += batch.ids
-        probs.append(logits.float().softmax(1).cpu())
+        probs.append((logits.float().sigmoid() if lm.pre.multilabel else logits.float().softmax(1)).cpu())
         labels.append(batch.labels)
     c = len(lm.pre.classes)
     return ids, torch.cat(probs) if probs else torch.empty(0, c), torch.cat(labels) if labels else torch.empty(0)
@@ -114,19 +117,25 @@ def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
     names = list(lm.pre.classes)
     c = len(names)
     rows = {i: p for i, p in zip(ids, probs.tolist())}
-    for path in bad.files:  # one row per test image, even for a file we could not read
-        rows.setdefault(_bad_id(path, lm.cfg.data.test_data_root), [1.0 / c] * c)
+    multilabel = lm.pre.multilabel
+    for path in bad.files:  # one row per test image, even for a file we could not read (multi-label: no label)
+        rows.setdefault(_bad_id(path, lm.cfg.data.test_data_root), [0.0 if multilabel else 1.0 / c] * c)
     out = Path(lm.cfg.eval.result_file) if lm.cfg.eval.result_file else RunFolder(lm.out_dir).submission
     ev = lm.cfg.eval
-    pos = positive_index(names, ev.positive_class) if c == 2 else None
+    pos = positive_index(names, ev.positive_class) if c == 2 and not multilabel else None
     order = sample_order(ev.sample_submission, sorted(rows, key=_id_key))
-    write_submission(out, rows, names, pos, order, ev.clip_probs)
+    write_submission(out, rows, names, pos, order, ev.clip_probs, lm.pre.cutoffs if multilabel else None)
     expected = getattr(dataset, "ids", None) or [str(i) for i in getattr(dataset, "index", [])]
     check_submission(out, expected, ev.sample_submission)  # before anyone uploads it; exits 2 when wrong
     result: dict[str, Any] = {"submission": str(out), "rows": len(rows), "checkpoint": str(lm.checkpoint),
                               "class_names": names}
     known = labels >= 0
-    if len(labels) and bool(known.all()):  # a labelled test set (Fashion-MNIST, class folders): score it too
+    if len(labels) and bool(known.all()) and multilabel:  # scored at the model's own thresholds
+        meter = MultiLabelMeter(names, lm.pre.cutoffs)
+        meter.update(torch.logit(probs.double(), eps=1e-15), labels.long())
+        result["metrics"] = meter.compute()
+        atomic_write_text(RunFolder(lm.out_dir).test_result, json.dumps(result, indent=2, default=str))
+    elif len(labels) and bool(known.all()):  # a labelled test set (Fashion-MNIST, class folders): score it too
         meter = EvalMeter(c)
         meter.update(probs.clamp_min(1e-30).log(), labels.long())
         result["metrics"] = meter.compute()

@@ -17,11 +17,10 @@ from ..metrics import summary
 from ..tracking.collect import Collector
 from ..tracking.progress import Progress
 from ..tracking.records import step_record
-from . import distributed
 from .commands import Command, Debug, Eval, Invalid, Save, Set, Stop
 from .debug import debug_step
 from .distributed import unwrap
-from .meters import EvalMeter
+from .meters import EvalMeter, MultiLabelMeter, eval_meter
 from .parts import Parts, write_checkpoint
 from .runtime import Runtime
 from .state import TrainState
@@ -134,20 +133,23 @@ def validate_now(p: Parts, cfg: Config) -> dict[str, Any]:
     """A validation pass in the middle of training (``dogcat ctl RUN eval``)."""
     if p.val_loader is None:
         raise ValueError("this run has no validation set")
-    return validate(p.step.eval_model, p.val_loader, p.runtime, len(p.data.pre.classes), p.bad, p.progress,
-                    cfg.train.print_freq)
+    pre = p.data.pre
+    return validate(p.step.eval_model, p.val_loader, p.runtime, len(pre.classes), p.bad, p.progress,
+                    cfg.train.print_freq, meter=eval_meter(list(pre.classes), pre.multilabel))
 
 
 @torch.no_grad()
 def validate(model: nn.Module, loader: Any, rt: Runtime, num_classes: int, bad: BadFiles | None = None,
-             progress: str = "none", print_freq: int = 20, collect: Collector | None = None) -> dict[str, Any]:
+             progress: str = "none", print_freq: int = 20, collect: Collector | None = None,
+             meter: EvalMeter | MultiLabelMeter | None = None) -> dict[str, Any]:
     """Every metric of the metrics table and the confusion matrix over a whole loader, in eval mode;
     ``collect`` also keeps per-sample probabilities and the worst mistakes (tracking/collect.py). Under DDP each
-    rank evaluates its shard with the plain module (no DDP collectives per forward) and the sums are reduced."""
+    rank evaluates its shard with the plain module (no DDP collectives per forward) and the sums are reduced.
+    ``meter``: what to accumulate (default: a multi-class ``EvalMeter``; a multi-label model's: ``eval_meter``)."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
-    meter = EvalMeter(num_classes)
+    meter = meter if meter is not None else EvalMeter(num_classes)
     shown = Progress(len(loader), "validate", progress, print_freq)
     for batch in loader:
         if bad is not None:
@@ -163,5 +165,5 @@ def validate(model: nn.Module, loader: Any, rt: Runtime, num_classes: int, bad: 
     shown.close()
     model.train(was_training)
     if rt.dist.enabled:
-        meter.all_reduce(lambda t: distributed.all_reduce_sum(t, rt.dist))
+        meter.reduce(rt.dist)
     return meter.compute()

@@ -117,7 +117,7 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
     """The range test for ``cfg``'s model, data, optimizer and precision (fresh weights, or
     ``load_model_path``). Writes ``lr_find.png`` + ``lr_find.json`` to ``output`` (a .png path or a
     folder), default ``<runs_root>/lr-find-<model>-<time>/``."""
-    from ..data import SeededItems, build_train_val, class_counts, class_weights, make_loader, train_sampler
+    from ..data import SeededItems, build_train_val, loss_weights, make_loader, train_sampler
     from ..models import build_model
     from ..models.weights import load_weights
     from .optim import build_optimizer
@@ -140,8 +140,8 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
     model.to(device, memory_format=memory_format(cfg.train.channels_last))
     optimizer = build_optimizer(model, cfg)
     names = data.pre.classes
-    crit = build_criterion(cfg, len(names), class_weights(cfg.optim.class_weights,
-                                                          class_counts(data.train, len(names)), names))
+    crit = build_criterion(cfg, len(names), loss_weights(cfg.optim.class_weights, data.train, names,
+                                                         data.pre.multilabel)[1])
     precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision
 
     def batches() -> Iterable[Any]:

@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..metrics import AUC_BINS, AUC_RANGE, TOP_K, Tally, compute
+from ..data.multilabel import multi_hot
+from ..metrics import AUC_BINS, AUC_RANGE, TOP_K, LabelTally, Tally, compute, per_label_named
 from . import distributed
 from .distributed import Dist
 
@@ -85,6 +86,10 @@ class EvalMeter:
             self.hist, k = flat[k:k + 2 * AUC_BINS].round().long().view(2, AUC_BINS), k + 2 * AUC_BINS
         self.loss_sum, self.logloss_sum, self.n = flat[-3].item(), flat[-2].item(), int(flat[-1].item())
 
+    def reduce(self, d: Dist) -> None:
+        """Sum every rank's counts into this meter (collective under DDP)."""
+        self.all_reduce(lambda t: distributed.all_reduce_sum(t, d))
+
     def tally(self) -> Tally:
         return Tally(self.cm.tolist(), self.loss_sum, self.logloss_sum, self.n,
                      int(self.topk) if self.topk is not None else None,
@@ -93,6 +98,56 @@ class EvalMeter:
     def compute(self) -> dict[str, Any]:
         t = self.tally()
         return {**compute(t), "count": t.count, "confusion": t.confusion}
+
+
+class MultiLabelMeter:
+    """A multi-label validation pass: keeps every image's label probabilities and true labels (thresholds are
+    chosen over all of them, so sums would not do; float64 on the CPU, N x labels numbers), and the summed
+    binary cross-entropy. ``compute()`` chooses the thresholds (or uses ``thresholds``: a test set scored
+    at the model's own), then returns the table's multi-label metrics, ``thresholds`` and ``per_label``."""
+
+    def __init__(self, class_names: list[str], thresholds: list[float] | tuple[float, ...] | None = None) -> None:
+        self.names, self.c = list(class_names), len(class_names)
+        self.thresholds = list(thresholds) if thresholds is not None else None
+        self.probs: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.loss_sum, self.n = 0.0, 0
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.double().cpu()
+        targets = multi_hot(labels.cpu(), self.c, torch.float64)
+        self.loss_sum += F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1).sum().item()
+        self.probs.append(logits.sigmoid())
+        self.targets.append(targets.to(torch.int8))
+        self.n += len(labels)
+
+    def gather(self, d: Dist) -> None:
+        """Every rank's images on every rank (in rank order: the metrics do not depend on the order)."""
+        mine = (torch.cat(self.probs) if self.probs else torch.empty(0, self.c, dtype=torch.float64),
+                torch.cat(self.targets) if self.targets else torch.empty(0, self.c, dtype=torch.int8),
+                self.loss_sum, self.n)
+        ranks = distributed.gather(mine, d)
+        self.probs, self.targets = [r[0] for r in ranks], [r[1] for r in ranks]
+        self.loss_sum, self.n = sum(r[2] for r in ranks), sum(r[3] for r in ranks)
+
+    reduce = gather
+
+    def tally(self) -> LabelTally:
+        probs = torch.cat(self.probs).tolist() if self.probs else []
+        targets = torch.cat(self.targets).tolist() if self.targets else []
+        return LabelTally(probs, targets, self.loss_sum, self.n, self.thresholds)
+
+    def compute(self) -> dict[str, Any]:
+        t = self.tally()
+        return {**compute(t), "count": t.count, "thresholds": list(t.thresholds or []),
+                "per_label": per_label_named(t, self.names)}
+
+
+def eval_meter(class_names: list[str], multilabel: bool = False,
+               thresholds: list[float] | tuple[float, ...] | None = None) -> EvalMeter | MultiLabelMeter:
+    """The meter of a validation pass for a model of this task."""
+    return MultiLabelMeter(class_names, thresholds) if multilabel else EvalMeter(len(class_names))
 
 
 class LossMeter:

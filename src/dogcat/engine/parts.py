@@ -3,6 +3,7 @@ step; which of them a checkpoint holds (:func:`checkpoint_parts`) and the checkp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -12,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, to_dict
-from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, class_counts, class_weights,
-                    make_loader, train_sampler, write_splits)
+from ..data import (BadFiles, DataBundle, ResumableSampler, SeededItems, ShardSampler, loss_weights, make_loader,
+                    train_sampler, write_splits)
 from ..io import one_line
 from ..models import build_model
 from ..models.weights import load_weights
@@ -21,7 +22,7 @@ from ..tracking.records import event_record
 from ..tracking.run import Run
 from ..tracking.tracker import Tracker
 from . import distributed
-from .checkpoint import CheckpointError, Checkpoints, Stateful, restore, state_of
+from .checkpoint import CheckpointError, Checkpoints, Stateful, checkpoint_preprocess, restore, state_of
 from .criterion import build_criterion
 from .distributed import Dist, unwrap
 from .ema import build_ema
@@ -88,6 +89,8 @@ def restore_run(p: Parts, state: TrainState, ckpt: dict[str, Any], changes: dict
     checkpoint whose parts do not fit this run (damaged, or of another model) is one CheckpointError line."""
     try:
         restore(checkpoint_parts(p, state), ckpt)
+        if p.data.pre.multilabel:  # the thresholds of the last validation before the stop
+            p.data.pre = dataclasses.replace(p.data.pre, thresholds=checkpoint_preprocess(ckpt, p.run.path).thresholds)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
         raise CheckpointError(f"cannot resume {p.run.path} from its checkpoint: {type(e).__name__}: "
                               f"{one_line(e, 300)}") from e
@@ -161,8 +164,7 @@ def _class_weights(cfg: Config, data: DataBundle, run: Run) -> list[float] | Non
     """``--class-weights`` resolved on the training set; logged (and into metrics.jsonl) with the class counts
     they came from."""
     names = list(data.pre.classes)
-    counts = class_counts(data.train, len(names))
-    weights = class_weights(cfg.optim.class_weights, counts, names)
+    counts, weights = loss_weights(cfg.optim.class_weights, data.train, names, data.pre.multilabel)
     run.log(event_record("classes", train_counts=dict(zip(names, counts)) if counts else None,
                          class_weights=dict(zip(names, weights)) if weights else None, sampler=cfg.data.sampler))
     if weights is not None:

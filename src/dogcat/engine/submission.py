@@ -42,9 +42,12 @@ def read_csv(path: str | Path) -> tuple[list[str], list[list[str]]]:
 
 
 def write_submission(out: Path, rows: dict[str, list[float]], class_names: list[str], positive: int | None,
-                     order: list[str], clip: Sequence[float] | None = None) -> None:
+                     order: list[str], clip: Sequence[float] | None = None,
+                     thresholds: Sequence[float] | None = None) -> None:
     """``id,label`` = p(positive) for 2 classes (``positive`` set), else ``id,label,<class>...`` with the argmax
-    class and one probability per class. ``clip`` bounds the written probabilities (log-loss insurance)."""
+    class and one probability per class. ``clip`` bounds the written probabilities (log-loss insurance).
+    ``thresholds`` (a multi-label model): ``id,labels,<label>...``, the labels whose probability reaches their
+    threshold joined by ``;``, then one probability per label."""
     lo, hi = (float(clip[0]), float(clip[1])) if clip else (0.0, 1.0)
 
     def fmt(p: float) -> str:
@@ -52,7 +55,12 @@ def write_submission(out: Path, rows: dict[str, list[float]], class_names: list[
 
     buf = io.StringIO(newline="")  # newline='' or csv writes \r\r\n on Windows
     w = csv.writer(buf)
-    if positive is not None:
+    if thresholds is not None:
+        w.writerow(["id", "labels", *class_names])
+        for i in order:
+            p = rows[i]
+            w.writerow([i, ";".join(n for n, x, t in zip(class_names, p, thresholds) if x >= t), *map(fmt, p)])
+    elif positive is not None:
         w.writerow(["id", "label"])
         w.writerows([i, fmt(rows[i][positive])] for i in order)
     else:

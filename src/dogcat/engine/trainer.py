@@ -9,6 +9,7 @@ every RNG's state, and the training order and augmentations are functions of (se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ import torch
 from ..config import Config, ConfigError, as_config, parse_class_weights, to_yaml
 from ..control import StopFlag, TrainingStopped
 from ..data import DataBundle, build_train_val, class_weights
+from ..data.multilabel import multilabel_weights
 from ..io import atomic_write_text, one_line
-from ..metrics import check_monitor, format_confusion, metric, summary
+from ..metrics import check_monitor, format_confusion, format_per_label, metric, summary
 from ..models import check_input, check_weights
 from ..tracking.records import epoch_record, event_record
 from ..tracking.run import Run, RunFolder, find_run
@@ -29,8 +31,10 @@ from ..tracking.tracker import Tracker, check_loggers
 from . import distributed
 from .checkpoint import Checkpoints
 from .commands import Stop
+from .criterion import check_multilabel
 from .distributed import Dist, unwrap
 from .loop import Epoch, train_one_epoch, validate
+from .meters import eval_meter
 from .optim import check_optimizer
 from .parts import Parts, build_parts, restore_run, write_checkpoint
 from .resume import resume_changes
@@ -129,11 +133,15 @@ def check_options(cfg: Config, data: DataBundle) -> None:
     """Options whose allowed values depend on the data: ``--monitor`` (top-5 needs more than 5 classes, ROC-AUC
     2) and the number of ``--class-weights``. One line, exit 2, before a run folder exists."""
     names = list(data.pre.classes)
-    why = check_monitor(cfg.train.monitor, len(names))
+    why = check_monitor(cfg.train.monitor, len(names), data.pre.multilabel)
     if why is not None:
         raise ConfigError(why)
+    if data.pre.multilabel:
+        check_multilabel(cfg)
     weights = parse_class_weights(cfg.optim.class_weights)
-    if isinstance(weights, tuple):
+    if isinstance(weights, tuple) and data.pre.multilabel:
+        multilabel_weights(weights, None, 0, names)  # raises naming the count it needs
+    elif isinstance(weights, tuple):
         class_weights(weights, None, names)  # raises naming the count it needs
 
 
@@ -222,10 +230,13 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, steering: Steering, on_
 def _validate_and_log(cfg: Config, p: Parts, state: TrainState, trained: Epoch, t0: float) -> dict[str, Any]:
     """The end of an epoch's training: validate, step the epoch scheduler, log the epoch record (metrics.jsonl,
     trackers, the console) and, when due, the projector's embeddings. Returns the record."""
-    run, names, tracker = p.run, list(p.data.pre.classes), p.tracker
-    collect = tracker.collector() if tracker is not None else None  # mistakes, PR curve
+    run, pre, tracker = p.run, p.data.pre, p.tracker
+    names = list(pre.classes)
+    collect = tracker.collector() if tracker is not None and not pre.multilabel else None  # mistakes, PR curve
     val = validate(p.step.eval_model, p.val_loader, p.runtime, len(names), p.bad, p.progress,
-                   cfg.train.print_freq, collect) if p.val_loader else {}
+                   cfg.train.print_freq, collect, eval_meter(names, pre.multilabel)) if p.val_loader else {}
+    if pre.multilabel and val:  # this epoch's checkpoints carry the thresholds chosen on its validation
+        p.data.pre = dataclasses.replace(pre, thresholds=tuple(val["thresholds"]))
     p.step.scheduler.epoch_end(trained.loss)
     record = epoch_record(state.epoch + 1, state.global_step, trained.loss, trained.images_per_s,
                           p.step.optimizer.param_groups[0]["lr"], time.perf_counter() - t0, val)
@@ -234,7 +245,7 @@ def _validate_and_log(cfg: Config, p: Parts, state: TrainState, trained: Epoch, 
         tracker.epoch_end(state.global_step, val, collect)
     _print_epoch(record, val, names, cfg.train.max_epoch)
     every, epoch = cfg.train.embeddings_every, state.epoch + 1
-    if tracker is not None and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
+    if tracker is not None and not pre.multilabel and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
         tracker.embeddings(state.global_step, unwrap(p.step.eval_model), p.data.val, p.runtime.device,
                            cfg.data.batch_size)
     return record
@@ -296,5 +307,7 @@ def _print_epoch(record: dict, val: dict, class_names: list[str], max_epoch: int
     if val:
         msg += ", " + summary(val, "val ")
     log.info(f"{msg}, lr {record['lr']:.3g}, {record['epoch_seconds']:.1f}s")
-    if val:
+    if "confusion" in val:
         log.info(format_confusion(val["confusion"], class_names))
+    if "per_label" in val:
+        log.info(format_per_label(val["per_label"]))

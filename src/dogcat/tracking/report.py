@@ -94,13 +94,15 @@ def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, c
                 mean: Sequence[float], std: Sequence[float], checkpoint: str | None,
                 explain: Explain | None = None, train_counts: Sequence[int] | None = None) -> str:
     """Headline metrics, confusion heatmap, per-class table, grid of the most confidently wrong images (and
-    their Grad-CAM heatmaps when ``explain`` is given)."""
-    cm = metrics["confusion"]
+    their Grad-CAM heatmaps when ``explain`` is given); a multi-label model's: its per-label table instead."""
     shown = [n for n in METRICS if isinstance(metrics.get(n), (int, float))]  # every metric of the table
     out = [f"<h2>Validation</h2><p>{_e(metrics.get('count', '?'))} images"
            + (f", checkpoint <code>{_e(checkpoint)}</code>" if checkpoint else "") + "</p>",
            _table([name.replace("_", " ") for name in shown], [[format(metrics[n], METRICS[n].fmt) for n in shown]],
                   range(len(shown)))]
+    if "per_label" in metrics:
+        return "".join(out) + _per_label(metrics["per_label"], train_counts)
+    cm = metrics["confusion"]
     name = _save(confusion_figure(cm, class_names), rep / "confusion.png")
     scores = per_class(cm)
     counts = list(train_counts) if train_counts is not None else None
@@ -129,6 +131,24 @@ def _validation(rep: Path, metrics: dict[str, Any], collect: Collector | None, c
         else:
             out.append("<p>every validation image is classified correctly</p>")
     return "".join(out)
+
+
+def _per_label(per_label: dict[str, dict[str, Any]], train_counts: Sequence[int] | None) -> str:
+    """A multi-label model's table: each label's AP, F1 (precision, recall) at its threshold, and supports."""
+    counts = list(train_counts) if train_counts is not None else None
+
+    def num(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    rows = [[name, num(s.get("ap")), num(s.get("f1")), num(s.get("precision")), num(s.get("recall")),
+             num(s.get("threshold")), s.get("support"), *([counts[i]] if counts else [])]
+            for i, (name, s) in enumerate(per_label.items())]
+    return ("<h2>Per-label scores</h2>" + _table(
+        ["label", "AP", "F1", "precision", "recall", "threshold", "support", *(["train images"] if counts else [])],
+        rows, range(1, 8)) + "<p class=note>a label is predicted when its probability is at least its threshold, "
+        "chosen on this validation set to maximise its F1 (so these F1s are optimistic; a test set's are not); "
+        "AP does not depend on the threshold; support: validation images with the label"
+        + ("; train images: the training images with it" if counts else "") + "</p>")
 
 
 def _gradcam(rep: Path, mistakes: list[Mistake], class_names: list[str], mean: Sequence[float],
