@@ -118,27 +118,44 @@ def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
         print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
     else:
         width = max([len(escape(r["path"])) for r in rows] + [4])  # names escaped: one row each, no ESC
-        print(f"{'path':<{width}}  {'class':<14} probability")
+        print(f"{'path':<{width}}  {'class':<14} probability" + ("  top-k" if any("top_k" in r for r in rows) else ""))
         for r in rows:
             if "error" in r:
                 print(f"{escape(r['path']):<{width}}  {'(unreadable)':<14} {escape(r['error'])}")
             else:
-                print(f"{escape(r['path']):<{width}}  {escape(r['class']):<14} {r['probability']:.4f}")
+                top = "  " + ", ".join(f"{escape(t['class'])} {t['probability']:.4f}" for t in r["top_k"]) \
+                    if "top_k" in r else ""
+                print(f"{escape(r['path']):<{width}}  {escape(r['class']):<14} {r['probability']:.4f}{top}")
     return 0
 
 
 def write_predictions(rows: list[dict], f: TextIO, fmt: str) -> None:
-    """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class."""
+    """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class (and
+    with --top-k=K: top1_class, top1_probability, ... topK_probability)."""
     if fmt == "json":
         f.write(to_json(rows, indent=2) + "\n")
         return
     names = list(next((r["probs"] for r in rows if "probs" in r), {}))
+    k = max((len(r.get("top_k", ())) for r in rows), default=0)
     w = csv.writer(f)
-    w.writerow(["path", "class", "probability", *names, "error"])
+    w.writerow(["path", "class", "probability", *names,
+                *[f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")], "error"])
     for r in rows:
         probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
+        top = [v for t in r.get("top_k", []) for v in (t["class"], f"{t['probability']:.6f}")]
         w.writerow([r.get("path", r.get("index", "")), r.get("class", ""),
-                    f"{r['probability']:.6f}" if "probability" in r else "", *probs, r.get("error", "")])
+                    f"{r['probability']:.6f}" if "probability" in r else "", *probs,
+                    *(top + [""] * (2 * k - len(top))), r.get("error", "")])
+
+
+def embed(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat embed RUN PATHS... --output=F``: penultimate-layer features to a .npy or .parquet file."""
+    from ..features import embed_rows, write_features
+
+    rows, features = embed_rows(a.target, a.paths, **ov)
+    out = write_features(a.output, rows, features)
+    print(f"wrote {out}: {features.shape[0]} images x {features.shape[1]} features", file=sys.stderr)
+    return 0
 
 
 def export(a: argparse.Namespace, ov: dict[str, Any]) -> int:

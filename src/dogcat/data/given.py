@@ -75,7 +75,7 @@ def as_image(x: Any, mode: str | None = None, where: str = "input") -> torch.Ten
     return t
 
 
-def _channels(t: torch.Tensor, in_chans: int, where: str) -> torch.Tensor:
+def match_channels(t: torch.Tensor, in_chans: int, where: str) -> torch.Tensor:
     """``t`` with ``in_chans`` channels: grey copied to RGB, RGB averaged to grey (ITU-R 601 weights)."""
     if t.shape[0] == in_chans:
         return t
@@ -108,7 +108,7 @@ class GivenImages(Dataset):
         index = self.indices[i]
         where = f"{self.name}[{index}]"
         image, label = read_item(self.dataset, index, self.classes, self.name)
-        return Item(self.transform(_channels(as_image(image, where=where), self.in_chans, where)), label,
+        return Item(self.transform(match_channels(as_image(image, where=where), self.in_chans, where)), label,
                     str(index), f"dataset/{index}", None)
 
 

@@ -24,6 +24,7 @@ from ..control import StopFlag, TrainingStopped
 from ..data import DataBundle, class_weights
 from ..io import atomic_write_text, one_line
 from ..metrics import check_monitor, format_confusion, metric, summary
+from ..tracking.progress import EpochTable
 from ..tracking.records import epoch_record, event_record
 from ..tracking.run import Run, RunFolder, find_run
 from ..tracking.tracker import Tracker, check_loggers
@@ -231,6 +232,7 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, steering: Steering, on_
              f"{p.runtime.device}, {len(p.data.train)} training / {len(p.data.val) if p.data.val else 0} "
              f"validation images, classes {names}")
     history, early = [], None
+    table = EpochTable(show=None if p.runtime.dist.main else False)  # a notebook's live HTML table of the epochs
     while state.epoch < cfg.train.max_epoch:
         if state.patience_out(cfg.train.patience):  # read each epoch: `dogcat ctl set patience=N` counts
             early = _early_stop(cfg, state, run)
@@ -242,6 +244,7 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, steering: Steering, on_
             return _stopped(p, state, epoch.stop, steering, history)
         record = _validate_and_log(cfg, p, state, epoch, t0)
         history.append(record)
+        table.add(record)
 
         value = record.get(monitor)
         if value is None:  # no validation set: judge by the training loss, in the monitor's direction
