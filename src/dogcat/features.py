@@ -89,7 +89,7 @@ def embed_rows(target: Classifier | str | Path, images: Input | Iterable[Input],
         rows, arrays = clf.run_batches(images, forward, batch_size)
     finally:
         model.train(was_training)
-    dim = next((a.shape[1] for a in arrays if a is not None), 0)
+    dim = next((a.shape[0] for a in arrays if a is not None), 0)  # one row each
     out = np.full((len(rows), dim), np.nan, dtype=np.float32)
     for i, a in enumerate(arrays):
         if a is not None:

@@ -57,7 +57,7 @@ def as_image(x: Any, mode: str | None = None, where: str = "input") -> torch.Ten
             x = x[:, :, None]
         if x.ndim != 3 or x.shape[2] not in (1, 3, 4):
             raise DataError(f"{where}: a numpy array of shape {x.shape}; give an HWC image (H x W x 1, 3 or 4)")
-        t = torch.from_numpy(np.ascontiguousarray(x[:, :, :3] if x.shape[2] == 4 else x)).permute(2, 0, 1)
+        t = torch.tensor(x[:, :, :3] if x.shape[2] == 4 else x).permute(2, 0, 1)  # a copy: the array may be read-only
     elif isinstance(x, torch.Tensor):
         if x.ndim != 3:
             raise DataError(f"{where}: a tensor of shape {tuple(x.shape)}; give a CHW image")
