@@ -86,8 +86,7 @@ _LIST = [
             [("target", None, "a run folder, checkpoint, or exported model (+ its .json sidecar)"),
              ("paths", "+", "image files, folders (recursive) or globs")], PREDICT,
             [Own("trust-export", "load a TorchScript export, which is a program: only one you trust", None)],
-            epilog="--output=F.csv or F.json writes a file, --output=- CSV to stdout; default: a table. --top-k=K adds "
-                   "the K most probable classes (columns top1_class, top1_probability, ... in CSV)"),
+            epilog="--output=F.csv or F.json writes a file, --output=- CSV to stdout; default: a table"),
     Command("embed", "features of images (the layer before the classifier) -> a .parquet or .npy file", c.embed,
             [("target", None, "a run folder, checkpoint, or safetensors export (+ its .json sidecar)"),
              ("paths", "+", "image files, folders (recursive) or globs")], EMBED,
