@@ -28,7 +28,7 @@ LAYERS = [
     {"tracking"},                                # run folders, manifest, TensorBoard, runs table, report pages
     {"engine"},                                  # training state and step, loops, evaluation, checkpoints
     {"runners", "inference"},                    # reading exported models; dogcat.load / predict
-    {"export", "explanation", "sweep"},          # writing exported models; Grad-CAM pictures; Optuna sweeps
+    {"export", "explanation", "features", "sweep"},  # writing exported models; Grad-CAM pictures; embed; sweeps
     {"cli", "demo", "__main__"},                 # the command line and the demo
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

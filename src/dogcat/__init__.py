@@ -7,7 +7,10 @@ Library entry points (the CLI only wraps these)::
     dogcat.test(result.run_dir, test_data_root="data/test")   # submission.csv
     dogcat.predict(result.run_dir, ["some/image.jpg"])
     clf = dogcat.load("runs/X")                     # or a checkpoint, or an export (model.onnx + model.onnx.json)
-    clf.predict(["a.jpg", "photos/", pil_image], tta=True)   # [{"path"/"index", "class", "probability", "probs"}]
+    clf.predict(["a.jpg", "photos/", pil_image, hwc_array], tta=True, top_k=2)   # [{"path"/"index", "class", ...}]
+    dogcat.train(model=MyNet(), train_data=dataset_or_dataframe, classes=[...])   # your own module and data
+    result.load()                                   # a Classifier of the run; result.model: the nn.Module
+    dogcat.embed(result.run_dir, ["photos/"])       # (N, D) numpy features of the layer before the classifier
     dogcat.explain(result.run_dir, ["photos/"])      # Grad-CAM pictures -> RUN/explain/
     dogcat.summarize(model, (1, 3, 224, 224))        # layers, parameters, FLOPs, activations
 
@@ -27,7 +30,7 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject.toml re
 _LAZY = {
     "Config": "config", "ConfigError": "config", "load_config": "config",
     "evaluate": "engine.evaluator", "report": "engine.evaluator", "test": "engine.evaluator",
-    "load_model": "engine.trained", "Result": "engine.trainer", "train": "engine.trainer",
+    "load_model": "engine.trained", "Result": "engine.trainer", "train": "inference", "embed": "features",
     "Classifier": "inference", "load": "inference", "predict": "inference",
     "explain": "explanation", "summarize": "models.summary",
 }
@@ -52,7 +55,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .config import Config, ConfigError, load_config
     from .engine.evaluator import evaluate, report, test
     from .engine.trained import load_model
-    from .engine.trainer import Result, train
+    from .engine.trainer import Result
     from .explanation import explain
-    from .inference import Classifier, load, predict
+    from .features import embed
+    from .inference import Classifier, load, predict, train
     from .models.summary import summarize

@@ -11,6 +11,7 @@ through the usual propagation and the default handler stays quiet. Silence dogca
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import sys
@@ -116,3 +117,21 @@ def use_for_cli(level: int) -> None:
     """The command line: every record at ``level`` or above on stderr."""
     _handler().only_unconfigured = False
     logging.getLogger(LOGGER).setLevel(level)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where stderr is no terminal, yet a widget or HTML can be shown)."""
+    shell = sys.modules.get("IPython")
+    ip = getattr(shell, "get_ipython", lambda: None)() if shell is not None else None
+    return type(ip).__name__ == "ZMQInteractiveShell"
+
+
+def progress_bar() -> type:
+    """The tqdm class for progress bars: tqdm.notebook's widget in a Jupyter kernel that has ipywidgets, else
+    tqdm's text bar. Written out because ``tqdm.auto`` warns (``TqdmWarning: IProgress not found``) at import in
+    every kernel without ipywidgets, which dogcat does not require."""
+    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm

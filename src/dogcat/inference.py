@@ -9,6 +9,7 @@ notebook, the CLI and an exported model give the same numbers.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -18,21 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .data import DataError, decode_image, expand_paths
+from .data.given import as_image, match_channels
 from .data.transforms import eval_transform_for
 from .engine.trained import Loaded, load_model
+from .engine.trainer import Result, train as train_run
 from .runners import (check_file, check_io, module_runner, preprocess_of, read_sidecar, runner, safetensors_module,
                        sidecar_path)
 from .models.tta import FlipTTA
 from .preprocess import Preprocess
 
-Input = Union[str, Path, Image.Image, torch.Tensor]
+Input = Union[str, Path, Image.Image, torch.Tensor, np.ndarray]
 log = logging.getLogger("dogcat")
 
 
@@ -49,6 +53,26 @@ class Classifier:
 
     def __post_init__(self) -> None:
         self.transform = eval_transform_for(self.pre)
+
+    def __repr__(self) -> str:
+        """One line: what it is, its classes, its input and where it runs (a dataclass's repr would print the
+        whole module and config)."""
+        names = self.class_names
+        shown = names if len(names) <= 6 else [*names[:5], f"... ({len(names)} classes)"]
+        return (f"Classifier(model={self.model_name}, classes={shown}, image_size={self.image_size}, "
+                f"in_chans={self.in_chans}, device={self.device}, backend={self.backend}, source={str(self.source)!r})")
+
+    @property
+    def model_name(self) -> str:
+        """The architecture: the run's model option (``custom:...`` for your own module), else the class's."""
+        if self.backend == "pytorch":
+            return self.cfg.model.model
+        return type(self.model).__name__ if self.model is not None else self.source.name
+
+    @property
+    def device(self) -> str:
+        param = next(self.model.parameters(), None) if self.model is not None else None
+        return str(param.device) if param is not None else "cpu"
 
     @property
     def class_names(self) -> list[str]:
@@ -71,40 +95,65 @@ class Classifier:
         return (logits.sigmoid() if self.pre.multilabel else logits.softmax(1)).cpu()
 
     def predict(self, inputs: Input | Iterable[Input], tta: bool = False, batch_size: int = 32,
-                num_threads: int | None = None) -> list[dict[str, Any]]:
-        """One dict per image, in input order: ``path`` (files) or ``index`` (images, tensors), ``class``,
-        ``probability``, ``probs`` {class: p}; a multi-label model's: ``labels`` (those whose probability reaches
-        their threshold, in label order) and ``probs`` {label: p}. Paths may be files, folders (recursive) or globs; an
-        unreadable file gives ``{"path", "error"}``. Tensors are CHW, uint8 (or float in [0, 1])."""
-        items = self._expand(inputs)
-        threads = num_threads or min(4, os.cpu_count() or 1)  # decoding and resizing release the GIL
-        rows: list[dict[str, Any]] = []
-        bs = max(1, batch_size)
-        with ThreadPoolExecutor(threads) as pool:
-            for start in range(0, len(items), bs):
-                chunk = list(pool.map(self._prepare, items[start:start + bs]))
-                good = [c for c in chunk if c[1] is not None]
-                probs = self.probabilities(torch.stack([c[1] for c in good]), tta).tolist() if good else []
-                it = iter(probs)
-                for key, image, error in chunk:
-                    rows.append(key | ({"error": error} if image is None else self._row(next(it))))
+                num_threads: int | None = None, top_k: int | None = None) -> list[dict[str, Any]]:
+        """One dict per image, in input order: ``path`` (files) or ``index`` (images, tensors, arrays),
+        ``class``, ``probability``, ``probs`` {class: p}; a multi-label model's: ``labels`` (those whose
+        probability reaches their threshold, in label order) and ``probs`` {label: p}. With ``top_k=K`` also
+        ``top_k``: the K most probable ``{"class", "probability"}``, most probable first (ties: the earlier
+        class). Paths may be files, folders (recursive) or globs; an unreadable file gives ``{"path", "error"}``.
+        Tensors are CHW, numpy arrays HWC (a 4-D array is a batch, NHWC), uint8 or float in [0, 1]; an array or
+        PIL image of other channels is converted (grey to RGB, RGB to grey) as a file would be."""
+        self._check_top_k(top_k)
+        keys, probs = self.run_batches(inputs, lambda x: self.probabilities(x, tta), batch_size, num_threads)
+        rows = [key if p is None else key | self._row(p.tolist(), top_k) for key, p in zip(keys, probs)]
         broken = sum(1 for r in rows if "probs" in r and not all(math.isfinite(p) for p in r["probs"].values()))
         if broken:
             log.warning(f"the model gave NaN or infinite probabilities for {broken} of {len(rows)} images: its weights "
                         f"(or {self.source.name}'s mean and std) are broken; those predictions mean nothing")
         return rows
 
-    def _row(self, p: list[float]) -> dict[str, Any]:
+    def run_batches(self, inputs: Input | Iterable[Input], forward: Callable[[torch.Tensor], torch.Tensor],
+                    batch_size: int = 32, num_threads: int | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+        """``(keys, outputs)``, one each per image in input order: ``forward`` of each batch of preprocessed
+        images, row by row as numpy (None, and ``error`` in the key, for an unreadable file). What
+        :meth:`predict` and ``dogcat.embed`` share."""
+        items = self._expand(inputs)
+        threads = num_threads or min(4, os.cpu_count() or 1)  # decoding and resizing release the GIL
+        keys: list[dict[str, Any]] = []
+        outputs: list[Any] = []
+        bs = max(1, batch_size)
+        with ThreadPoolExecutor(threads) as pool:
+            for start in range(0, len(items), bs):
+                chunk = list(pool.map(self._prepare, items[start:start + bs]))
+                good = [c[1] for c in chunk if c[1] is not None]
+                it = iter(forward(torch.stack(good)).detach().float().cpu().numpy() if good else [])
+                for key, image, error in chunk:
+                    keys.append(key | {"error": error} if image is None else key)
+                    outputs.append(None if image is None else next(it))
+        return keys, outputs
+
+    def _row(self, p: list[float], top_k: int | None = None) -> dict[str, Any]:
+        order = sorted(range(len(p)), key=lambda i: (-p[i], i))  # most probable first; a tie keeps class order
         if self.pre.multilabel:
-            return {"labels": [n for n, x, t in zip(self.class_names, p, self.pre.cutoffs) if x >= t],
-                    "probs": dict(zip(self.class_names, p))}
-        k = max(range(len(p)), key=p.__getitem__)
-        return {"class": self.class_names[k], "probability": p[k], "probs": dict(zip(self.class_names, p))}
+            row = {"labels": [n for n, x, t in zip(self.class_names, p, self.pre.cutoffs) if x >= t],
+                   "probs": dict(zip(self.class_names, p))}
+        else:
+            row = {"class": self.class_names[order[0]], "probability": p[order[0]],
+                   "probs": dict(zip(self.class_names, p))}
+        if top_k:
+            row["top_k"] = [{"class": self.class_names[i], "probability": p[i]} for i in order[:top_k]]
+        return row
+
+    def _check_top_k(self, top_k: int | None) -> None:
+        if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= len(self.class_names)):
+            raise ConfigError(f"option top_k={top_k!r} is not allowed: this model has {len(self.class_names)} "
+                              f"classes, so K is an integer in [1, {len(self.class_names)}]")
 
     def _expand(self, inputs: Input | Iterable[Input]) -> list[tuple[dict[str, Any], Any]]:
         """``[(row key, source)]``: paths expanded (deduplicated, in order), tensors checked up front."""
-        if isinstance(inputs, (str, Path, Image.Image)) or (isinstance(inputs, torch.Tensor) and inputs.ndim == 3):
-            inputs = [inputs]
+        if isinstance(inputs, (str, Path, Image.Image)) or (isinstance(inputs, torch.Tensor) and inputs.ndim == 3) \
+                or (isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3)):
+            inputs = [inputs]  # one image; a 4-D numpy array (NHWC) or a list iterates over its images
         items: list[tuple[dict[str, Any], Any]] = []
         seen: set[str] = set()
         for i, x in enumerate(inputs):
@@ -115,12 +164,15 @@ class Classifier:
                         items.append(({"path": f}, f))
             elif isinstance(x, Image.Image):
                 items.append(({"index": i}, x))
+            elif isinstance(x, np.ndarray):
+                items.append(({"index": i}, match_channels(as_image(x, where=f"input {i}"), self.in_chans,
+                                                           f"input {i}")))
             elif isinstance(x, torch.Tensor):
                 self._check_tensor(x, i)
                 items.append(({"index": i}, x))
             else:
-                raise DataError(f"input {i} is a {type(x).__name__}; give file paths, folders, globs, PIL images "
-                                "or CHW tensors")
+                raise DataError(f"input {i} is a {type(x).__name__}; give file paths, folders, globs, PIL images, "
+                                "numpy HWC arrays or CHW tensors")
         if not items:
             raise DataError("no images to predict: give image files, folders or globs such as 'photos/*.jpg'")
         return items
@@ -190,16 +242,19 @@ def load(target: str | Path | None, overrides: dict[str, Any] | None = None, tru
 
     ``overrides`` / ``options`` are config options (``checkpoint="last"``, ``model="resnet18"`` for a bare
     state_dict, ``device="cpu"``). Files are data: checkpoints load with ``weights_only``, and a TorchScript
-    export, which is a program, is refused unless ``trust=True`` (the CLI's ``--trust-export``)."""
+    export, which is a program, is refused unless ``trust=True`` (the CLI's ``--trust-export``).
+    ``model=`` an ``nn.Module`` loads the weights into it: a run of your own module needs it again
+    (``dogcat.load(RUN, model=Net())``), since a checkpoint names its class but nothing in it is imported."""
     ov = {**(overrides or {}), **options}
+    module = ov.pop("model") if isinstance(ov.get("model"), nn.Module) else None
     if target is None:  # --load-model-path names the checkpoint
-        return from_loaded(load_model(None, ov))
+        return from_loaded(load_model(None, ov, module))
     path = Path(str(target))
     if path.is_file() and (sidecar_path(path).is_file() or path.suffix.lower() == ".onnx" or is_torchscript(path)):
         if not sidecar_path(path).is_file():
             read_sidecar(path)  # raises, naming the missing sidecar
         return from_export(path, ov, trust)
-    return from_loaded(load_model(str(target), ov))
+    return from_loaded(load_model(str(target), ov, module))
 
 
 def predict(target: str | Path | None, paths: list[str] | str, overrides: dict[str, Any] | None = None,
@@ -207,7 +262,21 @@ def predict(target: str | Path | None, paths: list[str] | str, overrides: dict[s
     """Class and probabilities for image files, folders or globs, in order; unreadable files come back with an
     error. ``target``: a run folder, a checkpoint, or an exported model with its sidecar (see :func:`load`;
     ``trust``: allow a TorchScript export, which runs code); ``overrides`` / ``options``: config options, e.g.
-    ``predict(run, ["a.jpg"], tta=True)``."""
+    ``predict(run, ["a.jpg"], tta=True, top_k=3)``; ``paths`` may also hold PIL images and numpy HWC arrays."""
     clf = load(target, {**(overrides or {}), **options}, trust)
     paths = [paths] if isinstance(paths, (str, Path)) else paths
-    return clf.predict(paths, tta=clf.cfg.eval.tta, batch_size=clf.cfg.data.batch_size)
+    return clf.predict(paths, tta=clf.cfg.eval.tta, batch_size=clf.cfg.data.batch_size, top_k=clf.cfg.eval.top_k)
+
+
+def train(cfg: Any = None, /, **kwargs: Any) -> Result:
+    """``dogcat.train``: :func:`dogcat.engine.trainer.train` (every argument the same), whose result can also
+    ``load()`` itself as a :class:`Classifier` (``result.load().predict(...)``); it lives here because the
+    engine, a layer below, cannot build one."""
+    module = kwargs.get("model") if isinstance(kwargs.get("model"), nn.Module) else None
+    result = train_run(cfg, **kwargs)
+
+    def opener(**options: Any) -> Classifier:
+        return load(result.run_dir, **options, **({"model": copy.deepcopy(module)} if module is not None else {}))
+
+    result.opener = opener
+    return result

@@ -33,8 +33,9 @@ VAL_DATA = {"dataset", "train_data_root", "val_data_root", "train_list", "val_li
 VAL = frozenset(DEVICE | MODEL_FILE | LOADING | VAL_DATA | {"tta", "report"})
 TEST = frozenset(DEVICE | MODEL_FILE | LOADING | {"test_data_root", "test_list", "fashion_mnist_root", "tta",
                                                   "result_file", "positive_class", "sample_submission", "clip_probs"})
-PREDICT = frozenset(DEVICE | MODEL_FILE | {"batch_size", "tta", "output"})
+PREDICT = frozenset(DEVICE | MODEL_FILE | {"batch_size", "tta", "output", "top_k"})
 EXPLAIN = frozenset(DEVICE | MODEL_FILE | {"batch_size"})
+EMBED = frozenset(DEVICE | MODEL_FILE | {"batch_size", "tta"})
 # a sweep: any option for every trial, but not those it sets per trial; --seed is the sampler's (own option)
 SWEEP = ALL - {"seed", "resume", "run_dir", "env", "debug_file"}
 TARGET = ("target", "?", "a run folder (runs/NAME) or checkpoint file; default: --load-model-path")
@@ -86,6 +87,12 @@ _LIST = [
              ("paths", "+", "image files, folders (recursive) or globs")], PREDICT,
             [Own("trust-export", "load a TorchScript export, which is a program: only one you trust", None)],
             epilog="--output=F.csv or F.json writes a file, --output=- CSV to stdout; default: a table"),
+    Command("embed", "features of images (the layer before the classifier) -> a .parquet or .npy file", c.embed,
+            [("target", None, "a run folder, checkpoint, or safetensors export (+ its .json sidecar)"),
+             ("paths", "+", "image files, folders (recursive) or globs")], EMBED,
+            [Own("output", "file to write: .parquet (columns path, embedding; needs pyarrow) or .npy (an N x D "
+                           "float32 array, rows in the order predict lists the files, NaN for unreadable ones)",
+                 default="features.npy")]),
     Command("export", "the model as ONNX, TorchScript or safetensors + a JSON sidecar, checked against PyTorch",
             c.export, [TARGET], frozenset(MODEL_FILE),
             [Own("format", "onnx, torchscript or safetensors", default="onnx"),
@@ -197,7 +204,7 @@ def environ_options(cmd: Command, given: dict[str, Any]) -> dict[str, tuple[str,
 # The places a command writes to, by option: a file or a folder. ``output`` is each command's own: a file for
 # predict and export, a folder for explain, a PNG or a folder for lr-find.
 PLACES = {"runs_root": "folder", "run_dir": "folder", "cache_dir": "folder", "result_file": "file"}
-OUTPUT = {"predict": "file", "export": "file", "explain": "folder", "lr-find": "png"}
+OUTPUT = {"predict": "file", "export": "file", "embed": "file", "explain": "folder", "lr-find": "png"}
 
 
 def check_places(cmd: Command, args: Any, overrides: dict[str, Any]) -> None:

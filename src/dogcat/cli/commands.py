@@ -120,7 +120,8 @@ def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     else:
         width = max([len(escape(r["path"])) for r in rows] + [4])  # names escaped: one row each, no ESC
         multilabel = any("labels" in r for r in rows)
-        print(f"{'path':<{width}}  " + ("labels (probability)" if multilabel else f"{'class':<14} probability"))
+        print(f"{'path':<{width}}  " + ("labels (probability)" if multilabel else f"{'class':<14} probability"
+                                        + ("  top-k" if any("top_k" in r for r in rows) else "")))
         for r in rows:
             if "error" in r:
                 print(f"{escape(r['path']):<{width}}  {'(unreadable)':<14} {escape(r['error'])}")
@@ -128,17 +129,21 @@ def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
                 shown = ", ".join(f"{escape(n)} ({r['probs'][n]:.4f})" for n in r["labels"]) or "(none)"
                 print(f"{escape(r['path']):<{width}}  {shown}")
             else:
-                print(f"{escape(r['path']):<{width}}  {escape(r['class']):<14} {r['probability']:.4f}")
+                top = "  " + ", ".join(f"{escape(t['class'])} {t['probability']:.4f}" for t in r["top_k"]) \
+                    if "top_k" in r else ""
+                print(f"{escape(r['path']):<{width}}  {escape(r['class']):<14} {r['probability']:.4f}{top}")
     return 0
 
 
 def write_predictions(rows: list[dict], f: TextIO, fmt: str) -> None:
-    """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class; a
-    multi-label model's: path, labels (those over their thresholds, joined by ;), one column per label."""
+    """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class (and
+    with --top-k=K: top1_class, top1_probability, ... topK_probability); a multi-label model's: path, labels
+    (those over their thresholds, joined by ;), one column per label."""
     if fmt == "json":
         f.write(to_json(rows, indent=2) + "\n")
         return
     names = list(next((r["probs"] for r in rows if "probs" in r), {}))
+    k = max((len(r.get("top_k", ())) for r in rows), default=0)
     w = csv.writer(f)
     if any("labels" in r for r in rows):
         w.writerow(["path", "labels", *names, "error"])
@@ -146,11 +151,24 @@ def write_predictions(rows: list[dict], f: TextIO, fmt: str) -> None:
             probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
             w.writerow([r.get("path", r.get("index", "")), ";".join(r.get("labels", [])), *probs, r.get("error", "")])
         return
-    w.writerow(["path", "class", "probability", *names, "error"])
+    w.writerow(["path", "class", "probability", *names,
+                *[f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")], "error"])
     for r in rows:
         probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
+        top = [v for t in r.get("top_k", []) for v in (t["class"], f"{t['probability']:.6f}")]
         w.writerow([r.get("path", r.get("index", "")), r.get("class", ""),
-                    f"{r['probability']:.6f}" if "probability" in r else "", *probs, r.get("error", "")])
+                    f"{r['probability']:.6f}" if "probability" in r else "", *probs,
+                    *(top + [""] * (2 * k - len(top))), r.get("error", "")])
+
+
+def embed(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat embed RUN PATHS... --output=F``: penultimate-layer features to a .npy or .parquet file."""
+    from ..features import embed_rows, write_features
+
+    rows, features = embed_rows(a.target, a.paths, **ov)
+    out = write_features(a.output, rows, features)
+    print(f"wrote {out}: {features.shape[0]} images x {features.shape[1]} features", file=sys.stderr)
+    return 0
 
 
 def export(a: argparse.Namespace, ov: dict[str, Any]) -> int:

@@ -285,6 +285,8 @@ class EvalConfig:
     clip_probs: Optional[list[float]] = opt(None, "test: clip written probabilities to [a,b], e.g. 0.02,0.98 "
                                             "(log loss punishes confident mistakes)", range=Range(0, 1),
                                             changes="resume")
+    top_k: Optional[int] = opt(None, "predict: also the K most probable classes and their probabilities",
+                               range=Range(1, 2**20), changes="resume")
     report: bool = opt(False, "val: also write RUN/report/index.html (curves, confusion matrix, per-class scores, "
                        "worst mistakes)", changes="resume")
 

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from ..preprocess import EVAL_CROP_RATIO, FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess, stored_side
-from . import fashion_mnist, folder, kaggle, listfile  # noqa: F401  # the built-in layouts: imported, registered
+from . import fashion_mnist, folder, given, kaggle, listfile  # noqa: F401  # the built-in layouts: imported, registered
 from . import normalize
 from .arrays import ArrayImages
 from .balance import BalancedSampler, class_counts, class_weights, loss_weights, targets, train_sampler

@@ -38,9 +38,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
-from tqdm.auto import tqdm  # a widget in a notebook, a bar on a terminal
 
-from ..console import escape
+from ..console import escape, progress_bar  # a widget in a notebook (with ipywidgets), a bar on a terminal
 from ..io import TEXT, disk_full_as, ensure_free, read_small
 from ..locks import FileLock, LockHeld, describe_holder
 from .arrays import ArrayImages, Prepare
@@ -243,7 +242,7 @@ def _build(jobs: list[tuple[str, int, int]], base: Path, folder: Path, size: int
     tmp.mkdir(parents=True)
     try:
         files, bad = [], {}
-        bar = tqdm(total=len(jobs), desc=f"caching {base.name or base} at {size}px", unit="img",
+        bar = progress_bar()(total=len(jobs), desc=f"caching {base.name or base} at {size}px", unit="img",
                    disable=None if progress else True)
         with open(tmp / "pixels.u8", "wb") as f:
             procs = (os.cpu_count() or 1) if workers < 0 else workers  # -1: every core, the build has them all

@@ -101,8 +101,10 @@ def restore_run(p: Parts, state: TrainState, ckpt: dict[str, Any], changes: dict
              f"(step {state.global_step})" + (f"; changed: {changes}" if changes else ""))
 
 
-def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, resuming: bool) -> Parts:
-    """Seed, loaders, model (DDP-wrapped under torchrun), optimizer, schedule, loss scaler, EMA, criterion."""
+def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, resuming: bool,
+                module: nn.Module | None = None) -> Parts:
+    """Seed, loaders, model (``module`` when given, else the registry's; DDP-wrapped under torchrun), optimizer,
+    schedule, loss scaler, EMA, criterion."""
     seed_everything(cfg.train.seed + d.rank, cfg.train.deterministic)  # per-rank dropout; DDP syncs the init
     if d.main:
         write_splits(data, run.folder.splits)
@@ -118,7 +120,8 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
         val_loader = make_loader(data.val, shuffle=False, sampler=shard, **loader_args)
 
     pre = data.pre
-    model = build_model(cfg.model.model, len(pre.classes), pre.in_chans, cfg.model.pretrained)
+    model = module if module is not None else build_model(cfg.model.model, len(pre.classes), pre.in_chans,
+                                                          cfg.model.pretrained)
     if cfg.model.load_model_path and not resuming:  # a resumed run has its own weights
         load_weights(model, cfg.model.load_model_path, strict=not cfg.model.load_not_strict)
     model.to(device, memory_format=memory_format(cfg.train.channels_last))

@@ -18,6 +18,7 @@ from ..models.weights import WeightsError, load_weights, read_state_dict, torch_
 from ..preprocess import Preprocess
 from ..tracking.folder import RunFolder
 from .checkpoint import check_checkpoint, checkpoint_preprocess
+from .given import CUSTOM
 from .runtime import Runtime, memory_format, pick_device
 
 
@@ -65,9 +66,12 @@ def resolve_checkpoint(target: str | Path | None, overrides: dict[str, Any]) -> 
     return path, run.path if path.parent == run.checkpoints and run.config.exists() else None
 
 
-def load_model(target: str | Path | None, overrides: dict[str, Any] | None = None) -> Loaded:
+def load_model(target: str | Path | None, overrides: dict[str, Any] | None = None,
+               module: nn.Module | None = None) -> Loaded:
     """Rebuild the trained model. A dogcat checkpoint carries its config and classes; a bare state_dict
-    (the template's ``BasicModule.save``) needs ``--model`` and takes its class count from the head's shape."""
+    (the template's ``BasicModule.save``) needs ``--model`` and takes its class count from the head's shape.
+    ``module``: load the weights into this module instead of building one by name; a run of a user's own
+    module (``model: custom:...``) needs it, since nothing named in a checkpoint is imported (engine/given.py)."""
     overrides = dict(overrides or {})
     ckpt_path, run_dir = resolve_checkpoint(target, overrides)
     obj = torch_load(ckpt_path) if ckpt_path.suffix != ".safetensors" else {}
@@ -80,7 +84,7 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
         pre = dataclasses.replace(checkpoint_preprocess(obj, ckpt_path), size=cfg.data.image_size)
         layout = obj.get("layout", obj.get("data_kind"))  # "data_kind": its older name, in older checkpoints
         layout = layout if layout in layout_names() else None
-        model = build_model(cfg.model.model, len(pre.classes), pre.in_chans)
+        model = module if module is not None else _build(cfg.model.model, len(pre.classes), pre.in_chans, ckpt_path)
         load_weights(model, obj.get("ema") or obj["model"], strict=True, source=str(ckpt_path))  # EMA first
         if cfg.train.precision == "auto":  # the training's probed choice, on the same kind of device
             same = obj.get("device_type") == pick_device(cfg.train).type
@@ -93,7 +97,7 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
         sd, _ = read_state_dict(ckpt_path)
         names, chans = _infer_classes(cfg.model.model, sd)
         pre = Preprocess.default(names, chans, cfg.data.image_size)
-        model = build_model(cfg.model.model, len(names), chans)
+        model = module if module is not None else build_model(cfg.model.model, len(names), chans)
         try:
             load_weights(model, sd, strict=not cfg.model.load_not_strict, source=str(ckpt_path))
         except WeightsError as e:
@@ -102,6 +106,16 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
     device = pick_device(cfg.train)
     model.to(device, memory_format=memory_format(cfg.train.channels_last)).eval()
     return Loaded(model, cfg, pre, layout, ckpt_path, run_dir, meta)
+
+
+def _build(name: str, num_classes: int, in_chans: int, path: Path) -> nn.Module:
+    """The registered model a checkpoint names; a user's own module (``custom:``) is one line asking for it."""
+    if name.startswith(CUSTOM):
+        cls = name[len(CUSTOM):]
+        raise ConfigError(f"{path} holds the weights of your own module {cls}, which a checkpoint cannot rebuild "
+                          f"(nothing named in it is imported): in Python pass the module again, "
+                          f"dogcat.load(RUN, model={cls.rsplit('.', 1)[-1]}())")
+    return build_model(name, num_classes, in_chans)
 
 
 def _infer_classes(model_name: str, sd: dict[str, torch.Tensor]) -> tuple[list[str], int]:

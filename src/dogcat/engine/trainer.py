@@ -9,6 +9,7 @@ every RNG's state, and the training order and augmentations are functions of (se
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -17,22 +18,25 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
+import torch.nn as nn
 
 from ..config import Config, ConfigError, as_config, parse_class_weights, to_yaml
 from ..control import StopFlag, TrainingStopped
-from ..data import DataBundle, build_train_val, class_weights
+from ..data import DataBundle, class_weights
 from ..data.multilabel import multilabel_weights
 from ..io import atomic_write_text, one_line
 from ..metrics import check_monitor, format_confusion, format_per_label, metric, summary
-from ..models import check_input, check_weights
+from ..tracking.progress import EpochTable
 from ..tracking.records import epoch_record, event_record
 from ..tracking.run import Run, RunFolder, find_run
 from ..tracking.tracker import Tracker, check_loggers
 from . import distributed
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoints, checkpoint_preprocess
 from .commands import Stop
 from .criterion import check_multilabel
 from .distributed import Dist, unwrap
+from .given import CUSTOM, Given
+from .trained import load_model
 from .loop import Epoch, train_one_epoch, validate
 from .meters import eval_meter
 from .optim import check_optimizer
@@ -55,7 +59,11 @@ class Resume(NamedTuple):
 @dataclass
 class Result:
     """What a training returns; ``stopped`` when it ended early (``--max-steps``) and can be resumed;
-    ``pruned``: the reason ``on_epoch`` gave for ending it early (status ``pruned``)."""
+    ``pruned``: the reason ``on_epoch`` gave for ending it early (status ``pruned``).
+
+    ``result.model``: the trained ``nn.Module`` with the weights of the best checkpoint (EMA ones when kept),
+    in eval mode; ``result.load()``: a ``dogcat.Classifier`` of it (``dogcat.train`` sets how, see
+    ``inference.train``). A run of your own module loads into a copy of it."""
 
     run_dir: Path
     best_metric: float | None
@@ -64,6 +72,22 @@ class Result:
     stopped: bool = False
     early_stop: str | None = None  # why early stopping ended the run (--patience); it is still finished
     pruned: str | None = None
+    module: nn.Module | None = field(default=None, repr=False)  # the user's own module (train(model=module))
+    opener: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+    _model: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def model(self) -> nn.Module:
+        """The best checkpoint's model (the last one when no epoch finished validation), loaded once."""
+        if self._model is None:
+            self._model = load_model(self.run_dir, module=copy.deepcopy(self.module) if self.module else None).model
+        return self._model
+
+    def load(self, **options: Any) -> Any:
+        """A ``dogcat.Classifier`` of this run (``options``: ``checkpoint="last"``, ``device="cpu"``, ...)."""
+        if self.opener is None:
+            raise ConfigError(f"this Result came from dogcat.engine.trainer.train; use dogcat.load({str(self.run_dir)!r})")
+        return self.opener(**options)
 
 
 # Called after each epoch (rank 0, once the epoch is logged and checkpointed) with its metrics.jsonl record;
@@ -76,39 +100,49 @@ def train(cfg: Config | str | Path | dict | None = None, /, *, on_epoch: OnEpoch
     """Train as ``cfg`` says (a :class:`Config`, a YAML recipe's path, a dict of options or None for the
     defaults) with keyword ``overrides`` on top: ``train(model="resnet18", train_data_root="data/train")``.
     ``resume=RUN`` continues a run in its own folder where it stopped, from its own recorded config.
-    ``on_epoch(record)`` may end the run after any epoch by returning a reason (see :data:`OnEpoch`)."""
+    ``on_epoch(record)`` may end the run after any epoch by returning a reason (see :data:`OnEpoch`).
+
+    Python objects need no registering (engine/given.py): ``model=`` an ``nn.Module``, ``train_data=`` /
+    ``val_data=`` a torch Dataset of ``(image, label)`` or a pandas DataFrame of paths and labels (columns
+    ``path_column=`` / ``label_column=``, default path / label), ``classes=`` the class names."""
+    given = Given.take(overrides)
     own = cfg is None and bool(overrides.get("resume"))  # the run's own config.yaml: its places are the run's
     if own:
         cfg = RunFolder(find_run(str(overrides["resume"]), str(overrides.get("runs_root", "runs")))).config
     cfg = as_config(cfg, overrides, run_config=own)
     d, device = distributed.setup(pick_device(cfg.train))
     try:
-        run, resume, data = open_run(cfg, d)
+        run, resume, data = open_run(cfg, d, given)
         try:
-            return _tracked(cfg, run, data, d, device, resume, on_epoch)
+            result = _tracked(cfg, run, data, d, device, resume, on_epoch, given.module)
+            result.module = given.module
+            return result
         finally:
             run.unlock()
     finally:
         distributed.shutdown(d)
 
 
-def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
+def open_run(cfg: Config, d: Dist, given: Given | None = None) -> tuple[Run, Resume | None, DataBundle]:
     """``(run, what to resume from or None, data)``. A new run's data and the model's input are checked first,
     so bad input fails before a run folder exists; a resumed run is locked (one writer per run folder) and
     its latest readable checkpoint loaded."""
+    given = given or Given()
     check_optimizer(cfg.optim.optimizer)
     check_loggers(cfg)  # a tracker's missing package or silent server: one line, before a run folder exists
     if not cfg.train.resume:
-        data = build_train_val(cfg.data, processes=d.world)
-        check_input(cfg.model.model, data.pre.in_chans, cfg.data.image_size)
-        check_weights(cfg.model.model, len(data.pre.classes), data.pre.in_chans, cfg.model.pretrained,
-                      cfg.model.load_model_path, not cfg.model.load_not_strict)  # a bad file: no failed run folder
+        data = given.data(cfg.data, processes=d.world)
+        given.check_model(cfg, data)  # and the weights it starts from: a bad file leaves no failed run folder
         check_options(cfg, data)
         created = Run.create(cfg) if d.main else None  # one run folder, made by rank 0, named to all
         run = created or Run(Path(distributed.broadcast(None, d)), writer=False)
         if created is not None:
             distributed.broadcast(str(created.path), d)
+            given.record_data(cfg, created.folder.config, created.folder.splits)
         return run, None, data
+    if cfg.model.model.startswith(CUSTOM) and given.module is None:
+        raise ConfigError(f"this run trained your own module {cfg.model.model[len(CUSTOM):]}, which a config cannot "
+                          "rebuild: pass it again, dogcat.train(resume=RUN, model=YourModule(), ...)")
     run = Run(find_run(cfg.train.resume, cfg.train.runs_root), writer=d.main).lock()
     try:
         ckpts = Checkpoints(run.ckpt_dir)
@@ -121,7 +155,11 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
             cfg.train.max_steps = None
         if d.main:
             atomic_write_text(run.folder.config, to_yaml(cfg))
-        data = build_train_val(cfg.data, processes=d.world)
+        data = given.data(cfg.data, processes=d.world)
+        stored = list(checkpoint_preprocess(ckpt, "").classes)
+        if list(data.pre.classes) != stored:
+            raise ConfigError(f"the data's classes {list(data.pre.classes)} differ from the run's {stored}: resume "
+                              "on the data it trained on")
         check_options(cfg, data)
         return run, resume, data
     except BaseException:
@@ -146,7 +184,7 @@ def check_options(cfg: Config, data: DataBundle) -> None:
 
 
 def _tracked(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device,
-             resume: Resume | None, on_epoch: OnEpoch | None = None) -> Result:
+             resume: Resume | None, on_epoch: OnEpoch | None = None, module: nn.Module | None = None) -> Result:
     """Train in the (locked) run folder, keeping its status and manifest up to date."""
     tracker = Tracker.start(run.folder, cfg, d, resume.ckpt["state"]["global_step"] if resume else None)  # rank 0's
     if tracker is not None:  # manifest.json, TensorBoard: every record and the final status reach it via the run
@@ -154,7 +192,7 @@ def _tracked(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.dev
     run.set_status("running")
     try:
         with StopFlag() as signals:
-            result = fit(cfg, run, data, d, device, signals, resume, on_epoch, tracker)
+            result = fit(cfg, run, data, d, device, signals, resume, on_epoch, tracker, module)
     except (KeyboardInterrupt, TrainingStopped) as e:
         _final_status(run, "stopped", e)
         raise
@@ -174,9 +212,11 @@ def _final_status(run: Run, status: str, error: BaseException) -> None:
 
 
 def fit(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, signals: StopFlag,
-        resume: Resume | None = None, on_epoch: OnEpoch | None = None, tracker: Tracker | None = None) -> Result:
-    """Build the parts, put a resumed run back where it was, and run the epochs."""
-    p = build_parts(cfg, run, data, d, device, resuming=resume is not None)
+        resume: Resume | None = None, on_epoch: OnEpoch | None = None, tracker: Tracker | None = None,
+        module: nn.Module | None = None) -> Result:
+    """Build the parts (around ``module``, a user's own, when given), put a resumed run back where it was, and
+    run the epochs."""
+    p = build_parts(cfg, run, data, d, device, resuming=resume is not None, module=module)
     p.tracker = tracker
     state = TrainState(world=d.world)
     if resume is not None:
@@ -201,6 +241,7 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, steering: Steering, on_
              f"{p.runtime.device}, {len(p.data.train)} training / {len(p.data.val) if p.data.val else 0} "
              f"validation images, classes {names}")
     history, early = [], None
+    table = EpochTable(show=None if p.runtime.dist.main else False)  # a notebook's live HTML table of the epochs
     while state.epoch < cfg.train.max_epoch:
         if state.patience_out(cfg.train.patience):  # read each epoch: `dogcat ctl set patience=N` counts
             early = _early_stop(cfg, state, run)
@@ -212,6 +253,7 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, steering: Steering, on_
             return _stopped(p, state, epoch.stop, steering, history)
         record = _validate_and_log(cfg, p, state, epoch, t0)
         history.append(record)
+        table.add(record)
 
         value = record.get(monitor)
         if value is None:  # no validation set: judge by the training loss, in the monitor's direction
