@@ -14,6 +14,7 @@ from ..config import ConfigError
 from ..data import BadFiles, DataError, build_test, build_train_val, class_counts, make_loader
 from ..io import atomic_write_text
 from ..metrics import per_class_named
+from ..models.calibration import with_temperature
 from ..models.tta import with_tta
 from ..models.gradcam import explainer
 from ..tracking.collect import Collector
@@ -39,15 +40,17 @@ def evaluate(target: str | Path | None, overrides: dict[str, Any] | None = None,
         raise DataError(f"the data's classes {list(data.pre.classes)} differ from the model's {names}")
     loader = make_loader(data.val, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
                          shuffle=False, seed=lm.cfg.train.seed)
-    collect = Collector(len(names)) if lm.cfg.eval.report else None  # the report's worst mistakes
-    metrics = validate(with_tta(lm.model, lm.cfg.eval.tta), loader, lm.runtime, len(names), BadFiles(None),
-                       lm.cfg.train.progress, lm.cfg.train.print_freq, collect)
-    result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": names, **metrics,
+    t = lm.applied_temperature  # softmax(output / T): the one rule (models/calibration.py)
+    # the report's worst mistakes and reliability diagram (raw and calibrated)
+    collect = Collector(len(names), temperature=t) if lm.cfg.eval.report else None
+    metrics = validate(with_temperature(with_tta(lm.model, lm.cfg.eval.tta), t), loader, lm.runtime, len(names),
+                       BadFiles(None), lm.cfg.train.progress, lm.cfg.train.print_freq, collect)
+    result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": names, "temperature": t, **metrics,
               "per_class": per_class_named(metrics["confusion"], names)}
     if collect is not None:
         result["report"] = str(write_report(lm.out_dir, lm.run_dir, metrics, collect, names, lm.pre.mean,
                                             lm.pre.std, str(lm.checkpoint), explainer(lm.model),
-                                            class_counts(data.train, len(names))))
+                                            class_counts(data.train, len(names)), lm.temperature))
         log.info(f"wrote {result['report']}")
     out = RunFolder(lm.out_dir).result
     atomic_write_text(out, json.dumps(result, indent=2, default=str))
@@ -83,7 +86,7 @@ def _probabilities(lm: Loaded, dataset: Any, bad: BadFiles) -> tuple[list[str], 
         with rt.autocast():
             logits = model(images)
         ids += batch.ids
-        probs.append(logits.float().softmax(1).cpu())
+        probs.append((logits.float() / lm.applied_temperature).softmax(1).cpu())  # T = 1: not calibrated
         labels.append(batch.labels)
     c = len(lm.pre.classes)
     return ids, torch.cat(probs) if probs else torch.empty(0, c), torch.cat(labels) if labels else torch.empty(0)
@@ -124,7 +127,7 @@ def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
     expected = getattr(dataset, "ids", None) or [str(i) for i in getattr(dataset, "index", [])]
     check_submission(out, expected, ev.sample_submission)  # before anyone uploads it; exits 2 when wrong
     result: dict[str, Any] = {"submission": str(out), "rows": len(rows), "checkpoint": str(lm.checkpoint),
-                              "class_names": names}
+                              "class_names": names, "temperature": lm.applied_temperature}
     known = labels >= 0
     if len(labels) and bool(known.all()):  # a labelled test set (Fashion-MNIST, class folders): score it too
         meter = EvalMeter(c)
