@@ -275,8 +275,7 @@ class EvalConfig:
     clip_probs: Optional[list[float]] = opt(None, "test: clip written probabilities to [a,b], e.g. 0.02,0.98 "
                                             "(log loss punishes confident mistakes)", range=Range(0, 1),
                                             changes="resume")
-    calibration: bool = opt(True, "val/test/predict/report: divide the logits by the temperature `dogcat calibrate` "
-                            "stored in the checkpoint or export (--no-calibration: the raw softmax)",
+    calibration: bool = opt(True, "val/test/predict: softmax(logits / T), T from `dogcat calibrate` (no: raw)",
                             changes="resume")
     report: bool = opt(False, "val: also write RUN/report/index.html (curves, confusion matrix, per-class scores, "
                        "worst mistakes)", changes="resume")
