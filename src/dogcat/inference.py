@@ -29,6 +29,7 @@ from .data.transforms import eval_transform_for
 from .engine.trained import Loaded, load_model
 from .exported import (check_file, check_io, module_runner, preprocess_of, read_sidecar, runner, safetensors_module,
                        sidecar_path, sidecar_temperature)
+from .models.calibration import probabilities
 from .models.tta import FlipTTA
 from .preprocess import Preprocess
 
@@ -68,7 +69,7 @@ class Classifier:
         """Class probabilities (N, C) of a normalised batch, ``softmax(output / temperature)``; ``tta`` averages
         with the horizontal flip first (models/calibration.py: the one rule)."""
         forward = FlipTTA(self.forward) if tta else self.forward
-        return (forward(images).float() / self.temperature).softmax(1).cpu()
+        return probabilities(forward(images), self.temperature).cpu()
 
     def predict(self, inputs: Input | Iterable[Input], tta: bool = False, batch_size: int = 32,
                 num_threads: int | None = None) -> list[dict[str, Any]]:

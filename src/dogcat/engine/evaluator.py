@@ -14,7 +14,7 @@ from ..config import ConfigError
 from ..data import BadFiles, DataError, build_test, build_train_val, class_counts, make_loader
 from ..io import atomic_write_text
 from ..metrics import per_class_named
-from ..models.calibration import with_temperature
+from ..models.calibration import probabilities, with_temperature
 from ..models.tta import with_tta
 from ..models.gradcam import explainer
 from ..tracking.collect import Collector
@@ -86,7 +86,7 @@ def _probabilities(lm: Loaded, dataset: Any, bad: BadFiles) -> tuple[list[str], 
         with rt.autocast():
             logits = model(images)
         ids += batch.ids
-        probs.append((logits.float() / lm.applied_temperature).softmax(1).cpu())  # T = 1: not calibrated
+        probs.append(probabilities(logits, lm.applied_temperature).cpu())  # T = 1: not calibrated
         labels.append(batch.labels)
     c = len(lm.pre.classes)
     return ids, torch.cat(probs) if probs else torch.empty(0, c), torch.cat(labels) if labels else torch.empty(0)

@@ -39,6 +39,11 @@ def temperature_problem(value: Any) -> str | None:
     return None
 
 
+def probabilities(output: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``softmax(output / T)`` over dim 1, in float32: the one rule (see the module's docstring)."""
+    return (output.float() / temperature).softmax(1)
+
+
 class TemperatureScaled(nn.Module):
     """``model(x) / T``: a model (or TTA wrapper, or any callable) whose outputs give calibrated probabilities
     under softmax; what val and the report validate with when a temperature applies."""
