@@ -4,6 +4,7 @@ Library entry points (the CLI only wraps these)::
 
     result = dogcat.train(model="resnet18", train_data_root="data/train", max_epoch=3)  # or a Config / recipe
     dogcat.evaluate(result.run_dir)                 # validation metrics, result.json
+    dogcat.calibrate(result.run_dir)                # fit a temperature on the validation split, store it
     dogcat.test(result.run_dir, test_data_root="data/test")   # submission.csv
     dogcat.predict(result.run_dir, ["some/image.jpg"])
     clf = dogcat.load("runs/X")                     # or a checkpoint, or an export (model.onnx + model.onnx.json)
@@ -29,8 +30,9 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject.toml re
 
 _LAZY = {
     "Config": "config", "ConfigError": "config", "load_config": "config",
-    "evaluate": "engine.evaluator", "report": "engine.evaluator", "test": "engine.evaluator",
-    "load_model": "engine.trained", "Result": "engine.trainer", "train": "inference", "embed": "features",
+    "calibrate": "engine.calibrate", "evaluate": "engine.evaluator", "report": "engine.evaluator",
+    "test": "engine.evaluator", "load_model": "engine.trained", "Result": "engine.trainer", "train": "inference",
+    "embed": "features",
     "Classifier": "inference", "load": "inference", "predict": "inference",
     "explain": "explanation", "summarize": "models.summary",
 }
@@ -53,6 +55,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .config import Config, ConfigError, load_config
+    from .engine.calibrate import calibrate
     from .engine.evaluator import evaluate, report, test
     from .engine.trained import load_model
     from .engine.trainer import Result

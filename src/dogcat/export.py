@@ -1,7 +1,7 @@
 """``dogcat export``: a trained model as ONNX, TorchScript or safetensors, plus a JSON sidecar, verified.
 
-The exported model takes a normalised float32 NCHW batch and returns logits (softmax gives the class
-probabilities). Everything else inference needs (classes, input size, channels, mean/std, the eval
+The exported model takes a normalised float32 NCHW batch and returns raw logits; ``softmax(logits / T)``
+gives the class probabilities, with T the sidecar's ``temperature`` (``dogcat calibrate``; 1.0 when none). Everything else inference needs (classes, input size, channels, mean/std, the eval
 resize and crop) is in the sidecar ``<file>.json``. The sidecar is written last, only after the
 exported file reproduced PyTorch's outputs: an export without one is unchecked or incomplete.
 """
@@ -50,7 +50,9 @@ def make_sidecar(lm: Loaded, fmt: str, path: Path) -> dict[str, Any]:
         "num_classes": n, "image_size": size, "in_chans": chans, "channels": pre.mode,
         "mean": list(pre.mean), "std": list(pre.std), "preprocess": pre.spec(),
         "input": {"name": "input", "shape": ["batch", chans, size, size], "dtype": "float32"},
-        "output": {"name": "logits", "shape": ["batch", n], "note": "softmax over dim 1 gives the probabilities"},
+        "output": {"name": "logits", "shape": ["batch", n],
+                   "note": "softmax(logits / temperature) over dim 1 gives the probabilities"},
+        "temperature": lm.temperature,  # dogcat calibrate's (1.0: none); the file itself returns raw logits
         "dogcat_version": __version__, "torch_version": torch.__version__,
         "source_checkpoint": str(Path(lm.checkpoint).resolve()), **task,
     }

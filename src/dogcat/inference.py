@@ -31,8 +31,9 @@ from .data.given import as_image, match_channels
 from .data.transforms import eval_transform_for
 from .engine.trained import Loaded, load_model
 from .engine.trainer import Result, train as train_run
+from .models.calibration import probabilities
 from .runners import (check_file, check_io, module_runner, preprocess_of, read_sidecar, runner, safetensors_module,
-                       sidecar_path)
+                      sidecar_path, sidecar_temperature)
 from .models.tta import FlipTTA
 from .preprocess import Preprocess
 
@@ -50,6 +51,7 @@ class Classifier:
     backend: str  # pytorch, onnx, torchscript or safetensors
     cfg: Config = field(default_factory=Config)
     model: nn.Module | None = None  # the torch module (pytorch backend, and a safetensors export's)
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature) (dogcat calibrate; 1.0: raw)
 
     def __post_init__(self) -> None:
         self.transform = eval_transform_for(self.pre)
@@ -88,11 +90,11 @@ class Classifier:
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """Class probabilities (N, C) of a normalised batch (a multi-label model's: one sigmoid per label);
-        ``tta`` averages with the horizontal flip."""
+        """Class probabilities (N, C) of a normalised batch, ``softmax(output / temperature)`` (a multi-label
+        model's: one sigmoid per label); ``tta`` averages with the horizontal flip first (models/calibration.py:
+        the one rule)."""
         forward = FlipTTA(self.forward, self.pre.multilabel) if tta else self.forward
-        logits = forward(images).float()
-        return (logits.sigmoid() if self.pre.multilabel else logits.softmax(1)).cpu()
+        return probabilities(forward(images), self.temperature, self.pre.multilabel).cpu()
 
     def predict(self, inputs: Input | Iterable[Input], tta: bool = False, batch_size: int = 32,
                 num_threads: int | None = None, top_k: int | None = None) -> list[dict[str, Any]]:
@@ -222,7 +224,9 @@ def from_export(path: str | Path, overrides: dict[str, Any] | None = None, trust
     model = safetensors_module(path, meta) if meta["format"] == "safetensors" else None  # weights: a torch module
     run = module_runner(model) if model is not None else runner(path, meta, trust)
     check_io(run, meta, path)  # takes the sidecar's input shape, gives one value per named class
-    return Classifier(run, preprocess_of(meta), path, meta["format"], load_config(overrides), model)
+    cfg = load_config(overrides)
+    t = sidecar_temperature(meta) if cfg.eval.calibration else 1.0
+    return Classifier(run, preprocess_of(meta), path, meta["format"], cfg, model, t)
 
 
 def from_loaded(lm: Loaded) -> Classifier:
@@ -233,7 +237,7 @@ def from_loaded(lm: Loaded) -> Classifier:
         with torch.no_grad(), rt.autocast():
             return lm.model(rt.place(x)).float()
 
-    return Classifier(forward, lm.pre, lm.checkpoint, "pytorch", lm.cfg, lm.model)
+    return Classifier(forward, lm.pre, lm.checkpoint, "pytorch", lm.cfg, lm.model, lm.applied_temperature)
 
 
 def load(target: str | Path | None, overrides: dict[str, Any] | None = None, trust: bool = False,

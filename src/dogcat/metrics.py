@@ -32,6 +32,7 @@ from .console import escape
 TOP_K = 5             # top-k accuracy is top-5, reported when there are more than 5 classes
 AUC_BINS = 4096       # ROC-AUC: histogram bins of the positive class's log-odds, over [-AUC_RANGE, AUC_RANGE]
 AUC_RANGE = 20.0      # beyond +-20 (p < 2e-9 from 0 or 1) scores share the end bins
+ECE_BINS = 15         # expected calibration error: 15 equal-width confidence bins over [0, 1] (Guo et al. 2017)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Tally:
     count: int
     topk_correct: int | None = None
     score_hist: list[list[int]] | None = None
+    reliability: list[list[float]] | None = None  # [count, confidence sum, correct sum] per confidence bin
 
     @property
     def num_classes(self) -> int:
@@ -226,6 +228,18 @@ def _auroc(t: Tally) -> float:
     return auroc_from_hist(*t.score_hist) if t.score_hist else math.nan
 
 
+def ece(reliability: Sequence[Sequence[float]]) -> float:
+    """Expected calibration error from per-bin sums ``[counts, confidence sums, correct sums]``: the mean over
+    images of |accuracy - mean confidence| of their bin, i.e. sum over bins of |correct - confidence| / N."""
+    counts, conf, correct = reliability
+    n = sum(counts)
+    return sum(abs(a - c) for a, c in zip(correct, conf)) / n if n else math.nan
+
+
+def _ece(t: Tally) -> float:
+    return ece(t.reliability) if t.reliability else math.nan
+
+
 def _topk(t: Tally) -> float:
     return t.topk_correct / t.count if t.count and t.topk_correct is not None else math.nan
 
@@ -249,6 +263,8 @@ _TABLE = [
     Metric("f1_weighted", True, f1_weighted, "per-class F1 weighted by support"),
     Metric(f"top{TOP_K}_accuracy", True, _topk, f"fraction whose label is among the {TOP_K} highest scores",
            applies=lambda c: c > TOP_K),
+    Metric("ece", False, _ece, f"expected calibration error: |accuracy - confidence| over {ECE_BINS} equal-width "
+           "confidence bins, weighted by their images (0: the probabilities mean what they say)"),
     Metric("auroc", True, _auroc, "ROC-AUC of the class-1 score (2 classes; binned log-odds, ties count 1/2)",
            applies=lambda c: c == 2),
     Metric("map", True, lambda t: math.nan, "multi-label: mean over the labels of their average precision",

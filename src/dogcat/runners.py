@@ -19,6 +19,7 @@ import torch
 from .config import DogcatError
 from .io import MalformedFile, one_line, read_json, sha256_file
 from .models import build_model
+from .models.calibration import temperature_problem
 from .preprocess import Preprocess, PreprocessError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -80,6 +81,8 @@ def _sidecar_problem(meta: dict[str, Any]) -> str | None:
         return str(e)
     if not _is_sha256(meta["sha256"]):
         return "sha256 is not a sha256"
+    if "temperature" in meta and (problem := temperature_problem(meta["temperature"])):
+        return problem
     ext = meta.get("external_data", {})
     if not (isinstance(ext, dict) and all(isinstance(k, str) and _is_sha256(v) for k, v in ext.items())):
         return "external_data is not a mapping of file names to sha256s"
@@ -88,6 +91,12 @@ def _sidecar_problem(meta: dict[str, Any]) -> str | None:
 
 def _is_sha256(v: Any) -> bool:
     return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
+
+
+def sidecar_temperature(meta: dict[str, Any]) -> float:
+    """The temperature a (checked) sidecar carries: probabilities are softmax(logits / T); 1.0 when it has none
+    (an export of an uncalibrated model, or one written before calibration existed)."""
+    return float(meta.get("temperature", 1.0))
 
 
 def preprocess_of(meta: dict[str, Any]) -> Preprocess:

@@ -30,12 +30,14 @@ MODEL_FILE = {"load_model_path", "model", "load_not_strict", "checkpoint", "imag
 LOADING = {"batch_size", "num_workers", "cache", "cache_dir", "in_memory_mb", "progress", "print_freq"}
 VAL_DATA = {"dataset", "train_data_root", "val_data_root", "train_list", "val_list", "fashion_mnist_root",
             "val_split", "split_seed"}
-VAL = frozenset(DEVICE | MODEL_FILE | LOADING | VAL_DATA | {"tta", "report"})
+VAL = frozenset(DEVICE | MODEL_FILE | LOADING | VAL_DATA | {"tta", "report", "calibration"})
 TEST = frozenset(DEVICE | MODEL_FILE | LOADING | {"test_data_root", "test_list", "fashion_mnist_root", "tta",
-                                                  "result_file", "positive_class", "sample_submission", "clip_probs"})
-PREDICT = frozenset(DEVICE | MODEL_FILE | {"batch_size", "tta", "output", "top_k"})
-EXPLAIN = frozenset(DEVICE | MODEL_FILE | {"batch_size"})
+                                                  "result_file", "positive_class", "sample_submission", "clip_probs",
+                                                  "calibration"})
+PREDICT = frozenset(DEVICE | MODEL_FILE | {"batch_size", "tta", "output", "top_k", "calibration"})
+EXPLAIN = frozenset(DEVICE | MODEL_FILE | {"batch_size", "calibration"})
 EMBED = frozenset(DEVICE | MODEL_FILE | {"batch_size", "tta"})
+CALIBRATE = frozenset(DEVICE | MODEL_FILE | LOADING | VAL_DATA)
 # a sweep: any option for every trial, but not those it sets per trial; --seed is the sampler's (own option)
 SWEEP = ALL - {"seed", "resume", "run_dir", "env", "debug_file"}
 TARGET = ("target", "?", "a run folder (runs/NAME) or checkpoint file; default: --load-model-path")
@@ -82,6 +84,12 @@ _LIST = [
             [TARGET], VAL, [JSON]),
     Command("test", "scores a test set / writes the Kaggle submission id,label -> RUN/submission.csv", c.test,
             [TARGET], TEST, [JSON]),
+    Command("calibrate", "fit a temperature on the run's validation split; store it in the checkpoint (val, test, "
+            "predict and exports apply it)", c.calibrate, [TARGET], CALIBRATE, [JSON],
+            epilog="examples:\n  dogcat calibrate runs/NAME                      (best.pt)\n"
+                   "  dogcat calibrate runs/NAME --checkpoint=last\n"
+                   "  dogcat calibrate runs/NAME/checkpoints/epoch-0010.pt\n"
+                   "  dogcat val runs/NAME --no-calibration          (the raw probabilities)"),
     Command("predict", "class and probabilities for image files, folders or globs", c.predict,
             [("target", None, "a run folder, checkpoint, or exported model (+ its .json sidecar)"),
              ("paths", "+", "image files, folders (recursive) or globs")], PREDICT,

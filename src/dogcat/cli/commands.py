@@ -105,6 +105,22 @@ def test(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     return 0
 
 
+def calibrate(a: argparse.Namespace, ov: dict[str, Any]) -> int:
+    """``dogcat calibrate RUN``: the fitted temperature and NLL / ECE before -> after on the validation split."""
+    from ..engine.calibrate import calibrate as run_calibrate
+
+    r = run_calibrate(a.target, ov)
+    if a.json:
+        _json(vars(r))
+        return 0
+    print(f"temperature {r.temperature:.4f} (was {r.previous_temperature:.4g}), fitted on {r.images} validation images")
+    print(f"NLL {r.nll_before:.4f} -> {r.nll_after:.4f}, ECE ({r.ece_bins} bins) {r.ece_before:.4f} -> "
+          f"{r.ece_after:.4f}")
+    print(printable(f"stored in {r.checkpoint}; val, test, predict, report and export apply it "
+                    "(--no-calibration: the raw softmax)"))
+    return 0
+
+
 def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..inference import predict as run_predict
 

@@ -251,7 +251,7 @@ class TrainConfig:
                        "table (dogcat/metrics.py)", monitors())
     embeddings_every: int = opt(0, "also write TensorBoard projector embeddings of the validation set every N "
                                  "epochs (always at the end of training); 0: at the end only", range=Range(0, COUNT),
-                                 changes="resume", experiment=False)
+                                 changes="resume")
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
                         ("auto", "bar", "plain", "none"), changes="resume", experiment=False)
     logger: str = opt("tensorboard", "experiment trackers, a comma list of " + ", ".join(LOGGERS) + " (or none); "
@@ -287,6 +287,8 @@ class EvalConfig:
                                             changes="resume")
     top_k: Optional[int] = opt(None, "predict: also the K most probable classes and their probabilities",
                                range=Range(1, 2**20), changes="resume")
+    calibration: bool = opt(True, "val/test/predict: softmax(logits / T), T from `dogcat calibrate` (no: raw)",
+                            changes="resume")
     report: bool = opt(False, "val: also write RUN/report/index.html (curves, confusion matrix, per-class scores, "
                        "worst mistakes)", changes="resume")
 

@@ -22,6 +22,7 @@ import torch
 from ..io import atomic_link_or_copy as link_or_copy
 from ..io import atomic_write_bytes, one_line
 from ..metrics import DEFAULT_MONITOR, sort_key
+from ..models.calibration import temperature_problem
 from ..models.weights import WeightsError, torch_load
 from ..preprocess import Preprocess, PreprocessError
 from .state import KEYS as STATE_KEYS
@@ -117,9 +118,31 @@ def check_checkpoint(ckpt: Any, path: Path | str, training: bool = False) -> dic
         checkpoint_preprocess(ckpt, path)
     except CheckpointError as e:
         problems.append(str(e).removeprefix(f"{path} is not usable: "))
+    if "calibration" in ckpt:
+        cal = ckpt["calibration"]
+        problem = temperature_problem(cal.get("temperature")) if isinstance(cal, dict) else "calibration is not a mapping"
+        if problem:
+            problems.append(problem if problem.startswith("calibration") else f"calibration {problem}")
     if problems:
         raise CheckpointError(f"{path} is not a usable dogcat checkpoint: {'; '.join(problems)}")
     return ckpt
+
+
+def checkpoint_temperature(ckpt: dict[str, Any]) -> float:
+    """The temperature ``dogcat calibrate`` stored in a checked checkpoint (its ``calibration`` entry), else 1.0:
+    a checkpoint from before calibration existed, or one never calibrated, means the raw softmax."""
+    cal = ckpt.get("calibration")
+    return float(cal["temperature"]) if isinstance(cal, dict) and "temperature" in cal else 1.0
+
+
+def store_calibration(path: Path, raw: dict[str, Any], calibration: dict[str, Any]) -> None:
+    """Rewrite the checkpoint ``path`` (``raw``: its contents as loaded, in the format it was written in) with
+    ``calibration`` (plain data: loads with weights_only) under its own key, atomically: a crash leaves the old
+    file or the new one. Nothing else changes, so a resume from it is what it was (a resume ignores the key,
+    and the next save, of new weights, has none)."""
+    state = {**raw, "calibration": calibration}
+    need = state_bytes(state) + (1 << 16)
+    atomic_write_bytes(path, lambda f: torch.save(state, f), need, f"saving checkpoint {path.name}")
 
 
 def checkpoint_preprocess(ckpt: dict[str, Any], path: Path | str) -> Preprocess:

@@ -15,6 +15,7 @@ from ..data import BadFiles, DataError, build_test, build_train_val, class_count
 from ..data.multilabel import label_counts
 from ..io import atomic_write_text
 from ..metrics import per_class_named
+from ..models.calibration import probabilities, with_temperature
 from ..models.tta import with_tta
 from ..models.gradcam import explainer
 from ..tracking.collect import Collector
@@ -41,16 +42,20 @@ def evaluate(target: str | Path | None, overrides: dict[str, Any] | None = None,
     loader = make_loader(data.val, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
                          shuffle=False, seed=lm.cfg.train.seed)
     multilabel = lm.pre.multilabel  # its thresholds are chosen on this pass again, as in training
-    collect = Collector(len(names)) if lm.cfg.eval.report and not multilabel else None  # the worst mistakes
-    metrics = validate(with_tta(lm.model, lm.cfg.eval.tta, lm.pre.multilabel), loader, lm.runtime, len(names), BadFiles(None),
-                       lm.cfg.train.progress, lm.cfg.train.print_freq, collect, eval_meter(names, multilabel))
-    result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": names, **metrics}
+    t = lm.applied_temperature  # softmax(output / T): the one rule (models/calibration.py); a multi-label run's is 1
+    # the report's worst mistakes and reliability diagram (raw and calibrated); a multi-label report has its tables
+    collect = Collector(len(names), temperature=t) if lm.cfg.eval.report and not multilabel else None
+    metrics = validate(with_temperature(with_tta(lm.model, lm.cfg.eval.tta, multilabel), t), loader, lm.runtime,
+                       len(names), BadFiles(None), lm.cfg.train.progress, lm.cfg.train.print_freq, collect,
+                       eval_meter(names, multilabel))
+    result = {"checkpoint": str(lm.checkpoint), **lm.meta, "class_names": names, "temperature": t, **metrics}
     if not multilabel:
         result["per_class"] = per_class_named(metrics["confusion"], names)
     if lm.cfg.eval.report:
         counts = label_counts(targets(data.train), len(names)) if multilabel else class_counts(data.train, len(names))
         result["report"] = str(write_report(lm.out_dir, lm.run_dir, metrics, collect, names, lm.pre.mean,
-                                            lm.pre.std, str(lm.checkpoint), explainer(lm.model), counts))
+                                            lm.pre.std, str(lm.checkpoint), explainer(lm.model), counts,
+                                            lm.temperature))
         log.info(f"wrote {result['report']}")
     out = RunFolder(lm.out_dir).result
     atomic_write_text(out, json.dumps(result, indent=2, default=str))
@@ -86,7 +91,7 @@ def _probabilities(lm: Loaded, dataset: Any, bad: BadFiles) -> tuple[list[str], 
         with rt.autocast():
             logits = model(images)
         ids += batch.ids
-        probs.append((logits.float().sigmoid() if lm.pre.multilabel else logits.float().softmax(1)).cpu())
+        probs.append(probabilities(logits, lm.applied_temperature, lm.pre.multilabel).cpu())  # T = 1: not calibrated
         labels.append(batch.labels)
     c = len(lm.pre.classes)
     return ids, torch.cat(probs) if probs else torch.empty(0, c), torch.cat(labels) if labels else torch.empty(0)
@@ -128,7 +133,7 @@ def test(target: str | Path | None, overrides: dict[str, Any] | None = None, **o
     expected = getattr(dataset, "ids", None) or [str(i) for i in getattr(dataset, "index", [])]
     check_submission(out, expected, ev.sample_submission)  # before anyone uploads it; exits 2 when wrong
     result: dict[str, Any] = {"submission": str(out), "rows": len(rows), "checkpoint": str(lm.checkpoint),
-                              "class_names": names}
+                              "class_names": names, "temperature": lm.applied_temperature}
     known = labels >= 0
     if len(labels) and bool(known.all()) and multilabel:  # scored at the model's own thresholds
         meter = MultiLabelMeter(names, lm.pre.cutoffs)

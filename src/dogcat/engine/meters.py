@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.multilabel import multi_hot
-from ..metrics import AUC_BINS, AUC_RANGE, TOP_K, LabelTally, Tally, compute, per_label_named
+from ..metrics import AUC_BINS, AUC_RANGE, ECE_BINS, TOP_K, LabelTally, Tally, compute, per_label_named
+from ..models.calibration import reliability_bins
 from . import distributed
 from .distributed import Dist
 
@@ -43,6 +44,7 @@ class EvalMeter:
         self.n = 0
         self.topk = torch.zeros((), dtype=torch.long) if num_classes > TOP_K else None
         self.hist = torch.zeros(2, AUC_BINS, dtype=torch.long) if num_classes == 2 else None
+        self.rel = torch.zeros(3, ECE_BINS, dtype=torch.float64)  # for the ECE: fixed size, summed like the rest
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -59,6 +61,7 @@ class EvalMeter:
             ll = -p.gather(1, labels[:, None]).squeeze(1).log()
         self.logloss_sum += ll.sum().item()
         preds = probs.argmax(1)
+        self.rel += reliability_bins(probs, labels)
         self.cm += torch.bincount(labels * self.c + preds, minlength=self.c * self.c).view(self.c, self.c)
         self.n += len(labels)
         if self.topk is not None:
@@ -76,14 +79,15 @@ class EvalMeter:
         """Sum the counts of every rank (``reduce`` = distributed.all_reduce_sum bound to the group). Counts
         travel as float64, exact up to 2**53."""
         counts = torch.cat(self._parts()).double()
-        flat = reduce(torch.cat([counts, torch.tensor([self.loss_sum, self.logloss_sum, self.n],
-                                                      dtype=torch.float64)]))
+        flat = reduce(torch.cat([counts, self.rel.flatten(), torch.tensor([self.loss_sum, self.logloss_sum, self.n],
+                                                                          dtype=torch.float64)]))
         k = self.c * self.c
         self.cm = flat[:k].round().long().view(self.c, self.c)
         if self.topk is not None:
             self.topk, k = flat[k].round().long(), k + 1
         if self.hist is not None:
             self.hist, k = flat[k:k + 2 * AUC_BINS].round().long().view(2, AUC_BINS), k + 2 * AUC_BINS
+        self.rel = flat[k:k + 3 * ECE_BINS].view(3, ECE_BINS).clone()
         self.loss_sum, self.logloss_sum, self.n = flat[-3].item(), flat[-2].item(), int(flat[-1].item())
 
     def reduce(self, d: Dist) -> None:
@@ -93,7 +97,7 @@ class EvalMeter:
     def tally(self) -> Tally:
         return Tally(self.cm.tolist(), self.loss_sum, self.logloss_sum, self.n,
                      int(self.topk) if self.topk is not None else None,
-                     self.hist.tolist() if self.hist is not None else None)
+                     self.hist.tolist() if self.hist is not None else None, self.rel.tolist())
 
     def compute(self) -> dict[str, Any]:
         t = self.tally()

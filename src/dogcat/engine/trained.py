@@ -17,7 +17,7 @@ from ..models import build_model, head_module, list_models
 from ..models.weights import WeightsError, load_weights, read_state_dict, torch_load
 from ..preprocess import Preprocess
 from ..tracking.folder import RunFolder
-from .checkpoint import check_checkpoint, checkpoint_preprocess
+from .checkpoint import check_checkpoint, checkpoint_preprocess, checkpoint_temperature
 from .given import CUSTOM
 from .runtime import Runtime, memory_format, pick_device
 
@@ -33,6 +33,13 @@ class Loaded:
     checkpoint: Path
     run_dir: Path | None
     meta: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0  # what `dogcat calibrate` stored in the checkpoint (1.0: none)
+    dogcat_checkpoint: bool = False  # False for a bare state_dict (the seed's model.save()) or safetensors
+
+    @property
+    def applied_temperature(self) -> float:
+        """The T that val / test / predict divide the logits by: the stored one, 1.0 with --no-calibration."""
+        return self.temperature if self.cfg.eval.calibration else 1.0
 
     @property
     def out_dir(self) -> Path:
@@ -92,6 +99,7 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
             cfg.train.precision = stored if same and stored in ("fp32", "bf16", "fp16") else "fp32"
         meta = {**{k: obj["state"].get(k) for k in ("epoch", "global_step", "best_metric", "best_epoch")},
                 "monitor": obj.get("monitor")}
+        temperature, dogcat_checkpoint = checkpoint_temperature(obj), True
     else:
         cfg = load_config(overrides)
         sd, _ = read_state_dict(ckpt_path)
@@ -102,10 +110,10 @@ def load_model(target: str | Path | None, overrides: dict[str, Any] | None = Non
             load_weights(model, sd, strict=not cfg.model.load_not_strict, source=str(ckpt_path))
         except WeightsError as e:
             raise WeightsError(_architecture_hint(ckpt_path, cfg.model.model, sd, e)) from None
-        layout, meta = None, {}
+        layout, meta, temperature, dogcat_checkpoint = None, {}, 1.0, False
     device = pick_device(cfg.train)
     model.to(device, memory_format=memory_format(cfg.train.channels_last)).eval()
-    return Loaded(model, cfg, pre, layout, ckpt_path, run_dir, meta)
+    return Loaded(model, cfg, pre, layout, ckpt_path, run_dir, meta, temperature, dogcat_checkpoint)
 
 
 def _build(name: str, num_classes: int, in_chans: int, path: Path) -> nn.Module:

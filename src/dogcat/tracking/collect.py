@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from ..models.calibration import reliability_bins
+
 
 @dataclass
 class Mistake:
@@ -40,6 +42,11 @@ class Collector:
     _heap: list[tuple[float, int, Mistake]] = field(default_factory=list)
     _count: itertools.count = field(default_factory=itertools.count)
     truncated: bool = False  # more samples than max_values allowed: probs covers a prefix only
+    # the temperature the logits were divided by (val with a calibrated model): the report's reliability diagram
+    # also shows the raw model's, softmax(logits * T), exactly (logits / T * T), whatever the data set's size
+    temperature: float = 1.0
+    reliability: torch.Tensor | None = None
+    raw_reliability: torch.Tensor | None = None
 
     @torch.no_grad()
     def add(self, ids: Sequence[str], images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
@@ -47,6 +54,11 @@ class Collector:
         probs = logits.detach().float().softmax(1).cpu()
         labels = labels.detach().cpu()
         self._labels.append(labels)
+        bins = reliability_bins(probs, labels)
+        self.reliability = bins if self.reliability is None else self.reliability + bins
+        if self.temperature != 1.0:
+            raw = reliability_bins((logits.detach().double() * self.temperature).softmax(1), labels)
+            self.raw_reliability = raw if self.raw_reliability is None else self.raw_reliability + raw
         if (len(self.ids) + len(ids)) * self.num_classes <= self.max_values:
             self._probs.append(probs)
         else:

@@ -1,4 +1,5 @@
-"""Matplotlib figures shared by TensorBoard and the HTML report: curves, confusion matrix, worst mistakes.
+"""Matplotlib figures shared by TensorBoard and the HTML report: curves, confusion matrix, worst mistakes,
+reliability diagram.
 
 Figures are built with the object API (``matplotlib.figure.Figure``), never pyplot, so no global backend
 or figure registry is touched: safe in a training process, a test, or a machine without a display.
@@ -15,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..console import escape, figure_text
-from ..metrics import METRICS, VAL
+from ..metrics import METRICS, VAL, ece
 from .collect import Mistake
 from .records import EPOCH, LR, STEP, TRAIN_LOSS, VAL_LOSS, is_kind
 
@@ -183,3 +184,45 @@ def curves(records: list[dict]) -> dict[str, Figure]:
         fig.tight_layout()
         out[name] = fig
     return out
+
+
+def reliability_figure(bins: Sequence[Sequence[float]], raw_bins: Sequence[Sequence[float]] | None = None,
+                       temperature: float = 1.0) -> Figure:
+    """Reliability diagram from per-bin sums ``[counts, confidence sums, correct sums]`` (equal-width bins over
+    [0, 1]): accuracy against mean confidence per bin (a calibrated model lies on the diagonal), and below it the
+    images in each bin. ``raw_bins``: the same for the uncalibrated model, drawn beside it."""
+    fig = Figure(figsize=(6, 6))
+    top, bottom = fig.add_subplot(3, 1, (1, 2)), fig.add_subplot(3, 1, 3)
+    b = len(bins[0])
+    edges = np.linspace(0, 1, b + 1)
+    series = [("raw", raw_bins, "#d62728")] if raw_bins is not None else []
+    series.append((f"T = {temperature:.3g}" if raw_bins is not None else "model", bins, "#1f77b4"))
+    width = 1 / b / len(series)
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for k, (name, sums, colour) in enumerate(series):
+        counts, conf, correct = (np.asarray(x, dtype=np.float64) for x in sums)
+        seen = counts > 0
+        acc = np.divide(correct, counts, out=np.zeros_like(counts), where=seen)
+        mean_conf = np.divide(conf, counts, out=np.zeros_like(counts), where=seen)
+        left = edges[:-1] + k * width
+        label = f"{name}: ECE {ece(sums):.4f}"
+        top.bar(left[seen], acc[seen], width=width, align="edge", color=colour, alpha=0.45, edgecolor=colour)
+        top.plot(mean_conf[seen], acc[seen], marker="o", markersize=4, color=colour, label=label)
+        bottom.bar(left, counts, width=width, align="edge", color=colour, alpha=0.6, label=name)
+        if len(series) == 1 or k == len(series) - 1:
+            for x, n in zip(left + width / 2, counts):
+                if n:
+                    bottom.text(x, n, f"{int(n)}", ha="center", va="bottom", fontsize=6)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("accuracy")
+    top.set_title(f"reliability ({b} equal-width confidence bins)")
+    top.legend(fontsize=8, loc="upper left")
+    top.grid(alpha=0.3)
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("images")
+    if counts.max(initial=0) > 0:
+        bottom.set_yscale("symlog", linthresh=1)
+    fig.tight_layout()
+    return fig

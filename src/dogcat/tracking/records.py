@@ -34,6 +34,8 @@ EVENTS = {
     "early_stop": "early stopping ended the run (epoch, step, reason)",
     "pruned": "a sweep's pruner ended the run (epoch, step, reason)",
     "sweep": "the sweep recorded something about the trial's run (status, reason)",
+    "calibrate": "`dogcat calibrate` stored a temperature in a checkpoint (checkpoint, global_step, temperature, "
+                 "images, nll_before, nll_after, ece_before, ece_after, ece_bins)",
 }
 # epoch-record keys that are timings or bookkeeping, not results (left out of a run's "final metrics")
 VOLATILE = frozenset({TIME, KIND, STEP, "epoch_seconds", "train_images_per_s"})

@@ -17,10 +17,10 @@ import torch
 from ..config import DogcatError
 from ..console import printable
 from ..io import atomic_write_figure, atomic_write_text, one_line
-from ..metrics import METRICS, per_class
+from ..metrics import METRICS, ece, per_class
 from ..models.gradcam import Explain
 from .collect import Collector, Mistake
-from .figures import confusion_figure, curves, mistakes_figure
+from .figures import confusion_figure, curves, mistakes_figure, reliability_figure
 from .folder import RunFolder
 from .manifest import read_manifest
 from .listing import fmt_duration, load_run, manifest_summary
@@ -54,11 +54,13 @@ def _save(fig: Any, path: Path) -> str:
 def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | None = None,
                  collect: Collector | None = None, class_names: list[str] | None = None,
                  mean: Sequence[float] = (), std: Sequence[float] = (), checkpoint: str | None = None,
-                 explain: Explain | None = None, train_counts: Sequence[int] | None = None) -> Path:
+                 explain: Explain | None = None, train_counts: Sequence[int] | None = None,
+                 temperature: float = 1.0) -> Path:
     """Write ``out_dir/report/index.html`` and its PNGs; ``metrics`` / ``collect`` come from a validation
     pass (``None``: a report of the logs only). ``explain`` adds the worst mistakes' Grad-CAM heatmaps for their
     predicted class (``models.gradcam.explainer(model)``); when it fails, the report says why and goes on.
-    ``train_counts``: images per class of the training split, for the class-count table. Returns the
+    ``train_counts``: images per class of the training split, for the class-count table. ``temperature``: the
+    one stored in the checkpoint (``collect.temperature`` is the one this pass applied). Returns the
     index.html path."""
     folder = RunFolder(out_dir)
     rep = folder.owned(folder.report)  # a real folder: a link to elsewhere is refused, naming it
@@ -75,6 +77,8 @@ def write_report(out_dir: Path, run_dir: Path | None, metrics: dict[str, Any] | 
                      + "".join(f'<img src="{_e(n)}" alt="{_e(n[:-4])} curve">' for n in imgs) + "</div>")
     if metrics and class_names:
         parts.append(_validation(rep, metrics, collect, class_names, mean, std, checkpoint, explain, train_counts))
+        if collect is not None and collect.reliability is not None:
+            parts.append(_calibration(rep, collect, temperature))
     else:
         parts.append("<h2>Validation</h2><p class=note>no validation pass (no validation set or no checkpoint): "
                      "curves only</p>")
@@ -149,6 +153,26 @@ def _per_label(per_label: dict[str, dict[str, Any]], train_counts: Sequence[int]
         "chosen on this validation set to maximise its F1 (so these F1s are optimistic; a test set's are not); "
         "AP does not depend on the threshold; support: validation images with the label"
         + ("; train images: the training images with it" if counts else "") + "</p>")
+def _calibration(rep: Path, collect: Collector, stored: float) -> str:
+    """ECE (raw -> calibrated when a temperature applied) and the reliability diagram of this validation pass."""
+    applied = collect.temperature
+    name = _save(reliability_figure(collect.reliability.tolist(),
+                                    collect.raw_reliability.tolist() if collect.raw_reliability is not None else None,
+                                    applied), rep / "reliability.png")
+    eces = [ece(collect.reliability.tolist())]
+    if collect.raw_reliability is not None:
+        eces.insert(0, ece(collect.raw_reliability.tolist()))
+        head = ["temperature", "ECE raw", "ECE calibrated"]
+        note = "probabilities are softmax(logits / T), T fitted on this validation split by `dogcat calibrate`"
+    elif stored != 1.0:
+        head, note = ["temperature (not applied)", "ECE raw"], ("--no-calibration: the raw softmax; the checkpoint "
+                                                                "holds a temperature")
+    else:
+        head, note = ["temperature", "ECE"], "not calibrated: `dogcat calibrate RUN` fits a temperature"
+    row = [f"{stored:.4g}", *[f"{e:.4f}" for e in eces]]
+    return (f"<h2>Calibration</h2><div class=row><img class=wide src=\"{name}\" alt=\"reliability diagram\"><div>"
+            + _table(head, [row], range(len(row))) + f"<p class=note>{_e(note)}. ECE: |accuracy - confidence| over "
+            f"{len(collect.reliability[0])} equal-width confidence bins, weighted by their images.</p></div></div>")
 
 
 def _gradcam(rep: Path, mistakes: list[Mistake], class_names: list[str], mean: Sequence[float],
