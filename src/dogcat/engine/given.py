@@ -34,17 +34,15 @@ class Given:
     train_data: Any = None
     val_data: Any = None
     classes: Sequence[Any] | None = None
-    path_column: str = "path"
-    label_column: str = "label"
 
     @classmethod
     def take(cls, overrides: dict[str, Any]) -> "Given":
         """Pop the Python objects out of ``train``'s keyword ``overrides`` (a ``model`` that is a module, the
-        data and its naming); a model given by name stays an option. The config then names them:
+        data and its classes); a model given by name stays an option, as do a DataFrame's column names (the
+        ``path_column`` / ``label_column`` options list files use too). The config then names them:
         ``model: custom:<module>.<class>``, ``dataset: list`` for DataFrames, ``python`` for datasets."""
         g = cls(train_data=overrides.pop("train_data", None), val_data=overrides.pop("val_data", None),
-                classes=overrides.pop("classes", None), path_column=str(overrides.pop("path_column", "path")),
-                label_column=str(overrides.pop("label_column", "label")))
+                classes=overrides.pop("classes", None))
         if isinstance(overrides.get("model"), nn.Module):
             g.module = overrides.pop("model")
             overrides["model"] = module_name(g.module)
@@ -61,7 +59,7 @@ class Given:
         """The training and validation data: the given objects, else what the options name."""
         if self.train_data is None:
             return build_train_val(cfg, processes)
-        return given_bundle(cfg, self.train_data, self.val_data, self.classes, self.path_column, self.label_column)
+        return given_bundle(cfg, self.train_data, self.val_data, self.classes, cfg.path_column, cfg.label_column)
 
     def check_model(self, cfg: Config, data: DataBundle) -> None:
         """The model fits the data (one line, before a run folder exists): a registered one is built on the meta
