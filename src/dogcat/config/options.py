@@ -251,7 +251,7 @@ class TrainConfig:
                        "table (dogcat/metrics.py)", monitors())
     embeddings_every: int = opt(0, "also write TensorBoard projector embeddings of the validation set every N "
                                  "epochs (always at the end of training); 0: at the end only", range=Range(0, COUNT),
-                                 changes="resume")
+                                 changes="resume", experiment=False)
     progress: str = opt("auto", "progress display: auto (bar on a terminal), bar, plain, none",
                         ("auto", "bar", "plain", "none"), changes="resume", experiment=False)
     logger: str = opt("tensorboard", "experiment trackers, a comma list of " + ", ".join(LOGGERS) + " (or none); "
