@@ -237,8 +237,8 @@ def test_library_in_a_fresh_interpreter_shows_epoch_metrics(tmp_path):
     assert r.stdout.startswith("best ")
 
 
-def test_library_functions_take_keyword_options(run):
-    root, run_dir = run
+def test_library_functions_take_keyword_options(tiny_run, tmp_path):
+    root, run_dir = tiny_run.data, tiny_run.copy(tmp_path)  # evaluate writes RUN/result.json
     assert dogcat.evaluate(run_dir, tta=True)["count"] == 4
     rows = dogcat.predict(run_dir, str(root / "test" / "2.jpg"), tta=True)
     assert len(rows) == 1 and rows[0]["class"] in ("cat", "dog")
