@@ -167,14 +167,10 @@ def test_zsh_completion_is_valid_zsh(tmp_path):
 
 # --- a real run, and the commands on it ----------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny):
-    from datagen import make_kaggle
-
-    root = tmp_path_factory.mktemp("cli")
-    make_kaggle(root, n_per_class=6, n_test=4, bad=False, sizes=(40, 64))
-    result = dogcat.train(**tiny(root, root / "runs", env="r"))
-    return root, result.run_dir
+@pytest.fixture
+def run(tiny_run):
+    """(data root, run folder) of the session's tiny run: read only (see conftest.tiny_run)."""
+    return tiny_run.data, tiny_run.run
 
 
 def test_predict_and_test_write_the_named_files(run, tmp_path, capsys):
@@ -205,8 +201,8 @@ def test_stdout_holds_results_only(run, tmp_path):
     assert q.stderr == "" and "probability" in q.stdout
 
 
-def test_json_outputs_parse(run, capsys):
-    root, run_dir = run
+def test_json_outputs_parse(tiny_run, tmp_path, capsys):
+    run_dir = tiny_run.copy(tmp_path)  # val and test write their results into the run folder
     assert main(["val", str(run_dir), "--json"]) == 0
     val = json.loads(capsys.readouterr().out)
     logged = next(r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
@@ -215,10 +211,10 @@ def test_json_outputs_parse(run, capsys):
     assert val["count"] == 4 and val["class_names"] == ["cat", "dog"]
     assert main(["test", str(run_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 4
-    assert main(["runs", str(root / "runs"), "--json"]) == 0
+    assert main(["runs", str(run_dir.parent), "--json"]) == 0
     (one,) = json.loads(capsys.readouterr().out)
     assert one["name"] == "r" and one["status"] == "finished" and one["options"]["lr"] == 0.01
-    assert main(["runs", "show", "r", "--runs-root", str(root / "runs"), "--json"]) == 0
+    assert main(["runs", "show", "r", "--runs-root", str(run_dir.parent), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["manifest"]["status"] == "finished" and "val_accuracy" in shown["final_metrics"]
     assert main(["runs", "diff", str(run_dir), str(run_dir), "--json"]) == 0
@@ -241,8 +237,8 @@ def test_library_in_a_fresh_interpreter_shows_epoch_metrics(tmp_path):
     assert r.stdout.startswith("best ")
 
 
-def test_library_functions_take_keyword_options(run):
-    root, run_dir = run
+def test_library_functions_take_keyword_options(tiny_run, tmp_path):
+    root, run_dir = tiny_run.data, tiny_run.copy(tmp_path)  # evaluate writes RUN/result.json
     assert dogcat.evaluate(run_dir, tta=True)["count"] == 4
     rows = dogcat.predict(run_dir, str(root / "test" / "2.jpg"), tta=True)
     assert len(rows) == 1 and rows[0]["class"] in ("cat", "dog")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from datagen import tiny_options
 from dogcat import load_config, train
 from dogcat.cli import main
 from dogcat.engine.checkpoint import load_checkpoint
@@ -39,16 +40,15 @@ def test_old_checkpoint_state_has_no_counter():
 
 
 def cfg(root: Path, runs: Path, **kw):
-    # min_delta 1.0: accuracy can never gain more than 1, so only epoch 1 counts as an improvement and the run
-    # stops after 1 + patience epochs whatever it learns
-    return load_config({"train_data_root": str(root / "train"), "runs_root": str(runs), "model": "smallcnn",
-                        "image_size": 24, "batch_size": 4, "num_workers": 0, "progress": "none", "debug_file": None,
-                        "val_split": 0.25, "max_epoch": 10, "patience": 2, "min_delta": 1.0, "print_freq": 1,
-                        "deterministic": True, **kw})
+    """min_delta 1.0: accuracy can never gain more than 1, so only epoch 1 counts as an improvement and the run
+    stops after 1 + patience epochs whatever it learns. A ``kw`` of None leaves that option at its default."""
+    opts = tiny_options(root, runs, **{"image_size": 24, "max_epoch": 10, "patience": 2, "min_delta": 1.0,
+                                       "print_freq": 1, "deterministic": True, **kw})
+    return load_config({k: v for k, v in opts.items() if v is not None or k not in kw})
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def es_data(tmp_path_factory):
     from datagen import make_kaggle
 
     root = tmp_path_factory.mktemp("es")
@@ -61,8 +61,8 @@ def _epochs(run: Path) -> list[int]:
             if r.get("kind") == "epoch"]
 
 
-def test_early_stop_finishes_and_runs_shows_why(tiny, tmp_path, capsys):
-    res = train(cfg(tiny, tmp_path, env="es"))
+def test_early_stop_finishes_and_runs_shows_why(es_data, tmp_path, capsys):
+    res = train(cfg(es_data, tmp_path, env="es"))
     assert _epochs(res.run_dir) == [1, 2, 3] and not res.stopped
     assert res.early_stop and "--patience=2" in res.early_stop and "val_accuracy" in res.early_stop
     assert (res.run_dir / "status").read_text().strip() == "finished"
@@ -78,9 +78,9 @@ def test_early_stop_finishes_and_runs_shows_why(tiny, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["early_stop"] == res.early_stop
 
 
-def test_resume_keeps_the_counter(tiny, tmp_path):
+def test_resume_keeps_the_counter(es_data, tmp_path):
     run = tmp_path / "cut"
-    first = train(cfg(tiny, tmp_path, env="cut", max_steps=7))  # stops in epoch 3, after epoch 2's checkpoint
+    first = train(cfg(es_data, tmp_path, env="cut", max_steps=7))  # stops in epoch 3, after epoch 2's checkpoint
     assert first.stopped
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
     assert (ck["state"]["epoch"], ck["state"]["epochs_without_improvement"]) == (2, 1)
@@ -89,9 +89,12 @@ def test_resume_keeps_the_counter(tiny, tmp_path):
     assert (run / "status").read_text().strip() == "finished"
 
 
-def test_patience_is_off_by_default():
-    c = load_config({})
-    assert c.train.patience == 0 and c.train.min_delta == 0.0
+def test_patience_is_off_by_default(es_data, tmp_path):
+    """Without --patience, a run that never improves by min_delta trains every epoch and records no early stop."""
+    res = train(cfg(es_data, tmp_path, env="off", max_epoch=4, patience=None))
+    assert _epochs(res.run_dir) == [1, 2, 3, 4] and not res.early_stop
+    assert not [r for r in map(json.loads, (res.run_dir / "metrics.jsonl").read_text().splitlines())
+                if r.get("event") == "early_stop"]
 
 
 def test_resume_from_a_checkpoint_without_the_new_options():

@@ -1,5 +1,5 @@
 """Issue 9, shipping the model: export (ONNX / TorchScript / safetensors + sidecar), ``dogcat.load(...).predict``,
-TTA, submission checks, --clip-probs, and the errors people hit. One tiny model trained once for the module."""
+TTA, submission checks, --clip-probs, and the errors people hit. The session's tiny run (conftest.tiny_run), copied once for the module."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import dogcat
-from dogcat import load_config, test, train
+from dogcat import test
 from dogcat.cli import main
 from dogcat.data import DataError
 from dogcat.engine.trained import load_model
@@ -25,16 +25,12 @@ from dogcat.export import ExportError, export, sidecar_path
 from dogcat.models.weights import WeightsError
 
 
-
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory, tiny):
-    """A 1-epoch smallcnn at 32 px on a small Kaggle-layout set; returns (root, info, run folder)."""
-    from datagen import make_kaggle
-
-    root = tmp_path_factory.mktemp("ship")
-    info = make_kaggle(root, n_per_class=8, n_test=5, bad=False, sizes=(40, 64))
-    result = train(load_config(tiny(root, root / "runs", progress="plain")))
-    return root, info, result.run_dir
+def shipped(tmp_path_factory, tiny_run):
+    """The session's tiny run (1-epoch smallcnn at 32 px, Kaggle layout, test ids 1-4), copied for this module
+    (exports go to RUN/export/); returns (data root, {"test_ids": [...]}, run folder)."""
+    run = tiny_run.copy(tmp_path_factory.mktemp("ship"))
+    return tiny_run.data, {"test_ids": ["1", "2", "3", "4"]}, run
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +128,7 @@ def test_cli_predict_on_onnx(shipped, exports, tmp_path):
     out = tmp_path / "p.csv"
     assert main(["predict", str(exports["onnx"].path), str(root / "test" / "*.jpg"), f"--output={out}"]) == 0
     lines = list(csv.DictReader(out.open(newline="")))
-    assert len(lines) == 5 and all(ln["class"] in ("cat", "dog") and not ln["error"] for ln in lines)
+    assert len(lines) == 4 and all(ln["class"] in ("cat", "dog") and not ln["error"] for ln in lines)
 
 
 def test_images_tensors_and_tta(shipped, exports):
@@ -169,24 +165,24 @@ def test_submission_checks_and_clip(shipped, tmp_path, capsys):
     out = tmp_path / "sub.csv"
     res = test(str(run), {"result_file": str(out), "clip_probs": [0.4, 0.6]})
     rows = list(csv.reader(out.open(newline="")))
-    assert res["rows"] == 5 and [r[0] for r in rows[1:]] == info["test_ids"]
+    assert res["rows"] == 4 and [r[0] for r in rows[1:]] == info["test_ids"]
     assert all(0.4 <= float(r[1]) <= 0.6 for r in rows[1:])
     assert main(["test", str(run), f"--result-file={out}", "--clip-probs=0.02,0.98", "--tta"]) == 0
     assert main(["test", str(run), "--clip-probs=0.9,0.1"]) == 2
     assert "--clip-probs" in capsys.readouterr().err
-    sample = tmp_path / "sample_submission.csv"  # the competition expects ids 1..7: ours lack 6 and 7
-    sample.write_text("id,label\n" + "".join(f"{i},0.5\n" for i in range(1, 8)))
-    with pytest.raises(SubmissionError, match=r"missing from the CSV: 6, 7 \(2\)"):
+    sample = tmp_path / "sample_submission.csv"  # the competition expects ids 1..6: ours lack 5 and 6
+    sample.write_text("id,label\n" + "".join(f"{i},0.5\n" for i in range(1, 7)))
+    with pytest.raises(SubmissionError, match=r"missing from the CSV: 5, 6 \(2\)"):
         test(str(run), {"result_file": str(out), "sample_submission": str(sample)})
     assert main(["test", str(run), f"--result-file={out}", f"--sample-submission={sample}"]) == 2
-    assert "6, 7" in capsys.readouterr().err
-    sample.write_text("id,label\n" + "".join(f"{i},0.5\n" for i in (5, 4, 3, 2, 1)))  # any order: it is followed
+    assert "5, 6" in capsys.readouterr().err
+    sample.write_text("id,label\n" + "".join(f"{i},0.5\n" for i in (4, 3, 2, 1)))  # any order: it is followed
     test(str(run), {"result_file": str(out), "sample_submission": str(sample)})
-    assert [r[0] for r in csv.reader(out.open(newline=""))][1:] == ["5", "4", "3", "2", "1"]
+    assert [r[0] for r in csv.reader(out.open(newline=""))][1:] == ["4", "3", "2", "1"]
     from dogcat.engine.submission import check_submission  # against the test set's ids: 1 is one too many
 
     with pytest.raises(SubmissionError, match=r"the test set lacks: 1 \(1\)"):
-        check_submission(out, ["2", "3", "4", "5"])
+        check_submission(out, ["2", "3", "4"])
 
 
 def test_clear_errors(shipped, exports, tmp_path, capsys):

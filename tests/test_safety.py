@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,14 +22,7 @@ from dogcat.config import OPTIONS, Config, ConfigError, from_dict
 from dogcat.export import ExportError, export, sidecar_path
 from dogcat.io import sha256_file
 
-from hostile import one_error, tiny_run
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(data root, run folder) of a tiny trained run."""
-    root = tmp_path_factory.mktemp("hostile")
-    return root, tiny_run(root)
+from hostile import one_error
 
 
 def _img(root: Path) -> str:
@@ -49,8 +43,8 @@ class Evil(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_torchscript_is_refused_unless_trusted_even_with_a_matching_sidecar(tiny, tmp_path, capsys, monkeypatch):
-    root, run = tiny
+def test_torchscript_is_refused_unless_trusted_even_with_a_matching_sidecar(tiny_run, tmp_path, capsys, monkeypatch):
+    root, run = tiny_run.data, tiny_run.run
     # a scripted module that writes into a file when it runs, with a sidecar that vouches for it (sha256 and all)
     victim = tmp_path / "victim.bin"
     victim.write_bytes(b"\0" * 8)
@@ -82,8 +76,8 @@ def test_torchscript_is_refused_unless_trusted_even_with_a_matching_sidecar(tiny
     assert dogcat.load(good.path, trust=True).predict(_img(root))[0]["class"] in ("cat", "dog")
 
 
-def test_an_export_must_be_the_file_its_sidecar_vouches_for(tiny, tmp_path, capsys):
-    root, run = tiny
+def test_an_export_must_be_the_file_its_sidecar_vouches_for(tiny_run, tmp_path, capsys):
+    root, run = tiny_run.data, tiny_run.run
     res = export(str(run), "safetensors", tmp_path / "w.safetensors")
     assert main(["predict", str(res.path), _img(root)]) == 0
     capsys.readouterr()
@@ -161,8 +155,8 @@ def test_every_numeric_option_has_a_range_and_recipes_and_stored_configs_share_i
         from_dict({"data": {"batch_size": 0}}, "the checkpoint")
 
 
-def test_an_image_size_the_model_cannot_take_is_refused_before_any_folder(tiny, tmp_path, capsys):
-    root, _ = tiny
+def test_an_image_size_the_model_cannot_take_is_refused_before_any_folder(tiny_run, tmp_path, capsys):
+    root = tiny_run.data
     runs = tmp_path / "runs"
     assert main(["train", f"--train-data-root={root / 'train'}", "--model=squeezenet", "--image-size=16",
                  f"--runs-root={runs}"]) == 2
@@ -205,8 +199,8 @@ def test_resume_with_another_lr_after_lr_0(fmnist_dir, tmp_path):
 
 # ---- 6. output places come from the command line, never from a checkpoint ------------------------------------
 
-def test_a_foreign_checkpoint_does_not_choose_where_we_write(tiny, tmp_path, capsys):
-    root, run = tiny
+def test_a_foreign_checkpoint_does_not_choose_where_we_write(tiny_run, tmp_path, capsys):
+    root, run = tiny_run.data, tiny_run.run
     ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     evil = tmp_path / "evil"
     ckpt["config"]["eval"].update(result_file=str(evil / "overwritten.csv"), output=str(evil / "o.csv"))
@@ -215,8 +209,10 @@ def test_a_foreign_checkpoint_does_not_choose_where_we_write(tiny, tmp_path, cap
     foreign = tmp_path / "downloaded" / "model.pt"
     foreign.parent.mkdir()
     torch.save(ckpt, foreign)
-    assert main(["test", str(foreign), f"--test-data-root={root / 'test'}", "--cache"]) == 0
+    images = shutil.copytree(root / "test", tmp_path / "test")  # --cache writes beside the data: a copy
+    assert main(["test", str(foreign), f"--test-data-root={images}", "--cache"]) == 0
     assert (foreign.parent / "submission.csv").is_file() and not evil.exists()
+    assert (images / ".dogcat-cache").is_dir()  # the cache went where the command line's data is
     mine = tmp_path / "mine.csv"
     assert main(["test", str(foreign), f"--test-data-root={root / 'test'}", f"--result-file={mine}"]) == 0
     assert mine.is_file() and not evil.exists()

@@ -25,14 +25,7 @@ from dogcat import locks
 from dogcat import load_config
 from dogcat.cli import main
 
-from hostile import one_error, tiny_run
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(data root, run folder) of a tiny trained run."""
-    root = tmp_path_factory.mktemp("hostile")
-    return root, tiny_run(root)
+from hostile import one_error
 
 
 # ---- 7. caches: only our own temp folders; an unknown builder is alive; DDP memory-maps --------------------
@@ -180,8 +173,8 @@ def test_disk_full_on_a_checkpoint_keeps_the_old_one_and_leaves_nothing_half_wri
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp left
 
 
-def test_disk_full_is_one_line_exit_1(tiny, tmp_path, monkeypatch, capsys):
-    root, run = tiny
+def test_disk_full_is_one_line_exit_1(tiny_run, tmp_path, monkeypatch, capsys):
+    root, run = tiny_run.data, tiny_run.run
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.csv"))
@@ -191,12 +184,12 @@ def test_disk_full_is_one_line_exit_1(tiny, tmp_path, monkeypatch, capsys):
     assert "disk full" in one_error(capsys.readouterr().err)
 
 
-def test_disk_full_on_a_cache_an_export_and_a_log_line(tiny, tmp_path, monkeypatch):
+def test_disk_full_on_a_cache_an_export_and_a_log_line(tiny_run, tmp_path, monkeypatch):
     from dogcat.data import prepare
     from dogcat.export import export
     from dogcat.tracking.run import Run
 
-    root, run = tiny
+    root, run = tiny_run.data, tiny_run.run
     monkeypatch.setattr(dio, "free_bytes", lambda folder: 4096)
     with pytest.raises(dio.DiskFull, match=r"building the packed cache .* needs about .* MiB, 0.0 MiB free"):
         prepare(root / "train", load_config({"image_size": 32, "cache_dir": str(tmp_path / "c")}).data)
@@ -247,8 +240,8 @@ def test_disk_full_on_a_cache_an_export_and_a_log_line(tiny, tmp_path, monkeypat
                              "class_names": "ab", "in_chans": 7, "mean": [0], "std": [0]},
                             run / "checkpoints" / "best.pt"), ["best.pt", "class_names", "in_chans", "epoch"]),
 ])
-def test_a_damaged_checkpoint_is_one_line(tiny, tmp_path, damage, words, capsys):
-    _, run = tiny
+def test_a_damaged_checkpoint_is_one_line(tiny_run, tmp_path, damage, words, capsys):
+    run = tiny_run.run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     damage(copy)
@@ -266,8 +259,8 @@ def test_inspect_of_odd_files_is_one_line(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "odd.pt")]) == 0
 
 
-def test_damaged_run_files_are_one_line_and_runs_lists_the_rest(tiny, tmp_path, capsys):
-    _, run = tiny
+def test_damaged_run_files_are_one_line_and_runs_lists_the_rest(tiny_run, tmp_path, capsys):
+    run = tiny_run.run
     runs = tmp_path / "runs"
     for name in ("good", "broken", "odd"):
         shutil.copytree(run, runs / name)

@@ -17,7 +17,7 @@ from dogcat.cli import main
 from dogcat.config import ConfigError, from_dict
 from dogcat.io import MalformedFile, read_json
 
-from hostile import one_error, tiny_run
+from hostile import one_error
 
 DEEP = 20_000
 
@@ -31,13 +31,6 @@ def laughs(levels: int = 8, width: int = 9) -> str:
     lines = ["  - &a0 [" + ", ".join(['"lol"'] * width) + "]"]
     lines += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
     return "\n".join(lines)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(data root, run folder) of a tiny trained run."""
-    root = tmp_path_factory.mktemp("input")
-    return root, tiny_run(root)
 
 
 # ---- 4. nesting and bombs ----------------------------------------------------------------------------------
@@ -94,10 +87,10 @@ def test_a_structure_for_a_scalar_option_is_refused_naming_it(tmp_path, capsys, 
     assert f"--{key.replace('_', '-')} (in {recipe}) expects" in line and "got a " in line
 
 
-def test_stored_configs_nested_deep_or_expanding_are_refused(tmp_path, tiny, capsys):
+def test_stored_configs_nested_deep_or_expanding_are_refused(tmp_path, tiny_run, capsys):
     import sys
 
-    _, run = tiny
+    run = tiny_run.run
     good = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     deep: list = []
     for _ in range(5000):
@@ -168,10 +161,10 @@ def test_stats_and_decoding_refuse_fifos_devices_and_huge_files_without_reading(
     assert time.monotonic() - t0 < 1  # refused by its size, not read
 
 
-def test_predict_reports_odd_files_as_rows(tiny, odd_files, tmp_path):
+def test_predict_reports_odd_files_as_rows(tiny_run, odd_files, tmp_path):
     import resource
 
-    _, run = tiny
+    run = tiny_run.run
     os.unlink(odd_files / "cat" / "x.jpg")  # (predict's FIFO case is the same decode_image as above)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = tmp_path / "p.json"
@@ -183,12 +176,12 @@ def test_predict_reports_odd_files_as_rows(tiny, odd_files, tmp_path):
     assert grew < 512 << 10, grew
 
 
-def test_a_metrics_file_linked_to_dev_zero_is_one_warning(tiny, tmp_path, capsys):
+def test_a_metrics_file_linked_to_dev_zero_is_one_warning(tiny_run, tmp_path, capsys):
     import shutil
 
     from dogcat.tracking.run import Run
 
-    _, run = tiny
+    run = tiny_run.run
     runs = tmp_path / "runs"
     bad = runs / "zero"
     bad.mkdir(parents=True)
@@ -205,8 +198,8 @@ def test_a_metrics_file_linked_to_dev_zero_is_one_warning(tiny, tmp_path, capsys
     assert time.monotonic() - t0 < 20
 
 
-def test_a_sample_submission_that_is_no_file_is_one_line(tiny, tmp_path, capsys):
-    root, run = tiny
+def test_a_sample_submission_that_is_no_file_is_one_line(tiny_run, tmp_path, capsys):
+    root, run = tiny_run.data, tiny_run.run
     fifo = tmp_path / "sample.csv"
     os.mkfifo(fifo)
     for sample in ("/dev/zero", str(fifo)):
@@ -219,11 +212,11 @@ def test_a_sample_submission_that_is_no_file_is_one_line(tiny, tmp_path, capsys)
 # ---- 11. crafted export sidecars -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def exports(tiny, tmp_path_factory):
+def exports(tiny_run, tmp_path_factory):
     """``{format: (export file, its sidecar as a dict)}`` of the tiny run: ONNX and safetensors."""
     from dogcat.export import export
 
-    _, run = tiny
+    run = tiny_run.run
     out = tmp_path_factory.mktemp("exports")
     done = {}
     for fmt, ext in (("onnx", ".onnx"), ("safetensors", ".safetensors")):
@@ -243,10 +236,10 @@ SIDECAR_CASES = {  # change -> what the one line says (ONNX, safetensors); None:
 
 @pytest.mark.parametrize("case", list(SIDECAR_CASES))
 @pytest.mark.parametrize("fmt", ["onnx", "safetensors"])
-def test_a_sidecar_that_does_not_fit_its_model_is_one_line(exports, tiny, tmp_path, capsys, fmt, case):
+def test_a_sidecar_that_does_not_fit_its_model_is_one_line(exports, tiny_run, tmp_path, capsys, fmt, case):
     import shutil
 
-    root, _ = tiny
+    root = tiny_run.data
     path, meta = exports[fmt]
     change, onnx_says, st_says = SIDECAR_CASES[case]
     says = onnx_says if fmt == "onnx" else st_says
@@ -260,11 +253,11 @@ def test_a_sidecar_that_does_not_fit_its_model_is_one_line(exports, tiny, tmp_pa
         assert code == 2 and says in one_error(cap.err), cap.err
 
 
-def test_onnx_external_data_is_covered_by_the_sha256(tiny, tmp_path, monkeypatch, capsys):
+def test_onnx_external_data_is_covered_by_the_sha256(tiny_run, tmp_path, monkeypatch, capsys):
     import dogcat
     from dogcat import export as E
 
-    root, run = tiny
+    root, run = tiny_run.data, tiny_run.run
     monkeypatch.setattr(E, "EXTERNAL_DATA_BYTES", 0)  # every weight into model.onnx.data, as a >1.5 GB model's
     r = E.export(str(run), "onnx", tmp_path / "model.onnx")
     data = tmp_path / "model.onnx.data"

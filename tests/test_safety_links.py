@@ -14,22 +14,15 @@ import pytest
 from dogcat.cli import main
 from dogcat.control import Inbox
 
-from hostile import one_error, tiny_run
+from hostile import one_error
 
 VICTIM_TEXT = "precious, not dogcat's\n"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A tiny trained run (1 epoch, best.pt and last.pt), copied by each test before it plants links."""
-    return tiny_run(tmp_path_factory.mktemp("links"))
-
-
 @pytest.fixture
-def run(trained: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "runs" / "copied"
-    shutil.copytree(trained, copy, symlinks=True)
-    return copy
+def run(tiny_run, tmp_path: Path) -> Path:
+    """A copy of the session's tiny run (1 epoch, best.pt and last.pt) in which the test plants links."""
+    return tiny_run.copy(tmp_path)
 
 
 def victim_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:

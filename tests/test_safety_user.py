@@ -16,14 +16,7 @@ import torch
 from dogcat import load_config
 from dogcat.cli import main
 
-from hostile import one_error, tiny_run
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(data root, run folder) of a tiny trained run."""
-    root = tmp_path_factory.mktemp("user")
-    return root, tiny_run(root)
+from hostile import one_error
 
 
 # ---- 6. `$...$` in class and file names ----------------------------------------------------------------------
@@ -87,10 +80,10 @@ def test_control_characters_in_names_are_escaped_everywhere_shown(tmp_path, caps
 
 # ---- low: NaN in --json, Fashion-MNIST labels and empty files -------------------------------------------------
 
-def test_json_output_is_valid_json_and_nan_predictions_warn(tiny, tmp_path, capsys):
+def test_json_output_is_valid_json_and_nan_predictions_warn(tiny_run, tmp_path, capsys):
     import math
 
-    root, run = tiny
+    root, run = tiny_run.data, tiny_run.run
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     ckpt["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                      for k, v in ckpt["model"].items()}
@@ -176,10 +169,10 @@ def test_auto_picks_cuda_then_mps_then_xpu_then_cpu_and_says_so_once(monkeypatch
 
 @pytest.mark.parametrize("option", ["pretrained", "load_model_path"])
 @pytest.mark.parametrize("file", ["missing", "junk", "other model"])
-def test_a_bad_weight_file_is_one_line_before_a_run_folder(tiny, tmp_path, capsys, option, file):
+def test_a_bad_weight_file_is_one_line_before_a_run_folder(tiny_run, tmp_path, capsys, option, file):
     from datagen import make_folder, tiny_options
 
-    _, run = tiny
+    run = tiny_run.run
     path = {"missing": tmp_path / "nope.pt", "junk": tmp_path / "junk.pt", "other model": run / "checkpoints" / "best.pt"}
     (tmp_path / "junk.pt").write_bytes(b"not weights")
     data = make_folder(tmp_path / "data", classes=("cat", "dog"), n_per_class=4)

@@ -280,6 +280,38 @@ c.log_metric(run.info.run_id, "x", 1.0)
 """
 
 
+def test_open_store_builds_a_new_sqlite_store_once_under_its_lock(tmp_path):
+    """The rule of the four-process race below (`make test-all`), in one process: while another holds the store's
+    lock (building it), open_store waits and then takes the whole file it finds; alone, it builds a database
+    MLflow's client uses, and leaves no lock or temp file."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from dogcat.locks import FileLock
+    from dogcat.tracking.mlflow_logger import open_store
+
+    runs = tmp_path / "runs"
+    db, built = runs / "mlflow.db", tmp_path / "built" / "mlflow.db"
+    holder = FileLock(runs / ".mlflow.db.lock").acquire()  # flock: a second open file of this process waits too
+    waiter = threading.Thread(target=open_store, args=(f"sqlite:///{db}",))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not db.exists()  # no second build while the first holds the lock
+    open_store(f"sqlite:///{built}")  # the holder's build, renamed into place as open_store does
+    os.replace(built, db)
+    inode = db.stat().st_ino
+    holder.release(remove=True)
+    waiter.join(120)
+    assert not waiter.is_alive() and db.stat().st_ino == inode  # it found the whole file: not rebuilt
+    c = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    run = c.create_run(c.create_experiment("dogcat"))
+    c.log_metric(run.info.run_id, "x", 1.0)
+    assert sorted(p.name for p in runs.iterdir()) == ["mlflow.db"]  # no lock or temp file left
+    assert sorted(p.name for p in built.parent.iterdir()) == []
+
+
+@pytest.mark.slow  # 4 processes importing MLflow at once (~15 s); the rule, in-process: the test above
 def test_processes_opening_a_new_sqlite_store_at_once_get_one_whole_database(tmp_path):
     """MLflow makes a new database by running its schema migrations; four processes doing that at once on one file
     broke it for good in 11 of 12 tries (duplicate column, alembic_version races). open_store builds it once."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,12 +68,12 @@ def test_submission(kaggle_run, tmp_path):
     root, info, result = kaggle_run
     out = tmp_path / "submission.csv"
     test(str(result.run_dir), {"result_file": str(out)})
-    raw = out.read_bytes()
-    assert b"\r" not in raw or b"\r\r" not in raw
+    raw = out.read_bytes()  # the csv module's line ends, "\r\n", each once (no "\r\r\n", no bare "\n")
+    assert raw.count(b"\r\n") == raw.count(b"\n") == raw.count(b"\r") == 8 and raw.endswith(b"\r\n")
     rows = list(csv.reader(out.open(newline="")))
     assert rows[0] == ["id", "label"]
     ids = [int(r[0]) for r in rows[1:]]
-    assert ids == sorted(ids) == sorted(int(i) for i in info["test_ids"]) + [7] or ids == list(range(1, 8))
+    assert [str(i) for i in ids[:-1]] == info["test_ids"] and ids == list(range(1, 8))  # numeric order, 7 too
     expected = {int(Path(p["path"]).stem): p["probs"]["dog"]  # the submission's p(dog) is predict's
                 for p in dogcat.predict(str(result.run_dir), [str(root / "test" / f"{i}.jpg") for i in ids[:-1]])}
     assert {int(r[0]): float(r[1]) for r in rows[1:-1]} == pytest.approx(expected, abs=2e-6)  # 6 decimals
@@ -96,17 +97,19 @@ def test_predict_files_folder_glob(kaggle_run, tmp_path):
     assert json.loads((tmp_path / "p.json").read_text())[0]["class"] in ("cat", "dog")
 
 
-def test_resume_continues_same_folder(kaggle_run):
-    root, _, result = kaggle_run
-    cfg = load_config({"resume": str(result.run_dir), "max_epoch": 5}, config_file=result.run_dir / "config.yaml")
-    again = train(cfg)
-    assert again.run_dir == result.run_dir
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+def test_resume_continues_same_folder(kaggle_run, tmp_path):
+    _, _, result = kaggle_run
+    run = tmp_path / "runs" / result.run_dir.name  # a copy: the other tests read the module's run as trained
+    shutil.copytree(result.run_dir, run, symlinks=True)
+    again = train(load_config({"resume": str(run), "max_epoch": 5}, config_file=run / "config.yaml"))
+    assert again.run_dir == run
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "val_accuracy" in r] == [1, 2, 3, 4, 5]
     steps = [r["step"] for r in records if "step" in r and "event" not in r]
     assert steps == sorted(steps)  # one step axis across the resume
-    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["state"]["epoch"] == 5
-    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["train"]["max_epoch"] == 5
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["epoch"] == 5
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_epoch"] == 5
+    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["state"]["epoch"] == 4  # the original
 
 
 def test_config_yaml_repeats_a_run(kaggle_run, tmp_path):
