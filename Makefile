@@ -63,10 +63,10 @@ dist: setup
 # The documentation site (mkdocs.yml, docs/*.md) into site/, strictly: a broken link or a page missing from the
 # nav fails the build, as in tests/test_docs.py (which `make test` runs). docs-serve: the same, live, on :8000.
 docs: setup
-	$(BIN)/python -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 docs-serve: setup
-	$(BIN)/python -m mkdocs serve --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve --strict
 
 clean:
 	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache
