@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-all bench dist fashion-mnist test-tools clean
+.PHONY: setup demo test test-all bench dist docs docs-serve fashion-mnist test-tools clean
 
 setup: $(STAMP)
 
@@ -60,5 +60,13 @@ dist: setup
 	$(BIN)/python -m build
 	$(BIN)/python -m twine check --strict dist/*
 
+# The documentation site (mkdocs.yml, docs/*.md) into site/, strictly: a broken link or a page missing from the
+# nav fails the build, as in tests/test_docs.py (which `make test` runs). docs-serve: the same, live, on :8000.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve --strict
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache

@@ -1,4 +1,5 @@
-"""Training speed, as ratios measured in the same run (the machine may be shared: absolute numbers drift).
+"""Training speed and accuracy, as ratios and as statistics over seeds (the machine may be shared: absolute
+numbers drift).
 
 (a) overhead: dogcat's training img/s / a bare PyTorch loop's, same model, in-memory data, precision, batch;
     in fp32 and in bf16 (where it is native), ``--a-precision`` to choose.
@@ -8,10 +9,18 @@
 (c) the built-in recipe fashion-mnist (the demo): test accuracy after each epoch against training time, and when
     it first reaches 93 %.
 (d) the built-in recipe fashion-mnist-94: the same, and when it first reaches 94 %.
-Baseline and candidate runs alternate (A B A B) and each figure is the median ratio. The first line names
-the CPU (model, AMD core generation, whether bf16 is native: that decides --precision=auto).
 
-    .venv/bin/python bench/train.py [--quick] [--only=a,b,c,d] [--b-variants]
+Statistics, as airbench reports its results: every accuracy and time figure of (c) and (d) is the mean ± the
+sample standard deviation over ``--seeds=N`` trainings (default 3; the recipe's ``seed`` set to 0..N-1, which
+changes the initial weights, the training order and the augmentation; the train/val split stays), each seed's
+figures printed first. A speed ratio ((a), (b)) is a ratio of runs alternated in the same process (A B A B, so
+that a neighbour's burst or a machine warming up favours neither side); it is given as the mean ± std of the
+per-pair ratios, with their median and range: on a shared machine a pair now and then lands in another job's
+burst, and the median says how much one such pair moved the mean. (a) takes 12 pairs a precision, (b)
+``--seeds`` pairs. The first line names the CPU (model, AMD core generation, whether bf16 is native: that decides
+--precision=auto), and each figure is printed with the load average, since other jobs slow it.
+
+    .venv/bin/python bench/train.py [--quick] [--only=a,b,c,d] [--seeds=3] [--b-variants]
 """
 
 from __future__ import annotations
@@ -38,6 +47,19 @@ from dogcat.hardware import cpu_kind
 from dogcat.models import build_model
 
 QUIET = {"progress": "none", "debug_file": None, "keep_top_k": 0}
+
+
+def mean_std(xs: list[float], fmt: str = "{:.4f}") -> str:
+    """``mean ± std`` with the sample standard deviation (n - 1, as airbench's ``torch.std``); one value has none."""
+    m = statistics.fmean(xs)
+    sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
+    return f"{fmt.format(m)} ± {fmt.format(sd)}"
+
+
+def ratio_summary(ratios: list[float]) -> str:
+    """Per-pair ratios as mean ± std, with the median and the range (a pair in a neighbour's burst shows there)."""
+    return (f"{mean_std(ratios, '{:.3f}')} over {len(ratios)} pairs (median {statistics.median(ratios):.3f}, "
+            f"range {min(ratios):.3f}-{max(ratios):.3f})")
 
 
 def _fmnist_subset(folder: Path, n: int) -> Path:
@@ -86,8 +108,8 @@ def bare_loop(x: torch.Tensor, y: torch.Tensor, model_name: str, batch: int, epo
     return n / (time.perf_counter() - t0)
 
 
-def part_a(tmp: Path, quick: bool, precision: str = "fp32") -> float:
-    """Median of per-pair ratios; pairs alternate order (bare first, then dogcat first) so that a machine
+def part_a(tmp: Path, quick: bool, precision: str = "fp32") -> list[float]:
+    """The per-pair ratios; pairs alternate order (bare first, then dogcat first) so that a machine
     warming up or a neighbour's burst does not favour either side."""
     n, epochs, reps = (2048, 1, 1) if quick else (6144, 1, 12)  # 48 steps a run: the first ones weigh little
     data = _fmnist_subset(tmp / "fm-a", n)
@@ -116,7 +138,7 @@ def part_a(tmp: Path, quick: bool, precision: str = "fp32") -> float:
               f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     # The fastest run of each is the one least disturbed by the machine's neighbours (timeit's reasoning)
     print(f"  (a) {precision} best of {reps}: dogcat {best[0]:.0f} / bare {best[1]:.0f} img/s -> {best[0] / best[1]:.3f}")
-    return statistics.median(ratios)
+    return ratios
 
 
 def make_jpegs(root: Path, n: int) -> None:
@@ -183,8 +205,9 @@ def _dogcat_rate(cfg: dict, env: str) -> tuple[float, float]:
     return (steps - 2) * batch / (tn - t2), wall
 
 
-def part_b(tmp: Path, quick: bool, variants: bool) -> float:
-    size, batch, steps, reps, n = (112, 16, 4, 1, 64) if quick else (224, 16, 5, 1, 320)
+def part_b(tmp: Path, quick: bool, variants: bool, reps: int) -> list[float]:
+    """The per-pair ratios of ``reps`` pairs, the template's way first in even pairs and dogcat first in odd ones."""
+    size, batch, steps, n = (112, 16, 4, 64) if quick else (224, 16, 5, 320)
     root = tmp / "jpegs"
     make_jpegs(root, n)
     cfg = dict(dataset="kaggle", train_data_root=str(root / "train"), test_data_root=None, val_split=0.0,
@@ -199,8 +222,12 @@ def part_b(tmp: Path, quick: bool, variants: bool) -> float:
           "(`dogcat prepare`; not in the img/s)", flush=True)
     ratios, seeds = [], []
     for r in range(reps):
-        seed = seed_way(root, size, batch, steps)
-        ours, _ = _dogcat_rate(cfg, f"b{r}")
+        if r % 2:
+            ours, _ = _dogcat_rate(cfg, f"b{r}")
+            seed = seed_way(root, size, batch, steps)
+        else:
+            seed = seed_way(root, size, batch, steps)
+            ours, _ = _dogcat_rate(cfg, f"b{r}")
         ratios.append(ours / seed)
         seeds.append(seed)
         print(f"  (b) rep {r}: template's way {seed:.1f} img/s, dogcat {ours:.1f} img/s -> {ours / seed:.2f}x",
@@ -216,16 +243,17 @@ def part_b(tmp: Path, quick: bool, variants: bool) -> float:
                                       f"b-{b}{'-compiled' if comp else ''}")
             print(f"  (b) variant {name}: dogcat {rate:.1f} img/s -> {rate / seed:.2f}x the template's way "
                   f"(the whole run of {k} steps: {wall:.0f} s)", flush=True)
-    return statistics.median(ratios)
+    return ratios
 
 
-def part_c(tmp: Path, quick: bool, recipe: str, tag: str, precision: str | None = None
+def part_c(tmp: Path, quick: bool, recipe: str, tag: str, precision: str | None = None, seed: int = 0
            ) -> tuple[list[tuple[int, float, float, float]], float]:
-    """Per epoch: epoch, its seconds (training + validation), the cumulative seconds, test accuracy (the
-    recipe's own evaluation: flip TTA when it says so); and the seconds of the whole ``train()`` call.
-    ``precision`` overrides the recipe's (fp32: what a CPU without native bf16 runs)."""
-    over: dict = {"save_every_epochs": 1, "keep_top_k": 0, "env": tag, "runs_root": str(tmp / "runs"),
-                  "progress": "none", "debug_file": None}
+    """One training of the recipe with ``seed``. Per epoch: epoch, its seconds (training + validation), the
+    cumulative seconds, test accuracy (the recipe's own evaluation: flip TTA when it says so); and the seconds
+    of the whole ``train()`` call. ``precision`` overrides the recipe's (fp32: what a CPU without native bf16
+    runs)."""
+    over: dict = {"save_every_epochs": 1, "keep_top_k": 0, "env": f"{tag}-seed{seed}", "seed": seed,
+                  "runs_root": str(tmp / "runs"), "progress": "none", "debug_file": None}
     if precision:
         over["precision"] = precision
     if quick:
@@ -239,16 +267,33 @@ def part_c(tmp: Path, quick: bool, recipe: str, tag: str, precision: str | None 
         ck = res.run_dir / "checkpoints" / f"epoch-{h['epoch']:04d}.pt"
         acc = test(str(ck), {"result_file": str(tmp / "sub.csv"), "progress": "none"})["metrics"]["accuracy"]
         rows.append((h["epoch"], h["epoch_seconds"], wall, acc))
-        print(f"  ({tag}) epoch {h['epoch']}: {h['epoch_seconds']:.1f} s, {wall:.0f} s of training, "
+        print(f"  ({tag}) seed {seed} epoch {h['epoch']}: {h['epoch_seconds']:.1f} s, {wall:.0f} s of training, "
               f"test accuracy {acc:.4f} (load average {os.getloadavg()[0]:.2f}, this run's ~2 included)", flush=True)
     return rows, whole
 
 
-def report_c(tag: str, recipe: str, rows: list[tuple[int, float, float, float]], whole: float, target: float) -> None:
-    hit = next((r for r in rows if r[3] >= target), None)
-    print(f"({tag}) recipe {recipe}: {len(rows)} epochs, {rows[-1][2]:.0f} s of training ({whole:.0f} s for the "
-          f"whole train() call), test accuracy {rows[-1][3]:.4f}")
-    print(f"({tag}) {target:.0%} test accuracy " + (f"after {hit[2]:.0f} s (epoch {hit[0]})" if hit else "not reached"))
+def report_c(tag: str, recipe: str, runs: list[tuple[list[tuple[int, float, float, float]], float]],
+             target: float) -> None:
+    """Each seed's line, then every figure as mean ± std over the seeds (epochs every seed reached)."""
+    for seed, (rows, whole) in enumerate(runs):
+        hit = next((r for r in rows if r[3] >= target), None)
+        print(f"({tag}) seed {seed}: {len(rows)} epochs, {rows[-1][2]:.0f} s of training ({whole:.0f} s for the "
+              f"whole train() call), test accuracy {rows[-1][3]:.4f}; {target:.0%} "
+              + (f"after {hit[2]:.0f} s (epoch {hit[0]})" if hit else "not reached"))
+    n = len(runs)
+    for i in range(min(len(rows) for rows, _ in runs)):
+        acc = [rows[i][3] * 100 for rows, _ in runs]
+        secs = [rows[i][2] for rows, _ in runs]
+        print(f"({tag}) epoch {runs[0][0][i][0]}: test accuracy {mean_std(acc, '{:.2f}')} %, after "
+              f"{mean_std(secs, '{:.0f}')} s of training (mean ± std over {n} seeds)")
+    final = [rows[-1][3] * 100 for rows, _ in runs]
+    secs = [rows[-1][2] for rows, _ in runs]
+    print(f"({tag}) recipe {recipe}, {n} seeds: test accuracy {mean_std(final, '{:.2f}')} % after "
+          f"{mean_std(secs, '{:.0f}')} s of training (mean ± std; min {min(final):.2f}, max {max(final):.2f})")
+    hits = [next((r[2] for r in rows if r[3] >= target), None) for rows, _ in runs]
+    reached = [h for h in hits if h is not None]
+    print(f"({tag}) {target:.0%} test accuracy reached by {len(reached)} of {n} seeds"
+          + (f", after {mean_std(reached, '{:.0f}')} s of training" if reached else ""))
 
 
 def main() -> int:
@@ -261,9 +306,13 @@ def main() -> int:
                     help="torch threads for everything (0: torch's default, one per core). On a machine other jobs "
                          "share, 1 keeps OpenMP's threads from waiting on each other's time slices")
     ap.add_argument("--b-variants", action="store_true", help="(b): also larger batches and --compile")
+    ap.add_argument("--seeds", type=int, default=3,
+                    help="(c), (d): trainings (seeds 0..N-1) each figure is the mean ± std of; (b): alternated pairs")
     ap.add_argument("--fmnist-precision", default=None, choices=["fp32", "bf16"],
                     help="(c), (d): instead of the recipe's auto (fp32: as on a CPU without native bf16)")
     args = ap.parse_args()
+    if args.seeds < 1:
+        ap.error(f"--seeds={args.seeds}: at least 1 (3 or more for a standard deviation worth quoting)")
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -276,14 +325,14 @@ def main() -> int:
                 print("(a) bf16: skipped, this CPU has no native bf16")
                 continue
             print(f"(a) overhead in {precision}, dogcat / bare loop img/s (target >= 0.97): "
-                  f"{part_a(tmp, args.quick, precision):.3f}", flush=True)
+                  f"{ratio_summary(part_a(tmp, args.quick, precision))}", flush=True)
         if "b" in args.only:
             print(f"(b) dogcat default / template's way, ResNet-34 img/s (target >= 2.5x): "
-                  f"{part_b(tmp, args.quick, args.b_variants):.2f}x")
+                  f"{ratio_summary(part_b(tmp, args.quick, args.b_variants, 1 if args.quick else args.seeds))}")
         for tag, recipe, target in (("c", "fashion-mnist", 0.93), ("d", "fashion-mnist-94", 0.94)):
             if tag in args.only:
-                rows, whole = part_c(tmp, args.quick, recipe, tag, args.fmnist_precision)
-                report_c(tag, recipe, rows, whole, target)
+                runs = [part_c(tmp, args.quick, recipe, tag, args.fmnist_precision, seed) for seed in range(args.seeds)]
+                report_c(tag, recipe, runs, target)
     print(f"load average at the end {os.getloadavg()[0]:.2f} (figures taken above ~0.7 are slowed by other jobs)")
     return 0
 

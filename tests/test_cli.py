@@ -120,7 +120,7 @@ def test_version_and_each_commands_own_help(capsys):
 
 
 def test_import_loads_no_torch():
-    """What keeps `dogcat --version`, `help`, `runs` and `completion` fast (their timings: README "Options")."""
+    """What keeps `dogcat --version`, `help`, `runs` and `completion` fast (their timings: docs/options.md)."""
     code = "import sys; import dogcat, dogcat.cli; print(int('torch' in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "0", "import dogcat / dogcat.cli imported torch"

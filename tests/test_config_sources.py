@@ -1,6 +1,6 @@
 """Where option values come from, as LightningCLI and Hydra users expect: several ``--config`` files merged in
 order (``-c`` for short), ``DOGCAT_*`` environment variables between them and the command line, and
-``--print-config`` showing the result (README "Options")."""
+``--print-config`` showing the result (docs/options.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 (live, resumable, not part of the experiment) agree with each other and are derived in one place.
 
 Every import counts: at the top of a file, inside a function, inside a class (only ``if TYPE_CHECKING:``
-blocks are left out, as they never run). The order is the README's code map. To check another tree (say an
+blocks are left out, as they never run). The order is docs/code-map.md's. To check another tree (say an
 older commit checked out elsewhere): ``DOGCAT_SRC=/path/to/src python -m pytest tests/test_layers.py``.
 """
 

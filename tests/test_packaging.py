@@ -27,7 +27,7 @@ from dogcat.config import builtin
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["src", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "Makefile", "constraints.txt", "tests",
-           "bench", "docs"]
+           "bench", "docs", "mkdocs.yml"]
 NAME = f"dogcat_vision-{dogcat.__version__}"
 HAS_BUILD = importlib.util.find_spec("build") is not None
 needs_build = pytest.mark.skipif(not HAS_BUILD, reason="python -m build: the [dev] extra installs it")
@@ -90,7 +90,8 @@ def test_sdist_holds_the_sources_and_what_checks_them(dist):
     with tarfile.open(dist["sdist"]) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
     assert {"LICENSE", "README.md", "pyproject.toml", "Makefile", "constraints.txt", "src/dogcat/py.typed",
-            "src/dogcat/recipes/fashion-mnist.yaml", "tests/test_packaging.py", "bench/data.py"} <= names
+            "src/dogcat/recipes/fashion-mnist.yaml", "tests/test_packaging.py", "bench/data.py", "mkdocs.yml",
+            "docs/index.md", "tests/test_docs.py"} <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 

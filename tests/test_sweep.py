@@ -81,7 +81,7 @@ def test_space_without_search_and_searched_option_given_twice(data, tmp_path):
     path = space_file(tmp_path, data, {"lr": {"choice": [0.01]}})
     with pytest.raises(ConfigError, match="given on the command line and searched"):
         read_space(path, {"lr": "0.1"})
-    with pytest.raises(ConfigError, match="--nproc must be 1"):  # one trial, one process (README "Sweeps")
+    with pytest.raises(ConfigError, match="--nproc must be 1"):  # one trial, one process (docs/sweeps.md)
         read_space(path, {"nproc": "2"})
     with pytest.raises(ConfigError, match="set by the sweep for each trial"):
         read_space(path, {"run_dir": "x"})

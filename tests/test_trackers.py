@@ -346,7 +346,7 @@ def test_a_folder_or_file_uri_is_still_a_file_store(tmp_path):
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("flask"),
                     reason="`mlflow ui` needs the full mlflow (pip install 'dogcat-vision[mlflow]'), not mlflow-skinny")
 def test_mlflow_ui_serves_the_runs_of_the_default_store(logged):
-    """The README's command, from the folder that holds runs/, with no MLflow variable set: `mlflow ui` lists the
+    """The command of docs/tracking.md, from the folder that holds runs/, with no MLflow variable set: `mlflow ui` lists the
     run with its metrics and serves its artifacts."""
     port = closed_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

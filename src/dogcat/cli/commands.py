@@ -247,7 +247,7 @@ def lr_find(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
 
 def ctl(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    """``dogcat ctl RUN COMMAND [ARG]`` — talk to a running training (see README "Steering a running job")."""
+    """``dogcat ctl RUN COMMAND [ARG]`` — talk to a running training (see docs/steering.md)."""
     from ..control import NotRunning, send
     from ..io import MalformedFile
     from ..tracking.folder import RunFolder

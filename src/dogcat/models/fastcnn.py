@@ -4,7 +4,7 @@ Layout: a 3x3 stem at full resolution, then blocks of conv -> 2x2 max pool -> Ba
 BatchNorm -> ReLU, then the maximum over the remaining grid and a linear layer. Pooling right after the first
 conv of a block (airbench's order) runs that BatchNorm and ReLU on a quarter of the pixels: on the project's
 2-core CPU the 16-32-64 net trains 1.3x (bf16) to 1.9x (fp32) faster than ``smallcnn`` (conv-BN-ReLU at full
-resolution, then pool) at about the same FLOPs, and reached higher test accuracy per epoch (README, "Speed").
+resolution, then pool) at about the same FLOPs, and reached higher test accuracy per epoch (docs/speed.md).
 Widths are multiples of 16: oneDNN's CPU kernels ran a 24-48-96 net slower than a 32-64-128 one.
 """
 

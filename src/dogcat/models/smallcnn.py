@@ -39,7 +39,7 @@ class SmallCNN(nn.Module):
     channels), so 10 epochs fit in the 5 minutes where width 24 fit 5; and keeping a 3x3 grid of the last
     features instead of a global average lets the linear layer see where things are (a sleeve, a heel) at
     almost no cost. The earlier width-24 global-average model reached 91.4 % test accuracy in 3 epochs;
-    this one 93.5 % in 12 (see the README's "Speed" for the recipe's figures).
+    this one 93.5 % in 12 (see docs/speed.md for the recipe's figures).
     The grid pool keeps the model usable at any input size (the tests train it on 32 px photos)."""
 
     def __init__(self, num_classes: int, in_chans: int = 1, width: int = 16, dropout: float = 0.2) -> None:

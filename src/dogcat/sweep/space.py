@@ -133,7 +133,7 @@ def read_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
             except ConfigError as e:
                 raise ConfigError(f"search: {p.name}: {p.kind} value {v!r}: {e}") from None
     if space.base.train.nproc > 1:
-        raise ConfigError("a sweep runs each trial in its own process: --nproc must be 1 (README \"Sweeps\": one "
+        raise ConfigError("a sweep runs each trial in its own process: --nproc must be 1 (docs/sweeps.md: one "
                           "sweep process per GPU with CUDA_VISIBLE_DEVICES)")
     return space
 

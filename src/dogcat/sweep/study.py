@@ -1,6 +1,6 @@
 """``sweep(space, trials=N)``: Optuna trials, each an ordinary training run in ``RUNS/NAME/trial-NNNN/``.
 
-The study lives in a database (default: the SQLite file ``RUNS/NAME/study.db``; README "Sweeps" says why), so
+The study lives in a database (default: the SQLite file ``RUNS/NAME/study.db``; docs/sweeps.md says why), so
 any number of sweep processes, here or on other machines, work on one study; each trial's folder is named by
 its Optuna trial number, which the database hands out once. Trials are taken with ask/tell under a lock
 (``RUNS/NAME/sweep.lock``), so processes on one machine stop at exactly N finished-or-pruned trials between
