@@ -22,7 +22,7 @@ from ..control import StopFlag, TrainingStopped
 from ..data import DataBundle, build_train_val, class_weights
 from ..io import atomic_write_text, one_line
 from ..metrics import check_monitor, format_confusion, metric, summary
-from ..models import check_input, check_weights
+from ..models import check_input, check_weights, pretrained_input
 from ..tracking.records import epoch_record, event_record
 from ..tracking.run import Run, RunFolder, find_run
 from ..tracking.tracker import Tracker, check_loggers
@@ -94,7 +94,7 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
     check_optimizer(cfg.optim.optimizer)
     check_loggers(cfg)  # a tracker's missing package or silent server: one line, before a run folder exists
     if not cfg.train.resume:
-        data = build_train_val(cfg.data, processes=d.world)
+        data = build_train_val(cfg.data, processes=d.world, model_input=model_input(cfg))
         check_input(cfg.model.model, data.pre.in_chans, cfg.data.image_size)
         check_weights(cfg.model.model, len(data.pre.classes), data.pre.in_chans, cfg.model.pretrained,
                       cfg.model.load_model_path, not cfg.model.load_not_strict)  # a bad file: no failed run folder
@@ -116,12 +116,27 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
             cfg.train.max_steps = None
         if d.main:
             atomic_write_text(run.folder.config, to_yaml(cfg))
-        data = build_train_val(cfg.data, processes=d.world)
+        data = build_train_val(cfg.data, processes=d.world, model_input=model_input(cfg, quiet=True))
         check_options(cfg, data)
         return run, resume, data
     except BaseException:
         run.unlock()
         raise
+
+
+def model_input(cfg: Config, quiet: bool = False) -> dict[str, Any] | None:
+    """A pretrained timm model's input (``models.pretrained_input``: mean, std, interpolation, crop fraction
+    from its ``pretrained_cfg``), said in one line; ``--image-size`` stays the network input (a line says when
+    the weights were trained at another size). None for other models or without ``--pretrained``."""
+    got = pretrained_input(cfg.model.model, cfg.model.pretrained)
+    if got is None or quiet:
+        return got
+    chosen = "--normalize=" + cfg.data.normalize + " wins" if cfg.data.normalize != "auto" else "used"
+    log.info(f"{got['source']} pretrained input: mean {list(got['mean'])} std {list(got['std'])} ({chosen}), "
+             f"{got['interpolation']} resize, crop fraction {got['crop_pct']:g}"
+             + (f"; its weights were trained at {got['size']} px, this run uses --image-size={cfg.data.image_size}"
+                if got["size"] != cfg.data.image_size else ""))
+    return got
 
 
 def check_options(cfg: Config, data: DataBundle) -> None:
