@@ -30,7 +30,8 @@ from . import distributed
 from .checkpoint import Checkpoints
 from .commands import Stop
 from .distributed import Dist, unwrap
-from .loop import Epoch, train_one_epoch, validate
+from .features import whole_model
+from .loop import Epoch, thaw, train_one_epoch, validate
 from .optim import check_optimizer
 from .parts import Parts, build_parts, restore_run, write_checkpoint
 from .resume import resume_changes
@@ -92,6 +93,10 @@ def open_run(cfg: Config, d: Dist) -> tuple[Run, Resume | None, DataBundle]:
     so bad input fails before a run folder exists; a resumed run is locked (one writer per run folder) and
     its latest readable checkpoint loaded."""
     check_optimizer(cfg.optim.optimizer)
+    if d.enabled and cfg.model.unfreeze_at:  # DDP registers the parameters that need gradients once, at wrapping
+        raise ConfigError(f"option --unfreeze-at={cfg.model.unfreeze_at} works in one process only (DDP cannot add "
+                          "parameters to train later); train the head first, then start a new run with "
+                          "--load-model-path=RUN/checkpoints/last.pt")
     check_loggers(cfg)  # a tracker's missing package or silent server: one line, before a run folder exists
     if not cfg.train.resume:
         data = build_train_val(cfg.data, processes=d.world, model_input=model_input(cfg))
@@ -189,7 +194,7 @@ def fit(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, 
         restore_run(p, state, *resume)
     if tracker is not None:  # data fingerprint; TensorBoard, purged after the checkpoint's step
         tracker.setup(p.data, str(device))
-        tracker.model_graph(unwrap(p.step.model), device)
+        tracker.model_graph(whole_model(unwrap(p.step.model)), device)
     debug_file = cfg.train.debug_file or str(run.folder.debug_trigger)
     steering = Steering(cfg, run.folder.control, d, device, signals, debug_file, run.log)
     try:
@@ -213,6 +218,7 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, steering: Steering, on_
             break
         t0 = time.perf_counter()
         p.sampler.set_epoch(state.epoch, start=state.batch * cfg.data.batch_size)
+        thaw(p, state, cfg)  # --unfreeze-at: frozen or not, as a function of the epoch
         epoch = train_one_epoch(p, state, steering, cfg)
         if epoch.stop is not None:  # last.pt was written at the step boundary
             return _stopped(p, state, epoch.stop, steering, history)
@@ -238,6 +244,8 @@ def _validate_and_log(cfg: Config, p: Parts, state: TrainState, trained: Epoch, 
     trackers, the console) and, when due, the projector's embeddings. Returns the record."""
     run, names, tracker = p.run, list(p.data.pre.classes), p.tracker
     collect = tracker.collector() if tracker is not None else None  # mistakes, PR curve
+    if collect is not None and p.features:
+        collect.keep_images = 0  # the validation batches are features, not pictures to show
     val = validate(p.step.eval_model, p.val_loader, p.runtime, len(names), p.bad, p.progress,
                    cfg.train.print_freq, collect) if p.val_loader else {}
     p.step.scheduler.epoch_end(trained.loss)
@@ -249,7 +257,7 @@ def _validate_and_log(cfg: Config, p: Parts, state: TrainState, trained: Epoch, 
     _print_epoch(record, val, names, cfg.train.max_epoch)
     every, epoch = cfg.train.embeddings_every, state.epoch + 1
     if tracker is not None and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
-        tracker.embeddings(state.global_step, unwrap(p.step.eval_model), p.data.val, p.runtime.device,
+        tracker.embeddings(state.global_step, whole_model(unwrap(p.step.eval_model)), p.data.val, p.runtime.device,
                            cfg.data.batch_size)
     return record
 

@@ -34,6 +34,8 @@ EVENTS = {
     "early_stop": "early stopping ended the run (epoch, step, reason)",
     "pruned": "a sweep's pruner ended the run (epoch, step, reason)",
     "sweep": "the sweep recorded something about the trial's run (status, reason)",
+    "unfreeze": "--unfreeze-at: the frozen parameters train from this epoch on (epoch, step, parameters)",
+    "features": "--cache-features computed the backbone's features once (train, val, shape, megabytes, seconds)",
 }
 # epoch-record keys that are timings or bookkeeping, not results (left out of a run's "final metrics")
 VOLATILE = frozenset({TIME, KIND, STEP, "epoch_seconds", "train_images_per_s"})
