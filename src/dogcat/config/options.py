@@ -143,7 +143,7 @@ class ModelConfig:
                       "parameter groups of the backbone: timm's stem/stages, else the model's top-level layers); "
                       "their BatchNorm stays in eval mode")
     unfreeze_at: int = opt(0, "with --freeze: train the whole model from this epoch on (1-based; the backbone at "
-                           "lr x backbone_lr_mult); 0: never", range=Range(0, COUNT), changes="resume")
+                           "lr x backbone_lr_mult); 0: never", range=Range(0, COUNT))
     cache_features: bool = opt(False, "with --freeze=backbone and --augment=none: compute the backbone's features "
                                "of every image once (in memory) and train the head on them, validating on them too")
     backbone_lr_mult: float = opt(1.0, "learning-rate multiplier for the backbone (head gets lr)", range=Range(0))
