@@ -1,12 +1,14 @@
-"""What a trained model expects of its input, as one value: classes, channels, normalisation, size, resize rule.
+"""What a trained model expects of its input, as one value: classes, channels, normalisation, size, resize rule,
+interpolation and crop fraction.
 
 The data bundle makes it, the checkpoint stores it (``"preprocess"``), loading reads it back, the export
 sidecar writes it out for other runtimes, and the Classifier applies it: one object, so the five can never
 disagree. It is plain data (no torch); ``data/transforms.py`` turns it into transforms.
 
 Eval resize rules:
-- ``crop`` (photos): resize the short side to ``round(size / 0.875)`` (antialiased), centre-crop ``size``: the
-  usual ImageNet evaluation protocol;
+- ``crop`` (photos): resize the short side to ``round(size / crop_pct)`` (antialiased, with ``interpolation``),
+  centre-crop ``size``: the usual ImageNet evaluation protocol (``crop_pct`` 0.875, bilinear, unless the
+  pretrained weights' own configuration says otherwise: timm's ``pretrained_cfg``, see models/external.py);
 - ``squash`` (grayscale models such as Fashion-MNIST's, shown photos): resize the whole picture to ``size``.
 
 The task travels here too, because every reader of a model needs it to read the outputs: ``multiclass`` (one
@@ -33,6 +35,7 @@ RESIZE_RULES = ("crop", "squash")
 TASKS = ("multiclass", "multilabel")
 MAX_LABELS = 63  # a label set is one int64 bit mask in the loaders (bit 63 would make it negative: "unknown")
 DEFAULT_THRESHOLD = 0.5  # a multi-label model's decision threshold before a validation pass chose one
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # torchvision's InterpolationMode names (timm's too)
 STD_MIN = 1e-6  # the least std a channel may have: a constant channel's (data/stats.py floors it here); 1e-45 is
 # 0 in float32, and (x - mean) / std then infinite
 
@@ -51,6 +54,8 @@ class Preprocess:
     std: tuple[float, ...]
     size: int
     resize: str = "crop"
+    interpolation: str = "bilinear"  # of the eval resize (older checkpoints and sidecars: bilinear)
+    crop_pct: float = EVAL_CROP_RATIO  # centre crop / resized short side (older ones: 0.875)
     task: str = "multiclass"
     thresholds: tuple[float, ...] | None = None  # multilabel: one per label (None: DEFAULT_THRESHOLD each)
 
@@ -73,7 +78,7 @@ class Preprocess:
     @property
     def resize_to(self) -> int:
         """The short side a ``crop`` picture is resized to before its centre crop (S of the packed cache)."""
-        return stored_side(self.size)
+        return stored_side(self.size, self.crop_pct)
 
     @property
     def mode(self) -> str:
@@ -95,11 +100,14 @@ class Preprocess:
         if not isinstance(d, dict):
             raise PreprocessError(f"{source}: the preprocessing is a {type(d).__name__}, not a mapping")
         return cls.checked(d.get("classes"), d.get("in_chans"), d.get("mean"), d.get("std"), d.get("size"),
-                           d.get("resize", "crop"), source, d.get("task", "multiclass"), d.get("thresholds"))
+                           d.get("resize", "crop"), source, interpolation=d.get("interpolation", "bilinear"),
+                           crop_pct=d.get("crop_pct", EVAL_CROP_RATIO), task=d.get("task", "multiclass"),
+                           thresholds=d.get("thresholds"))
 
     @classmethod
     def checked(cls, classes: Any, in_chans: Any, mean: Any, std: Any, size: Any, resize: Any = "crop",
-                source: str = "preprocessing", task: Any = "multiclass", thresholds: Any = None) -> Preprocess:
+                source: str = "preprocessing", *, interpolation: Any = "bilinear", crop_pct: Any = EVAL_CROP_RATIO,
+                task: Any = "multiclass", thresholds: Any = None) -> Preprocess:
         """A Preprocess from loose values, or one :class:`PreprocessError` line naming ``source`` and every
         problem."""
         problems = []
@@ -119,12 +127,17 @@ class Preprocess:
             problems.append(f"size is {size!r}, not a pixel count in [1, 16384]")
         if resize not in RESIZE_RULES:
             problems.append(f"resize is {resize!r}, not one of {', '.join(RESIZE_RULES)}")
+        if interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation is {interpolation!r}, not one of {', '.join(INTERPOLATIONS)}")
+        if not (isinstance(crop_pct, (int, float)) and not isinstance(crop_pct, bool) and 0.05 <= crop_pct <= 1):
+            problems.append(f"crop_pct is {crop_pct!r}, not a fraction in [0.05, 1]")
         problems += _task_problems(task, thresholds, classes)
         if problems:
             raise PreprocessError(f"{source} is not usable: {'; '.join(problems)}")
         cuts = tuple(float(x) for x in thresholds) if task == "multilabel" and thresholds is not None else None
         return cls(tuple(classes), int(in_chans), tuple(float(x) for x in mean), tuple(float(x) for x in std),
-                   int(size), str(resize), str(task), cuts)
+                   int(size), str(resize), interpolation=str(interpolation), crop_pct=float(crop_pct), task=str(task),
+                   thresholds=cuts)
 
     @classmethod
     def default(cls, classes: list[str] | tuple[str, ...], in_chans: int, size: int) -> Preprocess:
@@ -136,11 +149,12 @@ class Preprocess:
 
     def spec(self) -> dict[str, Any]:
         """The eval preprocessing written out for other runtimes (the export sidecar's ``preprocess``)."""
-        spec: dict[str, Any] = {"mode": self.mode, "interpolation": "bilinear", "antialias": True,
+        spec: dict[str, Any] = {"mode": self.mode, "interpolation": self.interpolation, "antialias": True,
                                 "scale": "uint8 / 255, then (x - mean) / std per channel", "layout": "NCHW float32"}
         if self.resize == "squash":
             return {**spec, "resize": [self.size, self.size], "center_crop": None}
-        return {**spec, "resize": self.resize_to, "resize_side": "shorter", "center_crop": self.size}
+        return {**spec, "resize": self.resize_to, "resize_side": "shorter", "center_crop": self.size,
+                "crop_pct": self.crop_pct}
 
 
 def _task_problems(task: Any, thresholds: Any, classes: Any) -> list[str]:
@@ -160,6 +174,6 @@ def _task_problems(task: Any, thresholds: Any, classes: Any) -> list[str]:
     return problems
 
 
-def stored_side(image_size: int) -> int:
+def stored_side(image_size: int, crop_pct: float = EVAL_CROP_RATIO) -> int:
     """S for a network input ``image_size``: the short side the eval ``crop`` rule resizes to."""
-    return round(image_size / EVAL_CROP_RATIO)
+    return round(image_size / crop_pct)

@@ -20,7 +20,7 @@ from .config import DogcatError
 from .io import MalformedFile, one_line, read_json, sha256_file
 from .models import build_model
 from .models.calibration import temperature_problem
-from .preprocess import Preprocess, PreprocessError
+from .preprocess import EVAL_CROP_RATIO, Preprocess, PreprocessError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 INSTALL_HINT = ("install the optional export packages: pip install 'dogcat-vision[export]' "
@@ -101,10 +101,13 @@ def sidecar_temperature(meta: dict[str, Any]) -> float:
 
 def preprocess_of(meta: dict[str, Any]) -> Preprocess:
     """The sidecar's preprocessing facts (its documented top-level keys) as the one value object."""
-    crop = isinstance(meta.get("preprocess"), dict) and meta["preprocess"].get("center_crop") is not None
+    spec = meta["preprocess"] if isinstance(meta.get("preprocess"), dict) else {}
+    crop = spec.get("center_crop") is not None
     return Preprocess.checked(meta.get("class_names"), meta.get("in_chans"), meta.get("mean"), meta.get("std"),
                               meta.get("image_size"), "crop" if crop else "squash", "the sidecar's preprocessing",
-                              meta.get("task", "multiclass"), meta.get("thresholds"))
+                              interpolation=spec.get("interpolation", "bilinear"),
+                              crop_pct=spec.get("crop_pct", EVAL_CROP_RATIO), task=meta.get("task", "multiclass"),
+                              thresholds=meta.get("thresholds"))
 
 
 def check_file(path: Path, meta: dict[str, Any], trust: bool = False) -> None:

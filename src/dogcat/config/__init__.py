@@ -10,12 +10,13 @@ from .loading import (RUN_NAME, as_config, from_dict, help_text, load_config, lo
                       read_recipe, recipe_list, resolve_key, to_dict, to_yaml)
 from .options import (ALIASES, CHANGES, COUNT, LIVE, LOCAL, LOGGERS, NOT_EXPERIMENT, OPTIONS, RESUMABLE, SECTIONS, SEED,
                       ClassWeights, Config, ConfigError, DataConfig, DogcatError, EvalConfig, ModelConfig, OptimConfig,
-                      Range, TrainConfig, flag, flat_config, is_flag, opt, option_table, parse_class_weights, spellings)
+                      Range, TrainConfig, flag, flat_config, freeze_of, is_flag, opt, option_table, parse_class_weights, parse_freeze,
+                      spellings)
 
 __all__ = [
     "RUN_NAME", "as_config", "from_dict", "help_text", "load_config", "logger_list", "parse_overrides",
     "read_environ", "read_recipe", "recipe_list", "resolve_key", "where_from", "to_dict", "to_yaml", "ALIASES", "CHANGES", "COUNT", "LIVE", "LOCAL", "LOGGERS",
     "NOT_EXPERIMENT", "OPTIONS", "RESUMABLE", "SECTIONS", "SEED", "ClassWeights", "Config", "ConfigError",
     "DataConfig", "DogcatError", "EvalConfig", "ModelConfig", "OptimConfig", "Range", "TrainConfig", "flag",
-    "flat_config", "is_flag", "opt", "option_table", "parse_class_weights", "spellings",
+    "flat_config", "freeze_of", "is_flag", "opt", "option_table", "parse_class_weights", "parse_freeze", "spellings",
 ]

@@ -25,7 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from ..console import redact
 from ..reading import TooComplex, check_tree, load_yaml, read_regular
 from . import builtin
-from .options import ALIASES, LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range, flag, parse_class_weights
+from .options import (ALIASES, LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range, flag, freeze_of,
+                      parse_class_weights)
 
 
 def _norm(key: str) -> str:
@@ -150,10 +151,35 @@ def _check_values(cfg: DictConfig) -> None:
                           "inside --runs-root; pass --run-dir=PATH for a folder elsewhere)")
     cfg.train.logger = logger_list(cfg.train.logger)
     parse_class_weights(cfg.optim.class_weights)  # raises naming the option; users parse it the same way
+    _check_finetune(cfg)
     clip = cfg.eval.clip_probs
     if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1] <= 1.0):
         raise ConfigError(f"option --clip-probs expects two numbers a,b with 0 <= a < b <= 1 (e.g. 0.02,0.98), "
                           f"got {list(clip)}")
+
+
+def _check_finetune(cfg: DictConfig) -> None:
+    """``--freeze`` / ``--unfreeze-at`` / ``--cache-features`` together: each combination that cannot work is one
+    line naming the options. Features computed once need a frozen backbone for the whole run and the same
+    input every epoch, so no random augmentation and no mixing of images (they are refused, not ignored: the
+    run would silently train on something else than asked)."""
+    m, d, o = cfg.model, cfg.data, cfg.optim
+    frozen = freeze_of(m)
+    if m.freeze_backbone and str(m.freeze).lower() not in ("none", "backbone"):
+        raise ConfigError(f"options --freeze-backbone and --freeze={m.freeze} disagree: pass one of them")
+    if m.unfreeze_at and frozen == "none":
+        raise ConfigError(f"option --unfreeze-at={m.unfreeze_at} needs --freeze=backbone or --freeze=N (nothing is "
+                          "frozen to unfreeze)")
+    if not m.cache_features:
+        return
+    why = [f"--freeze={frozen} (needs --freeze=backbone)"] if frozen != "backbone" else []
+    why += [f"--unfreeze-at={m.unfreeze_at} (the backbone must stay frozen)"] if m.unfreeze_at else []
+    why += [f"--augment={d.augment} (needs --augment=none: features are computed once)"] if d.augment != "none" else []
+    why += [f"--random-erasing={d.random_erasing}"] if d.random_erasing else []
+    why += [f"--{k}={o[k]}" for k in ("mixup", "cutmix") if o[k]]
+    if why:
+        raise ConfigError("option --cache-features trains the head on features computed once per image, which does "
+                          "not fit " + ", ".join(why))
 
 
 def logger_list(spec: str) -> str:

@@ -148,7 +148,14 @@ class ModelConfig:
                                           "(val/test)", changes="resume")
     load_not_strict: bool = opt(False, "load_model_path may match the model only partly (reports what matched)")
     freeze_backbone: bool = opt(False, "train only the classifier head (the original pytorch-book project's "
-                                "SqueezeNet fine-tuning)")
+                                "SqueezeNet fine-tuning); the same as --freeze=backbone")
+    freeze: str = opt("none", "frozen parameters: none, backbone (all but the classifier head) or N (the first N "
+                      "parameter groups of the backbone: timm's stem/stages, else the model's top-level layers); "
+                      "their BatchNorm stays in eval mode")
+    unfreeze_at: int = opt(0, "with --freeze: train the whole model from this epoch on (1-based; the backbone at "
+                           "lr x backbone_lr_mult); 0: never", range=Range(0, COUNT))
+    cache_features: bool = opt(False, "with --freeze=backbone and --augment=none: compute the backbone's features "
+                               "of every image once (in memory) and train the head on them, validating on them too")
     backbone_lr_mult: float = opt(1.0, "learning-rate multiplier for the backbone (head gets lr)", range=Range(0))
 
 
@@ -365,6 +372,24 @@ def parse_class_weights(spec: str) -> ClassWeights:
         raise ConfigError(f"option {flag('class_weights')}={spec!r} is not allowed: allowed is auto, none, or "
                           "comma-separated finite weights >= 0, one per class, not all 0 (e.g. 1,3)")
     return ws
+
+
+def parse_freeze(spec: Any) -> Union[Literal["none", "backbone"], int]:
+    """``--freeze`` as a typed value, the one parser of it: ``"none"``, ``"backbone"`` or a count N >= 1 of
+    backbone parameter groups (``models/freeze.py`` says which); anything else is one ConfigError line."""
+    s = str(spec).strip().lower()
+    if s in ("none", "backbone"):
+        return s  # type: ignore[return-value]
+    if s.isdigit() and 1 <= int(s) <= 10_000:
+        return int(s)
+    raise ConfigError(f"option {flag('freeze')}={spec!r} is not allowed: allowed is none, backbone or a number N "
+                      ">= 1 (the first N parameter groups of the backbone)")
+
+
+def freeze_of(model: Any) -> Union[Literal["none", "backbone"], int]:
+    """The freezing a ModelConfig asks for: ``--freeze``, or ``backbone`` for ``--freeze-backbone`` (kept as its
+    older spelling)."""
+    return "backbone" if model.freeze_backbone else parse_freeze(model.freeze)
 
 
 def flat_config(tree: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -43,9 +44,11 @@ __all__ = [
     "BalancedSampler", "class_counts", "class_weights", "loss_weights", "targets", "train_sampler",
 ]
 
-def build_train_val(cfg: DataConfig, processes: int = 1) -> DataBundle:
+def build_train_val(cfg: DataConfig, processes: int = 1, model_input: dict[str, Any] | None = None) -> DataBundle:
     """Train set (train transform) and val set (eval transform) of the configured data; ``processes``: how
-    many training processes read it (DDP: a packed cache is then memory-mapped, one copy for all)."""
+    many training processes read it (DDP: a packed cache is then memory-mapped, one copy for all);
+    ``model_input``: a pretrained model's input (``models.pretrained_input``; see ``normalize.with_model_input``
+    for what it sets and what wins over it)."""
     layout = get_layout(detect(cfg))
     check_val_split(cfg.val_split)
     if cfg.task == "multilabel" and layout.name != "list":
@@ -53,6 +56,8 @@ def build_train_val(cfg: DataConfig, processes: int = 1) -> DataBundle:
                         f"--train-list=FILE (--dataset={layout.name} gives one class per image)")
     if cfg.label_columns and cfg.task != "multilabel":
         raise DataError(f"--label-columns={cfg.label_columns} gives each image several labels: add --task=multilabel")
+    if model_input is not None:
+        layout = normalize.with_model_input(layout, model_input)
     # --normalize=dataset: the training split's statistics need the split itself, so build it once with the
     # layout's own statistics, then again with the computed ones (cached for image files; see normalize.py)
     first = layout.train_val(cfg, processes) if cfg.normalize == "dataset" else None

@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..config import DataConfig
 from ..io import TEXT, MalformedFile, atomic_write_text, read_json
@@ -40,6 +40,26 @@ def with_statistics(layout: Layout, mean: Sequence[float], std: Sequence[float])
     def preprocess(classes: Sequence[str], size: int) -> Preprocess:
         pre = base(classes, size)
         return replace(pre, mean=channel_mean(mean, pre.in_chans), std=channel_mean(std, pre.in_chans))
+
+    layout.preprocess = preprocess  # type: ignore[method-assign]  # this instance only
+    return layout
+
+
+def with_model_input(layout: Layout, model_input: dict[str, Any]) -> Layout:
+    """``layout`` whose ``preprocess`` follows a pretrained model's input (``models.pretrained_input``): its
+    interpolation and crop fraction for photos (the ``crop`` rule), and its mean and std for RGB data. The
+    precedence, decided here once: ``--normalize=imagenet|dataset`` still wins (``with_statistics`` is applied
+    after this); a grayscale layout keeps its own statistics (a 3-channel model's mean is not a 1-channel
+    one's); ``--image-size`` always wins over the weights' input size."""
+    base = layout.preprocess
+
+    def preprocess(classes: Sequence[str], size: int) -> Preprocess:
+        pre = base(classes, size)
+        if pre.in_chans == 3:
+            pre = replace(pre, mean=tuple(model_input["mean"]), std=tuple(model_input["std"]))
+        if pre.resize == "crop":
+            pre = replace(pre, interpolation=model_input["interpolation"], crop_pct=model_input["crop_pct"])
+        return pre
 
     layout.preprocess = preprocess  # type: ignore[method-assign]  # this instance only
     return layout

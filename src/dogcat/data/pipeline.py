@@ -17,7 +17,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
-from ..preprocess import Preprocess, stored_side
+from ..preprocess import Preprocess
 from .augment import BatchPolicy
 from .cache import Packed, ensure, packed_dataset
 from .images import DataError, ImageFiles
@@ -112,11 +112,12 @@ class ImageLayout(Layout):
                 "count": len(rows)}
 
 
-def packed_cache(cfg: DataConfig, samples: Samples, source: str, size: int, processes: int = 1) -> Packed:
-    """The packed cache of ``samples`` for network input ``size`` (built on first use, by one process: the
-    others wait for it), in RAM when it fits ``in_memory_mb`` and this is the only process; with several (DDP)
-    every process memory-maps it, so the page cache holds one copy instead of one per process."""
-    return ensure(samples, source, stored_side(size), size, cfg.cache_dir).load(cfg.in_memory_mb if processes == 1 else 0)
+def packed_cache(cfg: DataConfig, samples: Samples, source: str, pre: Preprocess, processes: int = 1) -> Packed:
+    """The packed cache of ``samples`` for ``pre``'s network input (S = its ``resize_to``, so its crop fraction;
+    the cache's own resize is bilinear) (built on first use, by one process: the others wait for it), in RAM
+    when it fits ``in_memory_mb`` and this is the only process; with several (DDP) every process memory-maps
+    it, so the page cache holds one copy instead of one per process."""
+    return ensure(samples, source, pre.resize_to, pre.size, cfg.cache_dir).load(cfg.in_memory_mb if processes == 1 else 0)
 
 
 def split_off(files: Files, cfg: DataConfig) -> tuple[Files, Files | None]:
@@ -134,8 +135,8 @@ def image_bundle(cfg: DataConfig, layout: str, pre: Preprocess, train: Files, va
     """Train set (train transform) and val set (eval transform) of image files; ``processes``: how many
     training processes read them (DDP), see :func:`packed_cache`."""
     size = pre.size
-    packed = packed_cache(cfg, train.samples, train.source, size, processes) if cfg.cache else None  # all of it
-    val_packed = packed_cache(cfg, val.samples, val.source, size, processes) if cfg.cache and val else packed
+    packed = packed_cache(cfg, train.samples, train.source, pre, processes) if cfg.cache else None  # all of it
+    val_packed = packed_cache(cfg, val.samples, val.source, pre, processes) if cfg.cache and val else packed
     if val is None:
         train, val = split_off(train, cfg)
     threads = max(1, resolve_workers(cfg.num_workers))  # array data loads on threads, not processes
@@ -147,7 +148,8 @@ def image_bundle(cfg: DataConfig, layout: str, pre: Preprocess, train: Files, va
             if val else None
         policy = BatchPolicy(cfg.augment, cfg.random_erasing, pre.mean)
     else:  # decode JPEGs no larger than the transforms need (see decode_image)
-        tf = train_transform(size, pre.mean, pre.std, cfg.augment, normalize=False, erasing=cfg.random_erasing)
+        tf = train_transform(size, pre.mean, pre.std, cfg.augment, normalize=False, erasing=cfg.random_erasing,
+                             interpolation=pre.interpolation, crop_pct=pre.crop_pct)
         train_set = ImageFiles(train.samples, train.ids, tf, pre.mode, pre.resize_to)
         val_set = ImageFiles(val.samples, val.ids, eval_transform_for(pre), pre.mode, eval_decode_side(pre)) \
             if val else None
@@ -162,7 +164,7 @@ def image_files_set(cfg: DataConfig, pre: Preprocess, files: Files) -> Dataset:
     """Image files with ``pre``'s eval transform: from their packed cache with ``--cache`` (RGB crops only)."""
     if cfg.cache and pre.in_chans == 3 and pre.resize == "crop":
         threads = max(1, resolve_workers(cfg.num_workers))
-        packed = packed_cache(cfg, files.samples, files.source, pre.size)
+        packed = packed_cache(cfg, files.samples, files.source, pre)
         return packed_dataset(packed, files.samples, files.ids, EvalBatch(pre.size, pre.mean, pre.std, threads))
     return ImageFiles(files.samples, files.ids, eval_transform_for(pre), pre.mode, eval_decode_side(pre))
 

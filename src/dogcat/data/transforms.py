@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, stored_side
+from ..preprocess import EVAL_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, Preprocess, stored_side
 from .augment import BatchPolicy, geometry, policy_steps
 from .images import shared_empty
 
@@ -43,30 +43,39 @@ def _finish(mean: tuple[float, ...], std: tuple[float, ...]) -> list:
 
 
 def train_transform(size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                    augment: str = "default", normalize: bool = True, erasing: float = 0.0) -> v2.Compose:
+                    augment: str = "default", normalize: bool = True, erasing: float = 0.0,
+                    interpolation: str = "bilinear", crop_pct: float = EVAL_CROP_RATIO) -> v2.Compose:
     """Random resized crop (35-100 % of the area) + horizontal flip, for photos.
 
     ``augment="flip"``: the eval resize + centre crop, then a flip; ``"none"``: the eval transform; a preset
     (``augment.PRESETS``): ``default``, then its policy. ``erasing``: then random erasing with this probability.
-    ``normalize=False`` stops at the uint8 crop (``BatchNormalize`` finishes the batch on the device)."""
+    ``normalize=False`` stops at the uint8 crop (``BatchNormalize`` finishes the batch on the device).
+    ``interpolation`` / ``crop_pct``: the model's (``Preprocess``), for the resizes and the eval crop."""
     finish = _finish(mean, std) if normalize else []
     policy = policy_steps(augment, erasing, mean)
     if geometry(augment) != "default":
         flip = [v2.RandomHorizontalFlip()] if augment == "flip" else []
-        return v2.Compose([*eval_transform(size, mean, std).transforms[:2], *flip, *policy, *finish])
+        crop = eval_transform(size, mean, std, interpolation, crop_pct).transforms[:2]
+        return v2.Compose([*crop, *flip, *policy, *finish])
     return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+        v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True, interpolation=_mode(interpolation)),
         v2.RandomHorizontalFlip(),
         *policy,
         *finish,
     ])
 
 
-def eval_transform(size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
-                   std: tuple[float, ...] = IMAGENET_STD) -> v2.Compose:
-    """Resize the short side to size/0.875, centre-crop ``size``."""
+def _mode(interpolation: str) -> v2.InterpolationMode:
+    """``Preprocess.interpolation`` (a name) as torchvision's mode."""
+    return v2.InterpolationMode(interpolation)
+
+
+def eval_transform(size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                   interpolation: str = "bilinear", crop_pct: float = EVAL_CROP_RATIO) -> v2.Compose:
+    """Resize the short side to size/crop_pct (0.875 unless the model's weights say otherwise), centre-crop
+    ``size``."""
     return v2.Compose([
-        v2.Resize(stored_side(size), antialias=True),
+        v2.Resize(stored_side(size, crop_pct), antialias=True, interpolation=_mode(interpolation)),
         v2.CenterCrop(size),
         *_finish(mean, std),
     ])
@@ -81,12 +90,15 @@ def eval_transform_for(pre: Preprocess) -> v2.Compose:
     """The eval transform ``pre`` implies: its resize rule (``crop`` or ``squash``), size and normalisation."""
     if pre.resize == "squash":
         return squash_transform(pre.size, pre.mean, pre.std)
-    return eval_transform(pre.size, pre.mean, pre.std)
+    return eval_transform(pre.size, pre.mean, pre.std, pre.interpolation, pre.crop_pct)
 
 
 def eval_decode_side(pre: Preprocess) -> int:
     """The short side a picture must keep when decoded for ``pre``'s eval transform (``decode_image``'s
-    ``min_short``): what the transform resizes it to."""
+    ``min_short``): what the transform resizes it to. 0 (decode whole) for an interpolation other than
+    bilinear: the decoder's own reduction resizes bilinearly, and the transform must do the resizing."""
+    if pre.interpolation != "bilinear":
+        return 0
     return pre.size if pre.resize == "squash" else pre.resize_to
 
 

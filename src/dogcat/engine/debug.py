@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..console import escape
 from ..io import atomic_write_bytes, atomic_write_text, safe_dir
+from ..models.freeze import train_mode
 from .distributed import unwrap
 from .step import TrainStep
 
@@ -63,7 +64,7 @@ def debug_dump(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ids
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        train_mode(model, was_training)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     grad_map = {n: g for n, g in zip(names, grads) if g is not None}
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,9 @@ def evaluate(target: str | Path | None, overrides: dict[str, Any] | None = None,
     """Validation metrics of a trained model on its own validation split; writes ``result.json``.
     ``overrides`` / ``options``: config options, e.g. ``evaluate(run, tta=True, batch_size=64)``."""
     lm = load_model(target, {**(overrides or {}), **options})
-    data = build_train_val(lm.cfg.data)
+    pre = lm.pre  # the checkpoint's: the validation images get the model's own eval resize, crop and statistics
+    data = build_train_val(lm.cfg.data, model_input={"mean": pre.mean, "std": pre.std,
+                                                     "interpolation": pre.interpolation, "crop_pct": pre.crop_pct})
     names = list(lm.pre.classes)
     if data.val is None:
         raise DataError("no validation set: set --val-split > 0 or --val-data-root / --val-list")

@@ -55,10 +55,11 @@ class Given:
             overrides["dataset"] = "list" if is_frame(g.train_data) else "python"
         return g
 
-    def data(self, cfg: DataConfig, processes: int = 1) -> DataBundle:
-        """The training and validation data: the given objects, else what the options name."""
+    def data(self, cfg: DataConfig, processes: int = 1, model_input: dict[str, Any] | None = None) -> DataBundle:
+        """The training and validation data: the given objects, else what the options name (``model_input``: a
+        pretrained model's input, see ``data.build_train_val``)."""
         if self.train_data is None:
-            return build_train_val(cfg, processes)
+            return build_train_val(cfg, processes, model_input)
         return given_bundle(cfg, self.train_data, self.val_data, self.classes, cfg.path_column, cfg.label_column)
 
     def check_model(self, cfg: Config, data: DataBundle) -> None:

@@ -10,13 +10,14 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from ..config import Config, ConfigError, to_yaml
+from ..config import Config, ConfigError, freeze_of, to_yaml
 from ..data import BadFiles, Batch
 from ..io import atomic_write_text
 from ..metrics import summary
+from ..models.freeze import set_frozen, train_mode
 from ..tracking.collect import Collector
 from ..tracking.progress import Progress
-from ..tracking.records import step_record
+from ..tracking.records import event_record, step_record
 from .commands import Command, Debug, Eval, Invalid, Save, Set, Stop
 from .debug import debug_step
 from .distributed import unwrap
@@ -41,7 +42,7 @@ def train_one_epoch(p: Parts, state: TrainState, steering: Steering, cfg: Config
     """Train the rest of the epoch from ``state.batch`` (0, or where a resumed run stopped). Leaves early,
     checkpointed, when a command says stop."""
     step, rt, t = p.step, p.runtime, cfg.train
-    step.model.train()
+    train_mode(step.model)  # frozen parts' BatchNorm stays in eval mode
     progress = Progress(len(p.train_loader), f"epoch {state.epoch + 1}/{t.max_epoch}", p.progress, t.print_freq)
     step.optimizer.zero_grad(set_to_none=True)
     stop = None
@@ -51,8 +52,8 @@ def train_one_epoch(p: Parts, state: TrainState, steering: Steering, cfg: Config
         boundary = state.batch % cfg.optim.accum_steps == 0 or state.batch == p.batches_per_epoch
         if usable(batch, p.train_loader.batch_size):
             images, labels = rt.to_device(batch.images, batch.labels)
-            if p.data.batch_transform is not None:  # a uint8 batch: augmented and normalised on the device
-                images = p.data.batch_transform(images, batch.seed)
+            if p.batch_transform is not None:  # a uint8 batch: augmented and normalised on the device
+                images = p.batch_transform(images, batch.seed)
             step.forward_backward(images, labels, batch.ids, boundary)
         elif rt.dist.enabled:  # under DDP every rank runs backward, with weight 0 when it has nothing
             step.repeat_last(boundary)
@@ -65,6 +66,21 @@ def train_one_epoch(p: Parts, state: TrainState, steering: Steering, cfg: Config
         progress.update(len(batch.labels))
     progress.close()
     return Epoch(step.meter.mean(), progress.throughput, stop)
+
+
+def thaw(p: Parts, state: TrainState, cfg: Config) -> None:
+    """``--unfreeze-at=E``: what ``--freeze`` froze trains from epoch E on (1-based). A function of the epoch
+    alone, called before each epoch, so a run resumed on either side of E is frozen exactly as it was."""
+    freeze, at = freeze_of(cfg.model), cfg.model.unfreeze_at
+    if freeze == "none" or not at:
+        return
+    changed = set_frozen(unwrap(p.step.model), freeze, state.epoch + 1 < at)
+    if changed:
+        p.step.params = [x for x in p.step.model.parameters() if x.requires_grad]
+    if changed and state.epoch + 1 >= at:
+        log.info(f"epoch {state.epoch + 1}: unfroze {changed} parameter tensors (--unfreeze-at={at}); the "
+                 f"backbone trains at lr x {cfg.model.backbone_lr_mult:g}")
+        p.run.log(event_record("unfreeze", epoch=state.epoch + 1, step=state.global_step, parameters=changed))
 
 
 def after_step(p: Parts, state: TrainState, commands: list[Command], steering: Steering, cfg: Config) -> Stop | None:
@@ -163,7 +179,7 @@ def validate(model: nn.Module, loader: Any, rt: Runtime, num_classes: int, bad: 
                 collect.add(batch.ids, images, labels, logits)
         shown.update(len(batch.labels))
     shown.close()
-    model.train(was_training)
+    train_mode(model, was_training)
     if rt.dist.enabled:
         meter.reduce(rt.dist)
     return meter.compute()

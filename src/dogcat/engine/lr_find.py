@@ -118,7 +118,7 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
     ``load_model_path``). Writes ``lr_find.png`` + ``lr_find.json`` to ``output`` (a .png path or a
     folder), default ``<runs_root>/lr-find-<model>-<time>/``."""
     from ..data import SeededItems, build_train_val, loss_weights, make_loader, train_sampler
-    from ..models import build_model
+    from ..models import build_model, pretrained_input
     from ..models.weights import load_weights
     from .optim import build_optimizer
     from .criterion import build_criterion
@@ -129,7 +129,7 @@ def lr_find(cfg: Config, output: str | Path | None = None, start: float = 1e-7, 
                           f"--start-lr={start:g} --end-lr={end:g} --steps={steps}")
     device = pick_device(cfg.train)
     seed_everything(cfg.train.seed)
-    data = build_train_val(cfg.data)
+    data = build_train_val(cfg.data, model_input=pretrained_input(cfg.model.model, cfg.model.pretrained))
     sampler = train_sampler(cfg.data.sampler, data.train, cfg.train.seed)
     sampler.set_epoch(0)
     loader = make_loader(SeededItems(data.train), shuffle=False, sampler=sampler, batch_size=cfg.data.batch_size,

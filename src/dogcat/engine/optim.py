@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from ..config import Config, ConfigError, OptimConfig
-from ..models import head_module
+from ..config import Config, ConfigError, OptimConfig, freeze_of
+from ..models import ModelError, head_module
+from ..models.freeze import set_frozen
 
 
 # torch.optim classes dogcat's training step cannot drive, and why (each crashed inside torch on the first step)
@@ -49,16 +50,23 @@ def check_optimizer(name: str) -> None:
 
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
-    """Head at ``lr``, backbone at ``lr * backbone_lr_mult``; a frozen backbone gets no gradients at all.
-    Each group keeps its ``lr_mult`` (its lr over ``--lr``), so a new ``--lr`` can be set, not scaled."""
+    """Head at ``lr``, backbone at ``lr * backbone_lr_mult``; what ``--freeze`` names gets no gradients at all.
+    Each group keeps its ``lr_mult`` (its lr over ``--lr``), so a new ``--lr`` can be set, not scaled.
+
+    Frozen parameters are left out of the optimizer, unless ``--unfreeze-at`` will unfreeze them: then they are
+    in the backbone group from the start, without gradients until that epoch (every torch optimizer skips a
+    parameter whose ``grad`` is None: no update, no weight decay, no state). So the groups never change and a
+    checkpoint from either side of the unfreeze epoch loads into the same optimizer: an exact resume."""
     head = head_module(model)
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-    if (cfg.model.freeze_backbone or cfg.model.backbone_lr_mult != 1.0) and head is None:
-        raise ConfigError(f"--freeze-backbone / --backbone-lr-mult: cannot find the head of {cfg.model.model}")
-    if cfg.model.freeze_backbone:
-        for p in model.parameters():
-            p.requires_grad_(id(p) in head_ids)
-    params = [p for p in model.parameters() if p.requires_grad]
+    freeze = freeze_of(cfg.model)
+    if cfg.model.backbone_lr_mult != 1.0 and head is None:
+        raise ConfigError(f"--backbone-lr-mult: cannot find the head of {cfg.model.model}")
+    try:
+        set_frozen(model, freeze, True)
+    except ModelError as e:
+        raise ConfigError(str(e)) from None
+    params = [p for p in model.parameters() if p.requires_grad or cfg.model.unfreeze_at]
     mult = cfg.model.backbone_lr_mult
     groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.optim.lr, "name": "head", "lr_mult": 1.0},
               {"params": [p for p in params if id(p) not in head_ids],

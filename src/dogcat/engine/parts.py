@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from .checkpoint import CheckpointError, Checkpoints, Stateful, checkpoint_prepr
 from .criterion import build_criterion
 from .distributed import Dist, unwrap
 from .ema import build_ema
+from .features import FeatureHead, feature_sets
 from .optim import OptimizerPart, Schedule, build_optimizer
 from .precision import choose_precision
 from .resume import RngStates
@@ -52,6 +53,8 @@ class Parts:
     progress: str           # the display of this process ("none" on ranks other than 0)
     checkpoints: Checkpoints
     tracker: Tracker | None = None  # rank 0's manifest and TensorBoard (set by the trainer once started)
+    batch_transform: Any = None  # of the training batches (data.batch_transform; None for cached features)
+    features: bool = False  # --cache-features: the loaders serve the backbone's features, step.model is a FeatureHead
 
 
 def checkpoint_parts(p: Parts, state: TrainState) -> dict[str, Stateful]:
@@ -108,17 +111,7 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
     seed_everything(cfg.train.seed + d.rank, cfg.train.deterministic)  # per-rank dropout; DDP syncs the init
     if d.main:
         write_splits(data, run.folder.splits)
-    loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
-                       pin_memory=device.type == "cuda")
-    sampler = train_sampler(cfg.data.sampler, data.train, cfg.train.seed, d.rank, d.world,
-                            cfg.train.limit_train_batches * cfg.data.batch_size)
-    train_loader = make_loader(SeededItems(data.train), shuffle=False, sampler=sampler, **loader_args)
-    val_loader = None
-    if data.val is not None:  # under DDP each rank validates its own share: every image exactly once
-        limit = cfg.train.limit_val_batches * cfg.data.batch_size
-        shard = ShardSampler(len(data.val), d.rank, d.world, limit) if d.enabled or limit else None
-        val_loader = make_loader(data.val, shuffle=False, sampler=shard, **loader_args)
-
+    sampler, train_loader, val_loader = _loaders(cfg, data.train, data.val, d, device)
     pre = data.pre
     model = module if module is not None else build_model(cfg.model.model, len(pre.classes), pre.in_chans,
                                                           cfg.model.pretrained)
@@ -126,10 +119,17 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
         load_weights(model, cfg.model.load_model_path, strict=not cfg.model.load_not_strict)
     model.to(device, memory_format=memory_format(cfg.train.channels_last))
     rt = Runtime(device, _precision(cfg, model, data, run, d, device), cfg.train.channels_last, d)
+    bad = BadFiles(run.folder.bad_files if d.main else None)
+    optimizer = build_optimizer(model, cfg)  # applies --freeze (requires_grad), before features are computed
+    batch_transform = data.batch_transform
+    if cfg.model.cache_features:  # the head trains on the frozen backbone's features, computed here once
+        model = FeatureHead(model)
+        train_set, val_set = feature_sets(model.whole, data, cfg, rt, bad, run.log)
+        sampler, train_loader, val_loader = _loaders(cfg, train_set, val_set, d, device)
+        rt, batch_transform = replace(rt, channels_last=False), None  # (batch, features) rows: no NCHW layout
     ema = build_ema(model, cfg.optim.ema_decay)
     if cfg.train.compile:
         model.compile()  # in place: state_dict keys stay plain
-    optimizer = build_optimizer(model, cfg)
     global_batch = cfg.data.batch_size * d.world * cfg.optim.accum_steps
     ratio = global_batch / cfg.train.base_batch_size
     lr_factor = {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[cfg.train.lr_scaling]
@@ -144,9 +144,26 @@ def build_parts(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.
     step = TrainStep(cfg, model, optimizer, scheduler, grad_scaler(device, rt.precision),
                      build_criterion(cfg, len(pre.classes), _class_weights(cfg, data, run)), ema, rt, run.log)
     t = cfg.train
-    return Parts(data, sampler, train_loader, val_loader, step, rt, run,
-                 BadFiles(run.folder.bad_files if d.main else None), batches, t.progress if d.main else "none",
-                 Checkpoints(run.ckpt_dir, t.monitor, t.keep_top_k, t.save_every_epochs))
+    return Parts(data, sampler, train_loader, val_loader, step, rt, run, bad, batches,
+                 t.progress if d.main else "none", Checkpoints(run.ckpt_dir, t.monitor, t.keep_top_k, t.save_every_epochs),
+                 batch_transform=batch_transform, features=cfg.model.cache_features)
+
+
+def _loaders(cfg: Config, train: Any, val: Any | None, d: Dist, device: torch.device
+             ) -> tuple[ResumableSampler, Any, Any | None]:
+    """The training order and loader of ``train`` (resumable, DDP-sharded, ``--limit-train-batches``) and the
+    validation loader of ``val`` (each rank its own share: every item exactly once; ``--limit-val-batches``)."""
+    loader_args = dict(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+                       pin_memory=device.type == "cuda")
+    sampler = train_sampler(cfg.data.sampler, train, cfg.train.seed, d.rank, d.world,
+                            cfg.train.limit_train_batches * cfg.data.batch_size)
+    train_loader = make_loader(SeededItems(train), shuffle=False, sampler=sampler, **loader_args)
+    val_loader = None
+    if val is not None:
+        limit = cfg.train.limit_val_batches * cfg.data.batch_size
+        shard = ShardSampler(len(val), d.rank, d.world, limit) if d.enabled or limit else None
+        val_loader = make_loader(val, shuffle=False, sampler=shard, **loader_args)
+    return sampler, train_loader, val_loader
 
 
 def _precision(cfg: Config, model: nn.Module, data: DataBundle, run: Run, d: Dist, device: torch.device) -> str:

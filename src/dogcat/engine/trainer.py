@@ -26,6 +26,7 @@ from ..data import DataBundle, class_weights
 from ..data.multilabel import multilabel_weights
 from ..io import atomic_write_text, one_line
 from ..metrics import check_monitor, format_confusion, format_per_label, metric, summary
+from ..models import pretrained_input
 from ..tracking.progress import EpochTable
 from ..tracking.records import epoch_record, event_record
 from ..tracking.run import Run, RunFolder, find_run
@@ -35,9 +36,10 @@ from .checkpoint import Checkpoints, checkpoint_preprocess
 from .commands import Stop
 from .criterion import check_multilabel
 from .distributed import Dist, unwrap
+from .features import whole_model
 from .given import CUSTOM, Given
 from .trained import load_model
-from .loop import Epoch, train_one_epoch, validate
+from .loop import Epoch, thaw, train_one_epoch, validate
 from .meters import eval_meter
 from .optim import check_optimizer
 from .parts import Parts, build_parts, restore_run, write_checkpoint
@@ -129,9 +131,13 @@ def open_run(cfg: Config, d: Dist, given: Given | None = None) -> tuple[Run, Res
     its latest readable checkpoint loaded."""
     given = given or Given()
     check_optimizer(cfg.optim.optimizer)
+    if d.enabled and cfg.model.unfreeze_at:  # DDP registers the parameters that need gradients once, at wrapping
+        raise ConfigError(f"option --unfreeze-at={cfg.model.unfreeze_at} works in one process only (DDP cannot add "
+                          "parameters to train later); train the head first, then start a new run with "
+                          "--load-model-path=RUN/checkpoints/last.pt")
     check_loggers(cfg)  # a tracker's missing package or silent server: one line, before a run folder exists
     if not cfg.train.resume:
-        data = given.data(cfg.data, processes=d.world)
+        data = given.data(cfg.data, processes=d.world, model_input=model_input(cfg))
         given.check_model(cfg, data)  # and the weights it starts from: a bad file leaves no failed run folder
         check_options(cfg, data)
         created = Run.create(cfg) if d.main else None  # one run folder, made by rank 0, named to all
@@ -155,7 +161,7 @@ def open_run(cfg: Config, d: Dist, given: Given | None = None) -> tuple[Run, Res
             cfg.train.max_steps = None
         if d.main:
             atomic_write_text(run.folder.config, to_yaml(cfg))
-        data = given.data(cfg.data, processes=d.world)
+        data = given.data(cfg.data, processes=d.world, model_input=model_input(cfg, quiet=True))
         stored = list(checkpoint_preprocess(ckpt, "").classes)
         if list(data.pre.classes) != stored:
             raise ConfigError(f"the data's classes {list(data.pre.classes)} differ from the run's {stored}: resume "
@@ -165,6 +171,21 @@ def open_run(cfg: Config, d: Dist, given: Given | None = None) -> tuple[Run, Res
     except BaseException:
         run.unlock()
         raise
+
+
+def model_input(cfg: Config, quiet: bool = False) -> dict[str, Any] | None:
+    """A pretrained timm model's input (``models.pretrained_input``: mean, std, interpolation, crop fraction
+    from its ``pretrained_cfg``), said in one line; ``--image-size`` stays the network input (a line says when
+    the weights were trained at another size). None for other models or without ``--pretrained``."""
+    got = pretrained_input(cfg.model.model, cfg.model.pretrained)
+    if got is None or quiet:
+        return got
+    chosen = "--normalize=" + cfg.data.normalize + " wins" if cfg.data.normalize != "auto" else "used"
+    log.info(f"{got['source']} pretrained input: mean {list(got['mean'])} std {list(got['std'])} ({chosen}), "
+             f"{got['interpolation']} resize, crop fraction {got['crop_pct']:g}"
+             + (f"; its weights were trained at {got['size']} px, this run uses --image-size={cfg.data.image_size}"
+                if got["size"] != cfg.data.image_size else ""))
+    return got
 
 
 def check_options(cfg: Config, data: DataBundle) -> None:
@@ -223,7 +244,7 @@ def fit(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device, 
         restore_run(p, state, *resume)
     if tracker is not None:  # data fingerprint; TensorBoard, purged after the checkpoint's step
         tracker.setup(p.data, str(device))
-        tracker.model_graph(unwrap(p.step.model), device)
+        tracker.model_graph(whole_model(unwrap(p.step.model)), device)
     debug_file = cfg.train.debug_file or str(run.folder.debug_trigger)
     steering = Steering(cfg, run.folder.control, d, device, signals, debug_file, run.log)
     try:
@@ -248,6 +269,7 @@ def run_epochs(cfg: Config, p: Parts, state: TrainState, steering: Steering, on_
             break
         t0 = time.perf_counter()
         p.sampler.set_epoch(state.epoch, start=state.batch * cfg.data.batch_size)
+        thaw(p, state, cfg)  # --unfreeze-at: frozen or not, as a function of the epoch
         epoch = train_one_epoch(p, state, steering, cfg)
         if epoch.stop is not None:  # last.pt was written at the step boundary
             return _stopped(p, state, epoch.stop, steering, history)
@@ -275,6 +297,8 @@ def _validate_and_log(cfg: Config, p: Parts, state: TrainState, trained: Epoch, 
     run, pre, tracker = p.run, p.data.pre, p.tracker
     names = list(pre.classes)
     collect = tracker.collector() if tracker is not None and not pre.multilabel else None  # mistakes, PR curve
+    if collect is not None and p.features:
+        collect.keep_images = 0  # the validation batches are features, not pictures to show
     val = validate(p.step.eval_model, p.val_loader, p.runtime, len(names), p.bad, p.progress,
                    cfg.train.print_freq, collect, eval_meter(names, pre.multilabel)) if p.val_loader else {}
     if pre.multilabel and val:  # this epoch's checkpoints carry the thresholds chosen on its validation
@@ -288,7 +312,7 @@ def _validate_and_log(cfg: Config, p: Parts, state: TrainState, trained: Epoch, 
     _print_epoch(record, val, names, cfg.train.max_epoch)
     every, epoch = cfg.train.embeddings_every, state.epoch + 1
     if tracker is not None and not pre.multilabel and (epoch == cfg.train.max_epoch or (every and epoch % every == 0)):
-        tracker.embeddings(state.global_step, unwrap(p.step.eval_model), p.data.val, p.runtime.device,
+        tracker.embeddings(state.global_step, whole_model(unwrap(p.step.eval_model)), p.data.val, p.runtime.device,
                            cfg.data.batch_size)
     return record
 

@@ -8,6 +8,8 @@ libraries. Importing this package registers the built-in architectures.
 from __future__ import annotations
 
 from . import external, fastcnn, resnet, smallcnn, squeezenet  # noqa: F401  (their @register decorators run on import)
+from .external import pretrained_input
 from .registry import ModelError, build_model, check_input, check_weights, head_module, list_models, register
 
-__all__ = ["ModelError", "build_model", "check_input", "check_weights", "head_module", "list_models", "register"]
+__all__ = ["ModelError", "build_model", "check_input", "check_weights", "head_module", "list_models",
+           "pretrained_input", "register"]

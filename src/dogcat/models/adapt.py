@@ -6,7 +6,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from .weights import WeightsError, fetch_hub, is_hub, load_weights
+from .registry import head_module
+from .weights import LoadReport, WeightsError, fetch_hub, is_hub, load_weights
 
 
 def set_in_chans(model: nn.Module, in_chans: int) -> nn.Module:
@@ -40,6 +41,28 @@ def load_pretrained(model: nn.Module, pretrained: str | None, hub_weights: Any =
                                "pass a local weight file, --pretrained=FILE")
         state = fetch_hub(f"{type(model).__name__} ({hub_weights})", hub_weights.url,
                           lambda: hub_weights.get_state_dict(progress=True))
-        load_weights(model, state, strict=False, source="hub weights", adapt_channels=adapt_channels)
+        rep = load_weights(model, state, strict=False, source="hub weights", adapt_channels=adapt_channels,
+                           head=_head_name(model))
     else:
-        load_weights(model, pretrained, strict=False, adapt_channels=adapt_channels)
+        rep = load_weights(model, pretrained, strict=False, adapt_channels=adapt_channels, head=_head_name(model))
+    check_backbone(model, rep)
+
+
+def _head_name(model: nn.Module) -> str:
+    """The classifier head's module name (``fc``, ``classifier``, ``head.fc``), or "" when none is found."""
+    head = head_module(model)
+    return next((n for n, m in model.named_modules() if head is not None and m is head), "")
+
+
+def check_backbone(model: nn.Module, rep: LoadReport) -> None:
+    """Pretrained weights must cover the whole backbone: only the classifier head may be missing or of another
+    shape (another class count: the new head is kept). A file with backbone tensors missing is the weights of
+    another architecture (or a wrong naming) that happen to share a few keys: one WeightsError line, not a
+    half-pretrained model. BatchNorm's ``num_batches_tracked`` counters may be absent (timm omits them)."""
+    head = _head_name(model)
+    missing = [k for k in rep.missing if not (head and k.startswith(f"{head}.")) and not k.endswith("num_batches_tracked")]
+    if missing:
+        few = ", ".join(missing[:4]) + (f", ... ({len(missing)})" if len(missing) > 4 else "")
+        raise WeightsError(f"{rep.source} does not fit {type(model).__name__}: backbone weights missing from it "
+                           f"({few}); is it the weight file of another architecture? (--pretrained loads every "
+                           "tensor but the classifier head)")

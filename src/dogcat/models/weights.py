@@ -85,14 +85,22 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # "key: file shape -> model shape"
     adapted: list[str] = field(default_factory=list)
+    new_head: str = ""  # the model's head module when the file's head (another class count) was dropped
 
     def summary(self) -> str:
         def few(xs: list[str]) -> str:
             return ", ".join(xs[:4]) + (f", ... ({len(xs)})" if len(xs) > 4 else "")
 
+        head = f"{self.new_head}."
+        mismatched = [m for m in self.mismatched if not (self.new_head and m.startswith(head))]
+        missing = [k for k in self.missing if not (self.new_head and k.startswith(head))]
         parts = [f"loaded {len(self.matched)} tensors from {self.source}"]
-        for name, xs in (("adapted", self.adapted), ("missing", self.missing),
-                         ("unexpected", self.unexpected), ("shape-mismatched", self.mismatched)):
+        if self.new_head:
+            dropped = [m.split(":")[0] for m in self.mismatched if m.startswith(head)]
+            parts.append(f"the classifier head is new (the file's {', '.join(dropped)} for another class count "
+                         "dropped)")
+        for name, xs in (("adapted", self.adapted), ("missing", missing),
+                         ("unexpected", self.unexpected), ("shape-mismatched", mismatched)):
             if xs:
                 parts.append(f"{name}: {few(xs)}")
         return "; ".join(parts)
@@ -168,9 +176,10 @@ def _best_prefix_fit(sd: dict[str, torch.Tensor], target: set[str]) -> dict[str,
 
 
 def load_weights(model: nn.Module, src: str | Path | dict, strict: bool = True, source: str | None = None,
-                 adapt_channels: bool = False) -> LoadReport:
+                 adapt_channels: bool = False, head: str = "") -> LoadReport:
     """Load weights into ``model``. Strict: every key and shape must match. Non-strict: load what matches,
-    report the rest, refuse when nothing matched."""
+    report the rest, refuse when nothing matched. ``head``: the name of the model's classifier module, whose
+    shape-mismatched keys (another class count) the report names as a dropped head, in its one line."""
     sd, name = read_state_dict(src)
     own = model.state_dict()
     sd = _best_prefix_fit(sd, set(own))
@@ -189,6 +198,8 @@ def load_weights(model: nn.Module, src: str | Path | dict, strict: bool = True, 
         else:
             rep.mismatched.append(f"{k}: {tuple(v.shape)} -> {tuple(own[k].shape)}")
     rep.matched = list(use)
+    if head and any(m.startswith(f"{head}.") for m in rep.mismatched):
+        rep.new_head = head
     rep.missing = [k for k in own if k not in use]
     if strict and (rep.missing or rep.unexpected or rep.mismatched):
         raise WeightsError(f"{rep.source} does not match {type(model).__name__}: {rep.summary()}. "

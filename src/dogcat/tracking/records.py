@@ -36,6 +36,8 @@ EVENTS = {
     "sweep": "the sweep recorded something about the trial's run (status, reason)",
     "calibrate": "`dogcat calibrate` stored a temperature in a checkpoint (checkpoint, global_step, temperature, "
                  "images, nll_before, nll_after, ece_before, ece_after, ece_bins)",
+    "unfreeze": "--unfreeze-at: the frozen parameters train from this epoch on (epoch, step, parameters)",
+    "features": "--cache-features computed the backbone's features once (train, val, shape, megabytes, seconds)",
 }
 # epoch-record keys that are timings or bookkeeping, not results (left out of a run's "final metrics")
 VOLATILE = frozenset({TIME, KIND, STEP, "epoch_seconds", "train_images_per_s"})
