@@ -31,7 +31,7 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject.toml re
 _LAZY = {
     "Config": "config", "ConfigError": "config", "load_config": "config",
     "calibrate": "engine.calibrate", "evaluate": "engine.evaluator", "report": "engine.evaluator",
-    "test": "engine.evaluator", "load_model": "engine.trained", "Result": "engine.trainer", "train": "inference",
+    "test": "engine.evaluator", "load_model": "engine.trained", "Result": "engine.result", "train": "inference",
     "embed": "features",
     "Classifier": "inference", "load": "inference", "predict": "inference",
     "explain": "explanation", "summarize": "models.summary",
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .engine.calibrate import calibrate
     from .engine.evaluator import evaluate, report, test
     from .engine.trained import load_model
-    from .engine.trainer import Result
+    from .engine.result import Result
     from .explanation import explain
     from .features import embed
     from .inference import Classifier, load, predict, train

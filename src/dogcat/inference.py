@@ -30,7 +30,8 @@ from .data import DataError, decode_image, expand_paths
 from .data.given import as_image, match_channels
 from .data.transforms import eval_transform_for
 from .engine.trained import Loaded, load_model
-from .engine.trainer import Result, train as train_run
+from .engine.result import Result
+from .engine.trainer import train as train_run
 from .models.calibration import probabilities
 from .runners import (check_file, check_io, module_runner, preprocess_of, read_sidecar, runner, safetensors_module,
                       sidecar_path, sidecar_temperature)

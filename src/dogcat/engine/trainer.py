@@ -1,5 +1,5 @@
-"""``train(cfg)``: open the run folder, build the parts, then each epoch ``train_one_epoch`` and ``validate``
-(loop.py), log, checkpoint; repeat.
+"""``train(cfg)``: open the run folder (opening.py), build the parts, then each epoch ``train_one_epoch`` and
+``validate`` (loop.py), log, checkpoint; repeat.
 
 A run can stop at any optimizer-step boundary (signal, ``dogcat ctl stop``, ``--max-steps``) and resume
 exactly: the checkpoint holds the :class:`TrainState` (the position inside the epoch), the loss sums so far and
@@ -9,92 +9,39 @@ every RNG's state, and the training order and augmentations are functions of (se
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..config import Config, ConfigError, as_config, parse_class_weights, to_yaml
+from ..config import Config, as_config
 from ..control import StopFlag, TrainingStopped
-from ..data import DataBundle, class_weights
-from ..data.multilabel import multilabel_weights
-from ..io import atomic_write_text, one_line
-from ..metrics import check_monitor, format_confusion, format_per_label, metric, summary
-from ..models import pretrained_input
+from ..data import DataBundle
+from ..io import one_line
+from ..metrics import format_confusion, format_per_label, metric, summary
 from ..tracking.progress import EpochTable
 from ..tracking.records import epoch_record, event_record
 from ..tracking.run import Run, RunFolder, find_run
-from ..tracking.tracker import Tracker, check_loggers
+from ..tracking.tracker import Tracker
 from . import distributed
-from .checkpoint import Checkpoints, checkpoint_preprocess
 from .commands import Stop
-from .criterion import check_multilabel
 from .distributed import Dist, unwrap
 from .features import whole_model
-from .given import CUSTOM, Given
-from .trained import load_model
+from .given import Given
 from .loop import Epoch, thaw, train_one_epoch, validate
 from .meters import eval_meter
-from .optim import check_optimizer
+from .opening import Resume, open_run
 from .parts import Parts, build_parts, restore_run, write_checkpoint
-from .resume import resume_changes
+from .result import OnEpoch, Result
 from .runtime import pick_device
 from .state import TrainState
 from .steering import Steering
 
 log = logging.getLogger("dogcat")
-
-
-class Resume(NamedTuple):
-    """A resumed run's latest checkpoint and the options that changed since (``{option: [old, new]}``)."""
-
-    ckpt: dict[str, Any]
-    changes: dict[str, list]
-
-
-@dataclass
-class Result:
-    """What a training returns; ``stopped`` when it ended early (``--max-steps``) and can be resumed;
-    ``pruned``: the reason ``on_epoch`` gave for ending it early (status ``pruned``).
-
-    ``result.model``: the trained ``nn.Module`` with the weights of the best checkpoint (EMA ones when kept),
-    in eval mode; ``result.load()``: a ``dogcat.Classifier`` of it (``dogcat.train`` sets how, see
-    ``inference.train``). A run of your own module loads into a copy of it."""
-
-    run_dir: Path
-    best_metric: float | None
-    best_epoch: int
-    history: list[dict] = field(default_factory=list)
-    stopped: bool = False
-    early_stop: str | None = None  # why early stopping ended the run (--patience); it is still finished
-    pruned: str | None = None
-    module: nn.Module | None = field(default=None, repr=False)  # the user's own module (train(model=module))
-    opener: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
-    _model: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def model(self) -> nn.Module:
-        """The best checkpoint's model (the last one when no epoch finished validation), loaded once."""
-        if self._model is None:
-            self._model = load_model(self.run_dir, module=copy.deepcopy(self.module) if self.module else None).model
-        return self._model
-
-    def load(self, **options: Any) -> Any:
-        """A ``dogcat.Classifier`` of this run (``options``: ``checkpoint="last"``, ``device="cpu"``, ...)."""
-        if self.opener is None:
-            raise ConfigError(f"this Result came from dogcat.engine.trainer.train; use dogcat.load({str(self.run_dir)!r})")
-        return self.opener(**options)
-
-
-# Called after each epoch (rank 0, once the epoch is logged and checkpointed) with its metrics.jsonl record;
-# a returned reason ends the run there, status "pruned" (a hyperparameter sweep's pruner: dogcat/sweep/study.py).
-OnEpoch = Callable[[dict[str, Any]], "str | None"]
 
 
 def train(cfg: Config | str | Path | dict | None = None, /, *, on_epoch: OnEpoch | None = None,
@@ -123,85 +70,6 @@ def train(cfg: Config | str | Path | dict | None = None, /, *, on_epoch: OnEpoch
             run.unlock()
     finally:
         distributed.shutdown(d)
-
-
-def open_run(cfg: Config, d: Dist, given: Given | None = None) -> tuple[Run, Resume | None, DataBundle]:
-    """``(run, what to resume from or None, data)``. A new run's data and the model's input are checked first,
-    so bad input fails before a run folder exists; a resumed run is locked (one writer per run folder) and
-    its latest readable checkpoint loaded."""
-    given = given or Given()
-    check_optimizer(cfg.optim.optimizer)
-    if d.enabled and cfg.model.unfreeze_at:  # DDP registers the parameters that need gradients once, at wrapping
-        raise ConfigError(f"option --unfreeze-at={cfg.model.unfreeze_at} works in one process only (DDP cannot add "
-                          "parameters to train later); train the head first, then start a new run with "
-                          "--load-model-path=RUN/checkpoints/last.pt")
-    check_loggers(cfg)  # a tracker's missing package or silent server: one line, before a run folder exists
-    if not cfg.train.resume:
-        data = given.data(cfg.data, processes=d.world, model_input=model_input(cfg))
-        given.check_model(cfg, data)  # and the weights it starts from: a bad file leaves no failed run folder
-        check_options(cfg, data)
-        created = Run.create(cfg) if d.main else None  # one run folder, made by rank 0, named to all
-        run = created or Run(Path(distributed.broadcast(None, d)), writer=False)
-        if created is not None:
-            distributed.broadcast(str(created.path), d)
-            given.record_data(cfg, created.folder.config, created.folder.splits)
-        return run, None, data
-    if cfg.model.model.startswith(CUSTOM) and given.module is None:
-        raise ConfigError(f"this run trained your own module {cfg.model.model[len(CUSTOM):]}, which a config cannot "
-                          "rebuild: pass it again, dogcat.train(resume=RUN, model=YourModule(), ...)")
-    run = Run(find_run(cfg.train.resume, cfg.train.runs_root), writer=d.main).lock()
-    try:
-        ckpts = Checkpoints(run.ckpt_dir)
-        if d.main:
-            ckpts.clean_temps()  # ours to clean: the lock says no other process is writing here
-        ckpt, _ = ckpts.load_latest()
-        resume = Resume(ckpt, resume_changes(ckpt["config"], cfg))
-        if cfg.train.max_steps and ckpt["state"]["global_step"] >= cfg.train.max_steps:
-            log.info(f"--max-steps={cfg.train.max_steps} was reached before this resume; training on to max_epoch")
-            cfg.train.max_steps = None
-        if d.main:
-            atomic_write_text(run.folder.config, to_yaml(cfg))
-        data = given.data(cfg.data, processes=d.world, model_input=model_input(cfg, quiet=True))
-        stored = list(checkpoint_preprocess(ckpt, "").classes)
-        if list(data.pre.classes) != stored:
-            raise ConfigError(f"the data's classes {list(data.pre.classes)} differ from the run's {stored}: resume "
-                              "on the data it trained on")
-        check_options(cfg, data)
-        return run, resume, data
-    except BaseException:
-        run.unlock()
-        raise
-
-
-def model_input(cfg: Config, quiet: bool = False) -> dict[str, Any] | None:
-    """A pretrained timm model's input (``models.pretrained_input``: mean, std, interpolation, crop fraction
-    from its ``pretrained_cfg``), said in one line; ``--image-size`` stays the network input (a line says when
-    the weights were trained at another size). None for other models or without ``--pretrained``."""
-    got = pretrained_input(cfg.model.model, cfg.model.pretrained)
-    if got is None or quiet:
-        return got
-    chosen = "--normalize=" + cfg.data.normalize + " wins" if cfg.data.normalize != "auto" else "used"
-    log.info(f"{got['source']} pretrained input: mean {list(got['mean'])} std {list(got['std'])} ({chosen}), "
-             f"{got['interpolation']} resize, crop fraction {got['crop_pct']:g}"
-             + (f"; its weights were trained at {got['size']} px, this run uses --image-size={cfg.data.image_size}"
-                if got["size"] != cfg.data.image_size else ""))
-    return got
-
-
-def check_options(cfg: Config, data: DataBundle) -> None:
-    """Options whose allowed values depend on the data: ``--monitor`` (top-5 needs more than 5 classes, ROC-AUC
-    2) and the number of ``--class-weights``. One line, exit 2, before a run folder exists."""
-    names = list(data.pre.classes)
-    why = check_monitor(cfg.train.monitor, len(names), data.pre.multilabel)
-    if why is not None:
-        raise ConfigError(why)
-    if data.pre.multilabel:
-        check_multilabel(cfg)
-    weights = parse_class_weights(cfg.optim.class_weights)
-    if isinstance(weights, tuple) and data.pre.multilabel:
-        multilabel_weights(weights, None, 0, names)  # raises naming the count it needs
-    elif isinstance(weights, tuple):
-        class_weights(weights, None, names)  # raises naming the count it needs
 
 
 def _tracked(cfg: Config, run: Run, data: DataBundle, d: Dist, device: torch.device,
