@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # 15-20 s of training and a pytest subprocess: `make test-all`
 def test_gpu_bench_smoke(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}

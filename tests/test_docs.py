@@ -6,7 +6,8 @@ A runnable block is a ```` ```bash ```` fence right after a line ``<!-- runnable
 fresh temporary folder that holds (see :func:`prepare`) ``images/train/{cat,dog}/*.jpg``,
 ``images/val/{cat,dog}/*.jpg``, ``images/test/*.jpg`` (32x32 JPEGs) and ``fashion-mnist/`` (the four IDX files of
 a tiny Fashion-MNIST), with this tree's ``dogcat`` first on PATH; the runs go to ``runs/``. Keep such blocks
-tiny (``--max-epoch=1 --image-size=32 --model=smallcnn``, ``--dry-run``): they run in ``make test``.
+tiny (``--max-epoch=1 --image-size=32 --model=smallcnn``, ``--dry-run``): the README's run in ``make test``,
+the other pages' in ``make test-all``.
 """
 
 from __future__ import annotations
@@ -72,7 +73,14 @@ def test_some_blocks_are_runnable():
     assert [b for b in runnable_blocks() if b[0] == "README.md"], "README.md has no <!-- runnable --> bash block"
 
 
-@pytest.mark.parametrize("page,line,code", runnable_blocks(), ids=[f"{p}:{n}" for p, n, _ in runnable_blocks()])
+def _marks(page: str) -> list:
+    """The README's tour runs in `make test`; the other pages' blocks (each a training or two: 10-30 s) in
+    `make test-all`, which keeps `make test` within its few minutes."""
+    return [] if page == "README.md" else [pytest.mark.slow]
+
+
+@pytest.mark.parametrize("page,line,code", [pytest.param(p, n, c, marks=_marks(p), id=f"{p}:{n}")
+                                            for p, n, c in runnable_blocks()])
 def test_runnable_block(page, line, code, data_template, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(data_template, work)
