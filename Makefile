@@ -44,8 +44,10 @@ test-tools:
 demo: setup fashion-mnist
 	$(BIN)/python -m dogcat demo
 
+# two workers (pytest-xdist), one torch thread each (tests/conftest.py): 1.5-2x faster on two cores than one
+# process whose torch threads wait on each other; `make test-all` runs everything in one process
 test: setup test-tools
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 test-all: setup fashion-mnist test-tools
 	$(BIN)/python -m pytest -q

@@ -23,6 +23,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from datagen import ...`
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers: one torch thread each (subprocesses
+    os.environ["OMP_NUM_THREADS"] = "1"    # too) keeps them from fighting over the two cores
+    import torch
+
+    torch.set_num_threads(1)
+
 from datagen import make_fmnist_idx, make_folder, make_kaggle, tiny_options  # noqa: E402
 
 

@@ -84,7 +84,7 @@ def test_threshold_sits_between_kept_and_dropped_scores():
 
 
 def test_preprocess_carries_task_and_checks_stored_thresholds():
-    pre = Preprocess(("a", "b"), 3, (0.5,) * 3, (0.5,) * 3, 32, "crop", "multilabel", (0.3, 0.7))
+    pre = Preprocess(("a", "b"), 3, (0.5,) * 3, (0.5,) * 3, 32, "crop", task="multilabel", thresholds=(0.3, 0.7))
     assert Preprocess.from_dict(pre.to_dict()) == pre
     plain = Preprocess(("a", "b"), 3, (0.5,) * 3, (0.5,) * 3, 32)
     assert "task" not in plain.to_dict()  # a multi-class model's stored facts are what they always were
