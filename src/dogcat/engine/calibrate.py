@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from ..data import BadFiles, DataError, build_train_val, make_loader
+from ..data import BadFiles, DataError, build_train_val
 from ..metrics import ECE_BINS, ece
 from ..models.calibration import fit_temperature, nll, reliability_bins
 from ..models.weights import torch_load
@@ -60,18 +60,10 @@ class Calibration:
 @torch.no_grad()
 def validation_logits(lm: Loaded, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C) float64 logits of the raw model (no TTA, no temperature) and (N,) labels over a labelled set."""
-    loader = make_loader(dataset, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
-                         shuffle=False, seed=lm.cfg.train.seed)
-    rt, bad = lm.runtime, BadFiles(None)  # unreadable images: warned about, left out
     logits, labels = [], []
-    for batch in loader:
-        bad.add(batch.bad)
-        if not len(batch.labels):
-            continue
-        images, _ = rt.to_device(batch.images, batch.labels)
-        with rt.autocast():
-            logits.append(lm.model(images).double().cpu())
-        labels.append(batch.labels.long().cpu())
+    for _, out, y in lm.outputs(dataset, BadFiles(None)):  # unreadable images: warned about, left out
+        logits.append(out.double().cpu())
+        labels.append(y.long().cpu())
     if not logits:
         raise DataError("the validation set has no readable image to calibrate on")
     return torch.cat(logits), torch.cat(labels)

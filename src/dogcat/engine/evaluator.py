@@ -81,20 +81,11 @@ def report(target: str | Path, overrides: dict[str, Any] | None = None, **option
 @torch.no_grad()
 def _probabilities(lm: Loaded, dataset: Any, bad: BadFiles) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """ids, class probabilities (N, C) and labels (-1 unknown) over a dataset, in its order."""
-    loader = make_loader(dataset, batch_size=lm.cfg.data.batch_size, num_workers=lm.cfg.data.num_workers,
-                         shuffle=False, seed=lm.cfg.train.seed)
-    rt, model = lm.runtime, with_tta(lm.model, lm.cfg.eval.tta, lm.pre.multilabel)
     ids, probs, labels = [], [], []
-    for batch in loader:
-        bad.add(batch.bad)
-        if not len(batch.labels):
-            continue
-        images, _ = rt.to_device(batch.images, batch.labels)
-        with rt.autocast():
-            logits = model(images)
-        ids += batch.ids
+    for batch_ids, logits, y in lm.outputs(dataset, bad, with_tta(lm.model, lm.cfg.eval.tta, lm.pre.multilabel)):
+        ids += batch_ids
         probs.append(probabilities(logits, lm.applied_temperature, lm.pre.multilabel).cpu())  # T = 1: not calibrated
-        labels.append(batch.labels)
+        labels.append(y)
     c = len(lm.pre.classes)
     return ids, torch.cat(probs) if probs else torch.empty(0, c), torch.cat(labels) if labels else torch.empty(0)
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 
 from ..config import Config, ConfigError, from_dict, load_config
-from ..data import layout_names
+from ..data import BadFiles, layout_names, make_loader
 from ..models import build_model, head_module, list_models
 from ..models.weights import WeightsError, load_weights, read_state_dict, torch_load
 from ..preprocess import Preprocess
@@ -49,6 +49,23 @@ class Loaded:
     @property
     def runtime(self) -> Runtime:
         return Runtime(next(self.model.parameters()).device, self.cfg.train.precision, self.cfg.train.channels_last)
+
+    @torch.no_grad()
+    def outputs(self, dataset: Any, bad: BadFiles, model: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+        """``(ids, outputs, labels)`` batch by batch over ``dataset`` in its order, from ``model`` (this one, or a
+        wrapper of it such as flip TTA) under the run's autocast; unreadable images go to ``bad``, left out."""
+        loader = make_loader(dataset, batch_size=self.cfg.data.batch_size, num_workers=self.cfg.data.num_workers,
+                             shuffle=False, seed=self.cfg.train.seed)
+        rt, model = self.runtime, model or self.model
+        for batch in loader:
+            bad.add(batch.bad)
+            if not len(batch.labels):
+                continue
+            images, _ = rt.to_device(batch.images, batch.labels)
+            with rt.autocast():
+                out = model(images)
+            yield batch.ids, out, batch.labels
 
 
 def resolve_checkpoint(target: str | Path | None, overrides: dict[str, Any]) -> tuple[Path, Path | None]:
