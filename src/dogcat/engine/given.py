@@ -83,6 +83,7 @@ class Given:
             return
         d = cfg.data
         d.dataset, d.train_data_root, d.val_data_root = "list", None, None
+        d.path_column, d.label_column = "path", "label"  # the split files' own columns, not the DataFrame's
         d.train_list = str((splits / "train.csv").resolve())
         d.val_list = str((splits / "val.csv").resolve()) if (self.val_data is not None or d.val_split) else None
         atomic_write_text(config_file, to_yaml(cfg))
