@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 optuna = pytest.importorskip("optuna")
 
@@ -21,18 +20,14 @@ from dogcat.config import ConfigError  # noqa: E402
 from dogcat.sweep.space import read_space  # noqa: E402
 
 from hostile import one_error  # noqa: E402
+from test_sweep import space_file as sweep_space  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def space_file(folder: Path, data: Path, search: dict, **train: object) -> Path:
-    recipe = {"data": {"dataset": "fashion-mnist", "fashion_mnist_root": str(data), "image_size": 28,
-                       "batch_size": 32, "num_workers": 0, "val_split": 0.25},
-              "model": {"model": "smallcnn"}, "optim": {"optimizer": "adam", "lr": 0.003},
-              "train": {"max_epoch": 1, "progress": "none", "keep_top_k": 0, **train}, "search": search}
-    path = folder / "space.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    """test_sweep's space file, one epoch a trial unless said."""
+    return sweep_space(folder, data, search, **{"max_epoch": 1, **train})
 
 
 @pytest.fixture(scope="module")
