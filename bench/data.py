@@ -18,7 +18,8 @@ Two figures per pipeline: images per second per core (wall clock, divided by the
 and images per CPU-second (main process + workers, from /proc): the same thing on an idle machine, and the
 steadier one when other processes share the cores. The main process runs one torch thread (``--threads``):
 an OpenMP team in it would spin against the busy workers.
-Rounds alternate a, b, c, d so that a noisy neighbour hits all four alike; the medians are reported.
+Rounds alternate a, b, c, d so that a noisy neighbour hits all four alike. Each pipeline's figure is the mean ±
+std over the rounds, and each ratio the mean ± std of the rounds' own ratios (with their median and range).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import copy
 import dataclasses
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import dogcat.data as D
 from dogcat.config import DataConfig
+from _figures import mean_std, ratio_summary
 
 ROOT = Path("~/.cache/dogcat/bench").expanduser()
 
@@ -71,7 +72,7 @@ def make_data(n: int) -> Path:
     return train
 
 
-class SeedPipeline(Dataset):
+class TemplatePipeline(Dataset):
     """pytorch-book ch. 9's DogCat dataset, train split: PIL decode and transforms v1, per sample."""
 
     def __init__(self, files: list[Path]) -> None:
@@ -142,13 +143,13 @@ def main() -> int:
     no_cv = copy.copy(cached.train)  # the same cache and samples, cropped without OpenCV
     no_cv.prepare = D.CropFlipBatch(224, "default", threads=max(1, workers), opencv=False)
     loaders = {
-        "a": (DataLoader(SeedPipeline(files), batch_size=args.batch_size, shuffle=True, num_workers=workers,
+        "a": (DataLoader(TemplatePipeline(files), batch_size=args.batch_size, shuffle=True, num_workers=workers,
                          persistent_workers=workers > 0), None),
         "b": (dogcat_loader(plain), plain.batch_transform),
         "c": (dogcat_loader(cached), cached.batch_transform),
         "d": (dogcat_loader(dataclasses.replace(cached, train=no_cv)), cached.batch_transform),
     }
-    names = {"a": "seed: PIL + transforms v1, per sample", "b": "dogcat, first pass (no cache)",
+    names = {"a": "template: PIL + transforms v1, per sample", "b": "dogcat, first pass (no cache)",
              "c": "dogcat, from the packed cache", "d": "c without OpenCV (torch's resize)"}
     wall: dict[str, list[float]] = {k: [] for k in loaders}
     cpu: dict[str, list[float]] = {k: [] for k in loaders}
@@ -160,16 +161,17 @@ def main() -> int:
         print(f"round {r + 1}: " + ", ".join(f"{k} {wall[k][-1]:.0f} ({cpu[k][-1]:.0f})" for k in loaders)
               + " img/s/core (img per CPU-second)", flush=True)
     load = os.getloadavg()[0]
-    w, c = ({k: statistics.median(v) for k, v in d.items()} for d in (wall, cpu))
-    print(f"\n{'pipeline':<42} {'img/s/core':>10} {'img/CPU-s':>10}   (medians of {args.rounds}; load {load:.1f})")
+    print(f"\n{'pipeline':<42} {'img/s/core':>14} {'img/CPU-s':>14}   (mean ± std of {args.rounds} rounds; "
+          f"load {load:.1f})")
     for k in loaders:
-        print(f"{k}  {names[k]:<39} {w[k]:>10.0f} {c[k]:>10.0f}")
+        print(f"{k}  {names[k]:<39} {mean_std(wall[k], '{:.0f}'):>14} {mean_std(cpu[k], '{:.0f}'):>14}")
     print(f"   cache build (once; {len(files)} images, {cores} processes) {len(files) / build_s / cores:>10.0f}"
           f"   ({build_s:.1f} s)")
-    print(f"\n{'':<42} {'wall':>10} {'CPU':>10}")
-    print(f"{'b/a  (target >= 1.3)':<42} {w['b'] / w['a']:>10.2f} {c['b'] / c['a']:>10.2f}")
-    print(f"{'c/a  (target >= 10)':<42} {w['c'] / w['a']:>10.2f} {c['c'] / c['a']:>10.2f}")
-    print(f"{'c/d  (OpenCV: the [fast] extra)':<42} {w['c'] / w['d']:>10.2f} {c['c'] / c['d']:>10.2f}")
+    for (x, y), label in ((("b", "a"), "target >= 1.3"), (("c", "a"), "target >= 10"),
+                          (("c", "d"), "OpenCV: the [fast] extra")):
+        for col, d in (("wall", wall), ("CPU", cpu)):
+            print(f"{x}/{y} ({label}), {col}: "
+                  f"{ratio_summary([p / q for p, q in zip(d[x], d[y])], 'rounds')}")
     if load > cores:  # other processes took cores: the CPU-time column is the one to trust
         print(f"note: load {load:.1f} on {cores} cores: other processes shared the machine; img/s/core (wall) "
               f"is lower than on an idle machine, img per CPU-second much less so")

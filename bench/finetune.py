@@ -2,8 +2,8 @@
 
 A ResNet-18 with generated weights (saved here and passed as --pretrained=FILE: no download) fine-tunes its head
 (--freeze=backbone --augment=none) on generated JPEGs at --size px, with and without --cache-features. Runs
-alternate (A B A B ...); the figure is the ratio of the median training epochs per second, the feature pass
-included in the cached runs' time (their whole train() call is timed, divided by the epochs). The machine may be
+alternate (A B A B ...); the figure is the mean ± std of the per-pair ratios of training epochs per second, the
+feature pass included in the cached runs' time (their whole train() call is timed, divided by the epochs). The machine may be
 shared: absolute times drift, the ratio much less.
 
     .venv/bin/python bench/finetune.py [--pairs=3] [--epochs=4] [--size=96] [--images=96]
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-
 from dogcat import train
 from dogcat.models import build_model
+from _figures import mean_std, ratio_summary
 
 
 def make_images(root: Path, n: int) -> None:
@@ -60,12 +59,12 @@ def main() -> None:
                 t0 = time.perf_counter()
                 train({**opts, "cache_features": cached})
                 rates[cached].append(args.epochs / (time.perf_counter() - t0))
-        a, b = statistics.median(rates[False]), statistics.median(rates[True])
         print(f"resnet18 head-only, {args.images} images at {args.size} px, {args.epochs} epochs, {args.pairs} pairs; "
               f"{torch.get_num_threads()} torch threads")
-        print(f"  images:            {a:.3f} epochs/s (median; runs {', '.join(f'{r:.3f}' for r in rates[False])})")
-        print(f"  --cache-features:  {b:.3f} epochs/s (median; runs {', '.join(f'{r:.3f}' for r in rates[True])})")
-        print(f"  speed-up: {b / a:.2f}x (ratio of medians; the feature pass counted in the cached runs)")
+        print(f"  images:            {mean_std(rates[False], '{:.3f}')} epochs/s")
+        print(f"  --cache-features:  {mean_std(rates[True], '{:.3f}')} epochs/s")
+        print(f"  speed-up: {ratio_summary([b / a for a, b in zip(rates[False], rates[True])])} "
+              "(the feature pass counted in the cached runs)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ values (what a sweep's epochs do), with no pause between calls (far more content
 spend minutes training between writes). Then the same again while one process is killed with SIGKILL in the
 middle of its writes. Printed per storage: wall time, storage errors the workers saw (each one would have
 ended a sweep process), trials recorded, and whether the study still opens. Needs optuna
-(pip install 'dogcat-vision[sweep]'). Usage: python bench/sweep_storage.py [PROCESSES] [TRIALS] [REPORTS] [NICE]
+(pip install 'dogcat-vision[sweep]'). Usage: python bench/sweep_storage.py [PROCESSES] [TRIALS] [REPORTS] [NICE] [ROUNDS]; every figure is
+printed per round, then as mean ± std over the rounds (3 by default)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _figures import mean_std
 
 
 def storage(kind: str, folder: Path):  # noqa: ANN201
@@ -93,15 +96,28 @@ def run(kind: str, processes: int, trials: int, reports: int, kill: bool, nice: 
 
 
 def main() -> None:
-    processes, trials, reports, nice = (int(a) for a in (sys.argv[1:] + ["8", "40", "10", "0"][len(sys.argv) - 1:])[:4])
-    print(f"{processes} processes x {trials} trials x {reports} reports each, one study, workers at nice {nice}")
+    processes, trials, reports, nice, repeats = (
+        int(a) for a in (sys.argv[1:] + ["8", "40", "10", "0", "3"][len(sys.argv) - 1:])[:5])
+    print(f"{processes} processes x {trials} trials x {reports} reports each, one study, workers at nice {nice}; "
+          f"{repeats} rounds, each running every storage in turn")
     print(f"{'storage':<8} {'kill -9':<8} {'wall s':>7} {'errors':>7} {'complete':>9} {'running':>8} {'opens':>6}  "
           "first error")
-    for kill in (False, True):
-        for kind in ("sqlite", "sqlite60", "journal"):
+    cells = [(kill, kind) for kill in (False, True) for kind in ("sqlite", "sqlite60", "journal")]
+    results: dict[tuple[bool, str], list[dict]] = {c: [] for c in cells}
+    for _ in range(repeats):  # rounds alternate the storages, so that a neighbour's burst hits each alike
+        for kill, kind in cells:
             r = run(kind, processes, trials, reports, kill, nice)
+            results[kill, kind].append(r)
             print(f"{kind:<8} {'yes' if kill else 'no':<8} {r['wall']:>7.1f} {r['errors']:>7} {r['complete']:>9} "
                   f"{r['running']:>8} {r['opens']:>6}  {r['first_error']}", flush=True)
+    print(f"\nmean ± std over {repeats} rounds:")
+    for (kill, kind), rs in results.items():
+        col = {k: [float(r[k]) for r in rs] for k in ("wall", "errors", "complete", "running")}
+        opens = sum(r["opens"] == "yes" for r in rs)
+        print(f"{kind:<8} kill -9 {'yes' if kill else 'no':<4} wall {mean_std(col['wall'], '{:.0f}')} s, errors "
+              f"{mean_std(col['errors'], '{:.1f}')} ({sum(col['errors']):.0f} in all), complete "
+              f"{mean_std(col['complete'], '{:.1f}')}, left running {mean_std(col['running'], '{:.1f}')}, "
+              f"study opens {opens} of {len(rs)}", flush=True)
 
 
 if __name__ == "__main__":

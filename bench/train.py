@@ -39,27 +39,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 from dogcat import load_config, test, train
 from dogcat.data import fashion_mnist
 from dogcat.hardware import cpu_kind
 from dogcat.models import build_model
+from _figures import mean_std, ratio_summary
 
 QUIET = {"progress": "none", "debug_file": None, "keep_top_k": 0}
-
-
-def mean_std(xs: list[float], fmt: str = "{:.4f}") -> str:
-    """``mean ± std`` with the sample standard deviation (n - 1, as airbench's ``torch.std``); one value has none."""
-    m = statistics.fmean(xs)
-    sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
-    return f"{fmt.format(m)} ± {fmt.format(sd)}"
-
-
-def ratio_summary(ratios: list[float]) -> str:
-    """Per-pair ratios as mean ± std, with the median and the range (a pair in a neighbour's burst shows there)."""
-    return (f"{mean_std(ratios, '{:.3f}')} over {len(ratios)} pairs (median {statistics.median(ratios):.3f}, "
-            f"range {min(ratios):.3f}-{max(ratios):.3f})")
 
 
 def _fmnist_subset(folder: Path, n: int) -> Path:
@@ -154,7 +143,7 @@ def make_jpegs(root: Path, n: int) -> None:
         (root / "train" / f"{'cat' if i % 2 else 'dog'}.{i}.jpg").write_bytes(buf.getvalue())
 
 
-def seed_way(root: Path, size: int, batch: int, steps: int) -> float:
+def template_way(root: Path, size: int, batch: int, steps: int) -> float:
     """The template's chapter-9 loop: per-sample PIL decode + torchvision transforms, ResNet-34 fp32, Adam."""
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Dataset
@@ -205,8 +194,10 @@ def _dogcat_rate(cfg: dict, env: str) -> tuple[float, float]:
     return (steps - 2) * batch / (tn - t2), wall
 
 
-def part_b(tmp: Path, quick: bool, variants: bool, reps: int) -> list[float]:
-    """The per-pair ratios of ``reps`` pairs, the template's way first in even pairs and dogcat first in odd ones."""
+def part_b(tmp: Path, quick: bool, variants: bool, reps: int) -> dict[str, list[float]]:
+    """The per-pair ratios of ``reps`` pairs, the template's way first in even pairs and dogcat first in odd ones;
+    with ``variants``, each pair also times dogcat at batch 64 and with --compile (what would move the figure),
+    each against that pair's template run."""
     size, batch, steps, n = (112, 16, 4, 64) if quick else (224, 16, 5, 320)
     root = tmp / "jpegs"
     make_jpegs(root, n)
@@ -220,42 +211,38 @@ def part_b(tmp: Path, quick: bool, variants: bool, reps: int) -> list[float]:
     prepare(root / "train", load_config(cfg).data, progress=False)
     print(f"  (b) one-off packed cache build of {n} JPEGs: {time.perf_counter() - t0:.1f} s "
           "(`dogcat prepare`; not in the img/s)", flush=True)
-    ratios, seeds = [], []
+    kinds = {"default": {}}
+    if variants:  # the compiled runs' first steps compile: their img/s is over steps 3..N, the wall is printed
+        if n // 64 >= 3:  # img/s is taken over steps 3..N
+            kinds["batch 64"] = {"batch_size": 64, "max_steps": min(steps, n // 64)}
+        kinds["--compile"] = {"compile": True}
+    ratios: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(reps):
         if r % 2:
-            ours, _ = _dogcat_rate(cfg, f"b{r}")
-            seed = seed_way(root, size, batch, steps)
+            ours = {k: _dogcat_rate({**cfg, **over}, f"b{r}-{i}") for i, (k, over) in enumerate(kinds.items())}
+            seed = template_way(root, size, batch, steps)
         else:
-            seed = seed_way(root, size, batch, steps)
-            ours, _ = _dogcat_rate(cfg, f"b{r}")
-        ratios.append(ours / seed)
-        seeds.append(seed)
-        print(f"  (b) rep {r}: template's way {seed:.1f} img/s, dogcat {ours:.1f} img/s -> {ours / seed:.2f}x",
-              flush=True)
-    if variants:  # what would move (b): larger batches, compile (its first steps compile: see the wall)
-        seed = statistics.median(seeds)
-        for name, b, comp in (("batch 32", 32, False), ("batch 64", 64, False), ("--compile, batch 16", 16, True),
-                              ("--compile, batch 64", 64, True)):
-            k = min(steps, n // b)  # steps that fit in one pass over the images
-            if k < 3:
-                continue
-            rate, wall = _dogcat_rate({**cfg, "batch_size": b, "max_steps": k, "compile": comp},
-                                      f"b-{b}{'-compiled' if comp else ''}")
-            print(f"  (b) variant {name}: dogcat {rate:.1f} img/s -> {rate / seed:.2f}x the template's way "
-                  f"(the whole run of {k} steps: {wall:.0f} s)", flush=True)
+            seed = template_way(root, size, batch, steps)
+            ours = {k: _dogcat_rate({**cfg, **over}, f"b{r}-{i}") for i, (k, over) in enumerate(kinds.items())}
+        for k, (rate, wall) in ours.items():
+            ratios[k].append(rate / seed)
+            print(f"  (b) pair {r}: template's way {seed:.1f} img/s, dogcat {k} {rate:.1f} img/s -> "
+                  f"{rate / seed:.2f}x (the whole train() call: {wall:.0f} s)", flush=True)
     return ratios
 
 
-def part_c(tmp: Path, quick: bool, recipe: str, tag: str, precision: str | None = None, seed: int = 0
-           ) -> tuple[list[tuple[int, float, float, float]], float]:
+def part_c(tmp: Path, quick: bool, recipe: str, tag: str, precision: str | None = None, seed: int = 0,
+           overrides: dict | None = None) -> tuple[list[tuple[int, float, float, float, float, float]], float]:
     """One training of the recipe with ``seed``. Per epoch: epoch, its seconds (training + validation), the
-    cumulative seconds, test accuracy (the recipe's own evaluation: flip TTA when it says so); and the seconds
+    cumulative seconds, test accuracy (the recipe's own evaluation: flip TTA when it says so), training loss,
+    validation accuracy; and the seconds
     of the whole ``train()`` call. ``precision`` overrides the recipe's (fp32: what a CPU without native bf16
     runs)."""
     over: dict = {"save_every_epochs": 1, "keep_top_k": 0, "env": f"{tag}-seed{seed}", "seed": seed,
                   "runs_root": str(tmp / "runs"), "progress": "none", "debug_file": None}
     if precision:
         over["precision"] = precision
+    over.update(overrides or {})
     if quick:
         over.update(fashion_mnist_root=str(_fmnist_subset(tmp / "fm-c", 4096)), max_epoch=2)
     t0 = time.perf_counter()
@@ -266,13 +253,13 @@ def part_c(tmp: Path, quick: bool, recipe: str, tag: str, precision: str | None 
         wall += h["epoch_seconds"]
         ck = res.run_dir / "checkpoints" / f"epoch-{h['epoch']:04d}.pt"
         acc = test(str(ck), {"result_file": str(tmp / "sub.csv"), "progress": "none"})["metrics"]["accuracy"]
-        rows.append((h["epoch"], h["epoch_seconds"], wall, acc))
+        rows.append((h["epoch"], h["epoch_seconds"], wall, acc, h["train_loss"], h.get("val_accuracy", float("nan"))))
         print(f"  ({tag}) seed {seed} epoch {h['epoch']}: {h['epoch_seconds']:.1f} s, {wall:.0f} s of training, "
               f"test accuracy {acc:.4f} (load average {os.getloadavg()[0]:.2f}, this run's ~2 included)", flush=True)
     return rows, whole
 
 
-def report_c(tag: str, recipe: str, runs: list[tuple[list[tuple[int, float, float, float]], float]],
+def report_c(tag: str, recipe: str, runs: list[tuple[list[tuple[int, float, float, float, float, float]], float]],
              target: float) -> None:
     """Each seed's line, then every figure as mean ± std over the seeds (epochs every seed reached)."""
     for seed, (rows, whole) in enumerate(runs):
@@ -289,7 +276,9 @@ def report_c(tag: str, recipe: str, runs: list[tuple[list[tuple[int, float, floa
     final = [rows[-1][3] * 100 for rows, _ in runs]
     secs = [rows[-1][2] for rows, _ in runs]
     print(f"({tag}) recipe {recipe}, {n} seeds: test accuracy {mean_std(final, '{:.2f}')} % after "
-          f"{mean_std(secs, '{:.0f}')} s of training (mean ± std; min {min(final):.2f}, max {max(final):.2f})")
+          f"{mean_std(secs, '{:.0f}')} s of training (mean ± std; min {min(final):.2f}, max {max(final):.2f}); "
+          f"last epoch's val accuracy {mean_std([rows[-1][5] * 100 for rows, _ in runs], '{:.2f}')} %, "
+          f"training loss {mean_std([rows[-1][4] for rows, _ in runs], '{:.3f}')}")
     hits = [next((r[2] for r in rows if r[3] >= target), None) for rows, _ in runs]
     reached = [h for h in hits if h is not None]
     print(f"({tag}) {target:.0%} test accuracy reached by {len(reached)} of {n} seeds"
@@ -310,7 +299,16 @@ def main() -> int:
                     help="(c), (d): trainings (seeds 0..N-1) each figure is the mean ± std of; (b): alternated pairs")
     ap.add_argument("--fmnist-precision", default=None, choices=["fp32", "bf16"],
                     help="(c), (d): instead of the recipe's auto (fp32: as on a CPU without native bf16)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="(c), (d): another value for one of the recipe's options (repeatable; the value is read as "
+                         "YAML): --set augment=randaugment, --set compile=true")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            ap.error(f"--set {item!r}: expected KEY=VALUE, e.g. --set augment=randaugment")
+        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
     if args.seeds < 1:
         ap.error(f"--seeds={args.seeds}: at least 1 (3 or more for a standard deviation worth quoting)")
     logging.basicConfig(level=logging.WARNING)
@@ -327,12 +325,14 @@ def main() -> int:
             print(f"(a) overhead in {precision}, dogcat / bare loop img/s (target >= 0.97): "
                   f"{ratio_summary(part_a(tmp, args.quick, precision))}", flush=True)
         if "b" in args.only:
-            print(f"(b) dogcat default / template's way, ResNet-34 img/s (target >= 2.5x): "
-                  f"{ratio_summary(part_b(tmp, args.quick, args.b_variants, 1 if args.quick else args.seeds))}")
+            for kind, ratios in part_b(tmp, args.quick, args.b_variants, 1 if args.quick else args.seeds).items():
+                print(f"(b) dogcat {kind} / template's way, ResNet-34 img/s (target >= 2.5x for the default): "
+                      f"{ratio_summary(ratios)}", flush=True)
         for tag, recipe, target in (("c", "fashion-mnist", 0.93), ("d", "fashion-mnist-94", 0.94)):
             if tag in args.only:
-                runs = [part_c(tmp, args.quick, recipe, tag, args.fmnist_precision, seed) for seed in range(args.seeds)]
-                report_c(tag, recipe, runs, target)
+                runs = [part_c(tmp, args.quick, recipe, tag, args.fmnist_precision, seed, overrides)
+                        for seed in range(args.seeds)]
+                report_c(tag, recipe + "".join(f" {k}={v}" for k, v in overrides.items()), runs, target)
     print(f"load average at the end {os.getloadavg()[0]:.2f} (figures taken above ~0.7 are slowed by other jobs)")
     return 0
 
