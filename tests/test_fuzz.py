@@ -173,7 +173,8 @@ def test_fuzz_nesting_and_alias_bombs_are_values_or_one_line(sealed, capsys, tex
     """Issue 21: nesting and expansion are capped while parsing (dogcat.reading); a recipe is read or refused
     with one line, a JSON file of ours is read or one MalformedFile line, never a RecursionError or MemoryError."""
     from dogcat import reading
-    from dogcat.io import MalformedFile, read_json
+    from dogcat.io import MalformedFile
+    from dogcat.jsonfiles import read_json
 
     ran["nesting"] += 1
     for parse in (reading.loads_json, reading.load_yaml):

@@ -22,7 +22,7 @@ SRC = Path(os.environ.get("DOGCAT_SRC") or Path(__file__).parents[1] / "src")
 LAYERS = [
     {"dogcat", "config", "metrics", "console",   # the package root, the typed config and its tables, logging,
      "reading"},                                 # bounded reads and parsing
-    {"io", "locks", "processes",                 # safe files, locks, which process of a job this is (Dist),
+    {"io", "jsonfiles", "locks", "processes",    # safe files and our JSON in them, locks, this job's process (Dist),
      "preprocess", "control", "hardware"},       # the preprocessing value, the ctl inbox, what this CPU is
     {"data", "models"},                          # one file per data layout / per architecture
     {"tracking"},                                # run folders, manifest, TensorBoard, runs table, report pages

@@ -15,7 +15,8 @@ import yaml
 
 from dogcat.cli import main
 from dogcat.config import ConfigError, from_dict
-from dogcat.io import MalformedFile, read_json
+from dogcat.io import MalformedFile
+from dogcat.jsonfiles import read_json
 
 from hostile import one_error
 

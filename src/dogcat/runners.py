@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 
 from .config import DogcatError
-from .io import MalformedFile, one_line, read_json, sha256_file
+from .io import MalformedFile, one_line, sha256_file
+from .jsonfiles import read_json
 from .models import build_model
 from .models.calibration import temperature_problem
 from .preprocess import EVAL_CROP_RATIO, Preprocess, PreprocessError

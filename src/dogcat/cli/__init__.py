@@ -19,7 +19,7 @@ from ..config import OPTIONS, DogcatError, flag, help_text, read_environ, where_
 from ..console import printable, redact
 from ..io import DiskFull, check_place, free_bytes, is_disk_full, one_line, os_error_exit, os_error_line
 from ..sweep import PRUNERS
-from . import commands as c
+from . import commands as c, use
 from .args import ALL, Command, Own, build_parser, finite, parse
 from .completion import script
 
@@ -90,22 +90,22 @@ _LIST = [
                    "  dogcat calibrate runs/NAME --checkpoint=last\n"
                    "  dogcat calibrate runs/NAME/checkpoints/epoch-0010.pt\n"
                    "  dogcat val runs/NAME --no-calibration          (the raw probabilities)"),
-    Command("predict", "class and probabilities for image files, folders or globs", c.predict,
+    Command("predict", "class and probabilities for image files, folders or globs", use.predict,
             [("target", None, "a run folder, checkpoint, or exported model (+ its .json sidecar)"),
              ("paths", "+", "image files, folders (recursive) or globs")], PREDICT,
             [Own("trust-export", "load a TorchScript export, which is a program: only one you trust", None)],
             epilog="--output=F.csv or F.json writes a file, --output=- CSV to stdout; default: a table"),
-    Command("embed", "features of images (the layer before the classifier) -> a .parquet or .npy file", c.embed,
+    Command("embed", "features of images (the layer before the classifier) -> a .parquet or .npy file", use.embed,
             [("target", None, "a run folder, checkpoint, or safetensors export (+ its .json sidecar)"),
              ("paths", "+", "image files, folders (recursive) or globs")], EMBED,
             [Own("output", "file to write: .parquet (columns path, embedding; needs pyarrow) or .npy (an N x D "
                            "float32 array, rows in the order predict lists the files, NaN for unreadable ones)",
                  default="features.npy")]),
     Command("export", "the model as ONNX, TorchScript or safetensors + a JSON sidecar, checked against PyTorch",
-            c.export, [TARGET], frozenset(MODEL_FILE),
+            use.export, [TARGET], frozenset(MODEL_FILE),
             [Own("format", "onnx, torchscript or safetensors", default="onnx"),
              Own("output", "file to write (default RUN/export/model.<ext>)")]),
-    Command("explain", "Grad-CAM: one PNG per image of what the model looked at -> RUN/explain/", c.explain,
+    Command("explain", "Grad-CAM: one PNG per image of what the model looked at -> RUN/explain/", use.explain,
             [("run", None, "a run folder, checkpoint, or safetensors export (+ its .json sidecar)"),
              ("paths", "+", "image files, folders (recursive) or globs")], EXPLAIN,
             [Own("output", "folder for the PNGs (default: RUN/explain, or explain/ next to the checkpoint)"),
@@ -114,7 +114,7 @@ _LIST = [
                           "`dogcat summary` lists the layers)")],
             epilog="needs captum: pip install 'dogcat-vision[explain]'. ONNX and TorchScript exports cannot be "
                    "explained\n(no torch module): use the run, its checkpoint or a safetensors export"),
-    Command("summary", "a model's layers, parameters, FLOPs per image and activation memory", c.summary,
+    Command("summary", "a model's layers, parameters, FLOPs per image and activation memory", use.summary,
             options=frozenset({"model", "image_size"}),
             own=[Own("in-chans", "input channels: 3 (RGB) or 1 (grayscale) (default: 3)", finite(int), 3),
                  Own("num-classes", "classes of the classifier head (default: 2)", finite(int), 2),
@@ -130,7 +130,7 @@ _LIST = [
     Command("ctl", "steer a running training: set KEY=VALUE, save, eval, stop, debug", c.ctl,
             [("run", None, "the run folder"), ("words", "+", "set KEY=VALUE | save | eval | stop | debug")],
             own=[Own("timeout", "seconds to wait for the answer", finite(float), 60.0)]),
-    Command("inspect", "per-layer parameter / gradient statistics of a checkpoint", c.inspect,
+    Command("inspect", "per-layer parameter / gradient statistics of a checkpoint", use.inspect,
             [("target", None, "a run folder, checkpoint or debug/step-N/snapshot.pt")]),
     Command("runs", "the runs under a folder; one run in detail; two runs compared", c.runs,
             [("words", "*", "[FOLDER] | show RUN | diff RUN_A RUN_B")], frozenset({"runs_root"}), [JSON]),

@@ -1,4 +1,5 @@
-"""The ``dogcat`` commands: each takes its parsed arguments, calls library functions and prints the results.
+"""The ``dogcat`` commands (those on a trained model are in ``use.py``): each takes its parsed arguments, calls
+library functions and prints the results.
 
 Results go to stdout (tables, CSV, JSON), everything else (logs, progress, warnings) to stderr. Library
 modules are imported inside the commands that need them, so that ``dogcat runs`` or ``dogcat --version``
@@ -8,22 +9,16 @@ never load torch.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ..config import COUNT, Config, ConfigError, load_config, to_yaml
-from ..console import escape, printable
-from ..io import atomic_write_text, to_json
+from ..console import printable
 from ..metrics import format_confusion, format_per_label, summary as metrics_line
-
-
-def _json(obj: Any) -> None:
-    print(to_json(obj, indent=2, default=str))  # NaN / Infinity as null: valid JSON always
+from .output import print_json
 
 
 def train_recipes(a: argparse.Namespace, ov: dict[str, Any]) -> list[str | Path]:
@@ -86,7 +81,7 @@ def val(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
     result = evaluate(a.target, ov)
     if a.json:
-        _json(result)
+        print_json(result)
     else:
         print(_metrics_text(result, "val", result["class_names"]))
     return 0
@@ -97,7 +92,7 @@ def test(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
     result = run_test(a.target, ov)
     if a.json:
-        _json(result)
+        print_json(result)
     else:
         print(f"submission: {result['submission']} ({result['rows']} rows)")
         if "metrics" in result:
@@ -111,122 +106,13 @@ def calibrate(a: argparse.Namespace, ov: dict[str, Any]) -> int:
 
     r = run_calibrate(a.target, ov)
     if a.json:
-        _json(vars(r))
+        print_json(vars(r))
         return 0
     print(f"temperature {r.temperature:.4f} (was {r.previous_temperature:.4g}), fitted on {r.images} validation images")
     print(f"NLL {r.nll_before:.4f} -> {r.nll_after:.4f}, ECE ({r.ece_bins} bins) {r.ece_before:.4f} -> "
           f"{r.ece_after:.4f}")
     print(printable(f"stored in {r.checkpoint}; val, test, predict, report and export apply it "
                     "(--no-calibration: the raw softmax)"))
-    return 0
-
-
-def predict(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    from ..inference import predict as run_predict
-
-    rows = run_predict(a.target, a.paths, ov, trust=a.trust_export)
-    output = ov.get("output")
-    if output == "-":
-        write_predictions(rows, sys.stdout, "csv")
-    elif output:
-        out, buf = Path(str(output)), io.StringIO(newline="")
-        write_predictions(rows, buf, "json" if out.suffix.lower() == ".json" else "csv")
-        atomic_write_text(out, buf.getvalue())  # whole or not at all; non-UTF-8 file names kept as they are
-        print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
-    else:
-        width = max([len(escape(r["path"])) for r in rows] + [4])  # names escaped: one row each, no ESC
-        multilabel = any("labels" in r for r in rows)
-        print(f"{'path':<{width}}  " + ("labels (probability)" if multilabel else f"{'class':<14} probability"
-                                        + ("  top-k" if any("top_k" in r for r in rows) else "")))
-        for r in rows:
-            if "error" in r:
-                print(f"{escape(r['path']):<{width}}  {'(unreadable)':<14} {escape(r['error'])}")
-            elif multilabel:
-                shown = ", ".join(f"{escape(n)} ({r['probs'][n]:.4f})" for n in r["labels"]) or "(none)"
-                print(f"{escape(r['path']):<{width}}  {shown}")
-            else:
-                top = "  " + ", ".join(f"{escape(t['class'])} {t['probability']:.4f}" for t in r["top_k"]) \
-                    if "top_k" in r else ""
-                print(f"{escape(r['path']):<{width}}  {escape(r['class']):<14} {r['probability']:.4f}{top}")
-    return 0
-
-
-def write_predictions(rows: list[dict], f: TextIO, fmt: str) -> None:
-    """Predictions as JSON (the rows as they are) or CSV: path, class, probability, one column per class (and
-    with --top-k=K: top1_class, top1_probability, ... topK_probability); a multi-label model's: path, labels
-    (those over their thresholds, joined by ;), one column per label."""
-    if fmt == "json":
-        f.write(to_json(rows, indent=2) + "\n")
-        return
-    names = list(next((r["probs"] for r in rows if "probs" in r), {}))
-    k = max((len(r.get("top_k", ())) for r in rows), default=0)
-    w = csv.writer(f)
-    if any("labels" in r for r in rows):
-        w.writerow(["path", "labels", *names, "error"])
-        for r in rows:
-            probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
-            w.writerow([r.get("path", r.get("index", "")), ";".join(r.get("labels", [])), *probs, r.get("error", "")])
-        return
-    w.writerow(["path", "class", "probability", *names,
-                *[f"top{i}_{c}" for i in range(1, k + 1) for c in ("class", "probability")], "error"])
-    for r in rows:
-        probs = [f"{r['probs'][n]:.6f}" for n in names] if "probs" in r else [""] * len(names)
-        top = [v for t in r.get("top_k", []) for v in (t["class"], f"{t['probability']:.6f}")]
-        w.writerow([r.get("path", r.get("index", "")), r.get("class", ""),
-                    f"{r['probability']:.6f}" if "probability" in r else "", *probs,
-                    *(top + [""] * (2 * k - len(top))), r.get("error", "")])
-
-
-def embed(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    """``dogcat embed RUN PATHS... --output=F``: penultimate-layer features to a .npy or .parquet file."""
-    from ..features import embed_rows, write_features
-
-    rows, features = embed_rows(a.target, a.paths, **ov)
-    out = write_features(a.output, rows, features)
-    print(f"wrote {out}: {features.shape[0]} images x {features.shape[1]} features", file=sys.stderr)
-    return 0
-
-
-def export(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    from ..export import export as run_export
-
-    res = run_export(a.target, a.format, a.output, ov)
-    print(f"wrote {res.path} and its sidecar {res.sidecar}")
-    print(f"checked: outputs match PyTorch within {res.max_abs_diff:.1e} at batch sizes 1 and 3")
-    return 0
-
-
-def explain(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    """``dogcat explain RUN PATHS...``: a Grad-CAM picture per image; the table of what was written."""
-    from ..explanation import explain as run_explain
-
-    done = run_explain(a.run, a.paths, a.output, a.target, a.layer, ov)
-    width = max([len(escape(e.path)) for e in done] + [4])  # names escaped: one row each, no ESC
-    print(f"{'path':<{width}}  {'explained':<14} {'p':>6}  {'predicted':<14} {'p':>6}  picture")
-    for e in done:
-        if e.error is not None:
-            print(f"{escape(e.path):<{width}}  {'(unreadable)':<14} {escape(e.error)}")
-        else:
-            print(f"{escape(e.path):<{width}}  {escape(e.target):<14} {e.target_probability:>6.4f}  "
-                  f"{escape(e.predicted):<14} {e.probability:>6.4f}  {escape(e.output)}")
-    return 0
-
-
-def summary(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    """``dogcat summary --model=NAME``: per-layer table, parameters, FLOPs and activations per image."""
-    from ..models.summary import describe
-
-    for name, value, lo, hi in (("in-chans", a.in_chans, 1, 4096), ("num-classes", a.num_classes, 1, 10**6),
-                                ("depth", a.depth, 1, 64)):
-        if value is not None and not lo <= value <= hi:
-            raise ConfigError(f"option --{name}={value} is out of range: allowed is an integer in [{lo}, {hi}]")
-    cfg = load_config(ov)
-    name, size = cfg.model.model, cfg.data.image_size
-    s = describe(name, a.num_classes, a.in_chans, size, a.depth)
-    if a.json:
-        _json({"model": name, "num_classes": a.num_classes, **s.to_dict()})
-    else:
-        print(printable(f"{name}, {a.num_classes} classes, input {size}x{size}x{a.in_chans}\n\n{s.table()}"))
     return 0
 
 
@@ -267,40 +153,6 @@ def ctl(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     return 0 if result["ok"] else 2
 
 
-def inspect(a: argparse.Namespace, ov: dict[str, Any]) -> int:
-    """``dogcat inspect RUN|CKPT|SNAPSHOT``: per-layer parameter (and saved gradient) statistics."""
-    import torch
-
-    from ..engine.debug import layer_stats
-    from ..models.weights import torch_load
-
-    from ..tracking.folder import RunFolder
-
-    path = Path(a.target)
-    if path.is_dir():
-        path = RunFolder(path).checkpoint("last")
-    if not path.is_file():
-        raise ConfigError(f"no checkpoint at {path}")
-    obj = torch_load(path)
-    sd = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict):
-        raise ConfigError(f"{path} holds no state_dict (a {type(obj).__name__}); is it a checkpoint?")
-    grads = obj.get("grads") if isinstance(obj.get("grads"), dict) else None
-    rows = layer_stats({k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}, grads)
-    grads = any("grad_std" in r for r in rows)
-    print(f"{path}: {len(rows)} tensors" + ("" if grads else " (no gradients saved: `dogcat ctl RUN debug` saves them)"))
-    head = f"{'name':<44} {'shape':<18} {'mean':>10} {'std':>10} {'absmax':>10}"
-    print(head + (f" {'grad std':>10} {'grad max':>10}" if grads else ""))
-    for r in rows:
-        line = (f"{r['name'][:44]:<44} {str(r['shape'])[:18]:<18} {r['mean']:>10.3g} {r['std']:>10.3g} "
-                f"{r['absmax']:>10.3g}")
-        if grads and "grad_std" in r:
-            line += f" {r['grad_std']:>10.3g} {r['grad_absmax']:>10.3g}"
-        bad = not r["finite"] or not r.get("grad_finite", True)
-        print(line + ("  <- NaN/Inf" if bad else ""))
-    return 0
-
-
 RUNS_USAGE = "dogcat runs [FOLDER] | dogcat runs show RUN | dogcat runs diff RUN_A RUN_B"
 
 
@@ -311,16 +163,16 @@ def runs(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     root, words = str(ov.get("runs_root", "runs")), a.words
     if words[:1] == ["show"] and len(words) == 2:
         path = find_run(words[1], root)
-        _json(table.show_data(path)) if a.json else print(printable(table.show(path)))
+        print_json(table.show_data(path)) if a.json else print(printable(table.show(path)))
     elif words[:1] == ["diff"] and len(words) == 3:
         pa, pb = find_run(words[1], root), find_run(words[2], root)
-        _json(table.diff_data(pa, pb)) if a.json else print(printable(table.diff(pa, pb)))
+        print_json(table.diff_data(pa, pb)) if a.json else print(printable(table.diff(pa, pb)))
     elif len(words) <= 1 and words[:1] not in (["show"], ["diff"]):
         folder = Path(words[0] if words else root)
         if not folder.is_dir():
             raise ConfigError(f"no folder {folder} ({RUNS_USAGE}; default folder: runs)")
         found = table.find_runs(folder)
-        _json([table.summary(r) for r in found]) if a.json else print(printable(table.runs_table(found)))
+        print_json([table.summary(r) for r in found]) if a.json else print(printable(table.runs_table(found)))
     else:
         raise ConfigError(f"usage: {RUNS_USAGE}")
     return 0
@@ -348,7 +200,7 @@ def sweep(a: argparse.Namespace, ov: dict[str, Any]) -> int:
         from ..sweep.results import find_sweep, table
 
         data = sweeps.show(find_sweep(words[1], str(ov.get("runs_root", "runs"))), a.storage)
-        _json(data) if a.json else print(printable(table(data)))
+        print_json(data) if a.json else print(printable(table(data)))
         return 0
     if len(words) != 1 or words[0] == "show":
         raise ConfigError(f"usage: {SWEEP_USAGE}")
@@ -365,7 +217,7 @@ def sweep(a: argparse.Namespace, ov: dict[str, Any]) -> int:
               "best_value": out.best_value, "best_recipe": str(out.folder / "best.yaml") if out.best_number is not None
               else None}
     if a.json:
-        _json(result)
+        print_json(result)
     else:
         print(f"sweep folder: {out.folder} ({out.done}/{a.trials} trials finished or pruned, {out.ran} run here)")
         if out.best_number is not None:
@@ -388,7 +240,7 @@ def stats(a: argparse.Namespace, ov: dict[str, Any]) -> int:
     from ..data import dataset_stats
 
     result = dataset_stats(a.data, load_config(ov).data)
-    _json(result.to_dict()) if a.json else print(printable(result.format()))
+    print_json(result.to_dict()) if a.json else print(printable(result.format()))
     return 0
 
 

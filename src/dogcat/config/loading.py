@@ -25,8 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from ..console import redact
 from ..reading import TooComplex, check_tree, load_yaml, read_regular
 from . import builtin
-from .options import (ALIASES, LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range, flag, freeze_of,
-                      parse_class_weights)
+from .options import ALIASES, LOGGERS, OPTIONS, SECTIONS, Config, ConfigError, Range, flag
+from .values import freeze_of, parse_class_weights
 
 
 def _norm(key: str) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import DataConfig
-from ..io import TEXT, MalformedFile, atomic_write_text, read_json
+from ..io import TEXT, MalformedFile, atomic_write_text
+from ..jsonfiles import read_json
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, PreprocessError
 from .arrays import ArrayImages
 from .cache import _writable, candidate_roots, fingerprint

@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..hardware import cpu_bf16_native
-from ..io import MalformedFile, atomic_write_text, read_json
+from ..io import MalformedFile, atomic_write_text
+from ..jsonfiles import read_json
 from .runtime import autocast, memory_format
 
 log = logging.getLogger("dogcat")

@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from ..config import LOCAL, RUN_NAME, ConfigError, flat_config
-from ..io import MalformedFile, atomic_write_figure, atomic_write_text, read_json
+from ..io import MalformedFile, atomic_write_figure, atomic_write_text
+from ..jsonfiles import read_json
 from ..tracking.folder import RunFolder
 from .storage import INFO, _optuna, open_for_reading, trial_dir
 

@@ -28,7 +28,8 @@ from typing import Any, Iterator
 import yaml
 
 from ..config import ConfigError
-from ..io import MalformedFile, UnsafePath, check_dir, one_line, read_jsonl, read_small, safe_dir
+from ..io import MalformedFile, UnsafePath, check_dir, one_line, read_small, safe_dir
+from ..jsonfiles import read_jsonl
 from ..locks import RUN_LOCK, FileLock, describe_holder, is_locked, process_alive
 from ..reading import load_yaml
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..console import redact
 from ..hardware import cpu_name
-from ..io import MalformedFile, atomic_write_text, read_json
+from ..io import MalformedFile, atomic_write_text
+from ..jsonfiles import read_json
 from ..locks import process_alive, process_start
 from .folder import RunFolder
 

@@ -22,7 +22,8 @@ import torch
 from ..config import Config, flat_config, to_dict
 from ..console import redact
 from ..data import DataBundle
-from ..io import atomic_write_text, one_line, read_json
+from ..io import atomic_write_text, one_line
+from ..jsonfiles import read_json
 from ..metrics import best_of, monitors
 from ..preprocess import Preprocess
 from ..processes import Dist
