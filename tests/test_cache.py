@@ -218,7 +218,7 @@ def test_cached_crops_without_opencv_are_the_same_crops(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="dogcat"):
         assert not D.CropFlipBatch(48).opencv and not D.CropFlipBatch(48).opencv
     assert [r.message for r in caplog.records if "OpenCV" in r.message] == [
-        "OpenCV is not installed: cached training crops use torch's resize, about 2x slower "
+        "OpenCV is not installed: cached training crops use torch's resize, several times slower "
         "(pip install 'dogcat-vision[fast]')"]
 
 

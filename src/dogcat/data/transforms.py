@@ -34,7 +34,7 @@ log = logging.getLogger("dogcat")
 @functools.cache
 def _note_no_opencv() -> None:
     """Once per process: where a pip install without the [fast] extra is slower, and what to do about it."""
-    log.info("OpenCV is not installed: cached training crops use torch's resize, about 2x slower "
+    log.info("OpenCV is not installed: cached training crops use torch's resize, several times slower "
              "(pip install 'dogcat-vision[fast]')")
 
 
@@ -259,13 +259,14 @@ class CropFlipBatch:
     ``train_transform``; the area and aspect are drawn once and the crop clamped to the image instead of v2's
     up-to-10 redraws. ``"flip"``: centre crop + flip; ``"none"``: centre crop; a preset: as ``default`` (its
     policy runs later, in ``BatchNormalize``). Returns (B, C, size, size),
-    channels-last. One resize per image, on ``threads`` threads (OpenCV releases the GIL): measured here per
-    224 px image, OpenCV's bilinear resize took 0.11 ms against 0.27 for torch's antialiased one, and
-    ``grid_sample`` on a batch 2.6 ms. OpenCV does not antialias, which only matters when shrinking: here at
+    channels-last. One resize per image, on ``threads`` threads (OpenCV releases the GIL): per 224 px image,
+    OpenCV's bilinear resize takes 0.127 ± 0.008 ms against 0.283 ± 0.057 for torch's antialiased one
+    (bench/per_image.py; ``grid_sample`` on a whole batch was slower still). OpenCV does not antialias, which only matters when shrinking: here at
     most 1.14x (a whole S x S square to ``size`` = 0.875 S); upscaled crops agree with torch's within 1 level.
     OpenCV is optional (the ``[fast]`` extra; ``opencv=False`` forces the fallback): without it, torch's resize
     on one thread (a resize on each of the pool's threads would nest OpenMP teams); the whole cached pipeline
-    then runs at 0.40-0.48x (bench/data.py, c/d).
+    then runs at a quarter to a third of the speed (bench/data.py, c/d: 4.6 ± 0.3x wall, 2.8 ± 0.2x per
+    CPU-second).
     """
 
     per_image = True  # takes a list of HWC views into the cache: no batch gathered just to be cropped
