@@ -4,6 +4,10 @@ as airbench reports its results (a single run says nothing about how much a seed
 from __future__ import annotations
 
 import statistics
+from typing import Callable, TypeVar
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 def mean_std(xs: list[float], fmt: str = "{:.4f}") -> str:
@@ -17,3 +21,13 @@ def ratio_summary(ratios: list[float], unit: str = "pairs") -> str:
     """Per-pair ratios as mean ± std, with the median and the range (a pair in a neighbour's burst shows there)."""
     return (f"{mean_std(ratios, '{:.3f}')} over {len(ratios)} {unit} (median {statistics.median(ratios):.3f}, "
             f"range {min(ratios):.3f}-{max(ratios):.3f})")
+
+
+def alternated(pair: int, a: Callable[[], A], b: Callable[[], B]) -> tuple[A, B]:
+    """``(a(), b())``, run b first in even pairs and a first in odd ones, so that a neighbour's burst or a
+    machine warming up favours neither side over the pairs."""
+    if pair % 2:
+        first = a()
+        return first, b()
+    second = b()
+    return a(), second

@@ -46,7 +46,7 @@ from dogcat import load_config, test, train
 from dogcat.data import fashion_mnist
 from dogcat.hardware import cpu_kind
 from dogcat.models import build_model
-from _figures import mean_std, ratio_summary
+from _figures import alternated, mean_std, ratio_summary
 
 QUIET = {"progress": "none", "debug_file": None, "keep_top_k": 0}
 
@@ -117,10 +117,7 @@ def part_a(tmp: Path, quick: bool, precision: str = "fp32") -> list[float]:
         def bare() -> float:
             return bare_loop(x, y, "smallcnn", 128, epochs, 0.003, 0.05, True, precision)
 
-        if r % 2:
-            o, b = ours(), bare()
-        else:
-            b, o = bare(), ours()
+        o, b = alternated(r, ours, bare)
         ratios.append(o / b)
         best = [max(best[0], o), max(best[1], b)]
         print(f"  (a) {precision} rep {r}: bare loop {b:.0f} img/s, dogcat {o:.0f} img/s -> {o / b:.3f} "
@@ -218,16 +215,13 @@ def part_b(tmp: Path, quick: bool, variants: bool, reps: int) -> dict[str, list[
         kinds["--compile"] = {"compile": True}
     ratios: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(reps):
-        if r % 2:
-            ours = {k: _dogcat_rate({**cfg, **over}, f"b{r}-{i}") for i, (k, over) in enumerate(kinds.items())}
-            seed = template_way(root, size, batch, steps)
-        else:
-            seed = template_way(root, size, batch, steps)
-            ours = {k: _dogcat_rate({**cfg, **over}, f"b{r}-{i}") for i, (k, over) in enumerate(kinds.items())}
+        ours, template = alternated(
+            r, lambda: {k: _dogcat_rate({**cfg, **over}, f"b{r}-{i}") for i, (k, over) in enumerate(kinds.items())},
+            lambda: template_way(root, size, batch, steps))
         for k, (rate, wall) in ours.items():
-            ratios[k].append(rate / seed)
-            print(f"  (b) pair {r}: template's way {seed:.1f} img/s, dogcat {k} {rate:.1f} img/s -> "
-                  f"{rate / seed:.2f}x (the whole train() call: {wall:.0f} s)", flush=True)
+            ratios[k].append(rate / template)
+            print(f"  (b) pair {r}: template's way {template:.1f} img/s, dogcat {k} {rate:.1f} img/s -> "
+                  f"{rate / template:.2f}x (the whole train() call: {wall:.0f} s)", flush=True)
     return ratios
 
 
